@@ -1,5 +1,4 @@
 /* util.c: small shared helpers (clocks, size and duration parsing, constant-time compare). */
-#define _GNU_SOURCE
 #include "util.h"
 
 #include <ctype.h>
@@ -63,9 +62,18 @@ static int parse_scaled(const char *s, const char *const *suffixes, const uint64
 
 int parse_size(const char *s, uint64_t *ret)
 {
-        static const char *const suffixes[] = {"", "B", "K", "KB", "KiB", "M", "MB", "MiB", "G", "GB", "GiB"};
-        static const uint64_t factors[] = {1, 1, 1024, 1024, 1024, 1024 * 1024, 1024 * 1024, 1024 * 1024,
-                                           1024ULL * 1024 * 1024, 1024ULL * 1024 * 1024,
+        static const char *const suffixes[] = {"",   "B",   "K", "KB", "KiB", "M",
+                                               "MB", "MiB", "G", "GB", "GiB"};
+        static const uint64_t factors[] = {1,
+                                           1,
+                                           1024,
+                                           1024,
+                                           1024,
+                                           1024 * 1024,
+                                           1024 * 1024,
+                                           1024 * 1024,
+                                           1024ULL * 1024 * 1024,
+                                           1024ULL * 1024 * 1024,
                                            1024ULL * 1024 * 1024};
         return parse_scaled(s, suffixes, factors, ELEMENTSOF(suffixes), "", ret);
 }
@@ -73,9 +81,14 @@ int parse_size(const char *s, uint64_t *ret)
 int parse_duration(const char *s, uint64_t *ret_usec)
 {
         static const char *const suffixes[] = {"us", "ms", "s", "sec", "m", "min", "h", "d"};
-        static const uint64_t factors[] = {1, USEC_PER_MSEC, USEC_PER_SEC, USEC_PER_SEC,
-                                           60 * USEC_PER_SEC, 60 * USEC_PER_SEC,
-                                           3600 * USEC_PER_SEC, 86400 * USEC_PER_SEC};
+        static const uint64_t factors[] = {1,
+                                           USEC_PER_MSEC,
+                                           USEC_PER_SEC,
+                                           USEC_PER_SEC,
+                                           60 * USEC_PER_SEC,
+                                           60 * USEC_PER_SEC,
+                                           3600 * USEC_PER_SEC,
+                                           86400 * USEC_PER_SEC};
         return parse_scaled(s, suffixes, factors, ELEMENTSOF(suffixes), "s", ret_usec);
 }
 
@@ -84,11 +97,13 @@ void format_duration(uint64_t usec, char *buf, size_t len)
         static const struct {
                 uint64_t f;
                 const char *s;
-        } units[] = {{86400 * USEC_PER_SEC, "d"}, {3600 * USEC_PER_SEC, "h"}, {60 * USEC_PER_SEC, "m"},
-                     {USEC_PER_SEC, "s"},         {USEC_PER_MSEC, "ms"},      {1, "us"}};
+        } units[] = {{86400 * USEC_PER_SEC, "d"}, {3600 * USEC_PER_SEC, "h"},
+                     {60 * USEC_PER_SEC, "m"},    {USEC_PER_SEC, "s"},
+                     {USEC_PER_MSEC, "ms"},       {1, "us"}};
         for (size_t i = 0; i < ELEMENTSOF(units); i++)
                 if (usec % units[i].f == 0 && (usec != 0 || units[i].f == USEC_PER_SEC)) {
-                        snprintf(buf, len, "%llu%s", (unsigned long long)(usec / units[i].f), units[i].s);
+                        snprintf(buf, len, "%llu%s", (unsigned long long)(usec / units[i].f),
+                                 units[i].s);
                         return;
                 }
         snprintf(buf, len, "%lluus", (unsigned long long)usec);

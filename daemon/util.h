@@ -23,11 +23,11 @@ static inline void freep(void *p)
 {
         free(*(void **)p);
 }
-#define _cleanup_(f)    __attribute__((cleanup(f)))
-#define _cleanup_free_  _cleanup_(freep)
-#define _unused_        __attribute__((unused))
-#define _printf_(a, b)  __attribute__((format(printf, a, b)))
-#define _warn_unused_   __attribute__((warn_unused_result))
+#define _cleanup_(f)   __attribute__((cleanup(f)))
+#define _cleanup_free_ _cleanup_(freep)
+#define _unused_       __attribute__((unused))
+#define _printf_(a, b) __attribute__((format(printf, a, b)))
+#define _warn_unused_  __attribute__((warn_unused_result))
 
 /* Microseconds on CLOCK_REALTIME (persisted schedules) and CLOCK_MONOTONIC (latencies). */
 uint64_t now_realtime_usec(void);

@@ -1,0 +1,718 @@
+/* dispatcher.c: the job scheduler: due jobs out to the upstream with bounded concurrency, answers
+ * classified, retries scheduled, account-wide pauses probed, upscales followed to their end.
+ * Every transition is committed to the ledger before it is acted on or logged. */
+#include "dispatcher.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "backoff.h"
+#include "httpc.h"
+#include "journal.h"
+#include "upstream.h"
+#include "util.h"
+
+#define BATCH_MAX         64
+#define LEDGER_RETRY_USEC (1 * USEC_PER_SEC)
+
+struct call {
+        struct dispatcher *d;
+        bool poll;
+        bool probe;
+        struct job job;
+        /* Filled when the request ends. */
+        long status;
+        struct upstream_result result;
+        struct upstream_poll poll_result;
+        uint64_t retry_after_usec;
+        bool has_retry_after;
+        /* Filled when the transition is decided, logged after the commit. */
+        bool log;
+        int priority;
+        struct job_event ev;
+        char message[3072];
+        struct job after;
+        struct call *next;
+};
+
+struct dispatcher {
+        sd_event *event;
+        struct ledger *ledger;
+        const struct config *cfg;
+        struct metrics *m;
+        struct httpc *httpc;
+        sd_event_source *run_defer;
+        sd_event_source *commit_defer;
+        sd_event_source *timer;
+        struct call *done_head, *done_tail;
+        size_t submits, polls;
+        /* Account-wide pause: every job would fail alike, so none is sent until a probe passes. */
+        bool paused;
+        unsigned pause_level;
+        uint64_t pause_until;
+        bool probe_in_flight;
+        char pause_reason[JOB_ERROR_SIZE];
+        bool ledger_failing;
+        bool draining;
+        dispatcher_idle_fn idle;
+        void *idle_userdata;
+        sd_event_source *drain_timer;
+        char last_error[JOB_ERROR_SIZE];
+};
+
+static uint32_t random_u32(void)
+{
+        uint32_t v = 0;
+        if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != sizeof(v))
+                v = (uint32_t)now_monotonic_usec();
+        return v;
+}
+
+static void arm_timer(struct dispatcher *d);
+static void check_idle(struct dispatcher *d);
+
+void dispatcher_kick(struct dispatcher *d)
+{
+        if (d && !d->draining)
+                sd_event_source_set_enabled(d->run_defer, SD_EVENT_ONESHOT);
+}
+
+static void fill_event(struct call *c, const struct job *j, const char *msgid, const char *state)
+{
+        c->after = *j;
+        c->log = true;
+        c->ev = (struct job_event){
+            .message_id = msgid,
+            .creation_id = c->after.creation_id,
+            .source_task_id = c->after.source_task_id,
+            .upscale_task_id = c->after.upscale_task_id,
+            .job_state = state,
+            .attempt = c->after.attempt,
+            .http_status = c->after.http_status,
+            .upstream_error = c->after.upstream_error,
+            .result_url = c->after.result_url,
+        };
+}
+
+static void call_done(const struct httpc_response *resp, void *userdata)
+{
+        struct call *c = userdata;
+        struct dispatcher *d = c->d;
+        struct upstream_answer a = {
+            .transport = resp->transport,
+            .transport_error = resp->transport_error,
+            .status = resp->status,
+            .body = resp->body,
+            .body_len = resp->body_len,
+            .retry_after = resp->retry_after,
+        };
+        c->status = resp->transport == UPSTREAM_TRANSPORT_OK ? resp->status : 0;
+        d->m->upstream_by_class[c->status >= 100 && c->status < 600 ? c->status / 100 : 0]++;
+        metrics_observe(&d->m->upstream_seconds, (double)resp->elapsed_usec / 1e6);
+        if (resp->retry_after && backoff_parse_retry_after(resp->retry_after, now_realtime_usec(),
+                                                           &c->retry_after_usec) >= 0)
+                c->has_retry_after = true;
+        if (c->poll)
+                upstream_parse_poll(d->cfg->flavor, &a, &c->poll_result);
+        else
+                upstream_classify_submit(d->cfg->flavor, &a, &c->result);
+        if (c->poll)
+                d->polls--;
+        else
+                d->submits--;
+        c->next = NULL;
+        if (d->done_tail)
+                d->done_tail->next = c;
+        else
+                d->done_head = c;
+        d->done_tail = c;
+        sd_event_source_set_enabled(d->commit_defer, SD_EVENT_ONESHOT);
+}
+
+static int start_call(struct dispatcher *d, struct call *c)
+{
+        _cleanup_free_ char *url = NULL, *body = NULL, *auth = NULL;
+        int r;
+        if (c->poll)
+                r = upstream_build_poll_url(d->cfg, c->job.upscale_task_id, &url);
+        else
+                r = upstream_build_submit(d->cfg, c->job.creation_id, &url, &body);
+        if (r < 0)
+                return r;
+        if (asprintf(&auth, "%s %s", d->cfg->auth_word,
+                     d->cfg->api_key.value ? d->cfg->api_key.value : "") < 0) {
+                auth = NULL;
+                return -ENOMEM;
+        }
+        struct httpc_request req = {
+            .method = c->poll ? "GET" : "POST",
+            .url = url,
+            .authorization = auth,
+            .body = body,
+            .timeout_usec = d->cfg->timeout,
+            .connect_timeout_usec = d->cfg->connect_timeout,
+        };
+        r = httpc_start(d->httpc, &req, call_done, c);
+        explicit_bzero(auth, strlen(auth));
+        if (r < 0)
+                return r;
+        if (c->poll) {
+                d->polls++;
+                d->m->polls++;
+        } else {
+                d->submits++;
+                d->m->submissions++;
+        }
+        return 0;
+}
+
+static void note_ledger_failure(struct dispatcher *d, const char *what)
+{
+        d->m->ledger_commit_errors++;
+        if (!d->ledger_failing)
+                log_full(LOG_ERR, MSGID_LEDGER_ERROR,
+                         "Ledger cannot commit while %s: %s; will retry", what,
+                         ledger_errmsg(d->ledger));
+        d->ledger_failing = true;
+        /* Try again shortly: the disk may have space again, the lock may be gone. */
+        uint64_t now;
+        sd_event_now(d->event, CLOCK_REALTIME, &now);
+        sd_event_source_set_time(d->timer, now + LEDGER_RETRY_USEC);
+        sd_event_source_set_enabled(d->timer, SD_EVENT_ONESHOT);
+}
+
+/* Marks due jobs `submitting` (or pushes polls forward) in one commit, then sends them. */
+static int take_due(struct dispatcher *d, enum ledger_due_kind kind, size_t slots, uint64_t now)
+{
+        struct job jobs[BATCH_MAX];
+        if (slots > BATCH_MAX)
+                slots = BATCH_MAX;
+        if (slots == 0)
+                return 0;
+        int n = ledger_due(d->ledger, kind, now, jobs, slots);
+        if (n <= 0)
+                return n;
+        int r = ledger_begin(d->ledger);
+        for (int i = 0; r >= 0 && i < n; i++) {
+                if (kind == LEDGER_DUE_SUBMIT) {
+                        jobs[i].state = JOB_SUBMITTING;
+                        jobs[i].attempt++;
+                        jobs[i].next_at = now;
+                } else
+                        jobs[i].next_at = now + d->cfg->poll_interval + d->cfg->timeout;
+                r = ledger_save(d->ledger, &jobs[i], now);
+        }
+        if (r >= 0)
+                r = ledger_commit(d->ledger);
+        if (r < 0) {
+                ledger_rollback(d->ledger);
+                note_ledger_failure(d, kind == LEDGER_DUE_SUBMIT ? "marking jobs submitting"
+                                                                 : "scheduling polls");
+                return r;
+        }
+        d->ledger_failing = false;
+        for (int i = 0; i < n; i++) {
+                struct call *c = calloc(1, sizeof(*c));
+                if (c) {
+                        c->d = d;
+                        c->poll = kind == LEDGER_DUE_POLL;
+                        c->probe = d->paused && !c->poll;
+                        c->job = jobs[i];
+                        if (c->probe)
+                                d->probe_in_flight = true;
+                }
+                r = c ? start_call(d, c) : -ENOMEM;
+                if (r < 0) {
+                        /* Left in `submitting`: at worst it is treated as uncertain at the next
+                         * start. */
+                        log_error("Cannot start an upstream request for %s: %s",
+                                  jobs[i].creation_id, strerror(-r));
+                        if (c && c->probe)
+                                d->probe_in_flight = false;
+                        free(c);
+                }
+        }
+        return n;
+}
+
+static int on_run(sd_event_source *s, void *userdata)
+{
+        struct dispatcher *d = userdata;
+        uint64_t now = now_realtime_usec();
+        if (d->draining)
+                return 0;
+        size_t slots = d->cfg->concurrency > d->submits ? d->cfg->concurrency - d->submits : 0;
+        if (d->paused) {
+                if (now < d->pause_until || d->probe_in_flight || d->submits > 0)
+                        slots = 0;
+                else
+                        slots = 1;
+        }
+        int n = take_due(d, LEDGER_DUE_SUBMIT, slots, now);
+        size_t pslots = d->cfg->concurrency > d->polls ? d->cfg->concurrency - d->polls : 0;
+        int p = d->ledger_failing ? 0 : take_due(d, LEDGER_DUE_POLL, pslots, now);
+        if ((n == BATCH_MAX && slots > BATCH_MAX) || (p == BATCH_MAX && pslots > BATCH_MAX))
+                dispatcher_kick(d);
+        if (!d->ledger_failing)
+                arm_timer(d);
+        return 0;
+}
+
+static int on_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        struct dispatcher *d = userdata;
+        if (d->done_head)
+                sd_event_source_set_enabled(d->commit_defer, SD_EVENT_ONESHOT);
+        return on_run(s, userdata);
+}
+
+static void arm_timer(struct dispatcher *d)
+{
+        uint64_t next = UINT64_MAX, t;
+        uint64_t now = now_realtime_usec();
+        if (d->paused && !d->probe_in_flight)
+                next = d->pause_until;
+        else if (!d->paused && d->submits < d->cfg->concurrency &&
+                 ledger_next_due(d->ledger, LEDGER_DUE_SUBMIT, &t) > 0)
+                next = t;
+        if (d->polls < d->cfg->concurrency && ledger_next_due(d->ledger, LEDGER_DUE_POLL, &t) > 0 &&
+            t < next)
+                next = t;
+        if (next == UINT64_MAX) {
+                sd_event_source_set_enabled(d->timer, SD_EVENT_OFF);
+                return;
+        }
+        if (next < now + USEC_PER_MSEC)
+                next = now + USEC_PER_MSEC;
+        sd_event_source_set_time(d->timer, next);
+        sd_event_source_set_enabled(d->timer, SD_EVENT_ONESHOT);
+}
+
+static void enter_pause(struct dispatcher *d, struct call *c, const char *why)
+{
+        uint64_t now = now_realtime_usec();
+        uint64_t delay;
+        bool first = !d->paused;
+        if (first) {
+                d->paused = true;
+                d->pause_level = 1;
+                d->m->account_pauses++;
+        } else if (c->probe)
+                d->pause_level++;
+        else
+                return; /* a request sent before the pause began: its job just goes back */
+        delay =
+            backoff_delay(d->pause_level, d->cfg->initial_delay, d->cfg->max_delay, random_u32());
+        if (c->has_retry_after && c->retry_after_usec > delay)
+                delay = c->retry_after_usec > d->cfg->max_delay ? d->cfg->max_delay
+                                                                : c->retry_after_usec;
+        d->pause_until = now + delay;
+        d->m->paused = 1;
+        snprintf(d->pause_reason, sizeof(d->pause_reason), "%s", why);
+        char buf[32];
+        format_duration(delay / USEC_PER_MSEC * USEC_PER_MSEC, buf, sizeof(buf));
+        if (first)
+                log_full(
+                    LOG_ERR, MSGID_ACCOUNT_PAUSED,
+                    "All submissions paused: %s (HTTP %ld). Probing with one job in %s; no job "
+                    "loses an attempt meanwhile",
+                    why, c->status, buf);
+        else
+                log_debug("Probe failed again (%s); next probe in %s", why, buf);
+}
+
+static void leave_pause(struct dispatcher *d)
+{
+        if (!d->paused)
+                return;
+        d->paused = false;
+        d->pause_level = 0;
+        d->m->paused = 0;
+        log_full(LOG_NOTICE, MSGID_ACCOUNT_RESUMED,
+                 "Submissions resumed: the upstream accepts requests again (was: %s)",
+                 d->pause_reason);
+}
+
+/* Decides and records what a submission's answer means for its job (inside the transaction). */
+static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now)
+{
+        struct job j;
+        int r = ledger_get(d->ledger, c->job.creation_id, &j);
+        if (r <= 0)
+                return r;
+        if (c->probe)
+                d->probe_in_flight = false;
+        if (j.state != JOB_SUBMITTING)
+                return 0; /* an operator changed it meanwhile */
+        const struct upstream_result *res = &c->result;
+        j.http_status = (int)c->status;
+        job_set_field(j.upstream_error, sizeof(j.upstream_error), res->error);
+        if (res->verdict != UPSTREAM_ACCEPTED)
+                snprintf(d->last_error, sizeof(d->last_error), "%s", res->error);
+        if (res->verdict != UPSTREAM_ACCOUNT && res->verdict != UPSTREAM_OUTAGE && c->probe)
+                leave_pause(d);
+
+        switch (res->verdict) {
+        case UPSTREAM_ACCEPTED:
+                j.state = JOB_SUBMITTED;
+                job_set_field(j.upscale_task_id, sizeof(j.upscale_task_id), res->task_id);
+                j.upstream_error[0] = 0;
+                j.next_at = now + d->cfg->poll_interval;
+                fill_event(c, &j, MSGID_SUBMITTED, "submitted");
+                c->priority = LOG_INFO;
+                snprintf(c->message, sizeof(c->message),
+                         "Upscale of %s submitted as task %s (attempt %u)", j.creation_id,
+                         j.upscale_task_id, j.attempt);
+                break;
+        case UPSTREAM_UNCERTAIN:
+                d->m->uncertain++;
+                log_full(LOG_WARNING, MSGID_UPSTREAM_PROTOCOL,
+                         "Upstream protocol error for %s: %s (HTTP %ld); the upstream may have "
+                         "created the task",
+                         j.creation_id, res->error, c->status);
+                if (d->cfg->uncertain == UNCERTAIN_HOLD) {
+                        j.state = JOB_UNCERTAIN;
+                        fill_event(c, &j, MSGID_UNCERTAIN, "uncertain");
+                        c->priority = LOG_WARNING;
+                        snprintf(c->message, sizeof(c->message),
+                                 "Upscale of %s is uncertain (%s); held until an operator retries "
+                                 "or abandons it",
+                                 j.creation_id, res->error);
+                        break;
+                }
+                /* resubmit: treat it as retryable; a duplicate upstream is the accepted risk. */
+                /* fall through */
+        case UPSTREAM_RETRY:
+                if (j.attempt >= d->cfg->max_attempts) {
+                        j.state = JOB_DEAD;
+                        d->m->dead++;
+                        fill_event(c, &j, MSGID_DEAD, "dead");
+                        c->priority = LOG_ERR;
+                        snprintf(c->message, sizeof(c->message),
+                                 "Upscale of %s given up after %u attempts: %s", j.creation_id,
+                                 j.attempt, res->error);
+                } else {
+                        uint64_t delay = backoff_delay(j.attempt, d->cfg->initial_delay,
+                                                       d->cfg->max_delay, random_u32());
+                        if (c->has_retry_after && c->retry_after_usec > delay)
+                                delay = c->retry_after_usec;
+                        j.state = JOB_WAITING;
+                        j.next_at = now + delay;
+                        d->m->retries++;
+                        fill_event(c, &j, MSGID_RETRYING, "retrying");
+                        c->priority = LOG_WARNING;
+                        char buf[32];
+                        format_duration(delay / USEC_PER_MSEC * USEC_PER_MSEC, buf, sizeof(buf));
+                        snprintf(c->message, sizeof(c->message),
+                                 "Upscale of %s failed (%s), attempt %u; retrying in %s",
+                                 j.creation_id, res->error, j.attempt, buf);
+                }
+                break;
+        case UPSTREAM_FINAL:
+                j.state = JOB_DEAD;
+                d->m->dead++;
+                fill_event(c, &j, MSGID_DEAD, "dead");
+                c->priority = LOG_ERR;
+                snprintf(c->message, sizeof(c->message),
+                         "Upscale of %s refused by the upstream: %s (HTTP %ld)", j.creation_id,
+                         res->error, c->status);
+                break;
+        case UPSTREAM_ACCOUNT:
+        case UPSTREAM_OUTAGE:
+                /* Not this job's fault: it goes back with its attempt returned. */
+                if (j.attempt > 0)
+                        j.attempt--;
+                j.state = JOB_WAITING;
+                j.next_at = now;
+                enter_pause(d, c,
+                            res->verdict == UPSTREAM_OUTAGE ? "the upstream cannot be reached"
+                                                            : res->error);
+                break;
+        }
+        return ledger_save(d->ledger, &j, now);
+}
+
+int dispatcher_apply_outcome(struct ledger *ledger, struct job *j, bool succeeded,
+                             const char *result_url, const char *err_code, uint64_t now)
+{
+        if (j->state != JOB_SUBMITTED && j->state != JOB_UNCERTAIN && j->state != JOB_SUBMITTING)
+                return 0;
+        j->state = succeeded ? JOB_SUCCEEDED : JOB_FAILED;
+        if (succeeded) {
+                job_set_field(j->result_url, sizeof(j->result_url), result_url);
+                j->upstream_error[0] = 0;
+        } else
+                job_set_field(j->upstream_error, sizeof(j->upstream_error),
+                              isempty(err_code) ? "failed" : err_code);
+        int r = ledger_save(ledger, j, now);
+        return r < 0 ? r : (int)j->state;
+}
+
+static int apply_poll(struct dispatcher *d, struct call *c, uint64_t now)
+{
+        struct job j;
+        int r = ledger_get(d->ledger, c->job.creation_id, &j);
+        if (r <= 0)
+                return r;
+        const struct upstream_poll *p = &c->poll_result;
+        switch (p->state) {
+        case UPSTREAM_TASK_RUNNING:
+                return 0;
+        case UPSTREAM_TASK_UNREADABLE:
+                snprintf(d->last_error, sizeof(d->last_error), "poll: %.240s", p->error);
+                log_notice(
+                    "Cannot read the state of upscale task %s for %s: %s; asking again later",
+                    j.upscale_task_id, j.creation_id, p->error);
+                return 0;
+        case UPSTREAM_TASK_SUCCESS:
+        case UPSTREAM_TASK_FAILED:
+                break;
+        }
+        bool ok = p->state == UPSTREAM_TASK_SUCCESS;
+        r = dispatcher_apply_outcome(d->ledger, &j, ok, p->result_url, p->error, now);
+        if (r <= 0)
+                return r;
+        j.http_status = (int)c->status;
+        fill_event(c, &j, ok ? MSGID_SUCCEEDED : MSGID_FAILED, ok ? "succeeded" : "failed");
+        c->priority = ok ? LOG_INFO : LOG_WARNING;
+        if (ok)
+                snprintf(c->message, sizeof(c->message), "Upscale of %s succeeded: %s",
+                         j.creation_id, isempty(j.result_url) ? "(no result URL)" : j.result_url);
+        else
+                snprintf(c->message, sizeof(c->message), "Upscale of %s failed upstream: %s",
+                         j.creation_id, j.upstream_error);
+        return 0;
+}
+
+static int on_commit(sd_event_source *s, void *userdata)
+{
+        struct dispatcher *d = userdata;
+        uint64_t now = now_realtime_usec();
+        uint64_t t0 = now_monotonic_usec();
+        if (!d->done_head)
+                return 0;
+        int r = ledger_begin(d->ledger);
+        for (struct call *c = d->done_head; r >= 0 && c; c = c->next) {
+                c->log = false;
+                r = c->poll ? apply_poll(d, c, now) : apply_submit(d, c, now);
+        }
+        if (r >= 0)
+                r = ledger_commit(d->ledger);
+        if (r < 0) {
+                ledger_rollback(d->ledger);
+                note_ledger_failure(d, "recording upstream answers");
+                return 0;
+        }
+        d->ledger_failing = false;
+        metrics_observe(&d->m->commit_seconds, (double)(now_monotonic_usec() - t0) / 1e6);
+        struct call *c = d->done_head;
+        d->done_head = d->done_tail = NULL;
+        while (c) {
+                struct call *next = c->next;
+                if (c->log)
+                        journal_job_internal(c->priority, __FILE__, __LINE__, __func__, &c->ev,
+                                             "%s", c->message);
+                free(c);
+                c = next;
+        }
+        if (d->draining)
+                check_idle(d);
+        else
+                dispatcher_kick(d);
+        return 0;
+}
+
+int dispatcher_new(sd_event *event, struct ledger *ledger, const struct config *cfg,
+                   struct metrics *metrics, struct dispatcher **ret)
+{
+        struct dispatcher *d = calloc(1, sizeof(*d));
+        int r;
+        if (!d)
+                return -ENOMEM;
+        d->event = sd_event_ref(event);
+        d->ledger = ledger;
+        d->cfg = cfg;
+        d->m = metrics;
+        r = httpc_new(event, (unsigned)cfg->concurrency * 2, &d->httpc);
+        if (r >= 0)
+                r = sd_event_add_defer(event, &d->run_defer, on_run, d);
+        if (r >= 0)
+                r = sd_event_add_defer(event, &d->commit_defer, on_commit, d);
+        if (r >= 0)
+                r = sd_event_add_time(event, &d->timer, CLOCK_REALTIME, UINT64_MAX, USEC_PER_MSEC,
+                                      on_timer, d);
+        if (r < 0) {
+                dispatcher_free(d);
+                return r;
+        }
+        sd_event_source_set_enabled(d->run_defer, SD_EVENT_OFF);
+        sd_event_source_set_enabled(d->commit_defer, SD_EVENT_OFF);
+        sd_event_source_set_enabled(d->timer, SD_EVENT_OFF);
+        sd_event_source_set_description(d->run_defer, "dispatch");
+        sd_event_source_set_description(d->commit_defer, "dispatch-commit");
+        sd_event_source_set_description(d->timer, "dispatch-timer");
+        *ret = d;
+        return 0;
+}
+
+struct dispatcher *dispatcher_free(struct dispatcher *d)
+{
+        if (!d)
+                return NULL;
+        /* Requests still in flight are abandoned: their jobs stay `submitting` in the ledger and
+         * follow retry.uncertain at the next start. Their call records die with the transfers. */
+        httpc_free(d->httpc);
+        struct call *c = d->done_head;
+        while (c) {
+                struct call *next = c->next;
+                free(c);
+                c = next;
+        }
+        sd_event_source_disable_unref(d->run_defer);
+        sd_event_source_disable_unref(d->commit_defer);
+        sd_event_source_disable_unref(d->timer);
+        sd_event_source_disable_unref(d->drain_timer);
+        sd_event_unref(d->event);
+        free(d);
+        return NULL;
+}
+
+void dispatcher_set_config(struct dispatcher *d, const struct config *cfg)
+{
+        d->cfg = cfg;
+        dispatcher_kick(d);
+}
+
+struct recover_ctx {
+        struct dispatcher *d;
+        struct job *jobs;
+        size_t n, cap;
+};
+
+static int collect(const struct job *j, void *userdata)
+{
+        struct recover_ctx *ctx = userdata;
+        if (ctx->n == ctx->cap) {
+                size_t cap = ctx->cap ? ctx->cap * 2 : 16;
+                struct job *n = realloc(ctx->jobs, cap * sizeof(*n));
+                if (!n)
+                        return -ENOMEM;
+                ctx->jobs = n;
+                ctx->cap = cap;
+        }
+        ctx->jobs[ctx->n++] = *j;
+        return 0;
+}
+
+int dispatcher_recover(struct dispatcher *d)
+{
+        struct recover_ctx ctx = {.d = d};
+        uint64_t now = now_realtime_usec();
+        int r = ledger_foreach(d->ledger, JOB_SUBMITTING, collect, &ctx);
+        if (r < 0 || ctx.n == 0) {
+                free(ctx.jobs);
+                return r;
+        }
+        bool hold = d->cfg->uncertain == UNCERTAIN_HOLD;
+        r = ledger_begin(d->ledger);
+        for (size_t i = 0; r >= 0 && i < ctx.n; i++) {
+                struct job *j = &ctx.jobs[i];
+                j->state = hold ? JOB_UNCERTAIN : JOB_WAITING;
+                j->next_at = now;
+                job_set_field(j->upstream_error, sizeof(j->upstream_error),
+                              "interrupted while submitting (the daemon stopped mid-request)");
+                r = ledger_save(d->ledger, j, now);
+        }
+        if (r >= 0)
+                r = ledger_commit(d->ledger);
+        if (r < 0) {
+                ledger_rollback(d->ledger);
+                free(ctx.jobs);
+                return r;
+        }
+        for (size_t i = 0; i < ctx.n; i++) {
+                struct job *j = &ctx.jobs[i];
+                struct job_event ev = {
+                    .message_id = hold ? MSGID_UNCERTAIN : MSGID_RETRYING,
+                    .creation_id = j->creation_id,
+                    .source_task_id = j->source_task_id,
+                    .job_state = hold ? "uncertain" : "retrying",
+                    .attempt = j->attempt,
+                    .upstream_error = j->upstream_error,
+                };
+                if (hold) {
+                        d->m->uncertain++;
+                        log_job(
+                            LOG_WARNING, &ev,
+                            "Upscale of %s was interrupted mid-submission; the upstream may have "
+                            "it. "
+                            "Held (retry.uncertain=hold) until an operator retries or abandons it",
+                            j->creation_id);
+                } else
+                        log_job(LOG_WARNING, &ev,
+                                "Upscale of %s was interrupted mid-submission; submitting again "
+                                "(retry.uncertain=resubmit)",
+                                j->creation_id);
+        }
+        free(ctx.jobs);
+        return (int)ctx.n;
+}
+
+static int on_drain_timeout(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        struct dispatcher *d = userdata;
+        dispatcher_idle_fn idle = d->idle;
+        d->idle = NULL;
+        if (idle)
+                idle(d, httpc_in_flight(d->httpc), d->idle_userdata);
+        return 0;
+}
+
+static void check_idle(struct dispatcher *d)
+{
+        if (!d->idle || httpc_in_flight(d->httpc) > 0 || d->done_head)
+                return;
+        dispatcher_idle_fn idle = d->idle;
+        d->idle = NULL;
+        idle(d, 0, d->idle_userdata);
+}
+
+static int on_drain_check(sd_event_source *s, void *userdata)
+{
+        check_idle(userdata);
+        sd_event_source_disable_unref(s);
+        return 0;
+}
+
+void dispatcher_drain(struct dispatcher *d, uint64_t timeout_usec, dispatcher_idle_fn idle,
+                      void *userdata)
+{
+        d->draining = true;
+        d->idle = idle;
+        d->idle_userdata = userdata;
+        sd_event_source_set_enabled(d->run_defer, SD_EVENT_OFF);
+        sd_event_source_set_enabled(d->timer, SD_EVENT_OFF);
+        uint64_t now;
+        sd_event_now(d->event, CLOCK_MONOTONIC, &now);
+        sd_event_add_time(d->event, &d->drain_timer, CLOCK_MONOTONIC, now + timeout_usec, 0,
+                          on_drain_timeout, d);
+        /* Decide from the loop, not from inside the caller. */
+        sd_event_add_defer(d->event, NULL, on_drain_check, d);
+}
+
+size_t dispatcher_in_flight(const struct dispatcher *d)
+{
+        return d ? d->submits + d->polls : 0;
+}
+
+bool dispatcher_paused(const struct dispatcher *d)
+{
+        return d && d->paused;
+}
+
+const char *dispatcher_last_error(const struct dispatcher *d)
+{
+        return d ? d->last_error : "";
+}

@@ -1,0 +1,362 @@
+/* httpc.c: libcurl multi on sd-event (the ephiperfifo pattern): sockets and the timer are event
+ * sources; finished transfers are found again through CURLINFO_PRIVATE. */
+#include "httpc.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <string.h>
+
+#include "util.h"
+
+struct transfer {
+        struct httpc *owner;
+        CURL *easy;
+        struct curl_slist *headers;
+        char *body;
+        size_t len, cap;
+        bool too_big;
+        char retry_after[128];
+        bool has_retry_after;
+        uint64_t started;
+        httpc_done_fn done;
+        void *userdata;
+        struct transfer *prev, *next;
+};
+
+struct httpc {
+        sd_event *event;
+        CURLM *multi;
+        sd_event_source *timer;
+        struct transfer *transfers;
+        size_t n;
+};
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
+{
+        struct transfer *t = userdata;
+        size_t n = size * nmemb;
+        if (t->len + n > HTTPC_MAX_BODY) {
+                t->too_big = true;
+                return 0;
+        }
+        if (t->len + n + 1 > t->cap) {
+                size_t cap = t->cap ? t->cap : 4096;
+                while (cap < t->len + n + 1)
+                        cap *= 2;
+                char *b = realloc(t->body, cap);
+                if (!b)
+                        return 0;
+                t->body = b;
+                t->cap = cap;
+        }
+        memcpy(t->body + t->len, data, n);
+        t->len += n;
+        t->body[t->len] = 0;
+        return n;
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
+{
+        struct transfer *t = userdata;
+        size_t n = size * nmemb;
+        static const char name[] = "retry-after:";
+        if (n > sizeof(name) - 1 && strncasecmp(data, name, sizeof(name) - 1) == 0) {
+                const char *v = data + sizeof(name) - 1;
+                size_t vl = n - (sizeof(name) - 1);
+                while (vl > 0 && (*v == ' ' || *v == '\t')) {
+                        v++;
+                        vl--;
+                }
+                while (vl > 0 && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
+                        vl--;
+                if (vl < sizeof(t->retry_after)) {
+                        memcpy(t->retry_after, v, vl);
+                        t->retry_after[vl] = 0;
+                        t->has_retry_after = true;
+                }
+        }
+        /* A new status line (after 100 Continue or a redirect) starts a new header set. */
+        if (n >= 5 && strncmp(data, "HTTP/", 5) == 0)
+                t->has_retry_after = false;
+        return n;
+}
+
+static void transfer_free(struct transfer *t)
+{
+        if (!t)
+                return;
+        if (t->easy) {
+                curl_multi_remove_handle(t->owner->multi, t->easy);
+                curl_easy_cleanup(t->easy);
+        }
+        curl_slist_free_all(t->headers);
+        free(t->body);
+        if (t->prev)
+                t->prev->next = t->next;
+        else if (t->owner->transfers == t)
+                t->owner->transfers = t->next;
+        if (t->next)
+                t->next->prev = t->prev;
+        t->owner->n--;
+        free(t);
+}
+
+/* Whether any of the request left this host, which decides if a failure is certain or not. */
+static enum upstream_transport transport_of(CURL *easy, CURLcode rc)
+{
+        curl_off_t uploaded = 0;
+        long request_size = 0;
+        curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &request_size);
+        curl_easy_getinfo(easy, CURLINFO_SIZE_UPLOAD_T, &uploaded);
+        bool sent = request_size > 0;
+        switch (rc) {
+        case CURLE_OK:
+                return UPSTREAM_TRANSPORT_OK;
+        case CURLE_COULDNT_RESOLVE_HOST:
+        case CURLE_COULDNT_RESOLVE_PROXY:
+        case CURLE_COULDNT_CONNECT:
+        case CURLE_SSL_CONNECT_ERROR:
+        case CURLE_PEER_FAILED_VERIFICATION:
+        case CURLE_URL_MALFORMAT:
+        case CURLE_UNSUPPORTED_PROTOCOL:
+                return UPSTREAM_TRANSPORT_NOT_SENT;
+        case CURLE_OPERATION_TIMEDOUT:
+                return sent ? UPSTREAM_TRANSPORT_TIMEOUT : UPSTREAM_TRANSPORT_NOT_SENT;
+        default:
+                return sent ? UPSTREAM_TRANSPORT_CUT : UPSTREAM_TRANSPORT_NOT_SENT;
+        }
+}
+
+static void check_done(struct httpc *h)
+{
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(h->multi, &left))) {
+                if (msg->msg != CURLMSG_DONE)
+                        continue;
+                struct transfer *t = NULL;
+                CURLcode rc = msg->data.result;
+                curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+                if (!t)
+                        continue;
+                struct httpc_response resp = {0};
+                resp.transport = transport_of(t->easy, rc);
+                if (t->too_big && rc == CURLE_WRITE_ERROR) {
+                        /* We stopped reading, not the network: the answer arrived, too large. */
+                        resp.transport = UPSTREAM_TRANSPORT_OK;
+                }
+                resp.transport_error = rc == CURLE_OK ? NULL : curl_easy_strerror(rc);
+                curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &resp.status);
+                if (resp.transport == UPSTREAM_TRANSPORT_OK && !t->too_big) {
+                        resp.body = t->body ? t->body : "";
+                        resp.body_len = t->len;
+                } else {
+                        resp.body = "";
+                        resp.body_len = 0;
+                }
+                resp.retry_after = t->has_retry_after ? t->retry_after : NULL;
+                resp.elapsed_usec = now_monotonic_usec() - t->started;
+                httpc_done_fn done = t->done;
+                void *ud = t->userdata;
+                /* Free first: the callback may start a new transfer reusing the connection. */
+                char *body = TAKE_PTR(t->body);
+                if (resp.body == body)
+                        t->body = NULL;
+                transfer_free(t);
+                done(&resp, ud);
+                free(body);
+        }
+}
+
+static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata)
+{
+        struct httpc *h = userdata;
+        int action = 0, running;
+        if (revents & EPOLLIN)
+                action |= CURL_CSELECT_IN;
+        if (revents & EPOLLOUT)
+                action |= CURL_CSELECT_OUT;
+        if (revents & (EPOLLERR | EPOLLHUP))
+                action |= CURL_CSELECT_ERR;
+        curl_multi_socket_action(h->multi, fd, action, &running);
+        check_done(h);
+        return 0;
+}
+
+static int on_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        struct httpc *h = userdata;
+        int running;
+        curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        check_done(h);
+        return 0;
+}
+
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+        struct httpc *h = userp;
+        sd_event_source *src = socketp;
+        if (what == CURL_POLL_REMOVE) {
+                if (src) {
+                        sd_event_source_disable_unref(src);
+                        curl_multi_assign(h->multi, fd, NULL);
+                }
+                return 0;
+        }
+        uint32_t events = 0;
+        if (what & CURL_POLL_IN)
+                events |= EPOLLIN;
+        if (what & CURL_POLL_OUT)
+                events |= EPOLLOUT;
+        if (src) {
+                sd_event_source_set_io_events(src, events);
+                return 0;
+        }
+        if (sd_event_add_io(h->event, &src, fd, events, on_io, h) < 0)
+                return -1;
+        sd_event_source_set_description(src, "upstream-socket");
+        curl_multi_assign(h->multi, fd, src);
+        return 0;
+}
+
+static int on_timer_change(CURLM *multi, long timeout_ms, void *userp)
+{
+        struct httpc *h = userp;
+        if (timeout_ms < 0)
+                return sd_event_source_set_enabled(h->timer, SD_EVENT_OFF) < 0 ? -1 : 0;
+        uint64_t now;
+        sd_event_now(h->event, CLOCK_MONOTONIC, &now);
+        if (sd_event_source_set_time(h->timer, now + (uint64_t)timeout_ms * USEC_PER_MSEC) < 0)
+                return -1;
+        return sd_event_source_set_enabled(h->timer, SD_EVENT_ONESHOT) < 0 ? -1 : 0;
+}
+
+int httpc_new(sd_event *event, unsigned max_connections, struct httpc **ret)
+{
+        static bool global_init;
+        if (!global_init) {
+                if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+                        return -EIO;
+                global_init = true;
+        }
+        struct httpc *h = calloc(1, sizeof(*h));
+        if (!h)
+                return -ENOMEM;
+        h->event = sd_event_ref(event);
+        h->multi = curl_multi_init();
+        if (!h->multi) {
+                httpc_free(h);
+                return -ENOMEM;
+        }
+        int r = sd_event_add_time(event, &h->timer, CLOCK_MONOTONIC, UINT64_MAX, 0, on_timer, h);
+        if (r < 0) {
+                httpc_free(h);
+                return r;
+        }
+        sd_event_source_set_enabled(h->timer, SD_EVENT_OFF);
+        sd_event_source_set_description(h->timer, "upstream-timer");
+        curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+        curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+        curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_timer_change);
+        curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+        curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)max_connections + 2);
+        curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, (long)max_connections + 2);
+        *ret = h;
+        return 0;
+}
+
+struct httpc *httpc_free(struct httpc *h)
+{
+        if (!h)
+                return NULL;
+        while (h->transfers)
+                transfer_free(h->transfers);
+        if (h->multi)
+                curl_multi_cleanup(h->multi);
+        sd_event_source_disable_unref(h->timer);
+        sd_event_unref(h->event);
+        free(h);
+        return NULL;
+}
+
+size_t httpc_in_flight(const struct httpc *h)
+{
+        return h ? h->n : 0;
+}
+
+int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn done,
+                void *userdata)
+{
+        struct transfer *t = calloc(1, sizeof(*t));
+        if (!t)
+                return -ENOMEM;
+        t->owner = h;
+        t->done = done;
+        t->userdata = userdata;
+        t->started = now_monotonic_usec();
+        t->next = h->transfers;
+        if (h->transfers)
+                h->transfers->prev = t;
+        h->transfers = t;
+        h->n++;
+
+        t->easy = curl_easy_init();
+        if (!t->easy) {
+                transfer_free(t);
+                return -ENOMEM;
+        }
+        CURL *e = t->easy;
+        curl_easy_setopt(e, CURLOPT_URL, req->url);
+        curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(req->timeout_usec / USEC_PER_MSEC));
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                         (long)(req->connect_timeout_usec / USEC_PER_MSEC));
+        curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        curl_easy_setopt(e, CURLOPT_USERAGENT, "vidu-upscaled/" VIDU_VERSION);
+        /* The body of a POST must not be held back waiting for "100 Continue". */
+        struct curl_slist *hl = curl_slist_append(NULL, "Expect:");
+        if (hl)
+                t->headers = hl;
+        hl = curl_slist_append(t->headers, "Accept: application/json");
+        if (hl)
+                t->headers = hl;
+        if (req->body) {
+                hl = curl_slist_append(t->headers, "Content-Type: application/json");
+                if (hl)
+                        t->headers = hl;
+                curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(req->body));
+                curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, req->body);
+        }
+        if (req->authorization) {
+                char *line = NULL;
+                if (asprintf(&line, "Authorization: %s", req->authorization) < 0) {
+                        transfer_free(t);
+                        return -ENOMEM;
+                }
+                hl = curl_slist_append(t->headers, line);
+                explicit_bzero(line, strlen(line));
+                free(line);
+                if (!hl) {
+                        transfer_free(t);
+                        return -ENOMEM;
+                }
+                t->headers = hl;
+        }
+        if (strcmp(req->method, "GET") != 0 && !req->body)
+                curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+        if (curl_multi_add_handle(h->multi, e) != CURLM_OK) {
+                curl_easy_cleanup(t->easy);
+                t->easy = NULL;
+                transfer_free(t);
+                return -EIO;
+        }
+        return 0;
+}

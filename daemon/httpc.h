@@ -1,0 +1,43 @@
+/* httpc.h: outbound HTTP on the event loop: libcurl's multi interface driven by sd-event, with
+ * keep-alive, capped answers and transport errors told apart (sent or not). */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "upstream.h"
+
+struct httpc;
+
+struct httpc_response {
+        enum upstream_transport transport;
+        const char *transport_error; /* curl's words, or NULL */
+        long status;
+        const char *body; /* NUL-terminated, capped at HTTPC_MAX_BODY */
+        size_t body_len;
+        const char *retry_after; /* header value or NULL */
+        uint64_t elapsed_usec;
+};
+
+#define HTTPC_MAX_BODY (1024 * 1024)
+
+/* Called once per request, from the loop; the response is only valid during the call. */
+typedef void (*httpc_done_fn)(const struct httpc_response *resp, void *userdata);
+
+int httpc_new(sd_event *event, unsigned max_connections, struct httpc **ret);
+/* Aborts whatever is still in flight without calling its callbacks. */
+struct httpc *httpc_free(struct httpc *h);
+
+struct httpc_request {
+        const char *method; /* "GET" or "POST" */
+        const char *url;
+        const char *authorization; /* full header value, e.g. "Bearer KEY"; never logged */
+        const char *body;          /* JSON, or NULL */
+        uint64_t timeout_usec;
+        uint64_t connect_timeout_usec;
+};
+
+int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn done,
+                void *userdata);
+size_t httpc_in_flight(const struct httpc *h);

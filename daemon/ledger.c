@@ -1,0 +1,569 @@
+/* ledger.c: the SQLite ledger: WAL, versioned migrations, prepared statements, state counters. */
+#include "ledger.h"
+
+#include <errno.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util.h"
+
+enum {
+        STMT_BEGIN,
+        STMT_COMMIT,
+        STMT_ROLLBACK,
+        STMT_INSERT,
+        STMT_GET,
+        STMT_GET_BY_UPSCALE,
+        STMT_SAVE,
+        STMT_DUE_SUBMIT,
+        STMT_DUE_POLL,
+        STMT_NEXT_SUBMIT,
+        STMT_NEXT_POLL,
+        STMT_COUNTS,
+        STMT_REPLAY_GET,
+        STMT_REPLAY_PUT,
+        STMT_REPLAY_PURGE,
+        STMT_PROBE,
+        _STMT_MAX,
+};
+
+static const char *const stmt_sql[_STMT_MAX] = {
+    [STMT_BEGIN] = "BEGIN IMMEDIATE",
+    [STMT_COMMIT] = "COMMIT",
+    [STMT_ROLLBACK] = "ROLLBACK",
+    [STMT_INSERT] = "INSERT INTO jobs(creation_id, source_task_id, state, attempt, next_at, "
+                    "created_at, updated_at) VALUES (?1, ?2, 'pending', 0, ?3, ?3, ?3) "
+                    "ON CONFLICT(creation_id) DO NOTHING",
+    [STMT_GET] = "SELECT creation_id, source_task_id, upscale_task_id, state, attempt, next_at, "
+                 "http_status, upstream_error, result_url, created_at, updated_at "
+                 "FROM jobs WHERE creation_id = ?1",
+    [STMT_GET_BY_UPSCALE] = "SELECT creation_id, source_task_id, upscale_task_id, state, "
+                            "attempt, next_at, http_status, upstream_error, result_url, "
+                            "created_at, updated_at FROM jobs WHERE upscale_task_id = ?1",
+    [STMT_SAVE] = "UPDATE jobs SET state = ?2, attempt = ?3, next_at = ?4, upscale_task_id = ?5, "
+                  "http_status = ?6, upstream_error = ?7, result_url = ?8, updated_at = ?9 "
+                  "WHERE creation_id = ?1",
+    [STMT_DUE_SUBMIT] = "SELECT creation_id, source_task_id, upscale_task_id, state, attempt, "
+                        "next_at, http_status, upstream_error, result_url, created_at, "
+                        "updated_at FROM jobs WHERE state IN ('pending', 'waiting') "
+                        "AND next_at <= ?1 ORDER BY next_at LIMIT ?2",
+    [STMT_DUE_POLL] = "SELECT creation_id, source_task_id, upscale_task_id, state, attempt, "
+                      "next_at, http_status, upstream_error, result_url, created_at, "
+                      "updated_at FROM jobs WHERE state = 'submitted' AND next_at <= ?1 "
+                      "ORDER BY next_at LIMIT ?2",
+    [STMT_NEXT_SUBMIT] = "SELECT min(next_at) FROM jobs WHERE state IN ('pending', 'waiting')",
+    [STMT_NEXT_POLL] = "SELECT min(next_at) FROM jobs WHERE state = 'submitted'",
+    [STMT_COUNTS] = "SELECT state, n FROM job_counts",
+    [STMT_REPLAY_GET] = "SELECT until FROM replay WHERE key = ?1",
+    [STMT_REPLAY_PUT] = "INSERT OR REPLACE INTO replay(key, until) VALUES (?1, ?2)",
+    [STMT_REPLAY_PURGE] = "DELETE FROM replay WHERE until < ?1",
+    [STMT_PROBE] = "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_probe', ?1)",
+};
+
+/* Each migration moves the schema from version i to i+1; never edit one that has shipped. */
+static const char *const migrations[] = {
+    /* 1: jobs, their counters, replay memory. */
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;"
+    "CREATE TABLE jobs ("
+    "  creation_id TEXT PRIMARY KEY,"
+    "  source_task_id TEXT,"
+    "  upscale_task_id TEXT,"
+    "  state TEXT NOT NULL,"
+    "  attempt INTEGER NOT NULL DEFAULT 0,"
+    "  next_at INTEGER NOT NULL,"
+    "  http_status INTEGER,"
+    "  upstream_error TEXT,"
+    "  result_url TEXT,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL"
+    ") WITHOUT ROWID;"
+    /* Only jobs that still need work are indexed, so the scheduler's queries stay cheap
+     * however many finished jobs the ledger holds. */
+    "CREATE INDEX jobs_submit_due ON jobs(next_at) WHERE state IN ('pending', 'waiting');"
+    "CREATE INDEX jobs_poll_due ON jobs(next_at) WHERE state = 'submitted';"
+    "CREATE UNIQUE INDEX jobs_upscale ON jobs(upscale_task_id) WHERE upscale_task_id IS NOT NULL;"
+    "CREATE TABLE job_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;"
+    "INSERT INTO job_counts(state, n) VALUES ('pending', 0), ('submitting', 0), ('waiting', 0),"
+    "  ('submitted', 0), ('succeeded', 0), ('failed', 0), ('dead', 0), ('uncertain', 0);"
+    "CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN"
+    "  UPDATE job_counts SET n = n + 1 WHERE state = NEW.state; END;"
+    "CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs"
+    "  WHEN OLD.state <> NEW.state BEGIN"
+    "  UPDATE job_counts SET n = n - 1 WHERE state = OLD.state;"
+    "  UPDATE job_counts SET n = n + 1 WHERE state = NEW.state; END;"
+    "CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN"
+    "  UPDATE job_counts SET n = n - 1 WHERE state = OLD.state; END;"
+    "CREATE TABLE replay (key TEXT PRIMARY KEY, until INTEGER NOT NULL) WITHOUT ROWID;",
+};
+
+struct ledger {
+        sqlite3 *db;
+        char *path;
+        sqlite3_stmt *stmt[_STMT_MAX];
+        char errbuf[512];
+        bool read_only;
+};
+
+static int errno_from_sqlite(int rc)
+{
+        switch (rc & 0xff) {
+        case SQLITE_OK:
+        case SQLITE_ROW:
+        case SQLITE_DONE:
+                return 0;
+        case SQLITE_FULL:
+                return -ENOSPC;
+        case SQLITE_BUSY:
+        case SQLITE_LOCKED:
+                return -EBUSY;
+        case SQLITE_NOMEM:
+                return -ENOMEM;
+        case SQLITE_CORRUPT:
+        case SQLITE_NOTADB:
+                return -EUCLEAN;
+        case SQLITE_READONLY:
+        case SQLITE_PERM:
+        case SQLITE_CANTOPEN:
+                return -EACCES;
+        case SQLITE_CONSTRAINT:
+                return -EEXIST;
+        default:
+                return -EIO;
+        }
+}
+
+/* Remembers why the last call failed, in the caller's words plus SQLite's. */
+static int fail(struct ledger *l, int rc, const char *what)
+{
+        snprintf(l->errbuf, sizeof(l->errbuf), "%s: %s", what,
+                 l->db ? sqlite3_errmsg(l->db) : sqlite3_errstr(rc));
+        int r = errno_from_sqlite(rc);
+        return r < 0 ? r : -EIO;
+}
+
+const char *ledger_errmsg(struct ledger *l)
+{
+        return l ? l->errbuf : "no ledger";
+}
+
+static int exec(struct ledger *l, const char *sql, const char *what)
+{
+        int rc = sqlite3_exec(l->db, sql, NULL, NULL, NULL);
+        if (rc != SQLITE_OK)
+                return fail(l, rc, what);
+        return 0;
+}
+
+int ledger_schema_version(struct ledger *l)
+{
+        sqlite3_stmt *s = NULL;
+        int v = -EIO;
+        if (sqlite3_prepare_v2(l->db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK &&
+            sqlite3_step(s) == SQLITE_ROW)
+                v = sqlite3_column_int(s, 0);
+        sqlite3_finalize(s);
+        return v;
+}
+
+static int migrate(struct ledger *l)
+{
+        int version = ledger_schema_version(l);
+        if (version < 0)
+                return fail(l, SQLITE_NOTADB, "reading the schema version");
+        if ((size_t)version > ELEMENTSOF(migrations)) {
+                snprintf(l->errbuf, sizeof(l->errbuf),
+                         "schema version %d is newer than this daemon knows (%zu); run the newer "
+                         "daemon or restore a matching backup",
+                         version, ELEMENTSOF(migrations));
+                return -EPROTO;
+        }
+        for (size_t v = (size_t)version; v < ELEMENTSOF(migrations); v++) {
+                char sql[64];
+                int r = exec(l, "BEGIN IMMEDIATE", "starting a migration");
+                if (r < 0)
+                        return r;
+                r = exec(l, migrations[v], "migrating the schema");
+                if (r >= 0) {
+                        snprintf(sql, sizeof(sql), "PRAGMA user_version = %zu", v + 1);
+                        r = exec(l, sql, "recording the schema version");
+                }
+                if (r >= 0)
+                        r = exec(l, "COMMIT", "committing a migration");
+                if (r < 0) {
+                        sqlite3_exec(l->db, "ROLLBACK", NULL, NULL, NULL);
+                        return r;
+                }
+        }
+        return 0;
+}
+
+static int check_integrity(struct ledger *l)
+{
+        sqlite3_stmt *s = NULL;
+        int rc = sqlite3_prepare_v2(l->db, "PRAGMA quick_check", -1, &s, NULL);
+        if (rc != SQLITE_OK)
+                return fail(l, rc, "checking integrity");
+        rc = sqlite3_step(s);
+        if (rc != SQLITE_ROW) {
+                int r = fail(l, rc, "checking integrity");
+                sqlite3_finalize(s);
+                return r;
+        }
+        const char *res = (const char *)sqlite3_column_text(s, 0);
+        if (!res || strcmp(res, "ok") != 0) {
+                snprintf(l->errbuf, sizeof(l->errbuf), "integrity check failed: %s",
+                         res ? res : "(no answer)");
+                sqlite3_finalize(s);
+                return -EUCLEAN;
+        }
+        sqlite3_finalize(s);
+        return 0;
+}
+
+int ledger_open(const char *path, const struct ledger_options *opts, struct ledger **ret,
+                char **ret_error)
+{
+        struct ledger *l = calloc(1, sizeof(*l));
+        int r;
+        if (!l)
+                return -ENOMEM;
+        l->path = strdup(path);
+        l->read_only = opts->read_only;
+        if (!l->path) {
+                free(l);
+                return -ENOMEM;
+        }
+        int flags =
+            SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE |
+            (opts->read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+        int rc = sqlite3_open_v2(path, &l->db, flags, NULL);
+        if (rc != SQLITE_OK) {
+                r = fail(l, rc, "opening");
+                goto fail;
+        }
+        sqlite3_busy_timeout(l->db, (int)opts->busy_timeout_ms);
+        sqlite3_extended_result_codes(l->db, 1);
+
+        /* A file that is not a database fails on its first read: say so plainly. */
+        if (!opts->read_only) {
+                r = exec(l, "PRAGMA journal_mode = WAL", "switching to WAL");
+                if (r < 0)
+                        goto fail;
+        }
+        r = exec(
+            l, opts->synchronous_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
+            "setting synchronous");
+        if (r < 0)
+                goto fail;
+        exec(l, "PRAGMA foreign_keys = ON", "enabling foreign keys");
+        if (opts->integrity_check) {
+                r = check_integrity(l);
+                if (r < 0)
+                        goto fail;
+        }
+        if (!opts->read_only) {
+                r = migrate(l);
+                if (r < 0)
+                        goto fail;
+        } else if (ledger_schema_version(l) != (int)ELEMENTSOF(migrations)) {
+                snprintf(l->errbuf, sizeof(l->errbuf),
+                         "schema version %d, expected %zu: start the daemon once to migrate it",
+                         ledger_schema_version(l), ELEMENTSOF(migrations));
+                r = -EPROTO;
+                goto fail;
+        }
+        for (size_t i = 0; i < _STMT_MAX; i++) {
+                if (opts->read_only && (i == STMT_PROBE))
+                        continue;
+                rc = sqlite3_prepare_v3(l->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+                                        &l->stmt[i], NULL);
+                if (rc != SQLITE_OK) {
+                        r = fail(l, rc, "preparing statements");
+                        goto fail;
+                }
+        }
+        *ret = l;
+        return 0;
+fail:
+        if (ret_error) {
+                char *msg = NULL;
+                if (r == -EUCLEAN)
+                        r = asprintf(
+                                &msg,
+                                "ledger %s is damaged (%s). The daemon will not reset it: stop "
+                                "the service, move the file aside (with its -wal and -shm "
+                                "files), and restore a backup or try `sqlite3 %s .recover`",
+                                path, l->errbuf, path) < 0
+                                ? -ENOMEM
+                                : -EUCLEAN;
+                else {
+                        int saved = r;
+                        r = asprintf(&msg, "ledger %s: %s", path, l->errbuf) < 0 ? -ENOMEM : saved;
+                }
+                *ret_error = msg;
+        }
+        ledger_close(l);
+        return r;
+}
+
+struct ledger *ledger_close(struct ledger *l)
+{
+        if (!l)
+                return NULL;
+        for (size_t i = 0; i < _STMT_MAX; i++)
+                sqlite3_finalize(l->stmt[i]);
+        if (l->db) {
+                if (!l->read_only)
+                        sqlite3_exec(l->db, "PRAGMA optimize", NULL, NULL, NULL);
+                sqlite3_close(l->db);
+        }
+        free(l->path);
+        free(l);
+        return NULL;
+}
+
+/* Runs a prepared statement that returns no rows, and resets it. */
+static int step_done(struct ledger *l, sqlite3_stmt *s, const char *what)
+{
+        int rc = sqlite3_step(s);
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+                return fail(l, rc, what);
+        return 0;
+}
+
+int ledger_begin(struct ledger *l)
+{
+        return step_done(l, l->stmt[STMT_BEGIN], "beginning a transaction");
+}
+
+int ledger_commit(struct ledger *l)
+{
+        return step_done(l, l->stmt[STMT_COMMIT], "committing");
+}
+
+void ledger_rollback(struct ledger *l)
+{
+        if (!sqlite3_get_autocommit(l->db))
+                (void)step_done(l, l->stmt[STMT_ROLLBACK], "rolling back");
+}
+
+bool ledger_in_transaction(struct ledger *l)
+{
+        return !sqlite3_get_autocommit(l->db);
+}
+
+static void bind_text_or_null(sqlite3_stmt *s, int i, const char *v)
+{
+        if (isempty(v))
+                sqlite3_bind_null(s, i);
+        else
+                sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC);
+}
+
+int ledger_insert(struct ledger *l, const char *creation_id, const char *source_task_id,
+                  uint64_t now_usec)
+{
+        sqlite3_stmt *s = l->stmt[STMT_INSERT];
+        sqlite3_bind_text(s, 1, creation_id, -1, SQLITE_STATIC);
+        bind_text_or_null(s, 2, source_task_id);
+        sqlite3_bind_int64(s, 3, (sqlite3_int64)now_usec);
+        int r = step_done(l, s, "recording a job");
+        if (r < 0)
+                return r;
+        return sqlite3_changes(l->db) > 0 ? 1 : 0;
+}
+
+static void copy_col(sqlite3_stmt *s, int i, char *dst, size_t size)
+{
+        job_set_field(dst, size, (const char *)sqlite3_column_text(s, i));
+}
+
+static void row_to_job(sqlite3_stmt *s, struct job *j)
+{
+        memset(j, 0, sizeof(*j));
+        copy_col(s, 0, j->creation_id, sizeof(j->creation_id));
+        copy_col(s, 1, j->source_task_id, sizeof(j->source_task_id));
+        copy_col(s, 2, j->upscale_task_id, sizeof(j->upscale_task_id));
+        int st = job_state_from_string((const char *)sqlite3_column_text(s, 3));
+        j->state = st < 0 ? JOB_DEAD : (enum job_state)st;
+        j->attempt = (unsigned)sqlite3_column_int(s, 4);
+        j->next_at = (uint64_t)sqlite3_column_int64(s, 5);
+        j->http_status = sqlite3_column_int(s, 6);
+        copy_col(s, 7, j->upstream_error, sizeof(j->upstream_error));
+        copy_col(s, 8, j->result_url, sizeof(j->result_url));
+        j->created_at = (uint64_t)sqlite3_column_int64(s, 9);
+        j->updated_at = (uint64_t)sqlite3_column_int64(s, 10);
+}
+
+static int get_one(struct ledger *l, sqlite3_stmt *s, const char *key, struct job *ret)
+{
+        sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(s);
+        int r = 0;
+        if (rc == SQLITE_ROW) {
+                row_to_job(s, ret);
+                r = 1;
+        } else if (rc != SQLITE_DONE)
+                r = fail(l, rc, "reading a job");
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        return r;
+}
+
+int ledger_get(struct ledger *l, const char *creation_id, struct job *ret)
+{
+        return get_one(l, l->stmt[STMT_GET], creation_id, ret);
+}
+
+int ledger_get_by_upscale(struct ledger *l, const char *upscale_task_id, struct job *ret)
+{
+        return get_one(l, l->stmt[STMT_GET_BY_UPSCALE], upscale_task_id, ret);
+}
+
+int ledger_save(struct ledger *l, struct job *j, uint64_t now_usec)
+{
+        sqlite3_stmt *s = l->stmt[STMT_SAVE];
+        j->updated_at = now_usec;
+        sqlite3_bind_text(s, 1, j->creation_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, job_state_to_string(j->state), -1, SQLITE_STATIC);
+        sqlite3_bind_int(s, 3, (int)j->attempt);
+        sqlite3_bind_int64(s, 4, (sqlite3_int64)j->next_at);
+        bind_text_or_null(s, 5, j->upscale_task_id);
+        if (j->http_status)
+                sqlite3_bind_int(s, 6, j->http_status);
+        else
+                sqlite3_bind_null(s, 6);
+        bind_text_or_null(s, 7, j->upstream_error);
+        bind_text_or_null(s, 8, j->result_url);
+        sqlite3_bind_int64(s, 9, (sqlite3_int64)now_usec);
+        return step_done(l, s, "updating a job");
+}
+
+int ledger_due(struct ledger *l, enum ledger_due_kind kind, uint64_t now_usec, struct job *out,
+               size_t max)
+{
+        sqlite3_stmt *s = l->stmt[kind == LEDGER_DUE_SUBMIT ? STMT_DUE_SUBMIT : STMT_DUE_POLL];
+        size_t n = 0;
+        int rc;
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)now_usec);
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)max);
+        while (n < max && (rc = sqlite3_step(s)) == SQLITE_ROW)
+                row_to_job(s, &out[n++]);
+        if (n < max && rc != SQLITE_DONE) {
+                int r = fail(l, rc, "finding due jobs");
+                sqlite3_reset(s);
+                return r;
+        }
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        return (int)n;
+}
+
+int ledger_next_due(struct ledger *l, enum ledger_due_kind kind, uint64_t *ret)
+{
+        sqlite3_stmt *s = l->stmt[kind == LEDGER_DUE_SUBMIT ? STMT_NEXT_SUBMIT : STMT_NEXT_POLL];
+        int rc = sqlite3_step(s);
+        int r = 0;
+        if (rc == SQLITE_ROW) {
+                if (sqlite3_column_type(s, 0) != SQLITE_NULL) {
+                        *ret = (uint64_t)sqlite3_column_int64(s, 0);
+                        r = 1;
+                }
+        } else
+                r = fail(l, rc, "finding the next due job");
+        sqlite3_reset(s);
+        return r;
+}
+
+int ledger_foreach(struct ledger *l, int state, ledger_job_cb cb, void *userdata)
+{
+        sqlite3_stmt *s = NULL;
+        const char *sql = state < 0 ? "SELECT creation_id, source_task_id, upscale_task_id, state, "
+                                      "attempt, next_at, http_status, upstream_error, result_url, "
+                                      "created_at, updated_at FROM jobs ORDER BY created_at"
+                                    : "SELECT creation_id, source_task_id, upscale_task_id, state, "
+                                      "attempt, next_at, http_status, upstream_error, result_url, "
+                                      "created_at, updated_at FROM jobs WHERE state = ?1 "
+                                      "ORDER BY created_at";
+        int rc = sqlite3_prepare_v2(l->db, sql, -1, &s, NULL);
+        if (rc != SQLITE_OK)
+                return fail(l, rc, "listing jobs");
+        if (state >= 0)
+                sqlite3_bind_text(s, 1, job_state_to_string((enum job_state)state), -1,
+                                  SQLITE_STATIC);
+        int r = 0;
+        struct job j;
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+                row_to_job(s, &j);
+                r = cb(&j, userdata);
+                if (r != 0)
+                        break;
+        }
+        if (r == 0 && rc != SQLITE_DONE)
+                r = fail(l, rc, "listing jobs");
+        sqlite3_finalize(s);
+        return r;
+}
+
+int ledger_count_states(struct ledger *l, uint64_t counts[_JOB_STATE_MAX])
+{
+        sqlite3_stmt *s = l->stmt[STMT_COUNTS];
+        int rc;
+        memset(counts, 0, sizeof(uint64_t) * _JOB_STATE_MAX);
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+                int st = job_state_from_string((const char *)sqlite3_column_text(s, 0));
+                sqlite3_int64 n = sqlite3_column_int64(s, 1);
+                if (st >= 0)
+                        counts[st] = n > 0 ? (uint64_t)n : 0;
+        }
+        int r = rc == SQLITE_DONE ? 0 : fail(l, rc, "counting jobs");
+        sqlite3_reset(s);
+        return r;
+}
+
+int ledger_replay_remember(struct ledger *l, const char *key, uint64_t until_usec,
+                           uint64_t now_usec)
+{
+        sqlite3_stmt *s = l->stmt[STMT_REPLAY_GET];
+        sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(s);
+        bool seen = false;
+        if (rc == SQLITE_ROW)
+                seen = (uint64_t)sqlite3_column_int64(s, 0) >= now_usec;
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+                return fail(l, rc, "reading replay memory");
+        if (seen)
+                return 0;
+        s = l->stmt[STMT_REPLAY_PUT];
+        sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)until_usec);
+        int r = step_done(l, s, "remembering a delivery");
+        return r < 0 ? r : 1;
+}
+
+int ledger_purge_replay(struct ledger *l, uint64_t now_usec)
+{
+        sqlite3_stmt *s = l->stmt[STMT_REPLAY_PURGE];
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)now_usec);
+        return step_done(l, s, "purging replay memory");
+}
+
+int ledger_probe_writable(struct ledger *l, uint64_t now_usec)
+{
+        int r = ledger_begin(l);
+        if (r < 0)
+                return r;
+        sqlite3_stmt *s = l->stmt[STMT_PROBE];
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)now_usec);
+        r = step_done(l, s, "probing");
+        if (r >= 0)
+                r = ledger_commit(l);
+        if (r < 0)
+                ledger_rollback(l);
+        return r;
+}

@@ -1,0 +1,75 @@
+/* ledger.h: the durable record of every job, keyed by creation id, plus the replay memory of
+ * webhook deliveries. Library-like: returns -errno, never logs; ledger_errmsg() says why. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "job.h"
+
+struct ledger;
+
+struct ledger_options {
+        bool synchronous_full; /* fsync every commit (default) or only at checkpoints */
+        bool read_only;        /* for inspection tools */
+        unsigned busy_timeout_ms;
+        bool integrity_check; /* PRAGMA quick_check at open */
+};
+
+/* Opens (creating if needed) and migrates the ledger. A damaged file is -EUCLEAN with a message
+ * naming the file and what to do, never a silent reset. *ret_error is set on failure (free it). */
+int ledger_open(const char *path, const struct ledger_options *opts, struct ledger **ret,
+                char **ret_error);
+struct ledger *ledger_close(struct ledger *l);
+
+/* The message of the last failed call; valid until the next call. */
+const char *ledger_errmsg(struct ledger *l);
+int ledger_schema_version(struct ledger *l);
+
+/* Transactions: every write below happens between begin and commit. A failed commit leaves
+ * nothing recorded (the caller rolls back). -ENOSPC disk full, -EBUSY locked, -EIO otherwise. */
+int ledger_begin(struct ledger *l);
+int ledger_commit(struct ledger *l);
+void ledger_rollback(struct ledger *l);
+bool ledger_in_transaction(struct ledger *l);
+
+/* Records a new job in state pending, due now. Returns 1 if new, 0 if the creation id was
+ * already known (a duplicate), or -errno. */
+int ledger_insert(struct ledger *l, const char *creation_id, const char *source_task_id,
+                  uint64_t now_usec);
+
+/* Look-ups: 1 found (and *ret filled), 0 not found, or -errno. */
+int ledger_get(struct ledger *l, const char *creation_id, struct job *ret);
+int ledger_get_by_upscale(struct ledger *l, const char *upscale_task_id, struct job *ret);
+
+/* Writes every mutable field of j (state, attempt, next_at, upscale id, status, error, url). */
+int ledger_save(struct ledger *l, struct job *j, uint64_t now_usec);
+
+enum ledger_due_kind {
+        LEDGER_DUE_SUBMIT, /* pending or waiting, next_at <= now */
+        LEDGER_DUE_POLL,   /* submitted, next_at <= now */
+};
+/* Fills up to max jobs that are due, oldest first. Returns the count or -errno. */
+int ledger_due(struct ledger *l, enum ledger_due_kind kind, uint64_t now_usec, struct job *out,
+               size_t max);
+/* Earliest next_at over jobs that will need work. 1 and *ret, 0 when none, or -errno. */
+int ledger_next_due(struct ledger *l, enum ledger_due_kind kind, uint64_t *ret);
+
+typedef int (*ledger_job_cb)(const struct job *j, void *userdata);
+/* Calls cb for every job in state (or every job when state < 0), in creation order; stops early
+ * if cb returns non-zero and returns that value. */
+int ledger_foreach(struct ledger *l, int state, ledger_job_cb cb, void *userdata);
+
+/* Jobs per state, kept by triggers so it is cheap at any ledger size. */
+int ledger_count_states(struct ledger *l, uint64_t counts[_JOB_STATE_MAX]);
+
+/* Replay memory: 1 when key is new (and now remembered until until_usec), 0 when it was seen and
+ * is still remembered, or -errno. Expired keys are purged by ledger_purge_replay. Must run inside
+ * a transaction. */
+int ledger_replay_remember(struct ledger *l, const char *key, uint64_t until_usec,
+                           uint64_t now_usec);
+int ledger_purge_replay(struct ledger *l, uint64_t now_usec);
+
+/* A cheap write in its own transaction, to learn whether the ledger can commit again. */
+int ledger_probe_writable(struct ledger *l, uint64_t now_usec);

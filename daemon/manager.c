@@ -1,0 +1,351 @@
+/* manager.c: the daemon's life: start in order (configuration, ledger, recovery, listener, READY),
+ * serve, reload on SIGHUP, drain on SIGTERM. */
+#include "manager.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "dispatcher.h"
+#include "http.h"
+#include "journal.h"
+#include "ledger.h"
+#include "metrics.h"
+#include "util.h"
+#include "webhook.h"
+
+#define STATUS_INTERVAL_USEC (2 * USEC_PER_SEC)
+#define PURGE_INTERVAL_USEC  (10 * 60 * USEC_PER_SEC)
+#define DRAIN_CHECK_USEC     (20 * USEC_PER_MSEC)
+
+struct manager {
+        const char *config_path;
+        struct config *cfg;
+        sd_event *event;
+        struct ledger *ledger;
+        struct metrics metrics;
+        struct dispatcher *dispatcher;
+        struct webhook *webhook;
+        struct http_server *http;
+        sd_event_source *status_timer;
+        sd_event_source *purge_timer;
+        sd_event_source *drain_timer;
+        bool draining;
+        bool dispatcher_idle;
+        uint64_t drain_deadline;
+        char last_status[512];
+};
+
+static void update_status(struct manager *m)
+{
+        uint64_t counts[_JOB_STATE_MAX];
+        char status[512];
+        if (ledger_count_states(m->ledger, counts) < 0)
+                return;
+        const char *err = dispatcher_last_error(m->dispatcher);
+        snprintf(status, sizeof(status),
+                 "%s%llu pending, %zu in flight, %llu submitted, %llu succeeded, %llu dead, %llu "
+                 "uncertain%s%s%s",
+                 m->draining ? "Draining: " : (dispatcher_paused(m->dispatcher) ? "Paused: " : ""),
+                 (unsigned long long)(counts[JOB_PENDING] + counts[JOB_WAITING] +
+                                      counts[JOB_SUBMITTING]),
+                 dispatcher_in_flight(m->dispatcher), (unsigned long long)counts[JOB_SUBMITTED],
+                 (unsigned long long)counts[JOB_SUCCEEDED], (unsigned long long)counts[JOB_DEAD],
+                 (unsigned long long)counts[JOB_UNCERTAIN],
+                 isempty(err) ? "" : "; last upstream error: ", isempty(err) ? "" : err, "");
+        if (strcmp(status, m->last_status) != 0) {
+                sd_notifyf(0, "STATUS=%s", status);
+                snprintf(m->last_status, sizeof(m->last_status), "%s", status);
+        }
+}
+
+static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        struct manager *m = userdata;
+        update_status(m);
+        sd_event_source_set_time(s, usec + STATUS_INTERVAL_USEC);
+        return 0;
+}
+
+static int on_purge_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        struct manager *m = userdata;
+        if (ledger_purge_replay(m->ledger, now_realtime_usec()) < 0)
+                log_warning("Cannot purge expired replay memory: %s", ledger_errmsg(m->ledger));
+        sd_event_source_set_time(s, usec + PURGE_INTERVAL_USEC);
+        return 0;
+}
+
+static bool on_healthy(void *userdata)
+{
+        struct manager *m = userdata;
+        return !m->draining && webhook_ledger_ok(m->webhook);
+}
+
+static void on_metrics(FILE *f, void *userdata)
+{
+        struct manager *m = userdata;
+        uint64_t counts[_JOB_STATE_MAX];
+        if (ledger_count_states(m->ledger, counts) >= 0) {
+                memcpy(m->metrics.jobs_by_state, counts, sizeof(counts));
+                m->metrics.backlog =
+                    counts[JOB_PENDING] + counts[JOB_WAITING] + counts[JOB_SUBMITTING];
+        }
+        m->metrics.in_flight = dispatcher_in_flight(m->dispatcher);
+        metrics_render(&m->metrics, f);
+}
+
+static void on_answered(unsigned status, void *userdata)
+{
+        struct manager *m = userdata;
+        if (status < ELEMENTSOF(m->metrics.requests_by_status))
+                m->metrics.requests_by_status[status]++;
+}
+
+static const struct http_handlers handlers = {
+    .webhook = webhook_handle,
+    .healthy = on_healthy,
+    .metrics = on_metrics,
+    .answered = on_answered,
+};
+
+static bool streq_null(const char *a, const char *b)
+{
+        return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* Settings bound at start-up keep their old values; say which were asked to change. */
+static void keep_fixed_settings(struct config *old, struct config *new)
+{
+#define KEEP_STR(field, name)                                                                      \
+        if (!streq_null(old->field, new->field)) {                                                 \
+                log_warning("Reload: %s cannot change while running (kept %s); restart to apply",  \
+                            name, old->field ? old->field : "(unset)");                            \
+                char *tmp = new->field;                                                            \
+                new->field = old->field;                                                           \
+                old->field = tmp;                                                                  \
+        }
+#define KEEP_NUM(field, name)                                                                      \
+        if (old->field != new->field) {                                                            \
+                log_warning("Reload: %s cannot change while running; restart to apply", name);     \
+                new->field = old->field;                                                           \
+        }
+        KEEP_STR(listen, "server.listen");
+        KEEP_STR(store_path, "store.path");
+        KEEP_STR(tls_cert, "server.tls_cert");
+        KEEP_STR(tls_key, "server.tls_key");
+        KEEP_NUM(synchronous_full, "store.synchronous");
+        KEEP_NUM(max_connections, "server.max_connections");
+        KEEP_NUM(max_per_ip, "server.max_per_ip");
+        KEEP_NUM(idle_timeout, "server.idle_timeout");
+        KEEP_NUM(max_header, "server.max_header");
+#undef KEEP_STR
+#undef KEEP_NUM
+}
+
+static void reload(struct manager *m)
+{
+        struct config *cfg = NULL;
+        struct config_errors errors = {0};
+        sd_notifyf(0, "RELOADING=1\nSTATUS=Reloading configuration");
+        int r = config_load(m->config_path, &cfg, &errors);
+        if (r < 0) {
+                for (size_t i = 0; i < errors.n; i++)
+                        log_full(LOG_ERR, MSGID_RELOAD_FAILED, "Reload rejected: %s",
+                                 errors.lines[i]);
+                log_full(
+                    LOG_ERR, MSGID_RELOAD_FAILED,
+                    "Reload rejected with %zu error(s); the previous configuration stays in force",
+                    errors.n);
+                config_errors_clear(&errors);
+        } else {
+                keep_fixed_settings(m->cfg, cfg);
+                struct config *old = m->cfg;
+                m->cfg = cfg;
+                http_server_set_config(m->http, cfg);
+                webhook_set_config(m->webhook, cfg);
+                dispatcher_set_config(m->dispatcher, cfg);
+                journal_set_level(cfg->log_level);
+                config_free(old);
+                log_full(LOG_NOTICE, MSGID_RELOADED,
+                         "Configuration reloaded (upstream %s, flavor %s, concurrency %llu)",
+                         cfg->base_url, upstream_flavor_to_string(cfg->flavor),
+                         (unsigned long long)cfg->concurrency);
+        }
+        m->last_status[0] = 0;
+        sd_notify(0, "READY=1");
+        update_status(m);
+}
+
+static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)
+{
+        reload(userdata);
+        return 0;
+}
+
+static void finish_drain(struct manager *m)
+{
+        bool requests_done = http_server_pending(m->http) == 0 && webhook_staged(m->webhook) == 0;
+        if ((requests_done && m->dispatcher_idle) || now_monotonic_usec() >= m->drain_deadline) {
+                if (!requests_done)
+                        log_warning(
+                            "Stopping with %zu request(s) unanswered after server.drain_timeout",
+                            http_server_pending(m->http));
+                sd_event_exit(m->event, 0);
+        }
+}
+
+static int on_drain_check(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        struct manager *m = userdata;
+        finish_drain(m);
+        sd_event_source_set_time(s, usec + DRAIN_CHECK_USEC);
+        return 0;
+}
+
+static void on_dispatcher_idle(struct dispatcher *d, size_t abandoned, void *userdata)
+{
+        struct manager *m = userdata;
+        if (abandoned > 0)
+                log_warning("%zu upstream request(s) still in flight after server.drain_timeout; "
+                            "their jobs "
+                            "follow retry.uncertain at the next start",
+                            abandoned);
+        m->dispatcher_idle = true;
+        finish_drain(m);
+}
+
+static int on_sigterm(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)
+{
+        struct manager *m = userdata;
+        if (m->draining)
+                return 0;
+        m->draining = true;
+        sd_notify(0, "STOPPING=1\nSTATUS=Draining: finishing requests in progress");
+        log_full(LOG_INFO, MSGID_STOPPING,
+                 "Stopping on %s: no new connections; finishing requests in progress",
+                 strsignal((int)si->ssi_signo));
+        http_server_quiesce(m->http);
+        m->drain_deadline = now_monotonic_usec() + m->cfg->drain_timeout;
+        dispatcher_drain(m->dispatcher, m->cfg->drain_timeout, on_dispatcher_idle, m);
+        uint64_t now;
+        sd_event_now(m->event, CLOCK_MONOTONIC, &now);
+        sd_event_add_time(m->event, &m->drain_timer, CLOCK_MONOTONIC, now + DRAIN_CHECK_USEC, 0,
+                          on_drain_check, m);
+        return 0;
+}
+
+static void manager_free(struct manager *m)
+{
+        sd_event_source_disable_unref(m->status_timer);
+        sd_event_source_disable_unref(m->purge_timer);
+        sd_event_source_disable_unref(m->drain_timer);
+        http_server_free(m->http);
+        webhook_free(m->webhook);
+        dispatcher_free(m->dispatcher);
+        ledger_close(m->ledger);
+        sd_event_unref(m->event);
+        config_free(m->cfg);
+}
+
+int manager_run(const char *config_path)
+{
+        struct manager m = {.config_path = config_path};
+        struct config_errors errors = {0};
+        char *err = NULL;
+        int r, ret = 1;
+
+        journal_setup(LOG_INFO);
+        r = config_load(config_path, &m.cfg, &errors);
+        if (r < 0) {
+                for (size_t i = 0; i < errors.n; i++) {
+                        fprintf(stderr, "%s\n", errors.lines[i]);
+                        if (!journal_to_stderr())
+                                log_error("%s", errors.lines[i]);
+                }
+                config_errors_clear(&errors);
+                sd_notifyf(0, "STATUS=Configuration errors\nERRNO=%d", EINVAL);
+                return EXIT_CONFIG;
+        }
+        journal_setup(m.cfg->log_level);
+        m.metrics.start_time_usec = now_realtime_usec();
+
+        sigset_t mask;
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGHUP);
+        sigprocmask(SIG_BLOCK, &mask, NULL);
+        signal(SIGPIPE, SIG_IGN);
+
+        r = sd_event_default(&m.event);
+        if (r < 0) {
+                log_error("Cannot create the event loop: %s", strerror(-r));
+                goto out;
+        }
+        struct ledger_options lo = {
+            .synchronous_full = m.cfg->synchronous_full,
+            .busy_timeout_ms = 50,
+            .integrity_check = true,
+        };
+        r = ledger_open(m.cfg->store_path, &lo, &m.ledger, &err);
+        if (r < 0) {
+                log_full(LOG_ERR, MSGID_LEDGER_ERROR, "%s", err ? err : "cannot open the ledger");
+                sd_notifyf(0, "STATUS=%s", err ? err : "cannot open the ledger");
+                free(err);
+                goto out;
+        }
+        r = dispatcher_new(m.event, m.ledger, m.cfg, &m.metrics, &m.dispatcher);
+        if (r >= 0)
+                r = webhook_new(m.event, m.ledger, m.cfg, &m.metrics, m.dispatcher, &m.webhook);
+        if (r < 0) {
+                log_error("Cannot set up: %s", strerror(-r));
+                goto out;
+        }
+        r = dispatcher_recover(m.dispatcher);
+        if (r < 0) {
+                log_full(LOG_ERR, MSGID_LEDGER_ERROR, "Cannot recover interrupted jobs: %s",
+                         ledger_errmsg(m.ledger));
+                goto out;
+        }
+        r = http_server_new(m.event, m.cfg, &handlers, &m, &m.http);
+        if (r < 0) {
+                log_error("Cannot start the HTTP server: %s", strerror(-r));
+                goto out;
+        }
+        sd_event_add_signal(m.event, NULL, SIGTERM, on_sigterm, &m);
+        sd_event_add_signal(m.event, NULL, SIGINT, on_sigterm, &m);
+        sd_event_add_signal(m.event, NULL, SIGHUP, on_sighup, &m);
+        sd_event_set_watchdog(m.event, true);
+        uint64_t now;
+        sd_event_now(m.event, CLOCK_MONOTONIC, &now);
+        sd_event_add_time(m.event, &m.status_timer, CLOCK_MONOTONIC, now + STATUS_INTERVAL_USEC,
+                          USEC_PER_SEC, on_status_timer, &m);
+        sd_event_source_set_enabled(m.status_timer, SD_EVENT_ON);
+        sd_event_add_time(m.event, &m.purge_timer, CLOCK_MONOTONIC, now + PURGE_INTERVAL_USEC,
+                          USEC_PER_SEC, on_purge_timer, &m);
+        sd_event_source_set_enabled(m.purge_timer, SD_EVENT_ON);
+
+        log_full(LOG_INFO, MSGID_STARTED,
+                 "vidu-upscaled %s listening on %s%s, ledger %s, upstream %s (%s)", VIDU_VERSION,
+                 http_server_description(m.http), m.cfg->webhook_path, m.cfg->store_path,
+                 m.cfg->base_url, upstream_flavor_to_string(m.cfg->flavor));
+        sd_notify(0, "READY=1");
+        update_status(&m);
+        dispatcher_kick(m.dispatcher);
+
+        r = sd_event_loop(m.event);
+        if (r < 0) {
+                log_error("Event loop failed: %s", strerror(-r));
+                goto out;
+        }
+        log_info("Stopped");
+        ret = 0;
+out:
+        manager_free(&m);
+        return ret;
+}

@@ -1,0 +1,116 @@
+/* metrics.c: Prometheus text exposition of the daemon's counters and histograms. */
+#include "metrics.h"
+
+#include "util.h"
+
+static const double bucket_bounds[METRICS_BUCKETS] = {
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+
+void metrics_observe(struct histogram *h, double seconds)
+{
+        for (size_t i = 0; i < METRICS_BUCKETS; i++)
+                if (seconds <= bucket_bounds[i]) {
+                        h->buckets[i]++;
+                        break;
+                }
+        h->count++;
+        h->sum += seconds;
+}
+
+static void render_histogram(FILE *f, const char *name, const char *help, const struct histogram *h)
+{
+        uint64_t cum = 0;
+        fprintf(f, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+        for (size_t i = 0; i < METRICS_BUCKETS; i++) {
+                cum += h->buckets[i];
+                fprintf(f, "%s_bucket{le=\"%g\"} %llu\n", name, bucket_bounds[i],
+                        (unsigned long long)cum);
+        }
+        fprintf(f, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name,
+                (unsigned long long)h->count, name, h->sum, name, (unsigned long long)h->count);
+}
+
+static void counter(FILE *f, const char *name, const char *help, uint64_t v)
+{
+        fprintf(f, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
+                (unsigned long long)v);
+}
+
+static void gauge(FILE *f, const char *name, const char *help, double v)
+{
+        fprintf(f, "# HELP %s %s\n# TYPE %s gauge\n%s %g\n", name, help, name, name, v);
+}
+
+void metrics_render(const struct metrics *m, FILE *f)
+{
+        static const char *const outcome_names[_NOTE_OUTCOME_MAX] = {
+            [NOTE_ACCEPTED] = "accepted",       [NOTE_DUPLICATE] = "duplicate",
+            [NOTE_IGNORED] = "ignored",         [NOTE_OUTCOME] = "outcome",
+            [NOTE_REJECTED_ID] = "rejected_id",
+        };
+        fprintf(f,
+                "# HELP vidu_upscaled_build_info Build information.\n"
+                "# TYPE vidu_upscaled_build_info gauge\n"
+                "vidu_upscaled_build_info{version=\"%s\"} 1\n",
+                VIDU_VERSION);
+        gauge(f, "vidu_upscaled_start_time_seconds",
+              "When the daemon started, seconds since the epoch.",
+              (double)m->start_time_usec / 1e6);
+
+        fprintf(f, "# HELP vidu_upscaled_webhook_requests_total Webhook requests by HTTP status "
+                   "answered.\n"
+                   "# TYPE vidu_upscaled_webhook_requests_total counter\n");
+        for (size_t s = 100; s < ELEMENTSOF(m->requests_by_status); s++)
+                if (m->requests_by_status[s])
+                        fprintf(f, "vidu_upscaled_webhook_requests_total{status=\"%zu\"} %llu\n", s,
+                                (unsigned long long)m->requests_by_status[s]);
+
+        fprintf(f, "# HELP vidu_upscaled_notifications_total Creation ids and tasks in "
+                   "notifications, by outcome.\n"
+                   "# TYPE vidu_upscaled_notifications_total counter\n");
+        for (size_t i = 0; i < _NOTE_OUTCOME_MAX; i++)
+                fprintf(f, "vidu_upscaled_notifications_total{outcome=\"%s\"} %llu\n",
+                        outcome_names[i], (unsigned long long)m->notifications[i]);
+        counter(f, "vidu_upscaled_auth_failures_total",
+                "Webhook requests refused for their credentials.", m->auth_failures);
+        counter(f, "vidu_upscaled_replays_total", "Redeliveries recognised by their webhook id.",
+                m->replays);
+
+        fprintf(f, "# HELP vidu_upscaled_jobs Jobs in the ledger by state.\n# TYPE "
+                   "vidu_upscaled_jobs gauge\n");
+        for (size_t i = 0; i < _JOB_STATE_MAX; i++)
+                fprintf(f, "vidu_upscaled_jobs{state=\"%s\"} %llu\n",
+                        job_state_to_string((enum job_state)i),
+                        (unsigned long long)m->jobs_by_state[i]);
+        gauge(f, "vidu_upscaled_backlog",
+              "Jobs waiting to be submitted (pending, waiting, submitting).", (double)m->backlog);
+        gauge(f, "vidu_upscaled_upstream_in_flight", "Upstream requests in flight.",
+              (double)m->in_flight);
+        gauge(f, "vidu_upscaled_dispatch_paused",
+              "1 while dispatch is paused for an account-wide error or an outage.",
+              m->paused ? 1 : 0);
+
+        fprintf(f,
+                "# HELP vidu_upscaled_upstream_requests_total Upstream requests by status class.\n"
+                "# TYPE vidu_upscaled_upstream_requests_total counter\n");
+        static const char *const classes[6] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
+        for (size_t i = 0; i < 6; i++)
+                fprintf(f, "vidu_upscaled_upstream_requests_total{class=\"%s\"} %llu\n", classes[i],
+                        (unsigned long long)m->upstream_by_class[i]);
+        counter(f, "vidu_upscaled_submissions_total", "Upscale submissions sent upstream.",
+                m->submissions);
+        counter(f, "vidu_upscaled_retries_total",
+                "Submissions scheduled again after a retryable error.", m->retries);
+        counter(f, "vidu_upscaled_uncertain_total",
+                "Submissions whose outcome upstream is unknown.", m->uncertain);
+        counter(f, "vidu_upscaled_dead_total", "Jobs given up.", m->dead);
+        counter(f, "vidu_upscaled_polls_total", "State queries sent upstream.", m->polls);
+        counter(f, "vidu_upscaled_dispatch_pauses_total", "Times all dispatch was paused.",
+                m->account_pauses);
+        counter(f, "vidu_upscaled_ledger_commit_errors_total", "Ledger commits that failed.",
+                m->ledger_commit_errors);
+        render_histogram(f, "vidu_upscaled_ledger_commit_seconds", "Time to make a batch durable.",
+                         &m->commit_seconds);
+        render_histogram(f, "vidu_upscaled_upstream_request_seconds", "Upstream request latency.",
+                         &m->upstream_seconds);
+}

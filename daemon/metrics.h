@@ -1,0 +1,50 @@
+/* metrics.h: the daemon's counters and histograms, rendered in the Prometheus text format.
+ * Never holds a secret. */
+#pragma once
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "job.h"
+
+#define METRICS_BUCKETS 14
+
+struct histogram {
+        uint64_t buckets[METRICS_BUCKETS]; /* cumulative at render time, per bucket here */
+        uint64_t count;
+        double sum;
+};
+
+enum notification_outcome {
+        NOTE_ACCEPTED,    /* creation ids recorded */
+        NOTE_DUPLICATE,   /* creation ids already known */
+        NOTE_IGNORED,     /* tasks not finished, failed generations, upscale outcomes */
+        NOTE_OUTCOME,     /* an upscale's own outcome closed a job */
+        NOTE_REJECTED_ID, /* ids that were unusable */
+        _NOTE_OUTCOME_MAX,
+};
+
+struct metrics {
+        uint64_t requests_by_status[600];          /* webhook answers by HTTP status */
+        uint64_t notifications[_NOTE_OUTCOME_MAX]; /* per creation id / task */
+        uint64_t auth_failures;
+        uint64_t upstream_by_class[6]; /* index status/100; 0 = no answer */
+        uint64_t submissions;
+        uint64_t retries;
+        uint64_t uncertain;
+        uint64_t dead;
+        uint64_t polls;
+        uint64_t account_pauses;
+        uint64_t ledger_commit_errors;
+        uint64_t replays;
+        struct histogram commit_seconds;
+        struct histogram upstream_seconds;
+        uint64_t jobs_by_state[_JOB_STATE_MAX]; /* refreshed from the ledger before rendering */
+        uint64_t backlog;                       /* pending + waiting + submitting */
+        uint64_t in_flight;
+        int paused;
+        uint64_t start_time_usec;
+};
+
+void metrics_observe(struct histogram *h, double seconds);
+void metrics_render(const struct metrics *m, FILE *f);

@@ -1,0 +1,298 @@
+/* upstream.c: the Vidu wire format: request bodies, URLs, and what each answer means. */
+#include "upstream.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util.h"
+
+const char *upstream_verdict_to_string(enum upstream_verdict v)
+{
+        static const char *const names[] = {
+            [UPSTREAM_ACCEPTED] = "accepted",   [UPSTREAM_RETRY] = "retry",
+            [UPSTREAM_UNCERTAIN] = "uncertain", [UPSTREAM_FINAL] = "final",
+            [UPSTREAM_ACCOUNT] = "account",     [UPSTREAM_OUTAGE] = "outage",
+        };
+        return (unsigned)v < ELEMENTSOF(names) ? names[v] : "unknown";
+}
+
+int upstream_escape(const char *src, char *dst, size_t size)
+{
+        static const char hex[] = "0123456789ABCDEF";
+        size_t o = 0;
+        for (const unsigned char *p = (const unsigned char *)src; *p; p++) {
+                bool plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                             (*p >= '0' && *p <= '9') || *p == '-' || *p == '.' || *p == '_' ||
+                             *p == '~';
+                if (o + (plain ? 1 : 3) >= size)
+                        return -ENOBUFS;
+                if (plain)
+                        dst[o++] = (char)*p;
+                else {
+                        dst[o++] = '%';
+                        dst[o++] = hex[*p >> 4];
+                        dst[o++] = hex[*p & 15];
+                }
+        }
+        if (o >= size)
+                return -ENOBUFS;
+        dst[o] = 0;
+        return 0;
+}
+
+int upstream_build_submit(const struct config *cfg, const char *creation_id, char **ret_url,
+                          char **ret_body)
+{
+        json_object *root = json_object_new_object();
+        char *url = NULL, *body = NULL;
+        int r = -ENOMEM;
+        if (!root)
+                return -ENOMEM;
+        if (cfg->flavor == UPSTREAM_FLAVOR_ENT_V2) {
+                json_object_object_add(root, "video_creation_id",
+                                       json_object_new_string(creation_id));
+                json_object_object_add(
+                    root, "upscale_resolution",
+                    json_object_new_string(cfg->resolution ? cfg->resolution : "1080p"));
+                if (asprintf(&url, "%s/ent/v2/upscale-new", cfg->base_url) < 0)
+                        url = NULL;
+        } else {
+                json_object *input = json_object_new_object();
+                json_object *settings = json_object_new_object();
+                if (!input || !settings) {
+                        json_object_put(input);
+                        json_object_put(settings);
+                        goto out;
+                }
+                json_object_object_add(input, "creation_id", json_object_new_string(creation_id));
+                json_object_object_add(root, "input", input);
+                json_object_object_add(root, "type", json_object_new_string("upscale"));
+                json_object_object_add(settings, "model", json_object_new_string(cfg->model));
+                json_object_object_add(settings, "duration",
+                                       json_object_new_int64((int64_t)cfg->duration));
+                json_object_object_add(root, "settings", settings);
+                if (asprintf(&url, "%s/vidu/v1/tasks", cfg->base_url) < 0)
+                        url = NULL;
+        }
+        const char *text = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN |
+                                                                    JSON_C_TO_STRING_NOSLASHESCAPE);
+        body = text ? strdup(text) : NULL;
+        if (!url || !body)
+                goto out;
+        *ret_url = TAKE_PTR(url);
+        *ret_body = TAKE_PTR(body);
+        r = 0;
+out:
+        free(url);
+        free(body);
+        json_object_put(root);
+        return r;
+}
+
+int upstream_build_poll_url(const struct config *cfg, const char *task_id, char **ret_url)
+{
+        char escaped[3 * JOB_ID_SIZE + 1];
+        char *url = NULL;
+        if (upstream_escape(task_id, escaped, sizeof(escaped)) < 0)
+                return -EINVAL;
+        int n = cfg->flavor == UPSTREAM_FLAVOR_ENT_V2
+                    ? asprintf(&url, "%s/ent/v2/tasks/%s/creations", cfg->base_url, escaped)
+                    : asprintf(&url, "%s/vidu/v1/tasks/%s", cfg->base_url, escaped);
+        if (n < 0)
+                return -ENOMEM;
+        *ret_url = url;
+        return 0;
+}
+
+/* Parses a JSON object out of an answer body; NULL if it is not one. */
+static json_object *parse_object(const struct upstream_answer *a)
+{
+        if (!a->body || a->body_len == 0 || a->body_len > 4 * 1024 * 1024)
+                return NULL;
+        json_tokener *tok = json_tokener_new_ex(32);
+        if (!tok)
+                return NULL;
+        json_object *o = json_tokener_parse_ex(tok, a->body, (int)a->body_len);
+        if (json_tokener_get_error(tok) != json_tokener_success ||
+            json_object_get_type(o) != json_type_object) {
+                json_object_put(o);
+                o = NULL;
+        }
+        json_tokener_free(tok);
+        return o;
+}
+
+/* An id is a non-empty string or an integer, at most NOTIFICATION_ID_MAX bytes, printable. */
+static bool take_id(json_object *o, const char *key, char *dst, size_t size)
+{
+        json_object *v;
+        if (!json_object_object_get_ex(o, key, &v))
+                return false;
+        const char *s;
+        if (json_object_get_type(v) == json_type_string)
+                s = json_object_get_string(v);
+        else if (json_object_get_type(v) == json_type_int)
+                s = json_object_get_string(v);
+        else
+                return false;
+        if (!notification_id_valid(s, strlen(s), NULL))
+                return false;
+        job_set_field(dst, size, s);
+        return true;
+}
+
+static const char *get_string(json_object *o, const char *key)
+{
+        json_object *v;
+        if (!o || !json_object_object_get_ex(o, key, &v) ||
+            json_object_get_type(v) != json_type_string)
+                return NULL;
+        return json_object_get_string(v);
+}
+
+/* The upstream's reason word, wherever this flavour or gateway puts it. */
+static const char *error_reason(json_object *o)
+{
+        const char *r = get_string(o, "reason");
+        if (!r) {
+                json_object *e;
+                if (json_object_object_get_ex(o, "error", &e) &&
+                    json_object_get_type(e) == json_type_object)
+                        r = get_string(e, "reason");
+        }
+        if (!r)
+                r = get_string(o, "err_code");
+        return isempty(r) ? NULL : r;
+}
+
+static bool reason_is(const char *reason, const char *word)
+{
+        return reason && strcmp(reason, word) == 0;
+}
+
+static void set_error(struct upstream_result *ret, const char *fmt_reason, long status)
+{
+        if (fmt_reason)
+                snprintf(ret->error, sizeof(ret->error), "%s", fmt_reason);
+        else
+                snprintf(ret->error, sizeof(ret->error), "HTTP %ld", status);
+}
+
+void upstream_classify_submit(enum upstream_flavor flavor, const struct upstream_answer *a,
+                              struct upstream_result *ret)
+{
+        memset(ret, 0, sizeof(*ret));
+        switch (a->transport) {
+        case UPSTREAM_TRANSPORT_NOT_SENT:
+                ret->verdict = UPSTREAM_OUTAGE;
+                snprintf(ret->error, sizeof(ret->error), "%s",
+                         a->transport_error ? a->transport_error : "request not sent");
+                return;
+        case UPSTREAM_TRANSPORT_TIMEOUT:
+                ret->verdict = UPSTREAM_RETRY;
+                snprintf(ret->error, sizeof(ret->error), "timeout: %s",
+                         a->transport_error ? a->transport_error : "no answer in time");
+                return;
+        case UPSTREAM_TRANSPORT_CUT:
+                ret->verdict = UPSTREAM_UNCERTAIN;
+                snprintf(ret->error, sizeof(ret->error),
+                         "connection cut after the request was sent: %s",
+                         a->transport_error ? a->transport_error : "no answer");
+                return;
+        case UPSTREAM_TRANSPORT_OK:
+                break;
+        }
+
+        json_object *o = parse_object(a);
+        const char *reason = o ? error_reason(o) : NULL;
+        long s = a->status;
+
+        if (s >= 200 && s < 300) {
+                const char *key = flavor == UPSTREAM_FLAVOR_ENT_V2 ? "task_id" : "id";
+                if (o && (take_id(o, key, ret->task_id, sizeof(ret->task_id)) ||
+                          take_id(o, flavor == UPSTREAM_FLAVOR_ENT_V2 ? "id" : "task_id",
+                                  ret->task_id, sizeof(ret->task_id))))
+                        ret->verdict = UPSTREAM_ACCEPTED;
+                else {
+                        ret->verdict = UPSTREAM_UNCERTAIN;
+                        snprintf(ret->error, sizeof(ret->error), "%s",
+                                 o ? "HTTP 2xx answer without a task id"
+                                   : "HTTP 2xx answer that is not JSON");
+                }
+        } else if (s == 401 || s == 403 || reason_is(reason, "CreditInsufficient") ||
+                   reason_is(reason, "QuotaExceeded") || reason_is(reason, "Unauthorized") ||
+                   reason_is(reason, "Forbidden")) {
+                ret->verdict = UPSTREAM_ACCOUNT;
+                set_error(ret, reason, s);
+        } else if (s == 408 || s == 425 || s == 429 || s >= 500 ||
+                   reason_is(reason, "OperationInProcess") ||
+                   reason_is(reason, "TooManyRequests") || reason_is(reason, "SystemThrottling") ||
+                   reason_is(reason, "InternalServiceFailure")) {
+                ret->verdict = UPSTREAM_RETRY;
+                set_error(ret, reason, s);
+        } else if ((s == 404 || s == 405 || (s >= 300 && s < 400)) && !reason) {
+                /* Not the API answering but something in front of it: a wrong base_url would
+                 * otherwise kill every job one by one. */
+                ret->verdict = UPSTREAM_ACCOUNT;
+                snprintf(ret->error, sizeof(ret->error),
+                         "HTTP %ld without an API error: is upstream.base_url right?", s);
+        } else {
+                ret->verdict = UPSTREAM_FINAL;
+                set_error(ret, reason, s);
+        }
+        json_object_put(o);
+}
+
+void upstream_parse_poll(enum upstream_flavor flavor, const struct upstream_answer *a,
+                         struct upstream_poll *ret)
+{
+        memset(ret, 0, sizeof(*ret));
+        ret->state = UPSTREAM_TASK_UNREADABLE;
+        if (a->transport != UPSTREAM_TRANSPORT_OK) {
+                snprintf(ret->error, sizeof(ret->error), "%s",
+                         a->transport_error ? a->transport_error : "no answer");
+                return;
+        }
+        json_object *o = parse_object(a);
+        if (a->status < 200 || a->status >= 300 || !o) {
+                const char *reason = o ? error_reason(o) : NULL;
+                if (reason)
+                        snprintf(ret->error, sizeof(ret->error), "HTTP %ld %s", a->status, reason);
+                else
+                        snprintf(ret->error, sizeof(ret->error), "HTTP %ld%s", a->status,
+                                 o ? "" : " with an unreadable body");
+                json_object_put(o);
+                return;
+        }
+        json_object *task = o, *data;
+        /* Some gateways wrap answers in an envelope. */
+        if (!get_string(o, "state") && json_object_object_get_ex(o, "data", &data) &&
+            json_object_get_type(data) == json_type_object)
+                task = data;
+        const char *state = get_string(task, "state");
+        if (!state) {
+                snprintf(ret->error, sizeof(ret->error), "answer without a state");
+        } else if (strcmp(state, "success") == 0) {
+                ret->state = UPSTREAM_TASK_SUCCESS;
+                json_object *creations, *first;
+                if (json_object_object_get_ex(task, "creations", &creations) &&
+                    json_object_get_type(creations) == json_type_array &&
+                    json_object_array_length(creations) > 0 &&
+                    (first = json_object_array_get_idx(creations, 0)) &&
+                    json_object_get_type(first) == json_type_object) {
+                        const char *url = get_string(first, "uri");
+                        if (isempty(url))
+                                url = get_string(first, "url");
+                        job_set_field(ret->result_url, sizeof(ret->result_url), url);
+                }
+        } else if (strcmp(state, "failed") == 0) {
+                ret->state = UPSTREAM_TASK_FAILED;
+                const char *err = get_string(task, "err_code");
+                snprintf(ret->error, sizeof(ret->error), "%s", isempty(err) ? "failed" : err);
+        } else
+                ret->state = UPSTREAM_TASK_RUNNING;
+        (void)flavor;
+        json_object_put(o);
+}

@@ -1,0 +1,73 @@
+/* upstream.h: the only code that knows the Vidu wire format: builds requests and classifies
+ * answers for the "v1" (gateway) and "ent-v2" (official) flavours. Pure: no I/O. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config.h"
+#include "job.h"
+
+/* How the exchange ended at the transport level. */
+enum upstream_transport {
+        UPSTREAM_TRANSPORT_OK,       /* an HTTP answer arrived */
+        UPSTREAM_TRANSPORT_NOT_SENT, /* DNS, refused, reset or timed out before the request left */
+        UPSTREAM_TRANSPORT_CUT,      /* the request was sent, then the connection died unanswered */
+        UPSTREAM_TRANSPORT_TIMEOUT,  /* the request was sent, no complete answer in time */
+};
+
+struct upstream_answer {
+        enum upstream_transport transport;
+        const char *transport_error; /* curl's words when transport != OK */
+        long status;
+        const char *body;
+        size_t body_len;
+        const char *retry_after; /* header value or NULL */
+};
+
+enum upstream_verdict {
+        UPSTREAM_ACCEPTED,  /* a task id came back */
+        UPSTREAM_RETRY,     /* this job later: 5xx, 429, timeouts */
+        UPSTREAM_UNCERTAIN, /* the upstream may have created it, but no id came back */
+        UPSTREAM_FINAL,     /* this job can never succeed as asked */
+        UPSTREAM_ACCOUNT,   /* credentials, credits, quota: every job would fail alike */
+        UPSTREAM_OUTAGE,    /* nothing answered: the upstream or the network is down */
+};
+
+struct upstream_result {
+        enum upstream_verdict verdict;
+        char task_id[JOB_ID_SIZE];  /* ACCEPTED */
+        char error[JOB_ERROR_SIZE]; /* a short reason: the upstream's reason word or ours */
+};
+
+const char *upstream_verdict_to_string(enum upstream_verdict v);
+
+/* The submission request for creation_id: URL and JSON body (caller frees both). */
+int upstream_build_submit(const struct config *cfg, const char *creation_id, char **ret_url,
+                          char **ret_body);
+/* The URL that reports the state of an upscale task, its id percent-escaped. */
+int upstream_build_poll_url(const struct config *cfg, const char *task_id, char **ret_url);
+
+/* Classifies the answer to a submission. */
+void upstream_classify_submit(enum upstream_flavor flavor, const struct upstream_answer *a,
+                              struct upstream_result *ret);
+
+enum upstream_task_state {
+        UPSTREAM_TASK_RUNNING, /* created, queueing, preparation, processing, or unknown */
+        UPSTREAM_TASK_SUCCESS,
+        UPSTREAM_TASK_FAILED,
+        UPSTREAM_TASK_UNREADABLE, /* not an answer we understand; ask again later */
+};
+
+struct upstream_poll {
+        enum upstream_task_state state;
+        char result_url[JOB_URL_SIZE];
+        char error[JOB_ERROR_SIZE];
+};
+
+/* Reads the answer to a state query. */
+void upstream_parse_poll(enum upstream_flavor flavor, const struct upstream_answer *a,
+                         struct upstream_poll *ret);
+
+/* Appends src percent-escaped (RFC 3986 unreserved kept) into dst of size; -ENOBUFS if short. */
+int upstream_escape(const char *src, char *dst, size_t size);

@@ -1,0 +1,525 @@
+/* webhook.c: the notification endpoint and its group commit: requests stage their rows and
+ * suspend; one transaction per loop iteration makes them all durable; then each gets its answer
+ * (redis's beforeSleep order: write, then reply). */
+#include "webhook.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <string.h>
+
+#include "auth.h"
+#include "journal.h"
+#include "notification.h"
+#include "util.h"
+
+#define AUTH_LOG_INTERVAL_USEC (10 * USEC_PER_SEC)
+#define LEDGER_PROBE_USEC      (1 * USEC_PER_SEC)
+
+struct staged {
+        struct http_request *req;
+        struct notification *note;
+        char *replay_key;
+        uint64_t replay_until;
+        /* Decided inside the transaction, answered and logged after it. */
+        json_object *accepted, *duplicate, *ignored, *rejected;
+        struct job_event *events;
+        char **messages;
+        char **owned; /* a copy an event points into, freed with the request */
+        int *priorities;
+        size_t n_events, cap_events;
+        bool replayed;
+        unsigned status;
+        struct staged *next;
+};
+
+struct webhook {
+        sd_event *event;
+        struct ledger *ledger;
+        const struct config *cfg;
+        struct metrics *m;
+        struct dispatcher *dispatcher;
+        sd_event_source *commit_defer;
+        sd_event_source *probe_timer;
+        struct staged *head, *tail;
+        size_t n_staged;
+        bool ledger_ok;
+        uint64_t auth_log_last;
+        uint64_t auth_suppressed;
+};
+
+static void staged_free(struct staged *s)
+{
+        if (!s)
+                return;
+        notification_free(s->note);
+        free(s->replay_key);
+        json_object_put(s->accepted);
+        json_object_put(s->duplicate);
+        json_object_put(s->ignored);
+        json_object_put(s->rejected);
+        for (size_t i = 0; i < s->n_events; i++) {
+                free(s->messages[i]);
+                free(s->owned[i]);
+        }
+        free(s->events);
+        free(s->messages);
+        free(s->owned);
+        free(s->priorities);
+        free(s);
+}
+
+/* Queues a journal entry for after the commit; strings point into the staged notification or
+ * static storage, so they stay valid until the entry is written. */
+static void add_event(struct staged *s, int priority, const struct job_event *ev, const char *fmt,
+                      ...) _printf_(4, 5);
+static void add_event(struct staged *s, int priority, const struct job_event *ev, const char *fmt,
+                      ...)
+{
+        if (s->n_events == s->cap_events) {
+                size_t cap = s->cap_events ? s->cap_events * 2 : 8;
+                struct job_event *e = realloc(s->events, cap * sizeof(*e));
+                if (!e)
+                        return;
+                s->events = e;
+                char **m = realloc(s->messages, cap * sizeof(*m));
+                if (!m)
+                        return;
+                s->messages = m;
+                int *p = realloc(s->priorities, cap * sizeof(*p));
+                if (!p)
+                        return;
+                s->priorities = p;
+                char **o = realloc(s->owned, cap * sizeof(*o));
+                if (!o)
+                        return;
+                s->owned = o;
+                s->cap_events = cap;
+        }
+        va_list ap;
+        char *msg = NULL;
+        va_start(ap, fmt);
+        if (vasprintf(&msg, fmt, ap) < 0)
+                msg = NULL;
+        va_end(ap);
+        if (!msg)
+                return;
+        s->events[s->n_events] = *ev;
+        s->messages[s->n_events] = msg;
+        s->owned[s->n_events] = NULL;
+        s->priorities[s->n_events] = priority;
+        s->n_events++;
+}
+
+static void json_add_id(json_object *arr, const char *id)
+{
+        json_object_array_add(arr, json_object_new_string(id));
+}
+
+static void json_add_reject(json_object *arr, const char *id, const char *reason)
+{
+        json_object *o = json_object_new_object();
+        if (!o)
+                return;
+        json_object_object_add(o, "id", json_object_new_string(id ? id : ""));
+        json_object_object_add(o, "reason", json_object_new_string(reason ? reason : "invalid"));
+        json_object_array_add(arr, o);
+}
+
+/* An upscale's outcome: close the job it belongs to. Returns <0 only on ledger errors. */
+static int stage_outcome(struct webhook *w, struct staged *s, const struct note_task *t,
+                         struct job *j, uint64_t now)
+{
+        bool ok = note_task_succeeded(t);
+        json_add_id(s->ignored, t->id);
+        if (!ok && !note_task_failed(t))
+                return 0; /* still running: nothing to record */
+        int r = dispatcher_apply_outcome(w->ledger, j, ok, t->result_url, t->err_code, now);
+        if (r <= 0)
+                return r;
+        w->m->notifications[NOTE_OUTCOME]++;
+        /* The job lives on the caller's stack; the entry keeps its own copy of the creation id. */
+        char *cid = strdup(j->creation_id);
+        if (!cid)
+                return -ENOMEM;
+        struct job_event ev = {
+            .message_id = ok ? MSGID_SUCCEEDED : MSGID_FAILED,
+            .creation_id = cid,
+            .upscale_task_id = t->id,
+            .job_state = ok ? "succeeded" : "failed",
+            .attempt = j->attempt,
+            .result_url = ok ? t->result_url : NULL,
+            .upstream_error = ok ? NULL : (t->err_code ? t->err_code : "failed"),
+        };
+        size_t before = s->n_events;
+        add_event(s, ok ? LOG_INFO : LOG_WARNING, &ev,
+                  ok ? "Upscale of %s succeeded (notified): %s"
+                     : "Upscale of %s failed upstream (notified): %s",
+                  cid,
+                  ok ? (t->result_url ? t->result_url : "(no result URL)") : ev.upstream_error);
+        if (s->n_events > before)
+                s->owned[before] = cid;
+        else
+                free(cid);
+        return 0;
+}
+
+/* Applies one staged notification to the ledger (inside the transaction). */
+static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
+{
+        int r;
+        if (s->replay_key) {
+                r = ledger_replay_remember(w->ledger, s->replay_key, s->replay_until, now);
+                if (r < 0)
+                        return r;
+                if (r == 0) {
+                        s->replayed = true;
+                        w->m->replays++;
+                        return 0;
+                }
+        }
+        for (size_t i = 0; i < s->note->n_tasks; i++) {
+                const struct note_task *t = &s->note->tasks[i];
+                if (!t->id) {
+                        json_add_reject(s->rejected, NULL, t->id_error);
+                        w->m->notifications[NOTE_REJECTED_ID]++;
+                        continue;
+                }
+                for (size_t k = 0; k < t->n_rejected; k++) {
+                        json_add_reject(s->rejected, t->rejected_ids[k], t->rejected_reasons[k]);
+                        w->m->notifications[NOTE_REJECTED_ID]++;
+                }
+                struct job j;
+                r = ledger_get_by_upscale(w->ledger, t->id, &j);
+                if (r < 0)
+                        return r;
+                if (r > 0) {
+                        r = stage_outcome(w, s, t, &j, now);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                if (t->is_upscale || !note_task_succeeded(t)) {
+                        /* Not finished, a failed generation, or an upscale that is not ours. */
+                        json_add_id(s->ignored, t->id);
+                        w->m->notifications[NOTE_IGNORED]++;
+                        struct job_event ev = {.message_id = MSGID_IGNORED,
+                                               .source_task_id = t->id};
+                        if (note_task_failed(t))
+                                add_event(s, LOG_NOTICE, &ev,
+                                          "Task %s failed upstream (%s); nothing to upscale", t->id,
+                                          t->err_code ? t->err_code : "no error code");
+                        else if (t->is_upscale)
+                                add_event(s, LOG_INFO, &ev,
+                                          "Upscale task %s (%s) is not one this daemon submitted; "
+                                          "ignored",
+                                          t->id, t->state ? t->state : "no state");
+                        else
+                                add_event(s, LOG_DEBUG, &ev,
+                                          "Task %s is %s; nothing to do until it succeeds", t->id,
+                                          t->state ? t->state : "without a state");
+                        continue;
+                }
+                for (size_t k = 0; k < t->n_creations; k++) {
+                        const char *cid = t->creation_ids[k];
+                        r = ledger_insert(w->ledger, cid, t->id, now);
+                        if (r < 0)
+                                return r;
+                        struct job_event ev = {
+                            .message_id = r ? MSGID_ACCEPTED : MSGID_DUPLICATE,
+                            .creation_id = cid,
+                            .source_task_id = t->id,
+                            .job_state = r ? "accepted" : "duplicate",
+                        };
+                        if (r) {
+                                json_add_id(s->accepted, cid);
+                                w->m->notifications[NOTE_ACCEPTED]++;
+                                add_event(s, LOG_INFO, &ev,
+                                          "Creation %s of task %s accepted for upscaling", cid,
+                                          t->id);
+                        } else {
+                                json_add_id(s->duplicate, cid);
+                                w->m->notifications[NOTE_DUPLICATE]++;
+                                add_event(
+                                    s, LOG_INFO, &ev,
+                                    "Creation %s of task %s already known; not upscaled again", cid,
+                                    t->id);
+                        }
+                }
+        }
+        return 0;
+}
+
+static void answer(struct webhook *w, struct staged *s)
+{
+        json_object *o = json_object_new_object();
+        const char *text = NULL;
+        if (s->replayed) {
+                s->status = 200;
+                if (o)
+                        json_object_object_add(o, "replayed", json_object_new_boolean(1));
+        } else {
+                s->status = json_object_array_length(s->accepted) > 0 ? 202 : 200;
+                if (o) {
+                        json_object_object_add(o, "accepted", json_object_get(s->accepted));
+                        json_object_object_add(o, "duplicate", json_object_get(s->duplicate));
+                        json_object_object_add(o, "ignored", json_object_get(s->ignored));
+                        json_object_object_add(o, "rejected", json_object_get(s->rejected));
+                }
+        }
+        if (o)
+                text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+                                                             JSON_C_TO_STRING_NOSLASHESCAPE);
+        http_request_answer(s->req, s->status, text ? text : "{}", NULL);
+        http_request_resume(s->req);
+        json_object_put(o);
+}
+
+static void answer_unavailable(struct staged *s, const char *why)
+{
+        char body[256];
+        snprintf(body, sizeof(body), "{\"error\":\"%s\"}", why);
+        http_request_answer(s->req, 503, body, "5");
+        http_request_resume(s->req);
+}
+
+static int on_probe(sd_event_source *src, uint64_t usec, void *userdata)
+{
+        struct webhook *w = userdata;
+        if (ledger_probe_writable(w->ledger, now_realtime_usec()) >= 0) {
+                w->ledger_ok = true;
+                log_full(LOG_NOTICE, MSGID_LEDGER_ERROR,
+                         "Ledger accepts writes again; notifications are accepted");
+                dispatcher_kick(w->dispatcher);
+                return 0;
+        }
+        sd_event_source_set_time(src, usec + LEDGER_PROBE_USEC);
+        sd_event_source_set_enabled(src, SD_EVENT_ONESHOT);
+        return 0;
+}
+
+static void ledger_failed(struct webhook *w, int r, size_t n)
+{
+        w->m->ledger_commit_errors++;
+        if (w->ledger_ok)
+                log_full(
+                    LOG_ERR, MSGID_LEDGER_ERROR,
+                    "Ledger cannot commit (%s): %s; answering 503 to %zu request(s) until it can",
+                    strerror(-r), ledger_errmsg(w->ledger), n);
+        w->ledger_ok = false;
+        uint64_t now;
+        sd_event_now(w->event, CLOCK_MONOTONIC, &now);
+        sd_event_source_set_time(w->probe_timer, now + LEDGER_PROBE_USEC);
+        sd_event_source_set_enabled(w->probe_timer, SD_EVENT_ONESHOT);
+}
+
+static int on_commit(sd_event_source *src, void *userdata)
+{
+        struct webhook *w = userdata;
+        struct staged *list = w->head;
+        size_t n = w->n_staged;
+        w->head = w->tail = NULL;
+        w->n_staged = 0;
+        if (!list)
+                return 0;
+        uint64_t now = now_realtime_usec();
+        uint64_t t0 = now_monotonic_usec();
+        int r = ledger_begin(w->ledger);
+        for (struct staged *s = list; r >= 0 && s; s = s->next)
+                r = stage_apply(w, s, now);
+        if (r >= 0)
+                r = ledger_commit(w->ledger);
+        if (r < 0) {
+                /* Nothing half-recorded: the whole batch goes, every sender is asked to retry. */
+                ledger_rollback(w->ledger);
+                ledger_failed(w, r, n);
+                for (struct staged *s = list, *next; s; s = next) {
+                        next = s->next;
+                        answer_unavailable(s, "the ledger cannot record notifications right now");
+                        staged_free(s);
+                }
+                return 0;
+        }
+        metrics_observe(&w->m->commit_seconds, (double)(now_monotonic_usec() - t0) / 1e6);
+        if (!w->ledger_ok) {
+                w->ledger_ok = true;
+                sd_event_source_set_enabled(w->probe_timer, SD_EVENT_OFF);
+                log_full(LOG_NOTICE, MSGID_LEDGER_ERROR,
+                         "Ledger accepts writes again; notifications are accepted");
+        }
+        bool any_new = false;
+        for (struct staged *s = list, *next; s; s = next) {
+                next = s->next;
+                answer(w, s);
+                for (size_t i = 0; i < s->n_events; i++) {
+                        journal_job_internal(s->priorities[i], __FILE__, __LINE__, "webhook_commit",
+                                             &s->events[i], "%s", s->messages[i]);
+                        if (s->events[i].job_state &&
+                            strcmp(s->events[i].job_state, "accepted") == 0)
+                                any_new = true;
+                }
+                staged_free(s);
+        }
+        if (any_new)
+                dispatcher_kick(w->dispatcher);
+        return 0;
+}
+
+static void log_auth_failure(struct webhook *w, struct http_request *req, const char *reason)
+{
+        uint64_t now = now_monotonic_usec();
+        w->m->auth_failures++;
+        /* At most one entry per interval, so a flood cannot flood the journal too. */
+        if (w->auth_log_last && now - w->auth_log_last < AUTH_LOG_INTERVAL_USEC) {
+                w->auth_suppressed++;
+                return;
+        }
+        log_full(LOG_WARNING, MSGID_AUTH_FAILED, "Refused a notification from %s: %s%s",
+                 http_request_peer(req), reason,
+                 w->auth_suppressed ? " (and earlier failures not logged)" : "");
+        w->auth_log_last = now;
+        w->auth_suppressed = 0;
+}
+
+void webhook_handle(struct http_request *req, void *userdata)
+{
+        struct webhook *w = userdata;
+        const struct config *cfg = w->cfg;
+        size_t len;
+        const uint8_t *body = http_request_body(req, &len);
+        char err[256];
+
+        struct auth_request ar = {
+            .method = http_request_method(req),
+            .path = http_request_path(req),
+            .query = http_request_query(req),
+            .header = http_request_header,
+            .userdata = req,
+            .body = body,
+            .body_len = len,
+            .now_usec = now_realtime_usec(),
+        };
+        struct auth_outcome ao = {0};
+        if (auth_verify(cfg, &ar, &ao) < 0) {
+                http_request_answer(req, 503, "{\"error\":\"out of memory\"}", "1");
+                return;
+        }
+        if (ao.result != AUTH_OK) {
+                log_auth_failure(w, req, ao.reason ? ao.reason : "not authenticated");
+                snprintf(err, sizeof(err), "{\"error\":\"unauthorized\"}");
+                http_request_answer(req, 401, err, NULL);
+                auth_outcome_clear(&ao);
+                return;
+        }
+
+        struct notification_limits lim = {
+            .max_depth = cfg->max_json_depth,
+            .max_tasks = cfg->max_tasks,
+            .max_creations = cfg->max_creations,
+        };
+        struct notification *note = NULL;
+        const char *why = NULL;
+        int r = notification_parse((const char *)body, len, &lim, &note, &why);
+        if (r < 0) {
+                json_object *o = json_object_new_object();
+                json_object_object_add(
+                    o, "error", json_object_new_string(why ? why : "malformed notification"));
+                http_request_answer(req, r == -E2BIG ? 413 : 400,
+                                    json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN),
+                                    NULL);
+                json_object_put(o);
+                log_full(LOG_NOTICE, MSGID_REJECTED, "Rejected a notification from %s: %s",
+                         http_request_peer(req), why ? why : "malformed");
+                auth_outcome_clear(&ao);
+                return;
+        }
+        if (!w->ledger_ok) {
+                notification_free(note);
+                auth_outcome_clear(&ao);
+                http_request_answer(
+                    req, 503, "{\"error\":\"the ledger cannot record notifications right now\"}",
+                    "5");
+                return;
+        }
+        struct staged *s = calloc(1, sizeof(*s));
+        if (!s || !(s->accepted = json_object_new_array()) ||
+            !(s->duplicate = json_object_new_array()) || !(s->ignored = json_object_new_array()) ||
+            !(s->rejected = json_object_new_array())) {
+                staged_free(s);
+                notification_free(note);
+                auth_outcome_clear(&ao);
+                http_request_answer(req, 503, "{\"error\":\"out of memory\"}", "1");
+                return;
+        }
+        s->req = req;
+        s->note = note;
+        s->replay_key = TAKE_PTR(ao.replay_key);
+        s->replay_until = ao.replay_until_usec;
+        auth_outcome_clear(&ao);
+        if (w->tail)
+                w->tail->next = s;
+        else
+                w->head = s;
+        w->tail = s;
+        w->n_staged++;
+        http_request_suspend(req);
+        sd_event_source_set_enabled(w->commit_defer, SD_EVENT_ONESHOT);
+}
+
+int webhook_new(sd_event *event, struct ledger *ledger, const struct config *cfg,
+                struct metrics *metrics, struct dispatcher *dispatcher, struct webhook **ret)
+{
+        struct webhook *w = calloc(1, sizeof(*w));
+        if (!w)
+                return -ENOMEM;
+        w->event = sd_event_ref(event);
+        w->ledger = ledger;
+        w->cfg = cfg;
+        w->m = metrics;
+        w->dispatcher = dispatcher;
+        w->ledger_ok = true;
+        int r = sd_event_add_defer(event, &w->commit_defer, on_commit, w);
+        if (r >= 0)
+                r = sd_event_add_time(event, &w->probe_timer, CLOCK_MONOTONIC, UINT64_MAX, 0,
+                                      on_probe, w);
+        if (r < 0) {
+                webhook_free(w);
+                return r;
+        }
+        sd_event_source_set_enabled(w->commit_defer, SD_EVENT_OFF);
+        sd_event_source_set_enabled(w->probe_timer, SD_EVENT_OFF);
+        sd_event_source_set_description(w->commit_defer, "webhook-commit");
+        *ret = w;
+        return 0;
+}
+
+struct webhook *webhook_free(struct webhook *w)
+{
+        if (!w)
+                return NULL;
+        struct staged *s = w->head;
+        while (s) {
+                struct staged *next = s->next;
+                staged_free(s);
+                s = next;
+        }
+        sd_event_source_disable_unref(w->commit_defer);
+        sd_event_source_disable_unref(w->probe_timer);
+        sd_event_unref(w->event);
+        free(w);
+        return NULL;
+}
+
+void webhook_set_config(struct webhook *w, const struct config *cfg)
+{
+        w->cfg = cfg;
+}
+
+bool webhook_ledger_ok(const struct webhook *w)
+{
+        return w->ledger_ok;
+}
+
+size_t webhook_staged(const struct webhook *w)
+{
+        return w->n_staged;
+}

@@ -1,0 +1,27 @@
+/* webhook.h: the notification endpoint: verifies the sender, parses the body, stages its rows,
+ * and makes every staged request durable in one commit per loop iteration before answering. */
+#pragma once
+
+#include <stdbool.h>
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "dispatcher.h"
+#include "http.h"
+#include "ledger.h"
+#include "metrics.h"
+
+struct webhook;
+
+int webhook_new(sd_event *event, struct ledger *ledger, const struct config *cfg,
+                struct metrics *metrics, struct dispatcher *dispatcher, struct webhook **ret);
+struct webhook *webhook_free(struct webhook *w);
+void webhook_set_config(struct webhook *w, const struct config *cfg);
+
+/* The http_handlers.webhook callback. */
+void webhook_handle(struct http_request *req, void *userdata);
+
+/* False after a commit failed and until the ledger takes a write again. */
+bool webhook_ledger_ok(const struct webhook *w);
+/* Requests staged and not yet committed. */
+size_t webhook_staged(const struct webhook *w);
