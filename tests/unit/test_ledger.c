@@ -1,0 +1,191 @@
+/* test_ledger.c: the SQLite ledger: duplicates, restart, migrations, due jobs, counters, replay
+ * memory, and a damaged file refused. */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "ledger.h"
+#include "util.h"
+
+static char dir[] = "/tmp/vidu-ledger-test-XXXXXX";
+static char path[256];
+
+static const struct ledger_options opts = {
+    .synchronous_full = true, .busy_timeout_ms = 100, .integrity_check = true};
+
+static int setup(void **state)
+{
+        strcpy(dir, "/tmp/vidu-ledger-test-XXXXXX");
+        if (!mkdtemp(dir))
+                return -1;
+        snprintf(path, sizeof(path), "%s/ledger.db", dir);
+        return 0;
+}
+
+static int teardown(void **state)
+{
+        char cmd[512];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+        return system(cmd) == 0 ? 0 : -1;
+}
+
+static struct ledger *open_ok(void)
+{
+        struct ledger *l = NULL;
+        char *err = NULL;
+        int r = ledger_open(path, &opts, &l, &err);
+        if (r < 0)
+                fail_msg("ledger_open: %s", err);
+        return l;
+}
+
+static void test_insert_and_duplicate_across_restart(void **state)
+{
+        struct ledger *l = open_ok();
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_insert(l, "2370483030340581", "2369218477629212", 1000), 1);
+        assert_int_equal(ledger_insert(l, "2370483030340581", "other", 2000), 0);
+        assert_int_equal(ledger_insert(l, "2370483030340582", "2369218477629212", 1000), 1);
+        assert_int_equal(ledger_commit(l), 0);
+        ledger_close(l);
+
+        l = open_ok();
+        struct job j;
+        assert_int_equal(ledger_get(l, "2370483030340581", &j), 1);
+        assert_string_equal(j.source_task_id, "2369218477629212");
+        assert_int_equal(j.state, JOB_PENDING);
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_insert(l, "2370483030340581", "x", 3000), 0);
+        assert_int_equal(ledger_commit(l), 0);
+        assert_int_equal(ledger_get(l, "nope", &j), 0);
+        ledger_close(l);
+}
+
+static void test_rollback_leaves_nothing(void **state)
+{
+        struct ledger *l = open_ok();
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_insert(l, "a1", "t", 1), 1);
+        ledger_rollback(l);
+        struct job j;
+        assert_int_equal(ledger_get(l, "a1", &j), 0);
+        ledger_close(l);
+}
+
+static void test_due_and_counts(void **state)
+{
+        struct ledger *l = open_ok();
+        struct job jobs[8], j;
+        uint64_t counts[_JOB_STATE_MAX], next;
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_insert(l, "c1", "t", 100), 1);
+        assert_int_equal(ledger_insert(l, "c2", "t", 200), 1);
+        assert_int_equal(ledger_insert(l, "c3", "t", 300), 1);
+        assert_int_equal(ledger_commit(l), 0);
+
+        assert_int_equal(ledger_due(l, LEDGER_DUE_SUBMIT, 250, jobs, 8), 2);
+        assert_string_equal(jobs[0].creation_id, "c1");
+        assert_string_equal(jobs[1].creation_id, "c2");
+        assert_int_equal(ledger_next_due(l, LEDGER_DUE_SUBMIT, &next), 1);
+        assert_int_equal(next, 100);
+        assert_int_equal(ledger_next_due(l, LEDGER_DUE_POLL, &next), 0);
+
+        assert_int_equal(ledger_begin(l), 0);
+        jobs[0].state = JOB_SUBMITTED;
+        jobs[0].attempt = 1;
+        jobs[0].next_at = 5000;
+        strcpy(jobs[0].upscale_task_id, "up-1");
+        assert_int_equal(ledger_save(l, &jobs[0], 400), 0);
+        jobs[1].state = JOB_DEAD;
+        assert_int_equal(ledger_save(l, &jobs[1], 400), 0);
+        assert_int_equal(ledger_commit(l), 0);
+
+        assert_int_equal(ledger_get_by_upscale(l, "up-1", &j), 1);
+        assert_string_equal(j.creation_id, "c1");
+        assert_int_equal(j.attempt, 1);
+        assert_int_equal(ledger_due(l, LEDGER_DUE_POLL, 4999, jobs, 8), 0);
+        assert_int_equal(ledger_due(l, LEDGER_DUE_POLL, 5000, jobs, 8), 1);
+        assert_int_equal(ledger_count_states(l, counts), 0);
+        assert_int_equal(counts[JOB_PENDING], 1);
+        assert_int_equal(counts[JOB_SUBMITTED], 1);
+        assert_int_equal(counts[JOB_DEAD], 1);
+        assert_int_equal(counts[JOB_SUCCEEDED], 0);
+        ledger_close(l);
+}
+
+static void test_replay_memory(void **state)
+{
+        struct ledger *l = open_ok();
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_replay_remember(l, "swh:msg_1", 1000, 10), 1);
+        assert_int_equal(ledger_replay_remember(l, "swh:msg_1", 1000, 20), 0);
+        assert_int_equal(ledger_commit(l), 0);
+        ledger_close(l);
+        l = open_ok(); /* survives a restart */
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_replay_remember(l, "swh:msg_1", 1000, 30), 0);
+        /* Expired: may be used again. */
+        assert_int_equal(ledger_replay_remember(l, "swh:msg_1", 5000, 2000), 1);
+        assert_int_equal(ledger_purge_replay(l, 10000), 0);
+        assert_int_equal(ledger_replay_remember(l, "swh:msg_1", 20000, 10001), 1);
+        assert_int_equal(ledger_commit(l), 0);
+        ledger_close(l);
+}
+
+static void test_migration_from_empty_and_version(void **state)
+{
+        struct ledger *l = open_ok();
+        assert_int_equal(ledger_schema_version(l), 1);
+        ledger_close(l);
+        /* A ledger from a newer daemon is refused, not downgraded. */
+        sqlite3 *db;
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+        struct ledger *l2 = NULL;
+        char *err = NULL;
+        assert_int_equal(ledger_open(path, &opts, &l2, &err), -EPROTO);
+        assert_non_null(strstr(err, "newer"));
+        free(err);
+}
+
+static void test_damaged_file_is_refused(void **state)
+{
+        int fd = open(path, O_CREAT | O_WRONLY | O_TRUNC, 0600);
+        assert_true(fd >= 0);
+        const char junk[] = "this is not an sqlite database, just junk bytes that fill a page...";
+        for (int i = 0; i < 100; i++)
+                assert_int_equal(write(fd, junk, sizeof(junk)), (ssize_t)sizeof(junk));
+        close(fd);
+        struct ledger *l = NULL;
+        char *err = NULL;
+        assert_int_equal(ledger_open(path, &opts, &l, &err), -EUCLEAN);
+        assert_non_null(strstr(err, path));
+        assert_non_null(strstr(err, "damaged"));
+        free(err);
+        /* And the file is still there, untouched. */
+        assert_int_equal(access(path, F_OK), 0);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test_setup_teardown(test_insert_and_duplicate_across_restart, setup,
+                                            teardown),
+            cmocka_unit_test_setup_teardown(test_rollback_leaves_nothing, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_due_and_counts, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_replay_memory, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_migration_from_empty_and_version, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_damaged_file_is_refused, setup, teardown),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}

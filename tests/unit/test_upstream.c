@@ -1,0 +1,205 @@
+/* test_upstream.c: request bodies and URLs, and the classification of every kind of answer. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "upstream.h"
+#include "util.h"
+
+static struct config cfg_v1(void)
+{
+        static char base[] = "http://127.0.0.1:9", model[] = "stable", word[] = "Bearer",
+                    res[] = "1080p";
+        struct config c = {0};
+        c.base_url = base;
+        c.model = model;
+        c.duration = 4;
+        c.auth_word = word;
+        c.resolution = res;
+        c.flavor = UPSTREAM_FLAVOR_V1;
+        return c;
+}
+
+static void test_submit_body_is_the_seeds(void **state)
+{
+        struct config c = cfg_v1();
+        char *url = NULL, *body = NULL;
+        assert_int_equal(upstream_build_submit(&c, "2370483030340581", &url, &body), 0);
+        assert_string_equal(url, "http://127.0.0.1:9/vidu/v1/tasks");
+        assert_string_equal(
+            body, "{\"input\":{\"creation_id\":\"2370483030340581\"},\"type\":\"upscale\","
+                  "\"settings\":{\"model\":\"stable\",\"duration\":4}}");
+        free(url);
+        free(body);
+        c.flavor = UPSTREAM_FLAVOR_ENT_V2;
+        assert_int_equal(upstream_build_submit(&c, "811935520102486016", &url, &body), 0);
+        assert_string_equal(url, "http://127.0.0.1:9/ent/v2/upscale-new");
+        assert_string_equal(
+            body,
+            "{\"video_creation_id\":\"811935520102486016\",\"upscale_resolution\":\"1080p\"}");
+        free(url);
+        free(body);
+}
+
+static void test_poll_url_escapes(void **state)
+{
+        struct config c = cfg_v1();
+        char *url = NULL;
+        assert_int_equal(upstream_build_poll_url(&c, "a/b c?d", &url), 0);
+        assert_string_equal(url, "http://127.0.0.1:9/vidu/v1/tasks/a%2Fb%20c%3Fd");
+        free(url);
+        c.flavor = UPSTREAM_FLAVOR_ENT_V2;
+        assert_int_equal(upstream_build_poll_url(&c, "811", &url), 0);
+        assert_string_equal(url, "http://127.0.0.1:9/ent/v2/tasks/811/creations");
+        free(url);
+}
+
+static enum upstream_verdict classify(long status, const char *body, enum upstream_transport t,
+                                      char *task_id_out)
+{
+        struct upstream_answer a = {
+            .transport = t, .status = status, .body = body, .body_len = body ? strlen(body) : 0};
+        struct upstream_result r;
+        upstream_classify_submit(UPSTREAM_FLAVOR_V1, &a, &r);
+        if (task_id_out)
+                strcpy(task_id_out, r.task_id);
+        return r.verdict;
+}
+
+static void test_classification(void **state)
+{
+        char id[JOB_ID_SIZE];
+        const char *ok =
+            "{\"id\": \"2371000000000001\", \"type\": \"upscale\", \"state\": \"queueing\"}";
+        assert_int_equal(classify(200, ok, UPSTREAM_TRANSPORT_OK, id), UPSTREAM_ACCEPTED);
+        assert_string_equal(id, "2371000000000001");
+        assert_int_equal(classify(200, "{\"id\": 2371000000000002}", UPSTREAM_TRANSPORT_OK, id),
+                         UPSTREAM_ACCEPTED);
+        assert_string_equal(id, "2371000000000002");
+        /* 2xx without a usable id: the task may exist upstream. */
+        assert_int_equal(classify(200, "{\"state\":\"queueing\"}", UPSTREAM_TRANSPORT_OK, NULL),
+                         UPSTREAM_UNCERTAIN);
+        assert_int_equal(classify(200, "this is not json{", UPSTREAM_TRANSPORT_OK, NULL),
+                         UPSTREAM_UNCERTAIN);
+        assert_int_equal(classify(200, "{\"id\":\"\"}", UPSTREAM_TRANSPORT_OK, NULL),
+                         UPSTREAM_UNCERTAIN);
+        assert_int_equal(classify(0, NULL, UPSTREAM_TRANSPORT_CUT, NULL), UPSTREAM_UNCERTAIN);
+        /* Retry later. */
+        assert_int_equal(
+            classify(500, "{\"reason\":\"InternalServiceFailure\"}", UPSTREAM_TRANSPORT_OK, NULL),
+            UPSTREAM_RETRY);
+        assert_int_equal(classify(502, "<html>bad gateway</html>", UPSTREAM_TRANSPORT_OK, NULL),
+                         UPSTREAM_RETRY);
+        assert_int_equal(classify(503, "", UPSTREAM_TRANSPORT_OK, NULL), UPSTREAM_RETRY);
+        assert_int_equal(classify(504, "", UPSTREAM_TRANSPORT_OK, NULL), UPSTREAM_RETRY);
+        assert_int_equal(
+            classify(429, "{\"reason\":\"TooManyRequests\"}", UPSTREAM_TRANSPORT_OK, NULL),
+            UPSTREAM_RETRY);
+        assert_int_equal(classify(429, "", UPSTREAM_TRANSPORT_OK, NULL), UPSTREAM_RETRY);
+        assert_int_equal(
+            classify(400, "{\"reason\":\"OperationInProcess\"}", UPSTREAM_TRANSPORT_OK, NULL),
+            UPSTREAM_RETRY);
+        assert_int_equal(classify(0, NULL, UPSTREAM_TRANSPORT_TIMEOUT, NULL), UPSTREAM_RETRY);
+        /* Final for this job. */
+        assert_int_equal(classify(404, "{\"code\":404,\"reason\":\"CreationNotFound\"}",
+                                  UPSTREAM_TRANSPORT_OK, NULL),
+                         UPSTREAM_FINAL);
+        assert_int_equal(
+            classify(400, "{\"reason\":\"FieldInvalid\"}", UPSTREAM_TRANSPORT_OK, NULL),
+            UPSTREAM_FINAL);
+        assert_int_equal(classify(400, "{\"reason\":\"BadRequest\"}", UPSTREAM_TRANSPORT_OK, NULL),
+                         UPSTREAM_FINAL);
+        assert_int_equal(
+            classify(400, "{\"reason\":\"CreationPolicyViolation\"}", UPSTREAM_TRANSPORT_OK, NULL),
+            UPSTREAM_FINAL);
+        /* Account-wide. */
+        assert_int_equal(
+            classify(401, "{\"reason\":\"Unauthorized\"}", UPSTREAM_TRANSPORT_OK, NULL),
+            UPSTREAM_ACCOUNT);
+        assert_int_equal(classify(403, "", UPSTREAM_TRANSPORT_OK, NULL), UPSTREAM_ACCOUNT);
+        assert_int_equal(
+            classify(400, "{\"reason\":\"CreditInsufficient\"}", UPSTREAM_TRANSPORT_OK, NULL),
+            UPSTREAM_ACCOUNT);
+        assert_int_equal(
+            classify(429, "{\"reason\":\"QuotaExceeded\"}", UPSTREAM_TRANSPORT_OK, NULL),
+            UPSTREAM_ACCOUNT);
+        /* A 404 page that is not the API: the base URL is wrong, not the creation. */
+        assert_int_equal(classify(404, "<html>not found</html>", UPSTREAM_TRANSPORT_OK, NULL),
+                         UPSTREAM_ACCOUNT);
+        /* Nothing answered. */
+        assert_int_equal(classify(0, NULL, UPSTREAM_TRANSPORT_NOT_SENT, NULL), UPSTREAM_OUTAGE);
+}
+
+static void test_ent_v2_task_id(void **state)
+{
+        const char *body = "{\"task_id\":\"811935440473669632\",\"state\":\"created\"}";
+        struct upstream_answer a = {.transport = UPSTREAM_TRANSPORT_OK,
+                                    .status = 200,
+                                    .body = body,
+                                    .body_len = strlen(body)};
+        struct upstream_result r;
+        upstream_classify_submit(UPSTREAM_FLAVOR_ENT_V2, &a, &r);
+        assert_int_equal(r.verdict, UPSTREAM_ACCEPTED);
+        assert_string_equal(r.task_id, "811935440473669632");
+}
+
+static void test_poll_parsing(void **state)
+{
+        struct upstream_poll p;
+        const char *success = "{\"id\":\"1\",\"state\":\"success\",\"creations\":[{\"id\":\"9\","
+                              "\"uri\":\"https://x/hd.mp4\"}]}";
+        struct upstream_answer a = {.transport = UPSTREAM_TRANSPORT_OK,
+                                    .status = 200,
+                                    .body = success,
+                                    .body_len = strlen(success)};
+        upstream_parse_poll(UPSTREAM_FLAVOR_V1, &a, &p);
+        assert_int_equal(p.state, UPSTREAM_TASK_SUCCESS);
+        assert_string_equal(p.result_url, "https://x/hd.mp4");
+
+        const char *official =
+            "{\"state\":\"success\",\"creations\":[{\"id\":\"9\",\"url\":\"https://y/v.mp4\"}]}";
+        a.body = official;
+        a.body_len = strlen(official);
+        upstream_parse_poll(UPSTREAM_FLAVOR_ENT_V2, &a, &p);
+        assert_int_equal(p.state, UPSTREAM_TASK_SUCCESS);
+        assert_string_equal(p.result_url, "https://y/v.mp4");
+
+        const char *failed = "{\"state\":\"failed\",\"err_code\":\"CreationPolicyViolation\"}";
+        a.body = failed;
+        a.body_len = strlen(failed);
+        upstream_parse_poll(UPSTREAM_FLAVOR_V1, &a, &p);
+        assert_int_equal(p.state, UPSTREAM_TASK_FAILED);
+        assert_string_equal(p.error, "CreationPolicyViolation");
+
+        const char *running = "{\"state\":\"processing\"}";
+        a.body = running;
+        a.body_len = strlen(running);
+        upstream_parse_poll(UPSTREAM_FLAVOR_V1, &a, &p);
+        assert_int_equal(p.state, UPSTREAM_TASK_RUNNING);
+
+        a.body = "garbage";
+        a.body_len = 7;
+        upstream_parse_poll(UPSTREAM_FLAVOR_V1, &a, &p);
+        assert_int_equal(p.state, UPSTREAM_TASK_UNREADABLE);
+        a.status = 503;
+        a.body = "{}";
+        a.body_len = 2;
+        upstream_parse_poll(UPSTREAM_FLAVOR_V1, &a, &p);
+        assert_int_equal(p.state, UPSTREAM_TASK_UNREADABLE);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_submit_body_is_the_seeds),
+            cmocka_unit_test(test_poll_url_escapes),
+            cmocka_unit_test(test_classification),
+            cmocka_unit_test(test_ent_v2_task_id),
+            cmocka_unit_test(test_poll_parsing),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
