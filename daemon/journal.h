@@ -36,8 +36,8 @@ struct job_event {
         const char *creation_id;
         const char *source_task_id;
         const char *upscale_task_id;
-        const char *job_state;      /* accepted, duplicate, submitted, retrying, succeeded, failed,
-                                       dead, uncertain */
+        const char *job_state; /* accepted, duplicate, submitted, retrying, succeeded, failed,
+                                  dead, uncertain */
         unsigned attempt;
         int http_status;
         const char *upstream_error;
