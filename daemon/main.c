@@ -4,12 +4,15 @@
 #include <string.h>
 
 #include "config.h"
+#include "jobs_cli.h"
 #include "manager.h"
 
 static void help(void)
 {
         printf(
             "Usage: vidu-upscaled [-c FILE] [--check-config] [--version] [--help]\n"
+            "       vidu-upscaled [-c FILE] jobs [--store PATH] list|show|retry|abandon|counts "
+            "...\n"
             "\n"
             "Upscales every finished Vidu creation exactly once, from webhook notifications.\n"
             "\n"
@@ -49,7 +52,7 @@ int main(int argc, char **argv)
         const char *path = NULL;
         bool check = false;
         int c;
-        while ((c = getopt_long(argc, argv, "c:h", options, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "+c:h", options, NULL)) != -1) {
                 switch (c) {
                 case 'c':
                         path = optarg;
@@ -68,6 +71,8 @@ int main(int argc, char **argv)
                         return EXIT_CONFIG;
                 }
         }
+        if (optind < argc && strcmp(argv[optind], "jobs") == 0)
+                return jobs_cli_main(argc - optind, argv + optind, path);
         if (optind < argc) {
                 fprintf(stderr,
                         "vidu-upscaled: unexpected argument '%s'. Try 'vidu-upscaled --help'.\n",

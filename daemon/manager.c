@@ -67,6 +67,8 @@ static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata)
 {
         struct manager *m = userdata;
         update_status(m);
+        /* Operators change jobs from outside (vidu-upscaled jobs retry): look for them. */
+        dispatcher_kick(m->dispatcher);
         sd_event_source_set_time(s, usec + STATUS_INTERVAL_USEC);
         return 0;
 }
