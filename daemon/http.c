@@ -15,11 +15,22 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "cidr.h"
 #include "journal.h"
 #include "util.h"
 
 #define MAX_LISTENERS 16
-#define MAX_URI       8192
+#define MAX_HEADERS   100 /* header lines in one request */
+#define SWEEP_USEC    (500 * USEC_PER_MSEC)
+
+/* One accepted connection, so a request that takes too long overall can be cut. */
+struct conn_track {
+        struct MHD_Connection *conn;
+        int fd;
+        uint64_t since; /* monotonic: when the current request (or the wait for one) began */
+        bool suspended;
+        struct conn_track *prev, *next;
+};
 
 struct listener {
         struct http_server *server;
@@ -41,6 +52,11 @@ struct http_server {
         size_t pending;
         bool quiesced;
         sd_event_source *run_defer;
+        sd_event_source *sweeper;
+        struct conn_track *conns;
+        struct cidr_list allow;
+        char *tls_key, *tls_cert;
+        uint64_t refused;
         char description[512];
 };
 
@@ -49,6 +65,7 @@ struct http_request {
         struct listener *listener;
         struct MHD_Connection *conn;
         char *uri; /* raw, as received: path and query */
+        bool uri_too_long;
         char *path;
         const char *query; /* into uri */
         const char *method;
@@ -72,8 +89,10 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
         r->listener = cls;
         r->server = r->listener->server;
         r->conn = conn;
-        size_t n = strnlen(uri, MAX_URI + 1);
-        r->uri = strndup_safe(uri, n > MAX_URI ? MAX_URI : n);
+        size_t max = r->server->cfg->max_header;
+        size_t n = strnlen(uri, max + 1);
+        r->uri_too_long = n > max;
+        r->uri = strndup_safe(uri, n > max ? max : n);
         if (!r->uri) {
                 free(r);
                 return NULL;
@@ -103,9 +122,19 @@ static void request_free(struct http_request *r)
         free(r);
 }
 
+static struct conn_track *track_of(struct MHD_Connection *conn)
+{
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        return ci ? ci->socket_context : NULL;
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
+        struct conn_track *t = track_of(conn);
+        if (t)
+                t->since = now_monotonic_usec(); /* a keep-alive connection starts a new wait */
         request_free(*con_cls);
         *con_cls = NULL;
 }
@@ -160,6 +189,9 @@ static void schedule_run(struct http_server *s)
 
 void http_request_suspend(struct http_request *r)
 {
+        struct conn_track *t = track_of(r->conn);
+        if (t)
+                t->suspended = true;
         r->suspended = true;
         MHD_suspend_connection(r->conn);
 }
@@ -169,6 +201,9 @@ void http_request_resume(struct http_request *r)
         if (!r->suspended)
                 return;
         r->suspended = false;
+        struct conn_track *t = track_of(r->conn);
+        if (t)
+                t->suspended = false;
         MHD_resume_connection(r->conn);
         schedule_run(r->server);
 }
@@ -261,6 +296,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                 else
                         snprintf(r->peer, sizeof(r->peer), "local");
                 bool is_get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+                if (r->uri_too_long)
+                        return answer_now(r, 414, "URL too long");
+                if (MHD_get_connection_values(conn, MHD_HEADER_KIND, NULL, NULL) > MAX_HEADERS)
+                        return answer_now(r, 431, "too many header lines");
 
                 if (strcmp(r->path, "/healthz") == 0) {
                         if (!is_get)
@@ -448,6 +487,67 @@ static int open_listener(const char *spec, bool *ret_unix)
         return fd;
 }
 
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+        struct http_server *s = cls;
+        if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+                struct conn_track *t = calloc(1, sizeof(*t));
+                if (!t)
+                        return;
+                const union MHD_ConnectionInfo *ci =
+                    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+                t->conn = conn;
+                t->fd = ci ? ci->connect_fd : -1;
+                t->since = now_monotonic_usec();
+                t->next = s->conns;
+                if (s->conns)
+                        s->conns->prev = t;
+                s->conns = t;
+                *socket_context = t;
+        } else {
+                struct conn_track *t = *socket_context;
+                if (!t)
+                        return;
+                if (t->prev)
+                        t->prev->next = t->next;
+                else
+                        s->conns = t->next;
+                if (t->next)
+                        t->next->prev = t->prev;
+                free(t);
+                *socket_context = NULL;
+        }
+}
+
+/* A sender that trickles bytes keeps resetting the idle timeout; this bounds a request's total
+ * time. Shutting the socket down makes libmicrohttpd close the connection on its next read. */
+static int on_sweep(sd_event_source *src, uint64_t usec, void *userdata)
+{
+        struct http_server *s = userdata;
+        uint64_t now = now_monotonic_usec();
+        for (struct conn_track *t = s->conns; t; t = t->next)
+                if (!t->suspended && t->fd >= 0 && now - t->since > s->cfg->request_timeout) {
+                        shutdown(t->fd, SHUT_RDWR);
+                        t->fd = -1;
+                        log_debug("Closed a connection whose request took longer than "
+                                  "server.request_timeout");
+                }
+        sd_event_source_set_time(src, usec + SWEEP_USEC);
+        return 0;
+}
+
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+        struct http_server *s = cls;
+        if (s->allow.n == 0 || !addr || addr->sa_family == AF_UNIX)
+                return MHD_YES;
+        if (cidr_list_match(&s->allow, addr))
+                return MHD_YES;
+        s->refused++;
+        return MHD_NO;
+}
+
 static int start_listener(struct http_server *s, int fd, bool is_unix, const char *name)
 {
         if (s->n_listeners >= MAX_LISTENERS)
@@ -460,15 +560,20 @@ static int start_listener(struct http_server *s, int fd, bool is_unix, const cha
         l->is_unix = is_unix;
         snprintf(l->name, sizeof(l->name), "%s", name);
         unsigned int mem = cfg->max_header < 8192 ? 8192 : (unsigned)cfg->max_header;
+        unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+        bool tls = s->tls_cert && !is_unix;
+        if (tls)
+                flags |= MHD_USE_TLS;
         l->mhd = MHD_start_daemon(
-            MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_access,
-            s, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_URI_LOG_CALLBACK, on_uri, l,
-            MHD_OPTION_NOTIFY_COMPLETED, on_completed, l, MHD_OPTION_CONNECTION_LIMIT,
+            flags, 0, on_accept, s, on_access, s, MHD_OPTION_LISTEN_SOCKET, fd,
+            MHD_OPTION_URI_LOG_CALLBACK, on_uri, l, MHD_OPTION_NOTIFY_COMPLETED, on_completed, l,
+            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_LIMIT,
             (unsigned)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
             is_unix ? 0u : (unsigned)cfg->max_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
             (unsigned)((cfg->idle_timeout + USEC_PER_SEC - 1) / USEC_PER_SEC),
             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)mem, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-            NULL, MHD_OPTION_END);
+            NULL, tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, s->tls_key,
+            MHD_OPTION_HTTPS_MEM_CERT, s->tls_cert, MHD_OPTION_END);
         if (!l->mhd)
                 return -EIO;
         const union MHD_DaemonInfo *info = MHD_get_daemon_info(l->mhd, MHD_DAEMON_INFO_EPOLL_FD);
@@ -527,6 +632,36 @@ int http_server_new(sd_event *event, const struct config *cfg, const struct http
         if (r < 0)
                 goto fail;
         sd_event_source_set_enabled(s->run_defer, SD_EVENT_OFF);
+        uint64_t now;
+        sd_event_now(event, CLOCK_MONOTONIC, &now);
+        r = sd_event_add_time(event, &s->sweeper, CLOCK_MONOTONIC, now + SWEEP_USEC,
+                              100 * USEC_PER_MSEC, on_sweep, s);
+        if (r < 0)
+                goto fail;
+        sd_event_source_set_enabled(s->sweeper, SD_EVENT_ON);
+        if (!isempty(cfg->allow_from)) {
+                r = cidr_list_parse(cfg->allow_from, &s->allow, NULL);
+                if (r < 0) {
+                        log_error("server.allow_from cannot be parsed");
+                        goto fail;
+                }
+        }
+        if (!isempty(cfg->tls_cert)) {
+                if (!MHD_is_feature_supported(MHD_FEATURE_TLS)) {
+                        log_error(
+                            "server.tls_cert is set but this libmicrohttpd has no TLS support");
+                        r = -EOPNOTSUPP;
+                        goto fail;
+                }
+                r = read_small_file(cfg->tls_cert, 1024 * 1024, false, &s->tls_cert, NULL);
+                if (r >= 0)
+                        r = read_small_file(cfg->tls_key, 1024 * 1024, false, &s->tls_key, NULL);
+                if (r < 0) {
+                        log_error("Cannot read server.tls_cert %s or server.tls_key: %s",
+                                  cfg->tls_cert, strerror(-r));
+                        goto fail;
+                }
+        }
 
         int n = sd_listen_fds(1);
         if (n < 0) {
@@ -591,6 +726,13 @@ struct http_server *http_server_free(struct http_server *s)
                         close(l->fd);
         }
         sd_event_source_disable_unref(s->run_defer);
+        sd_event_source_disable_unref(s->sweeper);
+        cidr_list_clear(&s->allow);
+        if (s->tls_key) {
+                explicit_bzero(s->tls_key, strlen(s->tls_key));
+                free(s->tls_key);
+        }
+        free(s->tls_cert);
         sd_event_unref(s->event);
         free(s);
         return NULL;
