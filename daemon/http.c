@@ -565,15 +565,16 @@ static int start_listener(struct http_server *s, int fd, bool is_unix, const cha
         if (tls)
                 flags |= MHD_USE_TLS;
         l->mhd = MHD_start_daemon(
-            flags, 0, on_accept, s, on_access, s, MHD_OPTION_LISTEN_SOCKET, fd,
-            MHD_OPTION_URI_LOG_CALLBACK, on_uri, l, MHD_OPTION_NOTIFY_COMPLETED, on_completed, l,
-            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_LIMIT,
-            (unsigned)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-            is_unix ? 0u : (unsigned)cfg->max_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
+            flags, 0, on_accept, s, on_access, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+            MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_URI_LOG_CALLBACK, on_uri, l,
+            MHD_OPTION_NOTIFY_COMPLETED, on_completed, l, MHD_OPTION_NOTIFY_CONNECTION,
+            on_connection, s, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+            MHD_OPTION_PER_IP_CONNECTION_LIMIT, is_unix ? 0u : (unsigned)cfg->max_per_ip,
+            MHD_OPTION_CONNECTION_TIMEOUT,
             (unsigned)((cfg->idle_timeout + USEC_PER_SEC - 1) / USEC_PER_SEC),
-            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)mem, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-            NULL, tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, s->tls_key,
-            MHD_OPTION_HTTPS_MEM_CERT, s->tls_cert, MHD_OPTION_END);
+            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)mem,
+            tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, s->tls_key, MHD_OPTION_HTTPS_MEM_CERT,
+            s->tls_cert, MHD_OPTION_END);
         if (!l->mhd)
                 return -EIO;
         const union MHD_DaemonInfo *info = MHD_get_daemon_info(l->mhd, MHD_DAEMON_INFO_EPOLL_FD);

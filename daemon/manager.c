@@ -108,8 +108,14 @@ static void on_answered(unsigned status, void *userdata)
                 m->metrics.requests_by_status[status]++;
 }
 
+static void on_webhook(struct http_request *req, void *userdata)
+{
+        struct manager *m = userdata;
+        webhook_handle(req, m->webhook);
+}
+
 static const struct http_handlers handlers = {
-    .webhook = webhook_handle,
+    .webhook = on_webhook,
     .healthy = on_healthy,
     .metrics = on_metrics,
     .answered = on_answered,
