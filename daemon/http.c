@@ -66,6 +66,7 @@ struct http_request {
         struct MHD_Connection *conn;
         char *uri; /* raw, as received: path and query */
         bool uri_too_long;
+        bool too_big; /* the body passed server.max_body while streaming */
         char *path;
         const char *query; /* into uri */
         const char *method;
@@ -343,8 +344,16 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (*upload_data_size > 0) {
                 size_t n = *upload_data_size;
                 *upload_data_size = 0;
-                if (r->len + n > cfg->max_body)
-                        return answer_now(r, 413, "body too large");
+                /* Too large while streaming (chunked, no Content-Length): libmicrohttpd 0.9.75
+                 * cannot answer before the body ends, so stop keeping it, discard the rest
+                 * (server.request_timeout bounds how long), and answer 413 at its end. */
+                if (r->too_big || r->len + n > cfg->max_body) {
+                        r->too_big = true;
+                        free(r->body);
+                        r->body = NULL;
+                        r->len = r->cap = 0;
+                        return MHD_YES;
+                }
                 if (r->len + n > r->cap) {
                         size_t cap = r->cap ? r->cap : 4096;
                         while (cap < r->len + n)
@@ -366,6 +375,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         /* The final call: the whole body is here, or we were resumed with an answer. */
         if (r->status)
                 return send_answer(r);
+        if (r->too_big)
+                return answer_now(r, 413, "body too large");
         s->h->webhook(r, s->userdata);
         if (r->suspended)
                 return MHD_YES;
