@@ -31,6 +31,8 @@ struct call {
         /* Filled when the transition is decided, logged after the commit. */
         bool log;
         int priority;
+        int code_line; /* where the transition was decided, for CODE_LINE/CODE_FUNC */
+        const char *code_func;
         struct job_event ev;
         char message[3072];
         struct job after;
@@ -79,8 +81,12 @@ void dispatcher_kick(struct dispatcher *d)
                 sd_event_source_set_enabled(d->run_defer, SD_EVENT_ONESHOT);
 }
 
-static void fill_event(struct call *c, const struct job *j, const char *msgid, const char *state)
+#define fill_event(c, j, msgid, state) fill_event_at(c, j, msgid, state, __LINE__, __func__)
+static void fill_event_at(struct call *c, const struct job *j, const char *msgid, const char *state,
+                          int line, const char *func)
 {
+        c->code_line = line;
+        c->code_func = func;
         c->after = *j;
         c->log = true;
         c->ev = (struct job_event){

@@ -26,6 +26,8 @@ struct staged {
         char **messages;
         char **owned; /* a copy an event points into, freed with the request */
         int *priorities;
+        int *lines; /* where each event was decided, for CODE_LINE/CODE_FUNC */
+        const char **funcs;
         size_t n_events, cap_events;
         bool replayed;
         unsigned status;
@@ -64,16 +66,20 @@ static void staged_free(struct staged *s)
         free(s->events);
         free(s->messages);
         free(s->owned);
+        free(s->lines);
+        free(s->funcs);
         free(s->priorities);
         free(s);
 }
 
 /* Queues a journal entry for after the commit; strings point into the staged notification or
  * static storage, so they stay valid until the entry is written. */
-static void add_event(struct staged *s, int priority, const struct job_event *ev, const char *fmt,
-                      ...) _printf_(4, 5);
-static void add_event(struct staged *s, int priority, const struct job_event *ev, const char *fmt,
-                      ...)
+#define add_event(s, priority, ev, ...)                                                            \
+        add_event_at(s, __LINE__, __func__, priority, ev, __VA_ARGS__)
+static void add_event_at(struct staged *s, int line, const char *func, int priority,
+                         const struct job_event *ev, const char *fmt, ...) _printf_(6, 7);
+static void add_event_at(struct staged *s, int line, const char *func, int priority,
+                         const struct job_event *ev, const char *fmt, ...)
 {
         if (s->n_events == s->cap_events) {
                 size_t cap = s->cap_events ? s->cap_events * 2 : 8;
@@ -93,6 +99,14 @@ static void add_event(struct staged *s, int priority, const struct job_event *ev
                 if (!o)
                         return;
                 s->owned = o;
+                int *ln = realloc(s->lines, cap * sizeof(*ln));
+                if (!ln)
+                        return;
+                s->lines = ln;
+                const char **fn = realloc(s->funcs, cap * sizeof(*fn));
+                if (!fn)
+                        return;
+                s->funcs = fn;
                 s->cap_events = cap;
         }
         va_list ap;
@@ -106,6 +120,8 @@ static void add_event(struct staged *s, int priority, const struct job_event *ev
         s->events[s->n_events] = *ev;
         s->messages[s->n_events] = msg;
         s->owned[s->n_events] = NULL;
+        s->lines[s->n_events] = line;
+        s->funcs[s->n_events] = func;
         s->priorities[s->n_events] = priority;
         s->n_events++;
 }
@@ -351,7 +367,7 @@ static int on_commit(sd_event_source *src, void *userdata)
                 next = s->next;
                 answer(w, s);
                 for (size_t i = 0; i < s->n_events; i++) {
-                        journal_job_internal(s->priorities[i], __FILE__, __LINE__, "webhook_commit",
+                        journal_job_internal(s->priorities[i], __FILE__, s->lines[i], s->funcs[i],
                                              &s->events[i], "%s", s->messages[i]);
                         if (s->events[i].job_state &&
                             strcmp(s->events[i].job_state, "accepted") == 0)
