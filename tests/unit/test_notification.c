@@ -1,0 +1,235 @@
+/* test_notification.c: every fixture shape, and malformed or hostile variants at the limits. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "notification.h"
+#include "util.h"
+
+static const struct notification_limits lim = {
+    .max_depth = 32, .max_tasks = 1000, .max_creations = 10000};
+
+static struct notification *parse_ok(const char *body)
+{
+        struct notification *n = NULL;
+        const char *why = NULL;
+        int r = notification_parse(body, strlen(body), &lim, &n, &why);
+        if (r < 0)
+                fail_msg("parse failed (%d): %s for %s", r, why, body);
+        return n;
+}
+
+static int parse_err(const char *body, const struct notification_limits *l)
+{
+        struct notification *n = NULL;
+        const char *why = NULL;
+        int r = notification_parse(body, strlen(body), l ? l : &lim, &n, &why);
+        if (r >= 0) {
+                notification_free(n);
+                fail_msg("parse unexpectedly succeeded for %s", body);
+        }
+        assert_non_null(why);
+        return r;
+}
+
+static struct notification *fixture(const char *name)
+{
+        char path[512];
+        const char *dir = getenv("FIXTURES_DIR") ? getenv("FIXTURES_DIR") : FIXTURES_DIR;
+        snprintf(path, sizeof(path), "%s/%s", dir, name);
+        char *body = NULL;
+        size_t len = 0;
+        assert_int_equal(read_small_file(path, 1 << 20, false, &body, &len), 0);
+        struct notification *n = NULL;
+        const char *why = NULL;
+        assert_int_equal(notification_parse(body, len, &lim, &n, &why), 0);
+        free(body);
+        return n;
+}
+
+static void test_fixture_bare_task(void **state)
+{
+        struct notification *n = fixture("task-success-v1.json");
+        assert_int_equal(n->n_tasks, 1);
+        struct note_task *t = &n->tasks[0];
+        assert_string_equal(t->id, "2369218477629212");
+        assert_string_equal(t->type, "img2video");
+        assert_true(note_task_succeeded(t));
+        assert_false(t->is_upscale);
+        assert_int_equal(t->n_creations, 2);
+        assert_string_equal(t->creation_ids[0], "2370483030340581");
+        assert_string_equal(t->creation_ids[1], "2370483030340582");
+        assert_string_equal(t->result_url, "https://media.example.invalid/a/watermarked.mp4");
+        assert_null(t->err_code);
+        notification_free(n);
+}
+
+static void test_fixture_official_callback(void **state)
+{
+        struct notification *n = fixture("callback-success-ent-v2.json");
+        assert_int_equal(n->n_tasks, 1);
+        assert_string_equal(n->tasks[0].id, "811935440473669632");
+        assert_null(n->tasks[0].type);
+        assert_int_equal(n->tasks[0].n_creations, 1);
+        assert_string_equal(n->tasks[0].creation_ids[0], "811935520102486016");
+        assert_string_equal(n->tasks[0].result_url, "https://media.example.invalid/c/video.mp4");
+        notification_free(n);
+}
+
+static void test_fixture_envelope(void **state)
+{
+        struct notification *n = fixture("envelope-data.json");
+        assert_int_equal(n->n_tasks, 1);
+        assert_string_equal(n->tasks[0].id, "2369218477629400");
+        assert_string_equal(n->tasks[0].creation_ids[0], "2370483030340600");
+        notification_free(n);
+}
+
+static void test_fixture_batch(void **state)
+{
+        struct notification *n = fixture("batch-array.json");
+        assert_int_equal(n->n_tasks, 3);
+        assert_true(note_task_succeeded(&n->tasks[0]));
+        assert_false(note_task_succeeded(&n->tasks[1]));
+        assert_string_equal(n->tasks[1].state, "queueing");
+        assert_int_equal(n->tasks[2].n_creations, 2);
+        notification_free(n);
+        n = parse_ok("{\"tasks\": [{\"id\": \"1\", \"state\": \"success\", \"creations\": "
+                     "[{\"id\": \"2\"}]}]}");
+        assert_int_equal(n->n_tasks, 1);
+        assert_string_equal(n->tasks[0].creation_ids[0], "2");
+        notification_free(n);
+}
+
+static void test_fixture_not_finished_failed_upscale(void **state)
+{
+        struct notification *n = fixture("task-processing-v1.json");
+        assert_false(note_task_succeeded(&n->tasks[0]));
+        notification_free(n);
+        n = fixture("task-failed-v1.json");
+        assert_true(note_task_failed(&n->tasks[0]));
+        assert_string_equal(n->tasks[0].err_code, "CreationPolicyViolation");
+        notification_free(n);
+        n = fixture("upscale-success-v1.json");
+        assert_true(n->tasks[0].is_upscale);
+        assert_string_equal(n->tasks[0].id, "2371000000000001");
+        assert_string_equal(n->tasks[0].result_url, "https://media.example.invalid/hd/video.mp4");
+        notification_free(n);
+        n = fixture("upscale-response-v1.json");
+        assert_true(n->tasks[0].is_upscale);
+        assert_int_equal(n->tasks[0].n_creations, 0);
+        notification_free(n);
+}
+
+static void test_ids(void **state)
+{
+        /* Integers are taken as their decimal text; floats are not ids. */
+        struct notification *n =
+            parse_ok("{\"id\": 2369218477629212, \"state\": \"success\", \"creations\": "
+                     "[{\"id\": 2370483030340581}, {\"id\": 1.5}, {\"id\": \"\"}, {}]}");
+        assert_string_equal(n->tasks[0].id, "2369218477629212");
+        assert_int_equal(n->tasks[0].n_creations, 1);
+        assert_string_equal(n->tasks[0].creation_ids[0], "2370483030340581");
+        assert_int_equal(n->tasks[0].n_rejected, 3);
+        notification_free(n);
+
+        char body[600], id128[129], id129[130];
+        memset(id128, '7', 128);
+        id128[128] = 0;
+        memset(id129, '7', 129);
+        id129[129] = 0;
+        snprintf(
+            body, sizeof(body),
+            "{\"id\":\"t\",\"state\":\"success\",\"creations\":[{\"id\":\"%s\"},{\"id\":\"%s\"}]}",
+            id128, id129);
+        n = parse_ok(body);
+        assert_int_equal(n->tasks[0].n_creations, 1);
+        assert_int_equal(strlen(n->tasks[0].creation_ids[0]), 128);
+        assert_int_equal(n->tasks[0].n_rejected, 1);
+        assert_string_equal(n->tasks[0].rejected_reasons[0], "id longer than 128 bytes");
+        notification_free(n);
+
+        /* Control characters: rejected, and shown escaped. Byte for byte otherwise (spaces kept).
+         */
+        n = parse_ok("{\"id\":\"t\",\"state\":\"success\",\"creations\":[{\"id\":\"a\\u0001b\"},{"
+                     "\"id\":\" x \"},"
+                     "{\"id\":\" x \"}]}");
+        assert_int_equal(n->tasks[0].n_creations, 1);
+        assert_string_equal(n->tasks[0].creation_ids[0], " x ");
+        assert_string_equal(n->tasks[0].rejected_ids[0], "a\\x01b");
+        notification_free(n);
+
+        /* A task whose own id is unusable is still returned, marked. */
+        n = parse_ok("{\"task_id\": \"\", \"state\": \"success\"}");
+        assert_null(n->tasks[0].id);
+        assert_non_null(n->tasks[0].id_error);
+        notification_free(n);
+}
+
+static void test_malformed(void **state)
+{
+        assert_int_equal(parse_err("", NULL), -EBADMSG);
+        assert_int_equal(parse_err("{", NULL), -EBADMSG);
+        assert_int_equal(parse_err("not json", NULL), -EBADMSG);
+        assert_int_equal(parse_err("{\"id\":\"1\"} trailing", NULL), -EBADMSG);
+        assert_int_equal(parse_err("[]", NULL), -EBADMSG);
+        assert_int_equal(parse_err("[1, \"x\", null]", NULL), -EBADMSG);
+        assert_int_equal(parse_err("{\"hello\": \"world\"}", NULL), -EBADMSG);
+        assert_int_equal(parse_err("{\"data\": {\"x\": 1}}", NULL), -EBADMSG);
+        assert_int_equal(parse_err("42", NULL), -EBADMSG);
+        const char nul[] = "{\"id\":\"1\"}\0";
+        struct notification *n = NULL;
+        const char *why = NULL;
+        assert_int_equal(notification_parse(nul, sizeof(nul), &lim, &n, &why), -EBADMSG);
+        /* White space after the value is fine. */
+        n = parse_ok("{\"id\":\"1\",\"state\":\"queueing\"}\r\n ");
+        notification_free(n);
+}
+
+static void test_limits_at_the_edge(void **state)
+{
+        struct notification_limits l = {.max_depth = 4, .max_tasks = 2, .max_creations = 3};
+        struct notification *n = NULL;
+        const char *why = NULL;
+        /* Depth 4: array > object > array > object. */
+        const char *d4 = "[{\"id\":\"1\",\"state\":\"success\",\"creations\":[{\"id\":\"2\"}]}]";
+        assert_int_equal(notification_parse(d4, strlen(d4), &l, &n, &why), 0);
+        notification_free(n);
+        const char *d5 =
+            "[{\"id\":\"1\",\"state\":\"success\",\"creations\":[{\"id\":\"2\",\"x\":{}}]}]";
+        assert_int_equal(parse_err(d5, &l), -E2BIG);
+
+        const char *t2 = "[{\"id\":\"1\"},{\"id\":\"2\"}]";
+        assert_int_equal(notification_parse(t2, strlen(t2), &l, &n, &why), 0);
+        notification_free(n);
+        assert_int_equal(parse_err("[{\"id\":\"1\"},{\"id\":\"2\"},{\"id\":\"3\"}]", &l), -E2BIG);
+
+        const char *c3 =
+            "{\"id\":\"1\",\"creations\":[{\"id\":\"a\"},{\"id\":\"b\"},{\"id\":\"c\"}]}";
+        assert_int_equal(notification_parse(c3, strlen(c3), &l, &n, &why), 0);
+        notification_free(n);
+        assert_int_equal(parse_err("{\"id\":\"1\",\"creations\":[{\"id\":\"a\"},{\"id\":\"b\"},{"
+                                   "\"id\":\"c\"},{\"id\":\"d\"}]}",
+                                   &l),
+                         -E2BIG);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_fixture_bare_task),
+            cmocka_unit_test(test_fixture_official_callback),
+            cmocka_unit_test(test_fixture_envelope),
+            cmocka_unit_test(test_fixture_batch),
+            cmocka_unit_test(test_fixture_not_finished_failed_upscale),
+            cmocka_unit_test(test_ids),
+            cmocka_unit_test(test_malformed),
+            cmocka_unit_test(test_limits_at_the_edge),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
