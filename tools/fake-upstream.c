@@ -1,0 +1,705 @@
+/* fake-upstream.c: a fake of the Vidu task API (POST /vidu/v1/tasks, GET /vidu/v1/tasks/{id})
+ * for tests, benchmarks and the README's try-it command. Tasks complete on their own; faults are
+ * injected on demand through POST /_fake/faults; GET /_fake/stats counts what arrived. */
+#include <errno.h>
+#include <json-c/json.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+
+#define MAX_BODY   (1024 * 1024)
+#define MAX_FAULTS 1024
+#define TABLE_SIZE (1 << 18)
+
+enum action { ACT_RESPOND, ACT_DROP, ACT_GARBAGE, ACT_NO_ID, ACT_TRICKLE, ACT_DELAY };
+enum on { ON_SUBMIT, ON_POLL, ON_ANY };
+
+struct fault {
+        enum on on;
+        char *creation_id;
+        long times; /* -1 forever */
+        int status;
+        char *body;
+        char *content_type;
+        char *retry_after;
+        long delay_ms;
+        long trickle_ms;
+        enum action action;
+        bool create;
+};
+
+struct task {
+        char id[32];
+        char *creation_id;
+        uint64_t created_ms;
+        struct task *next;
+};
+
+struct count {
+        char *creation_id;
+        long created;
+        char *fail_err; /* outcome: tasks for this creation end failed */
+        struct count *next;
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static struct task *tasks[TABLE_SIZE];
+static struct count *counts[TABLE_SIZE];
+static struct fault faults[MAX_FAULTS];
+static size_t n_faults;
+static uint64_t next_id = 2371000000000001ULL;
+static long submit_requests, tasks_created, polls, unauthorized;
+static char *last_submit_body;
+static bool last_auth_ok;
+static long complete_after_ms = 1000;
+static const char *api_key, *auth_word = "Bearer";
+static char host_port[128];
+static volatile sig_atomic_t stop;
+
+static uint64_t now_ms(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static unsigned hash(const char *s)
+{
+        unsigned h = 2166136261u;
+        for (; *s; s++)
+                h = (h ^ (unsigned char)*s) * 16777619u;
+        return h & (TABLE_SIZE - 1);
+}
+
+static struct count *count_of(const char *cid, bool create)
+{
+        unsigned h = hash(cid);
+        for (struct count *c = counts[h]; c; c = c->next)
+                if (strcmp(c->creation_id, cid) == 0)
+                        return c;
+        if (!create)
+                return NULL;
+        struct count *c = calloc(1, sizeof(*c));
+        if (!c || !(c->creation_id = strdup(cid))) {
+                free(c);
+                return NULL;
+        }
+        c->next = counts[h];
+        counts[h] = c;
+        return c;
+}
+
+static struct task *task_of(const char *id)
+{
+        for (struct task *t = tasks[hash(id)]; t; t = t->next)
+                if (strcmp(t->id, id) == 0)
+                        return t;
+        return NULL;
+}
+
+/* Called with the lock held. */
+static struct task *create_task(const char *cid)
+{
+        struct task *t = calloc(1, sizeof(*t));
+        if (!t || !(t->creation_id = strdup(cid))) {
+                free(t);
+                return NULL;
+        }
+        snprintf(t->id, sizeof(t->id), "%llu", (unsigned long long)next_id++);
+        t->created_ms = now_ms();
+        unsigned h = hash(t->id);
+        t->next = tasks[h];
+        tasks[h] = t;
+        struct count *c = count_of(cid, true);
+        if (c)
+                c->created++;
+        tasks_created++;
+        return t;
+}
+
+static void fault_free(struct fault *f)
+{
+        free(f->creation_id);
+        free(f->body);
+        free(f->content_type);
+        free(f->retry_after);
+        memset(f, 0, sizeof(*f));
+}
+
+/* Takes the first matching fault (one use); copies it out. Called with the lock held. */
+static bool take_fault(enum on on, const char *cid, struct fault *out)
+{
+        for (size_t i = 0; i < n_faults; i++) {
+                struct fault *f = &faults[i];
+                if (f->times == 0 || (f->on != ON_ANY && f->on != on))
+                        continue;
+                if (f->creation_id && (!cid || strcmp(f->creation_id, cid) != 0))
+                        continue;
+                *out = *f;
+                out->creation_id = f->creation_id ? strdup(f->creation_id) : NULL;
+                out->body = f->body ? strdup(f->body) : NULL;
+                out->content_type = f->content_type ? strdup(f->content_type) : NULL;
+                out->retry_after = f->retry_after ? strdup(f->retry_after) : NULL;
+                if (f->times > 0)
+                        f->times--;
+                return true;
+        }
+        return false;
+}
+
+struct req {
+        char *body;
+        size_t len;
+        bool too_big;
+};
+
+static enum MHD_Result reply(struct MHD_Connection *c, int status, const char *body,
+                             const char *ctype, const char *retry_after)
+{
+        struct MHD_Response *r =
+            MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_MUST_COPY);
+        if (!r)
+                return MHD_NO;
+        MHD_add_response_header(r, "Content-Type", ctype ? ctype : "application/json");
+        if (retry_after)
+                MHD_add_response_header(r, "Retry-After", retry_after);
+        enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
+        MHD_destroy_response(r);
+        return ret;
+}
+
+static enum MHD_Result reply_json(struct MHD_Connection *c, int status, json_object *o)
+{
+        enum MHD_Result r = reply(c, status,
+                                  json_object_to_json_string_ext(
+                                      o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE),
+                                  NULL, NULL);
+        json_object_put(o);
+        return r;
+}
+
+static enum MHD_Result reply_error(struct MHD_Connection *c, int status, const char *reason)
+{
+        char buf[256];
+        snprintf(buf, sizeof(buf), "{\"code\":%d,\"reason\":\"%s\",\"message\":\"%s\"}", status,
+                 reason, reason);
+        return reply(c, status, buf, NULL, NULL);
+}
+
+static json_object *task_json(const struct task *t, const char *state, const char *err,
+                              bool with_creation)
+{
+        json_object *o = json_object_new_object(), *input = json_object_new_object(),
+                    *cr = json_object_new_array();
+        json_object_object_add(o, "id", json_object_new_string(t->id));
+        json_object_object_add(o, "type", json_object_new_string("upscale"));
+        json_object_object_add(o, "state", json_object_new_string(state));
+        json_object_object_add(input, "creation_id", json_object_new_string(t->creation_id));
+        json_object_object_add(o, "input", input);
+        if (with_creation) {
+                char id[40], uri[256];
+                json_object *c = json_object_new_object();
+                snprintf(id, sizeof(id), "9%s", t->id);
+                snprintf(uri, sizeof(uri), "http://%s/media/%s.mp4", host_port, t->id);
+                json_object_object_add(c, "id", json_object_new_string(id));
+                json_object_object_add(c, "task_id", json_object_new_string(t->id));
+                json_object_object_add(c, "type", json_object_new_string("video"));
+                json_object_object_add(c, "grade", json_object_new_string("hd"));
+                json_object_object_add(c, "uri", json_object_new_string(uri));
+                json_object_array_add(cr, c);
+        }
+        json_object_object_add(o, "creations", cr);
+        json_object_object_add(o, "err_code", json_object_new_string(err ? err : ""));
+        json_object_object_add(o, "created_at",
+                               json_object_new_string("2024-07-31T16:25:00.000000Z"));
+        return o;
+}
+
+struct trickle {
+        char *body;
+        size_t len;
+        long ms;
+};
+
+static ssize_t trickle_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+        struct trickle *t = cls;
+        if (pos >= t->len)
+                return MHD_CONTENT_READER_END_OF_STREAM;
+        usleep((useconds_t)t->ms * 1000);
+        if (stop)
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+        buf[0] = t->body[pos];
+        return 1;
+}
+
+static void trickle_free(void *cls)
+{
+        struct trickle *t = cls;
+        free(t->body);
+        free(t);
+}
+
+/* Answers per the fault; returns true when it answered (or dropped). */
+static bool apply_fault(struct MHD_Connection *c, struct fault *f, struct task *t,
+                        enum MHD_Result *ret)
+{
+        if (f->delay_ms > 0)
+                usleep((useconds_t)f->delay_ms * 1000);
+        switch (f->action) {
+        case ACT_DELAY:
+                return false;
+        case ACT_DROP:
+                *ret = MHD_NO;
+                return true;
+        case ACT_GARBAGE:
+                *ret = reply(c, f->status ? f->status : 200, "this is not json{",
+                             "application/json", f->retry_after);
+                return true;
+        case ACT_NO_ID: {
+                *ret = reply(c, f->status ? f->status : 200,
+                             "{\"type\":\"upscale\",\"state\":\"queueing\"}", NULL, f->retry_after);
+                return true;
+        }
+        case ACT_TRICKLE: {
+                struct trickle *tr = calloc(1, sizeof(*tr));
+                json_object *o =
+                    t ? task_json(t, "queueing", NULL, false) : json_object_new_object();
+                tr->body = strdup(json_object_to_json_string_ext(
+                    o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+                json_object_put(o);
+                tr->len = strlen(tr->body);
+                tr->ms = f->trickle_ms > 0 ? f->trickle_ms : 1000;
+                struct MHD_Response *r =
+                    MHD_create_response_from_callback(tr->len, 1, trickle_read, tr, trickle_free);
+                MHD_add_response_header(r, "Content-Type", "application/json");
+                *ret = MHD_queue_response(c, 200, r);
+                MHD_destroy_response(r);
+                return true;
+        }
+        case ACT_RESPOND:
+                break;
+        }
+        /* add_fault gives every "respond" fault a body: the raw one, or an API error from reason.
+         */
+        const char *body = f->body ? f->body : "{}";
+        const char *ctype =
+            f->content_type ? f->content_type : (body[0] == '<' ? "text/html" : "application/json");
+        *ret = reply(c, f->status ? f->status : 500, body, ctype, f->retry_after);
+        return true;
+}
+
+static const char *get_str(json_object *o, const char *key)
+{
+        json_object *v;
+        if (!o || !json_object_object_get_ex(o, key, &v) ||
+            !json_object_is_type(v, json_type_string))
+                return NULL;
+        return json_object_get_string(v);
+}
+
+static enum MHD_Result handle_submit(struct MHD_Connection *c, struct req *rq)
+{
+        const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+        char want[512];
+        bool auth_ok = true;
+        if (api_key) {
+                snprintf(want, sizeof(want), "%s %s", auth_word, api_key);
+                auth_ok = auth && strcmp(auth, want) == 0;
+        }
+        pthread_mutex_lock(&lock);
+        submit_requests++;
+        last_auth_ok = auth_ok;
+        free(last_submit_body);
+        last_submit_body = strndup(rq->body ? rq->body : "", rq->len);
+        if (!auth_ok)
+                unauthorized++;
+        pthread_mutex_unlock(&lock);
+        if (!auth_ok)
+                return reply_error(c, 401, "Unauthorized");
+
+        json_object *o = rq->body ? json_tokener_parse(rq->body) : NULL, *input = NULL,
+                    *settings = NULL, *v;
+        const char *cid = NULL;
+        if (o && json_object_object_get_ex(o, "input", &input))
+                cid = get_str(input, "creation_id");
+        const char *type = get_str(o, "type");
+        bool ok = cid && *cid && type && strcmp(type, "upscale") == 0 &&
+                  json_object_object_get_ex(o, "settings", &settings) &&
+                  get_str(settings, "model") &&
+                  json_object_object_get_ex(settings, "duration", &v) &&
+                  json_object_is_type(v, json_type_int);
+        if (!ok) {
+                json_object_put(o);
+                return reply_error(c, 400, "FieldInvalid");
+        }
+        struct fault f;
+        pthread_mutex_lock(&lock);
+        bool faulted = take_fault(ON_SUBMIT, cid, &f);
+        bool create = !faulted || f.create;
+        struct task *t = create ? create_task(cid) : NULL;
+        struct task copy = t ? *t : (struct task){0};
+        if (t)
+                copy.creation_id = strdup(t->creation_id);
+        pthread_mutex_unlock(&lock);
+        enum MHD_Result ret = MHD_YES;
+        if (faulted) {
+                bool answered = apply_fault(c, &f, t ? &copy : NULL, &ret);
+                fault_free(&f);
+                if (answered) {
+                        free(copy.creation_id);
+                        json_object_put(o);
+                        return ret;
+                }
+        }
+        json_object *resp = task_json(&copy, "queueing", NULL, false);
+        json_object_object_add(resp, "settings", json_object_get(settings));
+        free(copy.creation_id);
+        json_object_put(o);
+        return reply_json(c, 200, resp);
+}
+
+static enum MHD_Result handle_poll(struct MHD_Connection *c, const char *id)
+{
+        struct fault f;
+        pthread_mutex_lock(&lock);
+        polls++;
+        struct task *t = task_of(id);
+        struct task copy = t ? *t : (struct task){0};
+        char *fail = NULL;
+        if (t) {
+                copy.creation_id = strdup(t->creation_id);
+                struct count *cnt = count_of(t->creation_id, false);
+                if (cnt && cnt->fail_err)
+                        fail = strdup(cnt->fail_err);
+        }
+        bool faulted = take_fault(ON_POLL, t ? t->creation_id : NULL, &f);
+        pthread_mutex_unlock(&lock);
+        enum MHD_Result ret = MHD_YES;
+        if (faulted) {
+                bool answered = apply_fault(c, &f, t ? &copy : NULL, &ret);
+                fault_free(&f);
+                if (answered) {
+                        free(copy.creation_id);
+                        free(fail);
+                        return ret;
+                }
+        }
+        if (!t)
+                return reply_error(c, 404, "TaskNotFound");
+        uint64_t age = now_ms() - copy.created_ms;
+        json_object *o;
+        if ((long)age < complete_after_ms)
+                o = task_json(&copy, (long)age * 2 < complete_after_ms ? "queueing" : "processing",
+                              NULL, false);
+        else if (fail)
+                o = task_json(&copy, "failed", fail, false);
+        else
+                o = task_json(&copy, "success", NULL, true);
+        free(copy.creation_id);
+        free(fail);
+        return reply_json(c, 200, o);
+}
+
+static enum on parse_on(const char *s)
+{
+        if (s && strcmp(s, "poll") == 0)
+                return ON_POLL;
+        if (s && strcmp(s, "any") == 0)
+                return ON_ANY;
+        return ON_SUBMIT;
+}
+
+static enum action parse_action(const char *s)
+{
+        static const char *names[] = {"respond", "drop", "garbage", "no_id", "trickle", "delay"};
+        for (size_t i = 0; s && i < sizeof(names) / sizeof(names[0]); i++)
+                if (strcmp(s, names[i]) == 0)
+                        return (enum action)i;
+        return ACT_RESPOND;
+}
+
+static long get_long(json_object *o, const char *key, long dflt)
+{
+        json_object *v;
+        if (!json_object_object_get_ex(o, key, &v))
+                return dflt;
+        return (long)json_object_get_int64(v);
+}
+
+static bool add_fault(json_object *o)
+{
+        if (!json_object_is_type(o, json_type_object) || n_faults >= MAX_FAULTS)
+                return false;
+        struct fault *f = &faults[n_faults];
+        memset(f, 0, sizeof(*f));
+        f->on = parse_on(get_str(o, "on"));
+        f->creation_id = get_str(o, "creation_id") ? strdup(get_str(o, "creation_id")) : NULL;
+        f->times = get_long(o, "times", 1);
+        f->action = parse_action(get_str(o, "action"));
+        f->status = (int)get_long(o, "status", f->action == ACT_RESPOND ? 500 : 0);
+        f->delay_ms = get_long(o, "delay_ms", 0);
+        f->trickle_ms = get_long(o, "trickle_ms", 1000);
+        const char *reason = get_str(o, "reason"), *body = get_str(o, "body");
+        if (body)
+                f->body = strdup(body);
+        else if (f->action == ACT_RESPOND) {
+                char buf[256];
+                snprintf(buf, sizeof(buf), "{\"code\":%d,\"reason\":\"%s\",\"message\":\"%s\"}",
+                         f->status, reason ? reason : "", reason ? reason : "injected fault");
+                f->body = strdup(buf);
+        }
+        f->content_type = get_str(o, "content_type") ? strdup(get_str(o, "content_type")) : NULL;
+        f->retry_after = get_str(o, "retry_after") ? strdup(get_str(o, "retry_after")) : NULL;
+        json_object *cr;
+        if (json_object_object_get_ex(o, "create", &cr))
+                f->create = json_object_get_boolean(cr);
+        else
+                f->create = f->action == ACT_DROP || f->action == ACT_GARBAGE ||
+                            f->action == ACT_NO_ID || f->action == ACT_TRICKLE ||
+                            f->action == ACT_DELAY;
+        n_faults++;
+        return true;
+}
+
+static void reset_all(void)
+{
+        for (size_t i = 0; i < TABLE_SIZE; i++) {
+                while (tasks[i]) {
+                        struct task *t = tasks[i];
+                        tasks[i] = t->next;
+                        free(t->creation_id);
+                        free(t);
+                }
+                while (counts[i]) {
+                        struct count *c = counts[i];
+                        counts[i] = c->next;
+                        free(c->creation_id);
+                        free(c->fail_err);
+                        free(c);
+                }
+        }
+        for (size_t i = 0; i < n_faults; i++)
+                fault_free(&faults[i]);
+        n_faults = 0;
+        submit_requests = tasks_created = polls = unauthorized = 0;
+        free(last_submit_body);
+        last_submit_body = NULL;
+        last_auth_ok = false;
+}
+
+static enum MHD_Result handle_control(struct MHD_Connection *c, const char *method, const char *url,
+                                      struct req *rq)
+{
+        if (strcmp(url, "/_fake/health") == 0)
+                return reply(c, 200, "ok", "text/plain", NULL);
+        if (strcmp(url, "/_fake/stats") == 0 && strcmp(method, "GET") == 0) {
+                json_object *o = json_object_new_object(), *created = json_object_new_object();
+                pthread_mutex_lock(&lock);
+                for (size_t i = 0; i < TABLE_SIZE; i++)
+                        for (struct count *cnt = counts[i]; cnt; cnt = cnt->next)
+                                if (cnt->created)
+                                        json_object_object_add(created, cnt->creation_id,
+                                                               json_object_new_int64(cnt->created));
+                json_object_object_add(o, "submit_requests",
+                                       json_object_new_int64(submit_requests));
+                json_object_object_add(o, "created", created);
+                json_object_object_add(o, "tasks_created", json_object_new_int64(tasks_created));
+                json_object_object_add(o, "polls", json_object_new_int64(polls));
+                json_object_object_add(o, "unauthorized", json_object_new_int64(unauthorized));
+                json_object_object_add(o, "last_submit_body",
+                                       last_submit_body ? json_object_new_string(last_submit_body)
+                                                        : NULL);
+                json_object_object_add(o, "last_authorization_ok",
+                                       json_object_new_boolean(last_auth_ok));
+                pthread_mutex_unlock(&lock);
+                return reply_json(c, 200, o);
+        }
+        if (strcmp(method, "POST") != 0)
+                return reply_error(c, 405, "MethodNotAllowed");
+        json_object *o = rq->body ? json_tokener_parse(rq->body) : NULL;
+        bool ok = true;
+        pthread_mutex_lock(&lock);
+        if (strcmp(url, "/_fake/faults") == 0) {
+                if (json_object_is_type(o, json_type_array))
+                        for (size_t i = 0; i < json_object_array_length(o); i++)
+                                ok = add_fault(json_object_array_get_idx(o, i)) && ok;
+                else
+                        ok = add_fault(o);
+        } else if (strcmp(url, "/_fake/outcome") == 0) {
+                const char *cid = get_str(o, "creation_id"), *state = get_str(o, "state");
+                struct count *cnt = cid ? count_of(cid, true) : NULL;
+                if (cnt && state && strcmp(state, "failed") == 0) {
+                        free(cnt->fail_err);
+                        cnt->fail_err =
+                            strdup(get_str(o, "err_code") ? get_str(o, "err_code") : "failed");
+                } else
+                        ok = false;
+        } else if (strcmp(url, "/_fake/reset") == 0)
+                reset_all();
+        else {
+                pthread_mutex_unlock(&lock);
+                json_object_put(o);
+                return reply_error(c, 404, "NotFound");
+        }
+        pthread_mutex_unlock(&lock);
+        json_object_put(o);
+        return ok ? reply(c, 200, "{\"ok\":true}", NULL, NULL) : reply_error(c, 400, "BadRequest");
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *data,
+                                  size_t *size, void **con_cls)
+{
+        struct req *rq = *con_cls;
+        if (!rq) {
+                rq = calloc(1, sizeof(*rq));
+                if (!rq)
+                        return MHD_NO;
+                *con_cls = rq;
+                return MHD_YES;
+        }
+        if (*size) {
+                if (rq->len + *size > MAX_BODY)
+                        rq->too_big = true;
+                else {
+                        char *b = realloc(rq->body, rq->len + *size + 1);
+                        if (!b)
+                                return MHD_NO;
+                        rq->body = b;
+                        memcpy(rq->body + rq->len, data, *size);
+                        rq->len += *size;
+                        rq->body[rq->len] = 0;
+                }
+                *size = 0;
+                return MHD_YES;
+        }
+        if (rq->too_big)
+                return reply_error(c, 413, "PayloadTooLarge");
+        if (strncmp(url, "/_fake/", 7) == 0)
+                return handle_control(c, method, url, rq);
+        if (strncmp(url, "/vidu/v1/tasks", 14) == 0) {
+                if (strcmp(url, "/vidu/v1/tasks") == 0)
+                        return strcmp(method, "POST") == 0
+                                   ? handle_submit(c, rq)
+                                   : reply_error(c, 405, "MethodNotAllowed");
+                if (url[14] == '/' && strcmp(method, "GET") == 0) {
+                        const char *auth =
+                            MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+                        char want[512];
+                        if (api_key) {
+                                snprintf(want, sizeof(want), "%s %s", auth_word, api_key);
+                                if (!auth || strcmp(auth, want) != 0) {
+                                        pthread_mutex_lock(&lock);
+                                        unauthorized++;
+                                        pthread_mutex_unlock(&lock);
+                                        return reply_error(c, 401, "Unauthorized");
+                                }
+                        }
+                        return handle_poll(c, url + 15);
+                }
+                return reply_error(c, 405, "MethodNotAllowed");
+        }
+        return reply_error(c, 404, "NotFound");
+}
+
+static void on_done(void *cls, struct MHD_Connection *c, void **con_cls,
+                    enum MHD_RequestTerminationCode toe)
+{
+        struct req *rq = *con_cls;
+        if (rq) {
+                free(rq->body);
+                free(rq);
+        }
+        *con_cls = NULL;
+}
+
+static void on_signal(int sig)
+{
+        stop = 1;
+}
+
+int main(int argc, char **argv)
+{
+        const char *listen_spec = "127.0.0.1:0", *port_file = NULL;
+        bool quiet = false;
+        for (int i = 1; i < argc; i++) {
+                if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc)
+                        listen_spec = argv[++i];
+                else if (strcmp(argv[i], "--port-file") == 0 && i + 1 < argc)
+                        port_file = argv[++i];
+                else if (strcmp(argv[i], "--api-key") == 0 && i + 1 < argc)
+                        api_key = argv[++i];
+                else if (strcmp(argv[i], "--auth-word") == 0 && i + 1 < argc)
+                        auth_word = argv[++i];
+                else if (strcmp(argv[i], "--complete-after") == 0 && i + 1 < argc)
+                        complete_after_ms = atol(argv[++i]);
+                else if (strcmp(argv[i], "--quiet") == 0)
+                        quiet = true;
+                else {
+                        fprintf(stderr, "Usage: fake-upstream [--listen HOST:PORT] [--port-file "
+                                        "FILE] [--auth-word WORD]\n"
+                                        "                     [--complete-after MS] [--quiet]\n"
+                                        "The expected API key comes from $VIDU_FAKE_API_KEY.\n");
+                        return 2;
+                }
+        }
+        if (!api_key && getenv("VIDU_FAKE_API_KEY") && *getenv("VIDU_FAKE_API_KEY"))
+                api_key = getenv("VIDU_FAKE_API_KEY");
+
+        char host[64] = "127.0.0.1";
+        const char *colon = strrchr(listen_spec, ':');
+        if (!colon || (size_t)(colon - listen_spec) >= sizeof(host)) {
+                fprintf(stderr, "fake-upstream: bad --listen %s\n", listen_spec);
+                return 2;
+        }
+        memcpy(host, listen_spec, (size_t)(colon - listen_spec));
+        host[colon - listen_spec] = 0;
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_port = htons((uint16_t)atoi(colon + 1))};
+        if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+                fprintf(stderr, "fake-upstream: only IPv4 addresses: %s\n", host);
+                return 2;
+        }
+        struct MHD_Daemon *d = MHD_start_daemon(
+            MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG, 0,
+            NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_NOTIFY_COMPLETED,
+            on_done, NULL, MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_END);
+        if (!d) {
+                fprintf(stderr, "fake-upstream: cannot listen on %s: %s\n", listen_spec,
+                        strerror(errno));
+                return 1;
+        }
+        const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+        unsigned port = info ? info->port : 0;
+        snprintf(host_port, sizeof(host_port), "%s:%u", host, port);
+        if (!quiet)
+                printf("fake-upstream listening on http://%s\n", host_port);
+        fflush(stdout);
+        if (port_file) {
+                char tmp[4096];
+                snprintf(tmp, sizeof(tmp), "%s.tmp", port_file);
+                FILE *f = fopen(tmp, "w");
+                if (!f || fprintf(f, "%u\n", port) < 0 || fclose(f) != 0 ||
+                    rename(tmp, port_file) < 0) {
+                        fprintf(stderr, "fake-upstream: cannot write %s\n", port_file);
+                        MHD_stop_daemon(d);
+                        return 1;
+                }
+        }
+        signal(SIGTERM, on_signal);
+        signal(SIGINT, on_signal);
+        while (!stop)
+                pause();
+        MHD_stop_daemon(d);
+        reset_all();
+        return 0;
+}
