@@ -618,7 +618,7 @@ static void describe_fd(int fd, char *buf, size_t len)
                 return;
         }
         if (ss.ss_family == AF_UNIX)
-                snprintf(buf, len, "unix:%s", ((struct sockaddr_un *)&ss)->sun_path);
+                snprintf(buf, len, "unix:%.100s", ((struct sockaddr_un *)&ss)->sun_path);
         else if (ss.ss_family == AF_INET) {
                 inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, host, sizeof(host));
                 snprintf(buf, len, "%s:%u", host, ntohs(((struct sockaddr_in *)&ss)->sin_port));
