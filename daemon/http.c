@@ -66,7 +66,8 @@ struct http_request {
         struct MHD_Connection *conn;
         char *uri; /* raw, as received: path and query */
         bool uri_too_long;
-        bool too_big; /* the body passed server.max_body while streaming */
+        bool too_big;   /* the body passed server.max_body while streaming */
+        bool route_get; /* /healthz or /metrics, answered on the final call */
         char *path;
         const char *query; /* into uri */
         const char *method;
@@ -230,7 +231,7 @@ static enum MHD_Result send_answer(struct http_request *r)
         enum MHD_Result ret = MHD_queue_response(r->conn, r->status, resp);
         MHD_destroy_response(resp);
         r->answered = true;
-        if (r->server->h->answered)
+        if (r->server->h->answered && strcmp(r->path, r->server->cfg->webhook_path) == 0)
                 r->server->h->answered(r->status, r->server->userdata);
         return ret;
 }
@@ -302,20 +303,13 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                 if (MHD_get_connection_values(conn, MHD_HEADER_KIND, NULL, NULL) > MAX_HEADERS)
                         return answer_now(r, 431, "too many header lines");
 
-                if (strcmp(r->path, "/healthz") == 0) {
+                /* GET routes answer on the final call: a response queued on the first one makes
+                 * libmicrohttpd close the connection, and monitoring keeps its connections. */
+                if (strcmp(r->path, "/healthz") == 0 || strcmp(r->path, "/metrics") == 0) {
                         if (!is_get)
                                 return answer_now(r, 405, "method not allowed");
-                        bool ok = s->h->healthy(s->userdata);
-                        http_request_answer(r, ok ? 200 : 503,
-                                            ok ? "{\"status\":\"ok\"}"
-                                               : "{\"status\":\"unavailable\"}",
-                                            ok ? NULL : "5");
-                        return send_answer(r);
-                }
-                if (strcmp(r->path, "/metrics") == 0) {
-                        if (!is_get)
-                                return answer_now(r, 405, "method not allowed");
-                        return serve_metrics(r);
+                        r->route_get = true;
+                        return MHD_YES;
                 }
                 if (strcmp(r->path, cfg->webhook_path) != 0)
                         return answer_now(r, 404, "not found");
@@ -377,6 +371,15 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                 return send_answer(r);
         if (r->too_big)
                 return answer_now(r, 413, "body too large");
+        if (r->route_get) {
+                if (strcmp(r->path, "/metrics") == 0)
+                        return serve_metrics(r);
+                bool ok = s->h->healthy(s->userdata);
+                http_request_answer(r, ok ? 200 : 503,
+                                    ok ? "{\"status\":\"ok\"}" : "{\"status\":\"unavailable\"}",
+                                    ok ? NULL : "5");
+                return send_answer(r);
+        }
         s->h->webhook(r, s->userdata);
         if (r->suspended)
                 return MHD_YES;

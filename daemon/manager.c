@@ -244,6 +244,8 @@ static int on_sigterm(sd_event_source *s, const struct signalfd_siginfo *si, voi
         sd_event_now(m->event, CLOCK_MONOTONIC, &now);
         sd_event_add_time(m->event, &m->drain_timer, CLOCK_MONOTONIC, now + DRAIN_CHECK_USEC, 0,
                           on_drain_check, m);
+        /* Time sources start as one-shot; this one checks until the drain is done. */
+        sd_event_source_set_enabled(m->drain_timer, SD_EVENT_ON);
         return 0;
 }
 
