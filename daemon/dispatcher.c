@@ -159,6 +159,7 @@ static int start_call(struct dispatcher *d, struct call *c)
             .body = body,
             .timeout_usec = d->cfg->timeout,
             .connect_timeout_usec = d->cfg->connect_timeout,
+            .fresh_connection = !c->poll,
         };
         r = httpc_start(d->httpc, &req, call_done, c);
         explicit_bzero(auth, strlen(auth));

@@ -319,6 +319,8 @@ int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn 
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                          (long)(req->connect_timeout_usec / USEC_PER_MSEC));
         curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        if (req->fresh_connection)
+                curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
         curl_easy_setopt(e, CURLOPT_USERAGENT, "vidu-upscaled/" VIDU_VERSION);
         /* The body of a POST must not be held back waiting for "100 Continue". */
         struct curl_slist *hl = curl_slist_append(NULL, "Expect:");

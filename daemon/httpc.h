@@ -2,6 +2,7 @@
  * keep-alive, capped answers and transport errors told apart (sent or not). */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <systemd/sd-event.h>
@@ -36,6 +37,9 @@ struct httpc_request {
         const char *body;          /* JSON, or NULL */
         uint64_t timeout_usec;
         uint64_t connect_timeout_usec;
+        /* Never on a reused connection: libcurl silently sends a request again when a reused
+         * connection dies before any answer, which must not happen to a paid submission. */
+        bool fresh_connection;
 };
 
 int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn done,

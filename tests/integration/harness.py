@@ -421,7 +421,7 @@ class Daemon:
             return ""
 
     def ledger_rows(self):
-        db = sqlite3.connect("file:%s?mode=ro" % self.ledger_path, uri=True, timeout=5)
+        db = sqlite3.connect(self.config["store"]["path"], timeout=5)  # reads only; WAL lets it run beside the daemon
         try:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute("SELECT * FROM jobs")]
