@@ -317,6 +317,8 @@ int notification_parse(const char *body, size_t len, const struct notification_l
         json_tokener *tok = json_tokener_new_ex((int)(2 * max_depth + 2));
         if (!tok)
                 return -ENOMEM;
+        /* Strict: what senders send is JSON; anything looser is not worth guessing at. */
+        json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
         json_object *root = json_tokener_parse_ex(tok, body, (int)len);
         enum json_tokener_error jerr = json_tokener_get_error(tok);
         size_t used = json_tokener_get_parse_end(tok);
@@ -328,7 +330,12 @@ int notification_parse(const char *body, size_t len, const struct notification_l
         }
         if (jerr != json_tokener_success || !root) {
                 json_object_put(root);
-                *ret_error = jerr == json_tokener_continue ? "truncated JSON" : "not JSON";
+                size_t first = strspn(body, " \t\r\n");
+                bool container = first < len && (body[first] == '{' || body[first] == '[');
+                /* json-c waits for more input after a bare number or literal. */
+                *ret_error = jerr != json_tokener_continue ? "not JSON"
+                             : container                   ? "truncated JSON"
+                                                           : "no task object in the notification";
                 return -EBADMSG;
         }
         if (container_depth(root, max_depth + 1) > max_depth) {

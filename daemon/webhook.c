@@ -30,6 +30,7 @@ struct staged {
         const char **funcs;
         size_t n_events, cap_events;
         bool replayed;
+        bool replayed_nonce;
         unsigned status;
         struct staged *next;
 };
@@ -188,7 +189,10 @@ static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
                 if (r < 0)
                         return r;
                 if (r == 0) {
+                        /* A standard-webhooks redelivery is answered 2xx and does nothing; a vidu
+                         * nonce seen before is a replayed request and refused. */
                         s->replayed = true;
+                        s->replayed_nonce = strncmp(s->replay_key, "vidu:", 5) == 0;
                         w->m->replays++;
                         return 0;
                 }
@@ -269,7 +273,11 @@ static void answer(struct webhook *w, struct staged *s)
 {
         json_object *o = json_object_new_object();
         const char *text = NULL;
-        if (s->replayed) {
+        if (s->replayed && s->replayed_nonce) {
+                s->status = 401;
+                if (o)
+                        json_object_object_add(o, "error", json_object_new_string("unauthorized"));
+        } else if (s->replayed) {
                 s->status = 200;
                 if (o)
                         json_object_object_add(o, "replayed", json_object_new_boolean(1));
@@ -297,6 +305,8 @@ static void answer_unavailable(struct staged *s, const char *why)
         http_request_answer(s->req, 503, body, "5");
         http_request_resume(s->req);
 }
+
+static void log_auth_failure(struct webhook *w, struct http_request *req, const char *reason);
 
 static int on_probe(sd_event_source *src, uint64_t usec, void *userdata)
 {
@@ -366,6 +376,10 @@ static int on_commit(sd_event_source *src, void *userdata)
         for (struct staged *s = list, *next; s; s = next) {
                 next = s->next;
                 answer(w, s);
+                if (s->replayed_nonce) {
+                        log_auth_failure(w, s->req,
+                                         "x-request-nonce was used before (a replayed request)");
+                }
                 for (size_t i = 0; i < s->n_events; i++) {
                         journal_job_internal(s->priorities[i], __FILE__, s->lines[i], s->funcs[i],
                                              &s->events[i], "%s", s->messages[i]);
