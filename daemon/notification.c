@@ -330,7 +330,9 @@ int notification_parse(const char *body, size_t len, const struct notification_l
         }
         if (jerr != json_tokener_success || !root) {
                 json_object_put(root);
-                size_t first = strspn(body, " \t\r\n");
+                size_t first = 0; /* body is not NUL-terminated: stay within len */
+                while (first < len && strchr(" \t\r\n", body[first]) && body[first])
+                        first++;
                 bool container = first < len && (body[first] == '{' || body[first] == '[');
                 /* json-c waits for more input after a bare number or literal. */
                 *ret_error = jerr != json_tokener_continue ? "not JSON"
