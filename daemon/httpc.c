@@ -155,7 +155,10 @@ static void check_done(struct httpc *h)
                         resp.body = "";
                         resp.body_len = 0;
                 }
-                resp.retry_after = t->has_retry_after ? t->retry_after : NULL;
+                /* The transfer is freed before the callback runs: copy what it points into. */
+                char retry_after[sizeof(t->retry_after)];
+                memcpy(retry_after, t->retry_after, sizeof(retry_after));
+                resp.retry_after = t->has_retry_after ? retry_after : NULL;
                 resp.elapsed_usec = now_monotonic_usec() - t->started;
                 httpc_done_fn done = t->done;
                 void *ud = t->userdata;
