@@ -362,11 +362,14 @@ class Daemon:
             return self.proc.returncode if self.proc else None
         self.proc.terminate()
         try:
-            return self.proc.wait(timeout=timeout * TIMEOUT_SCALE)
+            code = self.proc.wait(timeout=timeout * TIMEOUT_SCALE)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError("daemon did not stop on SIGTERM within %ss" % timeout)
+        if VALGRIND and code == 99:
+            raise AssertionError("valgrind reported errors or leaks:\n" + self.stderr_text())
+        return code
 
     def restart(self):
         self.stop()
@@ -376,14 +379,14 @@ class Daemon:
         return self.start()
 
     def __exit__(self, *exc):
-        code = self.stop()
-        self._notify_stop = True
-        if self._notify_sock:
-            self._notify_sock.close()
-        if os.environ.get("VIDU_KEEP_TMP") != "1":
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        if exc[0] is None and VALGRIND and code == 99:
-            raise AssertionError("valgrind reported errors:\n" + self.stderr_text())
+        try:
+            self.stop()
+        finally:
+            self._notify_stop = True
+            if self._notify_sock:
+                self._notify_sock.close()
+            if os.environ.get("VIDU_KEEP_TMP") != "1":
+                shutil.rmtree(self.tmp, ignore_errors=True)
 
     # HTTP
 
