@@ -369,7 +369,15 @@ class Daemon:
             raise AssertionError("daemon did not stop on SIGTERM within %ss" % timeout)
         if VALGRIND and code == 99:
             raise AssertionError("valgrind reported errors or leaks:\n" + self.stderr_text())
+        self.check_sanitizers()
         return code
+
+    def check_sanitizers(self):
+        """A daemon built with ASan/UBSan reports on stderr; any report fails the test."""
+        text = self.stderr_text()
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            if marker in text:
+                raise AssertionError("sanitizer report from the daemon:\n" + text[-6000:])
 
     def restart(self):
         self.stop()
