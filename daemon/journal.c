@@ -146,32 +146,36 @@ static void emit(int priority, const char *file, int line, const char *func, con
                 free(f.owned[i]);
 }
 
-void journal_log_internal(int priority, const char *file, int line, const char *func,
-                          const char *message_id, const char *fmt, ...)
+/* Formats and emits one entry; errno survives, so callers may log between a failure and %m. */
+static void emitv(int priority, const char *file, int line, const char *func,
+                  const char *message_id, const struct job_event *ev, const char *fmt, va_list ap)
+    _printf_(7, 0);
+static void emitv(int priority, const char *file, int line, const char *func,
+                  const char *message_id, const struct job_event *ev, const char *fmt, va_list ap)
 {
         char message[2048];
-        va_list ap;
         if (priority > max_level)
                 return;
         int saved_errno = errno;
-        va_start(ap, fmt);
         vsnprintf(message, sizeof(message), fmt, ap);
-        va_end(ap);
-        emit(priority, file, line, func, message_id, NULL, message);
+        emit(priority, file, line, func, message_id, ev, message);
         errno = saved_errno;
+}
+
+void journal_log_internal(int priority, const char *file, int line, const char *func,
+                          const char *message_id, const char *fmt, ...)
+{
+        va_list ap;
+        va_start(ap, fmt);
+        emitv(priority, file, line, func, message_id, NULL, fmt, ap);
+        va_end(ap);
 }
 
 void journal_job_internal(int priority, const char *file, int line, const char *func,
                           const struct job_event *ev, const char *fmt, ...)
 {
-        char message[2048];
         va_list ap;
-        if (priority > max_level)
-                return;
-        int saved_errno = errno;
         va_start(ap, fmt);
-        vsnprintf(message, sizeof(message), fmt, ap);
+        emitv(priority, file, line, func, ev->message_id, ev, fmt, ap);
         va_end(ap);
-        emit(priority, file, line, func, ev->message_id, ev, message);
-        errno = saved_errno;
 }

@@ -306,15 +306,20 @@ static const char *get_str(json_object *o, const char *key)
         return json_object_get_string(v);
 }
 
+/* Whether the request carries "Authorization: <word> <key>" (always, without --api-key). */
+static bool authorized(struct MHD_Connection *c)
+{
+        char want[512];
+        if (!api_key)
+                return true;
+        const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+        snprintf(want, sizeof(want), "%s %s", auth_word, api_key);
+        return auth && strcmp(auth, want) == 0;
+}
+
 static enum MHD_Result handle_submit(struct MHD_Connection *c, struct req *rq)
 {
-        const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-        char want[512];
-        bool auth_ok = true;
-        if (api_key) {
-                snprintf(want, sizeof(want), "%s %s", auth_word, api_key);
-                auth_ok = auth && strcmp(auth, want) == 0;
-        }
+        bool auth_ok = authorized(c);
         pthread_mutex_lock(&lock);
         submit_requests++;
         last_auth_ok = auth_ok;
@@ -592,17 +597,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                    ? handle_submit(c, rq)
                                    : reply_error(c, 405, "MethodNotAllowed");
                 if (url[14] == '/' && strcmp(method, "GET") == 0) {
-                        const char *auth =
-                            MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-                        char want[512];
-                        if (api_key) {
-                                snprintf(want, sizeof(want), "%s %s", auth_word, api_key);
-                                if (!auth || strcmp(auth, want) != 0) {
-                                        pthread_mutex_lock(&lock);
-                                        unauthorized++;
-                                        pthread_mutex_unlock(&lock);
-                                        return reply_error(c, 401, "Unauthorized");
-                                }
+                        if (!authorized(c)) {
+                                pthread_mutex_lock(&lock);
+                                unauthorized++;
+                                pthread_mutex_unlock(&lock);
+                                return reply_error(c, 401, "Unauthorized");
                         }
                         return handle_poll(c, url + 15);
                 }

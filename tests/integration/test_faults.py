@@ -28,14 +28,8 @@ def ts(entry):
     return int(entry["__REALTIME_TIMESTAMP"]) / 1e6
 
 
-def poll(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout * harness.TIMEOUT_SCALE
-    while time.monotonic() < deadline:
-        v = predicate()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for " + what)
+
+poll = harness.poll
 
 
 class Faults(unittest.TestCase):

@@ -51,14 +51,8 @@ def parse_metrics(text):
     return values
 
 
-def poll(predicate, timeout=10.0, interval=0.02, what="condition"):
-    deadline = time.monotonic() + timeout * harness.TIMEOUT_SCALE
-    while time.monotonic() < deadline:
-        v = predicate()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError("timed out waiting for " + what)
+
+poll = harness.poll
 
 
 class Notify(unittest.TestCase):
