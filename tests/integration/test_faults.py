@@ -275,6 +275,28 @@ class Crash(unittest.TestCase):
         self.assertTrue(os.path.getsize(d.ledger_path) > 8192)  # untouched, never reset
 
 
+class LedgerLocked(unittest.TestCase):
+    def test_locked_ledger_answers_503_and_recovers(self):
+        import sqlite3
+        harness.ensure_journald()
+        with FakeUpstream(complete_after_ms=100) as fake:
+            with Daemon({"upstream": {"base_url": fake.url}}, fake=fake) as d:
+                (first, second) = new_creation_ids(2)
+                self.assertEqual(d.post(body=make_task("9300000000000008", [first]))[0], 202)
+                # Another process holds the write lock (an operator's long transaction, say).
+                db = sqlite3.connect(d.config["store"]["path"], timeout=1, isolation_level=None)
+                db.execute("BEGIN EXCLUSIVE")
+                status, headers, _ = d.post(body=make_task("9300000000000009", [second]))
+                self.assertEqual(status, 503)
+                self.assertTrue(headers.get("retry-after"))
+                db.execute("ROLLBACK")
+                db.close()
+                poll(lambda: d.get("/healthz")[0] == 200, what="recovery")
+                self.assertNotIn(second, {r["creation_id"] for r in d.ledger_rows()})
+                self.assertEqual(d.post(body=make_task("9300000000000009", [second]))[0], 202)
+                wait_state(d, second, "succeeded")
+
+
 class DiskFull(unittest.TestCase):
     def test_disk_full_answers_503_and_recovers(self):
         harness.ensure_journald()
