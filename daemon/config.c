@@ -3,6 +3,7 @@
  * "FILE:LINE: message". */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -12,6 +13,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -21,32 +23,45 @@
 #define ENV_PREFIX "VIDU_UPSCALED_"
 #define SECRET_MAX (64 * 1024)
 #define WHERE_SIZE 600
+/* How much of a bad value an error message quotes: enough to recognise it, not a whole line. */
+#define QUOTE_MAX 80
+/* auth.c decodes a whsec_ key into a buffer of this many bytes; a longer one could never verify. */
+#define WHSEC_KEY_MAX 128
 
 enum vtype {
-        T_STR,      /* char * */
-        T_PATH,     /* char *, absolute or relative path */
-        T_URL,      /* char *, http(s)://, trailing '/' stripped */
-        T_LISTEN,   /* char *, host:port, [v6]:port or unix:/path */
-        T_WEBPATH,  /* char *, starts with '/' */
-        T_CIDRS,    /* char *, address list */
-        T_SIZE,     /* uint64_t bytes */
-        T_DUR,      /* uint64_t usec */
-        T_UINT,     /* uint64_t in [min, max] */
-        T_ENUM,     /* int, index into names (or values) */
-        T_BOOLSYNC, /* bool: full|normal */
-        T_SECRET,   /* struct secret */
-        T_SECRETS,  /* the auth secret list (repeatable) */
-        T_LOADER,   /* char * kept in the loader (…_file keys) */
+        T_STR,    /* char *; flags say whether it may be empty and whether it is an HTTP token */
+        T_CHOICE, /* char *, one of names */
+        T_PATH,   /* char *, a file path; empty = unset (NULL) */
+        T_PREFIX, /* char *, a URL path prefix: empty = unset, else starts with '/', no trailing '/'
+                   */
+        T_URL,    /* char *, http(s)://host..., trailing '/' stripped */
+        T_LISTEN, /* char *, host:port, [v6]:port or unix:/path */
+        T_WEBPATH, /* char *, starts with '/' */
+        T_CIDRS,   /* char *, address list; empty = everyone (NULL) */
+        T_SIZE,    /* uint64_t bytes in [min, max] */
+        T_DUR,     /* uint64_t usec in [min, max] */
+        T_UINT,    /* uint64_t in [min, max] */
+        T_ENUM,    /* int-sized enum: the index into names, or values[index] */
+        T_SYNC,    /* bool: full (true) | normal (false) */
+        T_SECRET,  /* struct secret; empty = unset */
+        T_SECRETS, /* the auth secret list (repeatable) */
+        T_LOADER,  /* char * kept in the loader (the ..._file keys), read after merging */
+};
+
+enum {
+        K_NONEMPTY = 1 << 0, /* T_STR: an empty value is an error */
+        K_TOKEN = 1 << 1,    /* T_STR: an HTTP token (header name, auth word) */
 };
 
 struct key {
         const char *section;
         const char *name;
         enum vtype type;
-        size_t off;
+        size_t off; /* offset in struct config, or the loader slot for T_LOADER */
         uint64_t min, max;
-        const char *const *names; /* T_ENUM */
+        const char *const *names; /* T_ENUM, T_CHOICE */
         const int *values;        /* T_ENUM: the value for each name (else the index) */
+        unsigned flags;
         const char *dflt;
 };
 
@@ -60,85 +75,129 @@ static const char *const resolution_names[] = {"1080p", "2K", "4K", "8K", NULL};
 
 enum { LOADER_API_KEY_FILE, LOADER_SECRET_FILE, _LOADER_MAX };
 
+#define SEC      USEC_PER_SEC
 #define F(field) offsetof(struct config, field)
+#define STR(s, n, field, fl, d)                                                                    \
+        {                                                                                          \
+                .section = s, .name = n, .type = T_STR, .off = F(field), .flags = fl, .dflt = d    \
+        }
+#define TYPED(s, n, t, field, d)                                                                   \
+        {                                                                                          \
+                .section = s, .name = n, .type = t, .off = F(field), .dflt = d                     \
+        }
+#define RANGED(s, n, t, field, lo, hi, d)                                                          \
+        {                                                                                          \
+                .section = s, .name = n, .type = t, .off = F(field), .min = lo, .max = hi,         \
+                .dflt = d                                                                          \
+        }
+#define ENUM(s, n, field, nm, vals, d)                                                             \
+        {                                                                                          \
+                .section = s, .name = n, .type = T_ENUM, .off = F(field), .names = nm,             \
+                .values = vals, .dflt = d                                                          \
+        }
+#define LOADER(s, n, slot)                                                                         \
+        {                                                                                          \
+                .section = s, .name = n, .type = T_LOADER, .off = slot                             \
+        }
+
+/* Every key, once: parsing, the environment names, defaults and the dump all read this table. */
 static const struct key keys[] = {
-    {"server", "listen", T_LISTEN, F(listen), 0, 0, NULL, NULL, "127.0.0.1:8080"},
-    {"server", "webhook_path", T_WEBPATH, F(webhook_path), 0, 0, NULL, NULL, "/hooks/vidu"},
-    {"server", "max_body", T_SIZE, F(max_body), 1, 1ULL << 30, NULL, NULL, "1M"},
-    {"server", "max_header", T_SIZE, F(max_header), 1024, 1 << 20, NULL, NULL, "16K"},
-    {"server", "max_connections", T_UINT, F(max_connections), 1, 1000000, NULL, NULL, "512"},
-    {"server", "max_per_ip", T_UINT, F(max_per_ip), 0, 1000000, NULL, NULL, "64"},
-    {"server", "idle_timeout", T_DUR, F(idle_timeout), USEC_PER_SEC, 86400 * USEC_PER_SEC, NULL,
-     NULL, "30s"},
-    {"server", "request_timeout", T_DUR, F(request_timeout), USEC_PER_SEC, 86400 * USEC_PER_SEC,
-     NULL, NULL, "60s"},
-    {"server", "allow_from", T_CIDRS, F(allow_from), 0, 0, NULL, NULL, NULL},
-    {"server", "tls_cert", T_PATH, F(tls_cert), 0, 0, NULL, NULL, NULL},
-    {"server", "tls_key", T_PATH, F(tls_key), 0, 0, NULL, NULL, NULL},
-    {"server", "drain_timeout", T_DUR, F(drain_timeout), 0, 3600 * USEC_PER_SEC, NULL, NULL, "10s"},
-    {"limits", "max_json_depth", T_UINT, F(max_json_depth), 2, 1000, NULL, NULL, "32"},
-    {"limits", "max_tasks", T_UINT, F(max_tasks), 1, 1000000, NULL, NULL, "1000"},
-    {"limits", "max_creations", T_UINT, F(max_creations), 1, 10000000, NULL, NULL, "10000"},
-    {"auth", "scheme", T_ENUM, F(auth_scheme), 0, 0, scheme_names, NULL, "none"},
-    {"auth", "secret", T_SECRETS, 0, 0, 0, NULL, NULL, NULL},
-    {"auth", "secret_file", T_LOADER, LOADER_SECRET_FILE, 0, 0, NULL, NULL, NULL},
-    {"auth", "header", T_STR, F(auth_header), 0, 0, NULL, NULL, "X-Hub-Signature-256"},
-    {"auth", "tolerance", T_DUR, F(auth_tolerance), USEC_PER_SEC, 86400 * USEC_PER_SEC, NULL, NULL,
-     "5m"},
-    {"auth", "public_url_prefix", T_STR, F(public_url_prefix), 0, 0, NULL, NULL, NULL},
-    {"upstream", "base_url", T_URL, F(base_url), 0, 0, NULL, NULL, NULL},
-    {"upstream", "api_key", T_SECRET, F(api_key), 0, 0, NULL, NULL, NULL},
-    {"upstream", "api_key_file", T_LOADER, LOADER_API_KEY_FILE, 0, 0, NULL, NULL, NULL},
-    {"upstream", "auth_scheme", T_STR, F(auth_word), 0, 0, NULL, NULL, "Bearer"},
-    {"upstream", "flavor", T_ENUM, F(flavor), 0, 0, flavor_names, NULL, "v1"},
-    {"upstream", "timeout", T_DUR, F(timeout), 100 * USEC_PER_MSEC, 3600 * USEC_PER_SEC, NULL, NULL,
-     "30s"},
-    {"upstream", "connect_timeout", T_DUR, F(connect_timeout), 100 * USEC_PER_MSEC,
-     3600 * USEC_PER_SEC, NULL, NULL, "10s"},
-    {"upstream", "concurrency", T_UINT, F(concurrency), 1, 1024, NULL, NULL, "8"},
-    {"upstream", "poll_interval", T_DUR, F(poll_interval), 100 * USEC_PER_MSEC,
-     86400 * USEC_PER_SEC, NULL, NULL, "30s"},
-    {"upscale", "model", T_STR, F(model), 0, 0, NULL, NULL, "stable"},
-    {"upscale", "duration", T_UINT, F(duration), 1, 3600, NULL, NULL, "4"},
-    {"upscale", "resolution", T_STR, F(resolution), 0, 0, resolution_names, NULL, "1080p"},
-    {"store", "path", T_PATH, F(store_path), 0, 0, NULL, NULL, NULL},
-    {"store", "synchronous", T_BOOLSYNC, F(synchronous_full), 0, 0, NULL, NULL, "full"},
-    {"retry", "max_attempts", T_UINT, F(max_attempts), 1, 1000, NULL, NULL, "10"},
-    {"retry", "initial_delay", T_DUR, F(initial_delay), USEC_PER_MSEC, 86400 * USEC_PER_SEC, NULL,
-     NULL, "5s"},
-    {"retry", "max_delay", T_DUR, F(max_delay), USEC_PER_MSEC, 7 * 86400 * USEC_PER_SEC, NULL, NULL,
-     "1h"},
-    {"retry", "uncertain", T_ENUM, F(uncertain), 0, 0, uncertain_names, NULL, "hold"},
-    {"log", "level", T_ENUM, F(log_level), 0, 0, level_names, level_values, "info"},
+    TYPED("server", "listen", T_LISTEN, listen, "127.0.0.1:8080"),
+    TYPED("server", "webhook_path", T_WEBPATH, webhook_path, "/hooks/vidu"),
+    RANGED("server", "max_body", T_SIZE, max_body, 1, 1ULL << 30, "1M"),
+    RANGED("server", "max_header", T_SIZE, max_header, 1024, 1 << 20, "16K"),
+    RANGED("server", "max_connections", T_UINT, max_connections, 1, 1000000, "512"),
+    RANGED("server", "max_per_ip", T_UINT, max_per_ip, 0, 1000000, "64"),
+    RANGED("server", "idle_timeout", T_DUR, idle_timeout, SEC, 86400 * SEC, "30s"),
+    RANGED("server", "request_timeout", T_DUR, request_timeout, SEC, 86400 * SEC, "60s"),
+    TYPED("server", "allow_from", T_CIDRS, allow_from, NULL),
+    TYPED("server", "tls_cert", T_PATH, tls_cert, NULL),
+    TYPED("server", "tls_key", T_PATH, tls_key, NULL),
+    RANGED("server", "drain_timeout", T_DUR, drain_timeout, 0, 3600 * SEC, "10s"),
+    RANGED("limits", "max_json_depth", T_UINT, max_json_depth, 2, 1000, "32"),
+    RANGED("limits", "max_tasks", T_UINT, max_tasks, 1, 1000000, "1000"),
+    RANGED("limits", "max_creations", T_UINT, max_creations, 1, 10000000, "10000"),
+    ENUM("auth", "scheme", auth_scheme, scheme_names, NULL, "none"),
+    {.section = "auth", .name = "secret", .type = T_SECRETS},
+    LOADER("auth", "secret_file", LOADER_SECRET_FILE),
+    STR("auth", "header", auth_header, K_NONEMPTY | K_TOKEN, "X-Hub-Signature-256"),
+    RANGED("auth", "tolerance", T_DUR, auth_tolerance, SEC, 86400 * SEC, "5m"),
+    TYPED("auth", "public_url_prefix", T_PREFIX, public_url_prefix, NULL),
+    TYPED("upstream", "base_url", T_URL, base_url, NULL),
+    TYPED("upstream", "api_key", T_SECRET, api_key, NULL),
+    LOADER("upstream", "api_key_file", LOADER_API_KEY_FILE),
+    STR("upstream", "auth_scheme", auth_word, K_NONEMPTY | K_TOKEN, "Bearer"),
+    ENUM("upstream", "flavor", flavor, flavor_names, NULL, "v1"),
+    RANGED("upstream", "timeout", T_DUR, timeout, 100 * USEC_PER_MSEC, 3600 * SEC, "30s"),
+    RANGED("upstream", "connect_timeout", T_DUR, connect_timeout, 100 * USEC_PER_MSEC, 3600 * SEC,
+           "10s"),
+    RANGED("upstream", "concurrency", T_UINT, concurrency, 1, 1024, "8"),
+    RANGED("upstream", "poll_interval", T_DUR, poll_interval, 100 * USEC_PER_MSEC, 86400 * SEC,
+           "30s"),
+    STR("upscale", "model", model, K_NONEMPTY, "stable"),
+    RANGED("upscale", "duration", T_UINT, duration, 1, 3600, "4"),
+    {.section = "upscale",
+     .name = "resolution",
+     .type = T_CHOICE,
+     .off = F(resolution),
+     .names = resolution_names,
+     .dflt = "1080p"},
+    TYPED("store", "path", T_PATH, store_path, NULL),
+    TYPED("store", "synchronous", T_SYNC, synchronous_full, "full"),
+    RANGED("retry", "max_attempts", T_UINT, max_attempts, 1, 1000, "10"),
+    RANGED("retry", "initial_delay", T_DUR, initial_delay, USEC_PER_MSEC, 86400 * SEC, "5s"),
+    RANGED("retry", "max_delay", T_DUR, max_delay, USEC_PER_MSEC, 7 * 86400 * SEC, "1h"),
+    ENUM("retry", "uncertain", uncertain, uncertain_names, NULL, "hold"),
+    ENUM("log", "level", log_level, level_names, level_values, "info"),
 };
+#undef SEC
 #undef F
+#undef STR
+#undef TYPED
+#undef RANGED
+#undef ENUM
+#undef LOADER
 #define N_KEYS ELEMENTSOF(keys)
 
 struct loader {
         struct config *c;
         struct config_errors *errors;
+        bool failed;      /* an error was found (even if it could not be stored) */
+        bool oom;         /* an allocation failed */
         const char *file; /* current source, for messages */
+        unsigned source;  /* counts sources, so secret lines know when a new one begins */
         unsigned line;    /* current line of the current file */
+        int read_errno;   /* a read error inside the current file */
         FILE *stream;
+        bool in_unknown_section; /* its header was reported; its keys need not be */
         char *files[_LOADER_MAX];
-        char where[N_KEYS][WHERE_SIZE]; /* where each key was last set */
-        const char *secrets_owner;      /* the source whose secret lines are in effect */
+        char where[N_KEYS][WHERE_SIZE]; /* where each key was last set; "" = default */
+        unsigned secrets_source;        /* the source whose secret lines are in effect */
+        bool api_key_failed;            /* a key source was named but could not be used */
+        bool secrets_failed;
+        char secrets_where[WHERE_SIZE]; /* where the auth secrets in effect came from */
 };
 
-static void add_error(struct config_errors *e, const char *fmt, ...) _printf_(2, 3);
-static void add_error(struct config_errors *e, const char *fmt, ...)
+static void add_error(struct loader *L, const char *fmt, ...) _printf_(2, 3);
+static void add_error(struct loader *L, const char *fmt, ...)
 {
+        struct config_errors *e = L->errors;
         va_list ap;
         char *line = NULL;
+
+        L->failed = true;
         va_start(ap, fmt);
         if (vasprintf(&line, fmt, ap) < 0)
                 line = NULL;
         va_end(ap);
+        if (!line) {
+                L->oom = true;
+                return;
+        }
         char **lines = realloc(e->lines, (e->n + 1) * sizeof(*lines));
-        if (!line || !lines) {
+        if (!lines) {
                 free(line);
-                if (lines)
-                        e->lines = lines;
+                L->oom = true;
                 return;
         }
         e->lines = lines;
@@ -173,27 +232,22 @@ static void secrets_clear(struct config *c)
         c->n_secrets = 0;
 }
 
+static bool is_string_type(enum vtype t)
+{
+        return t == T_STR || t == T_CHOICE || t == T_PATH || t == T_PREFIX || t == T_URL ||
+               t == T_LISTEN || t == T_WEBPATH || t == T_CIDRS;
+}
+
 struct config *config_free(struct config *c)
 {
         if (!c)
                 return NULL;
         for (size_t i = 0; i < N_KEYS; i++) {
                 void *p = (char *)c + keys[i].off;
-                switch (keys[i].type) {
-                case T_STR:
-                case T_PATH:
-                case T_URL:
-                case T_LISTEN:
-                case T_WEBPATH:
-                case T_CIDRS:
+                if (is_string_type(keys[i].type))
                         free(*(char **)p);
-                        break;
-                case T_SECRET:
+                else if (keys[i].type == T_SECRET)
                         secret_clear(p);
-                        break;
-                default:
-                        break;
-                }
         }
         secrets_clear(c);
         free(c);
@@ -210,50 +264,98 @@ const char *upstream_flavor_to_string(enum upstream_flavor f)
         return (unsigned)f < ELEMENTSOF(flavor_names) - 1 ? flavor_names[f] : "unknown";
 }
 
+/* "1M" when exact, else bytes: the same spelling parse_size reads back. */
+static void format_size(uint64_t v, char *buf, size_t len)
+{
+        static const struct {
+                uint64_t f;
+                const char *s;
+        } units[] = {{1ULL << 30, "G"}, {1ULL << 20, "M"}, {1ULL << 10, "K"}};
+        for (size_t i = 0; i < ELEMENTSOF(units); i++)
+                if (v != 0 && v % units[i].f == 0) {
+                        snprintf(buf, len, "%llu%s", (unsigned long long)(v / units[i].f),
+                                 units[i].s);
+                        return;
+                }
+        snprintf(buf, len, "%llu", (unsigned long long)v);
+}
+
+static bool has_control(const char *s, size_t len)
+{
+        for (size_t i = 0; i < len; i++)
+                if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+                        return true;
+        return false;
+}
+
+/* RFC 9110 tchar: what a header name (and an auth scheme word) may be made of. */
+static bool is_token(const char *s)
+{
+        if (!*s)
+                return false;
+        for (; *s; s++)
+                if (!isalnum((unsigned char)*s) && !strchr("!#$%&'*+-.^_`|~", *s))
+                        return false;
+        return true;
+}
+
+static bool valid_hostname(const char *s, size_t n)
+{
+        if (n == 0 || n > 253)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '.')
+                        return false;
+        return true;
+}
+
 static bool valid_listen(const char *v)
 {
-        if (strncmp(v, "unix:", 5) == 0)
-                return v[5] == '/' && strlen(v + 5) < 108;
         const char *port;
+        if (strncmp(v, "unix:", 5) == 0)
+                return v[5] == '/' && strlen(v + 5) < sizeof(((struct sockaddr_un *)0)->sun_path);
         if (v[0] == '[') {
                 const char *end = strchr(v, ']');
+                char host[INET6_ADDRSTRLEN];
+                struct in6_addr a;
                 if (!end || end[1] != ':')
                         return false;
-                char host[64];
                 size_t n = (size_t)(end - v - 1);
                 if (n == 0 || n >= sizeof(host))
                         return false;
                 memcpy(host, v + 1, n);
                 host[n] = 0;
-                struct cidr_list l;
-                if (cidr_list_parse(host, &l, NULL) < 0 || l.n != 1)
+                if (inet_pton(AF_INET6, host, &a) != 1)
                         return false;
-                cidr_list_clear(&l);
                 port = end + 2;
         } else {
                 const char *colon = strrchr(v, ':');
-                if (!colon || colon == v || memchr(v, ':', (size_t)(colon - v)))
+                /* A bare IPv6 address has colons of its own; it needs the brackets. */
+                if (!colon || !valid_hostname(v, (size_t)(colon - v)))
                         return false;
                 port = colon + 1;
         }
         uint64_t p;
-        return parse_uint(port, 0, 65535, &p) >= 0;
+        return parse_uint(port, 1, 65535, &p) >= 0;
 }
 
-static bool valid_base64(const char *s)
+/* Checks standard base64 (padded) and returns the decoded length, or -EINVAL. */
+static ssize_t base64_decoded_len(const char *s)
 {
-        size_t n = strlen(s);
+        size_t n = strlen(s), pad = 0;
         if (n == 0 || n % 4 != 0)
-                return false;
+                return -EINVAL;
         for (size_t i = 0; i < n; i++) {
                 char ch = s[i];
-                bool pad = ch == '=' && i >= n - 2;
-                if (!isalnum((unsigned char)ch) && ch != '+' && ch != '/' && !pad)
-                        return false;
-                if (ch == '=' && i == n - 2 && s[n - 1] != '=')
-                        return false;
+                if (ch == '=') {
+                        /* Padding: only in the last two places, and nothing but '=' after it. */
+                        if (i < n - 2 || (i == n - 2 && s[n - 1] != '='))
+                                return -EINVAL;
+                        pad++;
+                } else if (!isalnum((unsigned char)ch) && ch != '+' && ch != '/')
+                        return -EINVAL;
         }
-        return true;
+        return (ssize_t)(n / 4 * 3 - pad);
 }
 
 static int add_secret(struct config *c, const char *v, size_t len)
@@ -269,193 +371,421 @@ static int add_secret(struct config *c, const char *v, size_t len)
         return 0;
 }
 
-/* Sets key k from text; returns NULL or a message (static or in msgbuf). */
-static const char *set_value(struct loader *L, size_t k, const char *v, char *msgbuf, size_t msglen)
+/* "(use v1 or ent-v2)" for an enum's accepted names. */
+static void describe_names(const char *const *names, char *buf, size_t len)
+{
+        size_t n = 0, o;
+        while (names[n])
+                n++;
+        o = (size_t)snprintf(buf, len, "(use ");
+        for (size_t i = 0; i < n && o < len; i++) {
+                const char *sep = ", ";
+                if (i == 0)
+                        sep = "";
+                else if (i + 1 == n)
+                        sep = " or ";
+                o += (size_t)snprintf(buf + o, len - o, "%s%s", sep, names[i]);
+        }
+        if (o < len)
+                snprintf(buf + o, len - o, ")");
+}
+
+static char *strdup_or_null(const char *v, bool *oom)
+{
+        char *copy = strdup(v);
+        if (!copy)
+                *oom = true;
+        return copy;
+}
+
+static void replace_str(void *field, char *value)
+{
+        free(*(char **)field);
+        *(char **)field = value;
+}
+
+/* Sets key k from text. Returns NULL, or a message (static or in msg) saying what to change. */
+static const char *set_value(struct loader *L, size_t k, const char *v, char *msg, size_t msglen)
 {
         const struct key *key = &keys[k];
         struct config *c = L->c;
         void *p = (char *)c + key->off;
+        bool oom = false;
+        char *copy, lo[32], hi[32], names[160];
         uint64_t u;
-        char *copy;
+        int vlen = (int)strnlen(v, QUOTE_MAX);
+        const char *more = strlen(v) > QUOTE_MAX ? "..." : "";
+
+        /* Checked first: the messages below quote the value, and nothing here wants a newline. */
+        if (has_control(v, strlen(v)))
+                return "contains a control character (a newline or tab?); remove it";
 
         switch (key->type) {
         case T_STR:
-        case T_PATH:
-        case T_URL:
-        case T_LISTEN:
-        case T_WEBPATH:
-        case T_CIDRS:
-                if (key->type == T_URL && *v && strncmp(v, "http://", 7) != 0 &&
-                    strncmp(v, "https://", 8) != 0)
-                        return "must start with http:// or https://";
-                if (key->type == T_LISTEN && !valid_listen(v))
-                        return "invalid address (use 127.0.0.1:8080, [::1]:8080 or "
-                               "unix:/run/vidu-upscaled.sock)";
-                if (key->type == T_WEBPATH && v[0] != '/')
-                        return "must start with '/'";
-                if (key->type == T_CIDRS && *v) {
-                        struct cidr_list l;
-                        const char *bad = NULL;
-                        if (cidr_list_parse(v, &l, &bad) < 0) {
-                                snprintf(msgbuf, msglen, "invalid address or CIDR '%.*s'",
-                                         (int)strcspn(bad ? bad : v, ", \t"), bad ? bad : v);
-                                return msgbuf;
+                if ((key->flags & K_NONEMPTY) && !*v)
+                        return "must not be empty";
+                if ((key->flags & K_TOKEN) && !is_token(v)) {
+                        snprintf(msg, msglen,
+                                 "'%.*s%s' is not a valid HTTP token (use letters, digits and "
+                                 "-_.!#$%%&'*+^`|~, no spaces)",
+                                 vlen, v, more);
+                        return msg;
+                }
+                copy = strdup_or_null(v, &oom);
+                if (oom)
+                        break;
+                replace_str(p, copy);
+                return NULL;
+        case T_CHOICE:
+                for (size_t i = 0; key->names[i]; i++)
+                        if (strcmp(v, key->names[i]) == 0) {
+                                copy = strdup_or_null(v, &oom);
+                                if (oom)
+                                        break;
+                                replace_str(p, copy);
+                                return NULL;
                         }
-                        cidr_list_clear(&l);
+                if (oom)
+                        break;
+                describe_names(key->names, names, sizeof(names));
+                snprintf(msg, msglen, "unknown value '%.*s%s' %s", vlen, v, more, names);
+                return msg;
+        case T_PATH:
+                copy = *v ? strdup_or_null(v, &oom) : NULL;
+                if (oom)
+                        break;
+                replace_str(p, copy);
+                return NULL;
+        case T_PREFIX:
+                if (*v && v[0] != '/') {
+                        snprintf(msg, msglen,
+                                 "'%.*s%s' must start with '/' (e.g. /api, the part of the "
+                                 "callback URL's path before the webhook path)",
+                                 vlen, v, more);
+                        return msg;
                 }
-                if (key->names) {
-                        bool ok = false;
-                        for (size_t i = 0; key->names[i]; i++)
-                                ok = ok || strcmp(v, key->names[i]) == 0;
-                        if (!ok)
-                                return "unknown value (see the README for the accepted ones)";
+                copy = *v ? strdup_or_null(v, &oom) : NULL;
+                if (oom)
+                        break;
+                if (copy) {
+                        /* "/api/" + "/hooks/vidu" would sign "/api//hooks/vidu". */
+                        size_t n = strlen(copy);
+                        while (n > 0 && copy[n - 1] == '/')
+                                copy[--n] = 0;
+                        if (n == 0) {
+                                free(copy);
+                                copy = NULL;
+                        }
                 }
-                copy = strdup(v);
-                if (!copy)
-                        return "out of memory";
-                if (key->type == T_URL) {
+                replace_str(p, copy);
+                return NULL;
+        case T_URL: {
+                size_t scheme = strncmp(v, "http://", 7) == 0    ? 7
+                                : strncmp(v, "https://", 8) == 0 ? 8
+                                                                 : 0;
+                if (*v && scheme == 0) {
+                        snprintf(msg, msglen,
+                                 "'%.*s%s' must start with http:// or https:// (e.g. "
+                                 "https://api.example.com)",
+                                 vlen, v, more);
+                        return msg;
+                }
+                if (*v && (v[scheme] == 0 || v[scheme] == '/' || strchr(v, ' '))) {
+                        snprintf(msg, msglen,
+                                 "'%.*s%s' is not a URL with a host (e.g. https://api.example.com)",
+                                 vlen, v, more);
+                        return msg;
+                }
+                copy = *v ? strdup_or_null(v, &oom) : NULL;
+                if (oom)
+                        break;
+                if (copy) {
                         size_t n = strlen(copy);
                         while (n > 0 && copy[n - 1] == '/')
                                 copy[--n] = 0;
                 }
-                free(*(char **)p);
-                *(char **)p = *copy || key->type == T_STR ? copy : (free(copy), NULL);
+                replace_str(p, copy);
                 return NULL;
+        }
+        case T_LISTEN:
+                if (!valid_listen(v)) {
+                        snprintf(msg, msglen,
+                                 "invalid address '%.*s%s' (use host:port as in 127.0.0.1:8080, "
+                                 "[::1]:8080, or unix:/run/vidu-upscaled.sock)",
+                                 vlen, v, more);
+                        return msg;
+                }
+                copy = strdup_or_null(v, &oom);
+                if (oom)
+                        break;
+                replace_str(p, copy);
+                return NULL;
+        case T_WEBPATH:
+                if (v[0] != '/' || strchr(v, ' ') || strchr(v, '?') || strchr(v, '#')) {
+                        snprintf(
+                            msg, msglen,
+                            "'%.*s%s' must be a URL path starting with '/' (e.g. /hooks/vidu), "
+                            "without spaces, '?' or '#'",
+                            vlen, v, more);
+                        return msg;
+                }
+                copy = strdup_or_null(v, &oom);
+                if (oom)
+                        break;
+                replace_str(p, copy);
+                return NULL;
+        case T_CIDRS: {
+                struct cidr_list l = {0};
+                const char *bad = NULL;
+                int r = cidr_list_parse(v, &l, &bad);
+                if (r == -ENOMEM) {
+                        oom = true;
+                        break;
+                }
+                if (r < 0) {
+                        const char *b = bad ? bad : v;
+                        int blen = (int)strcspn(b, ", \t");
+                        snprintf(msg, msglen,
+                                 "invalid address or CIDR '%.*s' (use e.g. 10.0.0.0/8, "
+                                 "192.168.1.7, ::1, fd00::/8, separated by commas or spaces)",
+                                 blen > QUOTE_MAX ? QUOTE_MAX : blen, b);
+                        return msg;
+                }
+                size_t n = l.n;
+                cidr_list_clear(&l);
+                /* A list with no entry at all means "no restriction", as an unset key does. */
+                copy = n > 0 ? strdup_or_null(v, &oom) : NULL;
+                if (oom)
+                        break;
+                replace_str(p, copy);
+                return NULL;
+        }
         case T_SIZE:
-                if (parse_size(v, &u) < 0)
-                        return "invalid size (use e.g. 512K, 1M)";
+                if (parse_size(v, &u) < 0) {
+                        snprintf(msg, msglen, "invalid size '%.*s%s' (use e.g. 512K, 1M, 65536)",
+                                 vlen, v, more);
+                        return msg;
+                }
                 if (u < key->min || u > key->max) {
-                        snprintf(msgbuf, msglen, "out of range (%llu to %llu bytes)",
-                                 (unsigned long long)key->min, (unsigned long long)key->max);
-                        return msgbuf;
+                        format_size(key->min, lo, sizeof(lo));
+                        format_size(key->max, hi, sizeof(hi));
+                        snprintf(msg, msglen, "'%.*s%s' is out of range (use %s to %s)", vlen, v,
+                                 more, lo, hi);
+                        return msg;
                 }
                 *(uint64_t *)p = u;
                 return NULL;
         case T_DUR:
-                if (parse_duration(v, &u) < 0)
-                        return "invalid duration (use e.g. 30s, 500ms, 5m, 1h)";
+                if (parse_duration(v, &u) < 0) {
+                        snprintf(msg, msglen,
+                                 "invalid duration '%.*s%s' (use e.g. 30s, 500ms, 5m, 1h)", vlen, v,
+                                 more);
+                        return msg;
+                }
                 if (u < key->min || u > key->max) {
-                        char lo[32], hi[32];
                         format_duration(key->min, lo, sizeof(lo));
                         format_duration(key->max, hi, sizeof(hi));
-                        snprintf(msgbuf, msglen, "out of range (%s to %s)", lo, hi);
-                        return msgbuf;
+                        snprintf(msg, msglen, "'%.*s%s' is out of range (use %s to %s)", vlen, v,
+                                 more, lo, hi);
+                        return msg;
                 }
                 *(uint64_t *)p = u;
                 return NULL;
         case T_UINT:
-                if (parse_uint(v, 0, UINT64_MAX, &u) < 0)
-                        return "not a whole number";
-                if (u < key->min || u > key->max) {
-                        snprintf(msgbuf, msglen, "out of range (%llu to %llu)",
-                                 (unsigned long long)key->min, (unsigned long long)key->max);
-                        return msgbuf;
+                if (parse_uint(v, 0, UINT64_MAX, &u) == -EINVAL) {
+                        snprintf(msg, msglen,
+                                 "invalid number '%.*s%s' (use a whole number from %llu to %llu)",
+                                 vlen, v, more, (unsigned long long)key->min,
+                                 (unsigned long long)key->max);
+                        return msg;
+                }
+                /* Too large for 64 bits (-ERANGE) is out of range too. */
+                if (parse_uint(v, key->min, key->max, &u) < 0) {
+                        snprintf(msg, msglen, "'%.*s%s' is out of range (use %llu to %llu)", vlen,
+                                 v, more, (unsigned long long)key->min,
+                                 (unsigned long long)key->max);
+                        return msg;
                 }
                 *(uint64_t *)p = u;
                 return NULL;
         case T_ENUM:
                 for (size_t i = 0; key->names[i]; i++)
                         if (strcmp(v, key->names[i]) == 0) {
-                                int val = key->values ? key->values[i] : (int)i;
-                                /* Enums are stored as int-sized fields. */
-                                *(int *)p = val;
+                                /* The enums and log_level are all int-sized fields. */
+                                *(int *)p = key->values ? key->values[i] : (int)i;
                                 return NULL;
                         }
-                {
-                        size_t o = (size_t)snprintf(msgbuf, msglen, "unknown value '%s' (use", v);
-                        for (size_t i = 0; key->names[i] && o < msglen; i++)
-                                o += (size_t)snprintf(msgbuf + o, msglen - o, "%s %s", i ? "," : "",
-                                                      key->names[i]);
-                        if (o < msglen)
-                                snprintf(msgbuf + o, msglen - o, ")");
-                }
-                return msgbuf;
-        case T_BOOLSYNC:
+                describe_names(key->names, names, sizeof(names));
+                snprintf(msg, msglen, "unknown value '%.*s%s' %s", vlen, v, more, names);
+                return msg;
+        case T_SYNC:
                 if (strcmp(v, "full") == 0)
                         *(bool *)p = true;
                 else if (strcmp(v, "normal") == 0)
                         *(bool *)p = false;
-                else
-                        return "unknown value (use full or normal)";
+                else {
+                        snprintf(msg, msglen, "unknown value '%.*s%s' (use full or normal)", vlen,
+                                 v, more);
+                        return msg;
+                }
                 return NULL;
         case T_SECRET:
+                /* Never quoted in a message: it is a secret. */
                 secret_clear(p);
                 if (*v) {
-                        ((struct secret *)p)->value = strdup(v);
-                        if (!((struct secret *)p)->value)
-                                return "out of memory";
-                        ((struct secret *)p)->len = strlen(v);
+                        struct secret *s = p;
+                        s->value = strdup_or_null(v, &oom);
+                        if (oom)
+                                break;
+                        s->len = strlen(v);
                 }
                 return NULL;
         case T_SECRETS:
                 /* Lines in one source accumulate; a later source replaces the list. */
-                if (L->secrets_owner != L->file) {
+                if (L->secrets_source != L->source) {
                         secrets_clear(c);
-                        L->secrets_owner = L->file;
+                        L->secrets_source = L->source;
                 }
                 if (!*v)
-                        return "empty secret";
-                if (add_secret(c, v, strlen(v)) < 0)
-                        return "too many secrets (at most 8)";
-                return NULL;
+                        return "empty secret; remove the line, or put the secret after '='";
+                switch (add_secret(c, v, strlen(v))) {
+                case 0:
+                        return NULL;
+                case -E2BIG:
+                        snprintf(msg, msglen,
+                                 "too many secrets (at most %d); remove the oldest once senders "
+                                 "use a newer one",
+                                 CONFIG_MAX_SECRETS);
+                        return msg;
+                default:
+                        oom = true;
+                        break;
+                }
+                break;
         case T_LOADER:
-                copy = strdup(v);
-                if (!copy)
-                        return "out of memory";
+                copy = *v ? strdup_or_null(v, &oom) : NULL;
+                if (oom)
+                        break;
                 free(L->files[key->off]);
-                L->files[key->off] = *copy ? copy : (free(copy), NULL);
+                L->files[key->off] = copy;
                 return NULL;
         }
-        return "unsupported";
+        L->oom = true;
+        return "out of memory";
 }
 
-static ssize_t find_key(const char *section, const char *name, bool *ret_section_known)
+static bool section_known(const char *section, size_t len)
 {
-        *ret_section_known = false;
-        for (size_t i = 0; i < N_KEYS; i++) {
-                if (strcmp(keys[i].section, section) != 0)
-                        continue;
-                *ret_section_known = true;
-                if (strcmp(keys[i].name, name) == 0)
+        for (size_t i = 0; i < N_KEYS; i++)
+                if (strlen(keys[i].section) == len && strncmp(keys[i].section, section, len) == 0)
+                        return true;
+        return false;
+}
+
+static ssize_t find_key(const char *section, const char *name)
+{
+        for (size_t i = 0; i < N_KEYS; i++)
+                if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].name, name) == 0)
                         return (ssize_t)i;
-        }
         return -1;
 }
+
+/* For "unknown key": the section a misplaced key belongs to, if any. */
+static const char *home_section(const char *name)
+{
+        for (size_t i = 0; i < N_KEYS; i++)
+                if (strcmp(keys[i].name, name) == 0)
+                        return keys[i].section;
+        return NULL;
+}
+
+#define SECTION_LIST "server, limits, auth, upstream, upscale, store, retry or log"
 
 static int on_ini(void *user, const char *section, const char *name, const char *value)
 {
         struct loader *L = user;
-        char msg[256];
-        bool section_known;
+        char msg[512];
+
         if (!name)
                 return 1;
-        ssize_t k = find_key(section, name, &section_known);
-        if (!*section)
-                add_error(L->errors, "%s:%u: '%s' outside any [section]", L->file, L->line, name);
-        else if (!section_known)
-                add_error(L->errors, "%s:%u: unknown section [%s]", L->file, L->line, section);
-        else if (k < 0)
-                add_error(L->errors, "%s:%u: unknown key '%s' in [%s]", L->file, L->line, name,
-                          section);
-        else {
-                const char *err = set_value(L, (size_t)k, value, msg, sizeof(msg));
-                if (err)
-                        add_error(L->errors, "%s:%u: %s.%s: %s", L->file, L->line, section, name,
-                                  err);
-                else
-                        snprintf(L->where[k], WHERE_SIZE, "%s:%u", L->file, L->line);
+        if (!*section) {
+                const char *home = home_section(name);
+                add_error(L, "%s:%u: '%s' is outside any section; put it under [%s]", L->file,
+                          L->line, name, home ? home : "its section");
+                return 1;
         }
+        if (!section_known(section, strlen(section))) {
+                /* Normally reported once, at its header, by read_line. */
+                if (!L->in_unknown_section)
+                        add_error(L, "%s:%u: unknown section [%s] (use " SECTION_LIST ")", L->file,
+                                  L->line, section);
+                return 1;
+        }
+        ssize_t k = find_key(section, name);
+        if (k < 0) {
+                const char *home = home_section(name);
+                if (home)
+                        add_error(L, "%s:%u: unknown key '%s' in [%s] (it belongs in [%s])",
+                                  L->file, L->line, name, section, home);
+                else
+                        add_error(L, "%s:%u: unknown key '%s' in [%s]", L->file, L->line, name,
+                                  section);
+                return 1;
+        }
+        const char *err = set_value(L, (size_t)k, value, msg, sizeof(msg));
+        if (err)
+                add_error(L, "%s:%u: %s.%s: %s", L->file, L->line, section, name, err);
+        else
+                snprintf(L->where[k], WHERE_SIZE, "%s:%u", L->file, L->line);
+        /* Always go on: every error in the file is wanted, not just the first. */
         return 1;
 }
 
-/* inih reads line by line through this, so the handler knows the current line. */
+/* inih reads through this, one call per line, so the handler knows the current line.
+ * Debian's libinih reads into a fixed buffer (200 bytes) and would take the rest of a longer line
+ * as lines of its own; such a line is reported here and handed to inih as an empty one. Section
+ * headers are checked here too, so an unknown section is reported once, at its header. */
 static char *read_line(char *str, int num, void *stream)
 {
         struct loader *L = stream;
-        char *r = fgets(str, num, L->stream);
-        if (r)
-                L->line++;
-        return r;
+
+        if (!fgets(str, num, L->stream)) {
+                if (ferror(L->stream))
+                        L->read_errno = errno != 0 ? errno : EIO;
+                return NULL;
+        }
+        L->line++;
+        size_t n = strlen(str);
+        if (n > 0 && n + 1 == (size_t)num && str[n - 1] != '\n') {
+                int ch = getc(L->stream);
+                if (ch != EOF && ch != '\n') {
+                        while (ch != EOF && ch != '\n')
+                                ch = getc(L->stream);
+                        add_error(L,
+                                  "%s:%u: line longer than %d characters; shorten it (a long "
+                                  "secret can go in secret_file or api_key_file)",
+                                  L->file, L->line, num - 2);
+                        str[0] = 0;
+                        return str;
+                }
+        }
+
+        const char *s = str;
+        if (L->line == 1 && strncmp(s, "\xEF\xBB\xBF", 3) == 0)
+                s += 3;
+        while (isspace((unsigned char)*s))
+                s++;
+        if (*s == '[') {
+                const char *end = strchr(s + 1, ']');
+                if (end) {
+                        size_t len = (size_t)(end - s - 1);
+                        L->in_unknown_section = !section_known(s + 1, len);
+                        if (L->in_unknown_section)
+                                add_error(L, "%s:%u: unknown section [%.*s] (use " SECTION_LIST ")",
+                                          L->file, L->line, (int)(len > 64 ? 64 : len), s + 1);
+                }
+        }
+        return str;
 }
 
 static void load_file(struct loader *L, const char *path, bool must_exist)
@@ -463,19 +793,27 @@ static void load_file(struct loader *L, const char *path, bool must_exist)
         FILE *f = fopen(path, "re");
         if (!f) {
                 if (must_exist || errno != ENOENT)
-                        add_error(L->errors, "%s: cannot read: %s", path, strerror(errno));
+                        add_error(L, "%s: cannot read: %s", path, strerror(errno));
                 return;
         }
         L->file = path;
+        L->source++;
         L->line = 0;
+        L->read_errno = 0;
+        L->in_unknown_section = false;
         L->stream = f;
         int r = ini_parse_stream(read_line, L, on_ini, L);
-        if (r > 0)
-                add_error(L->errors,
-                          "%s:%d: syntax error (expected [section], key = value, or a # comment)",
+        if (L->read_errno != 0)
+                add_error(L, "%s: cannot read: %s", path, strerror(L->read_errno));
+        else if (r > 0)
+                add_error(L,
+                          "%s:%d: syntax error: expected [section], key = value, or a comment "
+                          "starting with # or ;",
                           path, r);
-        else if (r < 0)
-                add_error(L->errors, "%s: cannot parse: out of memory", path);
+        else if (r < 0) {
+                L->oom = true;
+                add_error(L, "%s: cannot parse: out of memory", path);
+        }
         fclose(f);
         L->stream = NULL;
 }
@@ -485,60 +823,77 @@ static int cmp_str(const void *a, const void *b)
         return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static void load_dropins(struct loader *L, const char *main_path, char ***ret_names, size_t *ret_n)
+/* Loads every "<dir of main_path>/conf.d/NAME.conf" in name (strcmp) order. */
+static void load_dropins(struct loader *L, const char *main_path)
 {
         char *copy = strdup(main_path);
         char *dir = NULL;
+        char **names = NULL;
+        size_t n = 0;
+
         if (!copy || asprintf(&dir, "%s/conf.d", dirname(copy)) < 0) {
                 free(copy);
+                add_error(L, "%s: cannot list its conf.d: out of memory", main_path);
+                L->oom = true;
                 return;
         }
         free(copy);
         DIR *d = opendir(dir);
         if (!d) {
                 if (errno != ENOENT)
-                        add_error(L->errors, "%s: cannot read: %s", dir, strerror(errno));
+                        add_error(L, "%s: cannot read: %s", dir, strerror(errno));
                 free(dir);
                 return;
         }
-        char **names = NULL;
-        size_t n = 0;
-        struct dirent *de;
-        while ((de = readdir(d))) {
+        for (;;) {
+                errno = 0;
+                struct dirent *de = readdir(d);
+                if (!de) {
+                        if (errno != 0)
+                                add_error(L, "%s: cannot read: %s", dir, strerror(errno));
+                        break;
+                }
                 size_t len = strlen(de->d_name);
                 if (de->d_name[0] == '.' || len < 6 || strcmp(de->d_name + len - 5, ".conf") != 0)
                         continue;
                 char **nn = realloc(names, (n + 1) * sizeof(*nn));
-                if (!nn)
+                if (!nn || asprintf(&nn[n], "%s/%s", dir, de->d_name) < 0) {
+                        if (nn)
+                                names = nn;
+                        add_error(L, "%s: cannot list: out of memory", dir);
+                        L->oom = true;
                         break;
+                }
                 names = nn;
-                if (asprintf(&names[n], "%s/%s", dir, de->d_name) < 0)
-                        break;
                 n++;
         }
         closedir(d);
         free(dir);
-        qsort(names, n, sizeof(*names), cmp_str);
+        if (n > 1)
+                qsort(names, n, sizeof(*names), cmp_str);
         for (size_t i = 0; i < n; i++)
                 load_file(L, names[i], true);
-        /* The names stay alive: errors and `where` refer to them until loading ends. */
-        *ret_names = names;
-        *ret_n = n;
+        /* Messages and `where` hold copies of the names, so they can go now. */
+        L->file = NULL;
+        for (size_t i = 0; i < n; i++)
+                free(names[i]);
+        free(names);
 }
 
 static void env_name(const struct key *k, char *buf, size_t len)
 {
-        size_t o = (size_t)snprintf(buf, len, ENV_PREFIX "%s_%s", k->section, k->name);
-        for (size_t i = 0; i < o && i < len; i++)
-                buf[i] = buf[i] == '-' ? '_' : (char)toupper((unsigned char)buf[i]);
+        snprintf(buf, len, ENV_PREFIX "%s_%s", k->section, k->name);
+        for (char *p = buf; *p; p++)
+                *p = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
 }
 
 extern char **environ;
 
 static void load_environment(struct loader *L)
 {
-        char msg[256];
+        char msg[512];
         L->file = "environment";
+        L->source++;
         for (char **e = environ; e && *e; e++) {
                 if (strncmp(*e, ENV_PREFIX, strlen(ENV_PREFIX)) != 0)
                         continue;
@@ -547,7 +902,7 @@ static void load_environment(struct loader *L)
                         continue;
                 size_t nlen = (size_t)(eq - *e);
                 bool found = false;
-                for (size_t k = 0; k < N_KEYS; k++) {
+                for (size_t k = 0; k < N_KEYS && !found; k++) {
                         char name[128];
                         env_name(&keys[k], name, sizeof(name));
                         if (strlen(name) != nlen || strncmp(name, *e, nlen) != 0)
@@ -555,181 +910,275 @@ static void load_environment(struct loader *L)
                         found = true;
                         const char *err = set_value(L, k, eq + 1, msg, sizeof(msg));
                         if (err)
-                                add_error(L->errors, "environment: %s: %s", name, err);
+                                add_error(L, "environment: %s: %s", name, err);
                         else
                                 snprintf(L->where[k], WHERE_SIZE, "environment: %s", name);
                 }
                 if (!found)
-                        add_error(L->errors, "environment: %.*s: unknown setting", (int)nlen, *e);
+                        add_error(L,
+                                  "environment: %.*s: unknown setting (use "
+                                  "VIDU_UPSCALED_<SECTION>_<KEY>, e.g. "
+                                  "VIDU_UPSCALED_UPSTREAM_BASE_URL)",
+                                  (int)(nlen > 128 ? 128 : nlen), *e);
         }
 }
 
-/* Reads secrets, one per line; blank lines skipped. */
-static int read_secret_lines(struct loader *L, const char *path, const char *what, bool single)
+static const char *where_set(struct loader *L, const char *section, const char *name)
+{
+        ssize_t k = find_key(section, name);
+        return k >= 0 && L->where[k][0] ? L->where[k] : NULL;
+}
+
+static const char *where_or_config(struct loader *L, const char *section, const char *name)
+{
+        const char *w = where_set(L, section, name);
+        return w ? w : "configuration";
+}
+
+/* Reads a secret file: its non-empty lines, each without trailing CR, spaces or tabs, become the
+ * API key (single: exactly one line) or auth secrets. `where` and `what` name the setting in
+ * messages. Returns the number of secrets, 0 if optional and absent, or -errno (reported). */
+static int read_secret_file(struct loader *L, const char *path, const char *where, const char *what,
+                            bool single, bool optional)
 {
         char *text = NULL;
-        size_t len = 0;
+        size_t len = 0, count = 0;
         int r = read_small_file(path, SECRET_MAX, false, &text, &len);
-        if (r < 0) {
-                add_error(L->errors, "%s: cannot read %s: %s", path, what, strerror(-r));
+        if (r == -ENOENT && optional)
+                return 0;
+        if (r == -EFBIG) {
+                add_error(L, "%s: %s: '%s' is larger than %dK; it should hold only the %s", where,
+                          what, path, SECRET_MAX / 1024, single ? "key" : "secrets, one per line");
                 return r;
         }
-        size_t count = 0;
-        for (char *p = text; p < text + len;) {
+        if (r < 0) {
+                if (r == -ENOMEM)
+                        L->oom = true;
+                add_error(L, "%s: %s: cannot read '%s': %s", where, what, path, strerror(-r));
+                return r;
+        }
+        r = 0;
+        for (char *p = text; p < text + len && r >= 0;) {
                 char *nl = memchr(p, '\n', (size_t)(text + len - p));
                 size_t n = nl ? (size_t)(nl - p) : (size_t)(text + len - p);
                 size_t m = n;
                 while (m > 0 && (p[m - 1] == '\r' || p[m - 1] == ' ' || p[m - 1] == '\t'))
                         m--;
                 if (m > 0) {
-                        if (single) {
-                                if (count == 0) {
-                                        secret_clear(&L->c->api_key);
-                                        L->c->api_key.value = strndup_safe(p, m);
-                                        L->c->api_key.len = m;
-                                }
-                        } else if (add_secret(L->c, p, m) < 0) {
-                                add_error(L->errors, "%s: too many secrets (at most 8)", path);
-                                break;
-                        }
                         count++;
+                        if (has_control(p, m)) {
+                                add_error(L,
+                                          "%s: %s: '%s' line %zu has a control character; a "
+                                          "secret is printable text",
+                                          where, what, path, count);
+                                r = -EINVAL;
+                        } else if (single && count > 1) {
+                                add_error(L,
+                                          "%s: %s: '%s' has more than one line; put only the "
+                                          "key in it",
+                                          where, what, path);
+                                r = -EINVAL;
+                        } else if (single) {
+                                secret_clear(&L->c->api_key);
+                                L->c->api_key.value = strndup_safe(p, m);
+                                L->c->api_key.len = L->c->api_key.value ? m : 0;
+                                if (!L->c->api_key.value)
+                                        r = -ENOMEM;
+                        } else
+                                r = add_secret(L->c, p, m);
+                        if (r == -E2BIG)
+                                add_error(L,
+                                          "%s: %s: '%s' has more than %d secrets; remove the "
+                                          "oldest once senders use a newer one",
+                                          where, what, path, CONFIG_MAX_SECRETS);
+                        else if (r == -ENOMEM) {
+                                L->oom = true;
+                                add_error(L, "%s: %s: out of memory", where, what);
+                        }
                 }
                 p += n + 1;
         }
         explicit_bzero(text, len);
         free(text);
-        if (count == 0)
-                add_error(L->errors, "%s: %s is empty", path, what);
-        return 0;
+        if (r >= 0 && count == 0) {
+                add_error(L, "%s: %s: '%s' is empty; put the %s in it", where, what, path,
+                          single ? "key" : "secret (one per line)");
+                r = -EINVAL;
+        }
+        return r < 0 ? r : (int)count;
 }
 
 static void resolve_secrets(struct loader *L)
 {
         struct config *c = L->c;
         const char *creds = getenv("CREDENTIALS_DIRECTORY");
+        const char *file;
         char *path = NULL;
 
         if (!c->api_key.value) {
-                if (L->files[LOADER_API_KEY_FILE])
-                        read_secret_lines(L, L->files[LOADER_API_KEY_FILE], "upstream.api_key_file",
-                                          true);
-                else if (!isempty(creds) && asprintf(&path, "%s/api-key", creds) >= 0) {
-                        if (access(path, F_OK) == 0)
-                                read_secret_lines(L, path, "the api-key credential", true);
-                        free(path);
-                        path = NULL;
+                file = L->files[LOADER_API_KEY_FILE];
+                if (file)
+                        L->api_key_failed =
+                            read_secret_file(L, file,
+                                             where_or_config(L, "upstream", "api_key_file"),
+                                             "upstream.api_key_file", true, false) < 0;
+                else if (!isempty(creds)) {
+                        if (asprintf(&path, "%s/api-key", creds) < 0) {
+                                L->oom = L->api_key_failed = true;
+                                add_error(L, "configuration: out of memory");
+                        } else {
+                                L->api_key_failed =
+                                    read_secret_file(L, path, "configuration", "credential api-key",
+                                                     true, true) < 0;
+                                free(path);
+                                path = NULL;
+                        }
                 }
         }
-        if (c->n_secrets == 0) {
-                if (L->files[LOADER_SECRET_FILE])
-                        read_secret_lines(L, L->files[LOADER_SECRET_FILE], "auth.secret_file",
-                                          false);
-                else if (!isempty(creds) && asprintf(&path, "%s/webhook-secret", creds) >= 0) {
-                        if (access(path, F_OK) == 0)
-                                read_secret_lines(L, path, "the webhook-secret credential", false);
-                        free(path);
-                }
-        }
-}
 
-static const char *where(struct loader *L, const char *section, const char *name)
-{
-        bool known;
-        ssize_t k = find_key(section, name, &known);
-        return k >= 0 && L->where[k][0] ? L->where[k] : "configuration";
+        if (c->n_secrets > 0) {
+                snprintf(L->secrets_where, WHERE_SIZE, "%s: auth.secret",
+                         where_or_config(L, "auth", "secret"));
+                return;
+        }
+        file = L->files[LOADER_SECRET_FILE];
+        if (file) {
+                const char *w = where_or_config(L, "auth", "secret_file");
+                L->secrets_failed =
+                    read_secret_file(L, file, w, "auth.secret_file", false, false) < 0;
+                snprintf(L->secrets_where, WHERE_SIZE, "%s: auth.secret_file", w);
+        } else if (!isempty(creds)) {
+                if (asprintf(&path, "%s/webhook-secret", creds) < 0) {
+                        L->oom = L->secrets_failed = true;
+                        add_error(L, "configuration: out of memory");
+                        return;
+                }
+                L->secrets_failed = read_secret_file(L, path, "configuration",
+                                                     "credential webhook-secret", false, true) < 0;
+                snprintf(L->secrets_where, WHERE_SIZE, "configuration: credential webhook-secret");
+                free(path);
+        }
 }
 
 static void validate(struct loader *L)
 {
         struct config *c = L->c;
+        char a[32], b[32];
+
         if (isempty(c->base_url))
-                add_error(L->errors,
-                          "%s: upstream.base_url is required (e.g. https://api.example.com)",
-                          where(L, "upstream", "base_url"));
-        if (!c->api_key.value || c->api_key.len == 0)
-                add_error(
-                    L->errors,
-                    "configuration: no upstream API key: set upstream.api_key_file, or the systemd "
-                    "credential api-key (LoadCredential=api-key:...)");
-        if (c->auth_scheme != AUTH_SCHEME_NONE && c->n_secrets == 0)
-                add_error(
-                    L->errors,
-                    "%s: auth.scheme = %s needs a secret: set auth.secret_file, or the systemd "
-                    "credential webhook-secret",
-                    where(L, "auth", "scheme"), auth_scheme_to_string(c->auth_scheme));
+                add_error(L,
+                          "%s: upstream.base_url is required: set base_url = "
+                          "https://api.example.com in [upstream]",
+                          where_or_config(L, "upstream", "base_url"));
+        if (!c->api_key.value && !L->api_key_failed)
+                add_error(L, "configuration: upstream: no API key: set api_key_file (or api_key) "
+                             "in [upstream], or provide the systemd credential api-key "
+                             "(LoadCredential=api-key:/path/to/key)");
+        if (c->auth_scheme != AUTH_SCHEME_NONE && c->n_secrets == 0 && !L->secrets_failed)
+                add_error(L,
+                          "%s: auth.scheme = %s needs a secret: set secret_file (or secret) in "
+                          "[auth], or provide the systemd credential webhook-secret",
+                          where_or_config(L, "auth", "scheme"),
+                          auth_scheme_to_string(c->auth_scheme));
         if (c->auth_scheme == AUTH_SCHEME_STANDARD_WEBHOOKS)
-                for (size_t i = 0; i < c->n_secrets; i++)
-                        if (strncmp(c->secrets[i].value, "whsec_", 6) != 0 ||
-                            !valid_base64(c->secrets[i].value + 6))
-                                add_error(L->errors,
-                                          "%s: auth secret %zu is not a whsec_<base64> secret, as "
-                                          "standard-webhooks needs",
-                                          where(L, "auth", "secret"), i + 1);
-        if (!isempty(c->tls_cert) != !isempty(c->tls_key))
-                add_error(L->errors,
-                          "%s: server.tls_cert and server.tls_key go together: set both or neither",
-                          where(L, "server", isempty(c->tls_cert) ? "tls_key" : "tls_cert"));
-        if (c->max_delay < c->initial_delay)
-                add_error(L->errors, "%s: retry.max_delay is shorter than retry.initial_delay",
-                          where(L, "retry", "max_delay"));
-        if (isempty(c->auth_word))
-                add_error(L->errors, "%s: upstream.auth_scheme must not be empty",
-                          where(L, "upstream", "auth_scheme"));
+                for (size_t i = 0; i < c->n_secrets; i++) {
+                        const char *v = c->secrets[i].value;
+                        ssize_t n =
+                            strncmp(v, "whsec_", 6) == 0 ? base64_decoded_len(v + 6) : -EINVAL;
+                        if (n <= 0)
+                                add_error(L,
+                                          "%s: secret %zu is not whsec_ followed by base64, as "
+                                          "standard-webhooks needs (e.g. "
+                                          "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw)",
+                                          L->secrets_where, i + 1);
+                        else if (n > WHSEC_KEY_MAX)
+                                add_error(L, "%s: secret %zu is longer than %d bytes once decoded",
+                                          L->secrets_where, i + 1, WHSEC_KEY_MAX);
+                }
+        if (!c->tls_cert != !c->tls_key)
+                add_error(L,
+                          "%s: server.tls_cert and server.tls_key go together: set both or "
+                          "neither",
+                          where_or_config(L, "server", c->tls_cert ? "tls_cert" : "tls_key"));
+        if (c->max_delay < c->initial_delay) {
+                const char *w = where_set(L, "retry", "max_delay");
+                format_duration(c->max_delay, a, sizeof(a));
+                format_duration(c->initial_delay, b, sizeof(b));
+                add_error(L,
+                          "%s: retry.max_delay (%s) is shorter than retry.initial_delay (%s); "
+                          "raise max_delay or lower initial_delay",
+                          w ? w : where_or_config(L, "retry", "initial_delay"), a, b);
+        }
 }
 
-static int set_defaults(struct loader *L)
+static void set_defaults(struct loader *L)
 {
-        char msg[256];
+        char msg[512];
         L->file = "defaults";
         for (size_t k = 0; k < N_KEYS; k++)
                 if (keys[k].dflt) {
                         const char *err = set_value(L, k, keys[k].dflt, msg, sizeof(msg));
                         if (err)
-                                return -EINVAL;
+                                add_error(L, "configuration: default of %s.%s: %s", keys[k].section,
+                                          keys[k].name, err);
                 }
-        const char *state = getenv("STATE_DIRECTORY");
-        if (!isempty(state)) {
-                size_t n = strcspn(state, ":");
-                if (asprintf(&L->c->store_path, "%.*s/ledger.db", (int)n, state) < 0)
-                        return -ENOMEM;
-        } else if (!(L->c->store_path = strdup("./ledger.db")))
-                return -ENOMEM;
-        return 0;
 }
 
-int config_load(const char *path, struct config **ret, struct config_errors *errors)
+/* store.path unset (or set empty): the first of systemd's StateDirectory=, else the cwd. */
+static void default_store_path(struct loader *L)
 {
+        const char *state = getenv("STATE_DIRECTORY");
+        size_t n = state ? strcspn(state, ":") : 0;
+        int r = n > 0 ? asprintf(&L->c->store_path, "%.*s/ledger.db", (int)n, state)
+                      : asprintf(&L->c->store_path, "./ledger.db");
+        if (r < 0) {
+                L->c->store_path = NULL;
+                L->oom = true;
+                add_error(L, "configuration: out of memory");
+        }
+}
+
+int config_load_full(const char *path, bool path_is_default, struct config **ret,
+                     struct config_errors *errors)
+{
+        int r;
+
         struct loader *L = calloc(1, sizeof(*L));
-        char **dropins = NULL;
-        size_t n_dropins = 0;
-        int r = -EINVAL;
         if (!L)
                 return -ENOMEM;
         L->errors = errors;
         L->c = calloc(1, sizeof(*L->c));
-        if (!L->c || set_defaults(L) < 0) {
-                add_error(errors, "configuration: out of memory");
-                goto out;
+        if (!L->c) {
+                free(L);
+                return -ENOMEM;
         }
-        const char *main_path = path ? path : CONFIG_DEFAULT_PATH;
-        load_file(L, main_path, path != NULL);
-        load_dropins(L, main_path, &dropins, &n_dropins);
+        set_defaults(L);
+        load_file(L, path, !path_is_default);
+        load_dropins(L, path);
         load_environment(L);
         resolve_secrets(L);
+        if (!L->c->store_path)
+                default_store_path(L);
         validate(L);
-        if (errors->n == 0) {
+
+        if (L->oom)
+                r = -ENOMEM;
+        else if (L->failed)
+                r = -EINVAL;
+        else {
                 *ret = TAKE_PTR(L->c);
                 r = 0;
         }
-out:
         config_free(L->c);
         for (size_t i = 0; i < _LOADER_MAX; i++)
                 free(L->files[i]);
-        for (size_t i = 0; i < n_dropins; i++)
-                free(dropins[i]);
-        free(dropins);
         free(L);
         return r;
+}
+
+int config_load(const char *path, struct config **ret, struct config_errors *errors)
+{
+        return config_load_full(path ? path : CONFIG_DEFAULT_PATH, !path, ret, errors);
 }
 
 void config_dump(const struct config *c, FILE *f)
@@ -739,23 +1188,16 @@ void config_dump(const struct config *c, FILE *f)
                 const struct key *key = &keys[k];
                 const void *p = (const char *)c + key->off;
                 char buf[64];
+                if (key->type == T_LOADER)
+                        continue; /* their content is shown as the secret they provided */
                 if (strcmp(section, key->section) != 0) {
                         fprintf(f, "%s[%s]\n", *section ? "\n" : "", key->section);
                         section = key->section;
                 }
                 switch (key->type) {
-                case T_STR:
-                case T_PATH:
-                case T_URL:
-                case T_LISTEN:
-                case T_WEBPATH:
-                case T_CIDRS:
-                        fprintf(f, "%s = %s\n", key->name,
-                                *(char *const *)p ? *(char *const *)p : "");
-                        break;
                 case T_SIZE:
-                        fprintf(f, "%s = %llu\n", key->name,
-                                (unsigned long long)*(const uint64_t *)p);
+                        format_size(*(const uint64_t *)p, buf, sizeof(buf));
+                        fprintf(f, "%s = %s\n", key->name, buf);
                         break;
                 case T_DUR:
                         format_duration(*(const uint64_t *)p, buf, sizeof(buf));
@@ -774,7 +1216,7 @@ void config_dump(const struct config *c, FILE *f)
                         fprintf(f, "%s = %s\n", key->name, name);
                         break;
                 }
-                case T_BOOLSYNC:
+                case T_SYNC:
                         fprintf(f, "%s = %s\n", key->name, *(const bool *)p ? "full" : "normal");
                         break;
                 case T_SECRET:
@@ -782,13 +1224,22 @@ void config_dump(const struct config *c, FILE *f)
                                 ((const struct secret *)p)->value ? "(set)" : "(unset)");
                         break;
                 case T_SECRETS:
-                        if (c->n_secrets)
-                                fprintf(f, "%s = (%zu set)\n", key->name, c->n_secrets);
-                        else
+                        /* One line per secret, as they are written; never the value. */
+                        if (c->n_secrets == 0)
                                 fprintf(f, "%s = (unset)\n", key->name);
+                        for (size_t i = 0; i < c->n_secrets; i++)
+                                fprintf(f, "%s = (set)\n", key->name);
                         break;
                 case T_LOADER:
                         break;
+                default: {
+                        const char *s = *(char *const *)p;
+                        if (isempty(s))
+                                fprintf(f, "%s =\n", key->name);
+                        else
+                                fprintf(f, "%s = %s\n", key->name, s);
+                        break;
+                }
                 }
         }
 }

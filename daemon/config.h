@@ -37,59 +37,62 @@ struct secret {
 
 struct config {
         /* [server] */
-        char *listen;              /* "127.0.0.1:8080", "[::1]:8080", "unix:/run/x.sock" */
-        char *webhook_path;        /* "/hooks/vidu" */
-        uint64_t max_body;         /* bytes, default 1M */
-        uint64_t max_header;       /* bytes of request line + headers, default 16K */
-        uint64_t max_connections;  /* default 512 */
-        uint64_t max_per_ip;       /* connections per client address, default 64 */
-        uint64_t idle_timeout;     /* usec, default 30s: a connection silent this long is closed */
-        uint64_t request_timeout;  /* usec, default 60s: a request not complete by then is closed */
-        char *allow_from;          /* CIDR list, space or comma separated; NULL = everyone */
-        char *tls_cert;            /* PEM file path; both or neither with tls_key */
+        char *listen;             /* "127.0.0.1:8080", "[::1]:8080", "unix:/run/x.sock" */
+        char *webhook_path;       /* "/hooks/vidu" */
+        uint64_t max_body;        /* bytes, default 1M */
+        uint64_t max_header;      /* bytes of request line + headers, default 16K */
+        uint64_t max_connections; /* default 512 */
+        uint64_t max_per_ip;      /* connections per client address, default 64 */
+        uint64_t idle_timeout;    /* usec, default 30s: a connection silent this long is closed */
+        uint64_t request_timeout; /* usec, default 60s: a request not complete by then is closed */
+        char *allow_from;         /* CIDR list, space or comma separated; NULL = everyone */
+        char *tls_cert;           /* PEM file path; both or neither with tls_key */
         char *tls_key;
-        uint64_t drain_timeout;    /* usec, default 10s: how long in-flight upstream calls get at stop */
+        /* usec, default 10s: how long in-flight upstream calls get at stop */
+        uint64_t drain_timeout;
 
         /* [limits] */
-        uint64_t max_json_depth;   /* default 32 */
-        uint64_t max_tasks;        /* tasks in one notification, default 1000 */
-        uint64_t max_creations;    /* creations in one notification, default 10000 */
+        uint64_t max_json_depth; /* default 32 */
+        uint64_t max_tasks;      /* tasks in one notification, default 1000 */
+        uint64_t max_creations;  /* creations in one notification, default 10000 */
 
         /* [auth] */
         enum auth_scheme auth_scheme;
-        struct secret secrets[CONFIG_MAX_SECRETS]; /* several for rotation; [0] is the newest */
+        struct secret secrets[CONFIG_MAX_SECRETS]; /* several for rotation, as written */
         size_t n_secrets;
-        char *auth_header;         /* hmac-sha256 header, default "X-Hub-Signature-256" */
-        uint64_t auth_tolerance;   /* usec, default 5m: timestamp / Date skew allowed */
-        char *public_url_prefix;   /* vidu scheme: path prefix the sender saw, when a proxy rewrote it */
+        char *auth_header;       /* hmac-sha256 header, default "X-Hub-Signature-256" */
+        uint64_t auth_tolerance; /* usec, default 5m: timestamp / Date skew allowed */
+        /* vidu scheme: path prefix the sender saw, when a proxy rewrote it; NULL = none, else
+         * starts with '/' and has no trailing '/' */
+        char *public_url_prefix;
 
         /* [upstream] */
-        char *base_url;            /* required */
-        struct secret api_key;     /* required, never printed */
-        char *auth_word;           /* "Bearer" */
+        char *base_url;        /* required */
+        struct secret api_key; /* required, never printed */
+        char *auth_word;       /* "Bearer" */
         enum upstream_flavor flavor;
-        uint64_t timeout;          /* usec per request, default 30s */
-        uint64_t connect_timeout;  /* usec, default 10s */
-        uint64_t concurrency;      /* default 8, 1..1024 */
-        uint64_t poll_interval;    /* usec, default 30s */
+        uint64_t timeout;         /* usec per request, default 30s */
+        uint64_t connect_timeout; /* usec, default 10s */
+        uint64_t concurrency;     /* default 8, 1..1024 */
+        uint64_t poll_interval;   /* usec, default 30s */
 
         /* [upscale] */
-        char *model;               /* "stable" */
-        uint64_t duration;         /* 4 */
-        char *resolution;          /* ent-v2: "1080p" */
+        char *model;       /* "stable" */
+        uint64_t duration; /* 4 */
+        char *resolution;  /* ent-v2: "1080p" */
 
         /* [store] */
-        char *store_path;          /* $STATE_DIRECTORY/ledger.db, else ./ledger.db */
-        bool synchronous_full;     /* synchronous = full (default) | normal */
+        char *store_path;      /* $STATE_DIRECTORY/ledger.db, else ./ledger.db */
+        bool synchronous_full; /* synchronous = full (default) | normal */
 
         /* [retry] */
-        uint64_t max_attempts;     /* default 10 */
-        uint64_t initial_delay;    /* usec, default 5s */
-        uint64_t max_delay;        /* usec, default 1h */
+        uint64_t max_attempts;  /* default 10 */
+        uint64_t initial_delay; /* usec, default 5s */
+        uint64_t max_delay;     /* usec, default 1h */
         enum uncertain_policy uncertain;
 
         /* [log] */
-        int log_level;             /* syslog priority, default LOG_INFO */
+        int log_level; /* syslog priority, default LOG_INFO */
 };
 
 /* One error: "FILE:LINE: message" (or "environment: VAR: message"). */
@@ -106,13 +109,21 @@ struct config_errors {
  * variable with that prefix is an error.
  * Secrets: api_key, else api_key_file, else $CREDENTIALS_DIRECTORY/api-key; auth secret(s) from
  * secret (may repeat), secret_file (one per line), else $CREDENTIALS_DIRECTORY/webhook-secret.
- * Returns 0 with *ret set, or -EINVAL with every error in *errors (also on I/O errors). */
+ * Errors are appended to *errors as "FILE:LINE: message", "PATH: message", "environment: VAR:
+ * message" or "configuration: message" (a rule across keys set nowhere in particular).
+ * Returns 0 with *ret set, or -EINVAL with every error in *errors (also on I/O errors), or -ENOMEM
+ * (the errors may then be incomplete). */
 int config_load(const char *path, struct config **ret, struct config_errors *errors);
+/* config_load() with the main file's name given: path_is_default says whether it may be missing
+ * (as CONFIG_DEFAULT_PATH may); conf.d is looked for beside it either way. For tests and tools. */
+int config_load_full(const char *path, bool path_is_default, struct config **ret,
+                     struct config_errors *errors);
 
 struct config *config_free(struct config *c);
 void config_errors_clear(struct config_errors *e);
 
-/* Writes the effective settings as INI to f, every secret masked as "(set)" / "(unset)". */
+/* Writes the effective settings as INI to f, every secret masked as "(set)" / "(unset)" (one
+ * "secret = (set)" line per auth secret); sizes as bytes or with a K/M/G suffix when exact. */
 void config_dump(const struct config *c, FILE *f);
 
 const char *auth_scheme_to_string(enum auth_scheme s);
