@@ -466,13 +466,24 @@ static int apply_poll(struct dispatcher *d, struct call *c, uint64_t now)
         const struct upstream_poll *p = &c->poll_result;
         switch (p->state) {
         case UPSTREAM_TASK_RUNNING:
-                return 0;
+                /* The poll pushed next_at out while it was in flight; ask again on the cadence. */
+                if (j.state != JOB_SUBMITTED)
+                        return 0;
+                j.next_at = now + d->cfg->poll_interval;
+                return ledger_save(d->ledger, &j, now);
         case UPSTREAM_TASK_UNREADABLE:
                 snprintf(d->last_error, sizeof(d->last_error), "poll: %.240s", p->error);
-                log_notice(
-                    "Cannot read the state of upscale task %s for %s: %s; asking again later",
-                    j.upscale_task_id, j.creation_id, p->error);
-                return 0;
+                /* Once per kind of trouble, not once per poll. */
+                if (strcmp(j.upstream_error, p->error) != 0)
+                        log_notice(
+                            "Cannot read the state of upscale task %s for %s: %s; asking again "
+                            "every upstream.poll_interval",
+                            j.upscale_task_id, j.creation_id, p->error);
+                job_set_field(j.upstream_error, sizeof(j.upstream_error), p->error);
+                if (j.state != JOB_SUBMITTED)
+                        return 0;
+                j.next_at = now + d->cfg->poll_interval;
+                return ledger_save(d->ledger, &j, now);
         case UPSTREAM_TASK_SUCCESS:
         case UPSTREAM_TASK_FAILED:
                 break;

@@ -166,6 +166,7 @@ int read_small_file(const char *path, size_t max, bool strip_newline, char **ret
                         if (errno == EINTR)
                                 continue;
                         int r = -errno;
+                        explicit_bzero(buf, len);
                         free(buf);
                         close(fd);
                         return r;
@@ -174,6 +175,7 @@ int read_small_file(const char *path, size_t max, bool strip_newline, char **ret
                         break;
                 len += (size_t)n;
                 if (len > max) {
+                        explicit_bzero(buf, len); /* it may hold part of a secret */
                         free(buf);
                         close(fd);
                         return -EFBIG;

@@ -10,13 +10,16 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)" >/dev/null
 bash scripts/ensure-journald.sh || echo "run: no journal available; entries go to stderr only" >&2
 
-conf=${VIDU_UPSCALED_CONFIG:-/etc/vidu-upscaled/vidu-upscaled.conf}
+# Not VIDU_UPSCALED_*: the daemon treats every variable with that prefix as a setting.
+conf=${VIDU_CONFIG:-/etc/vidu-upscaled/vidu-upscaled.conf}
 if [ -f "$conf" ] || [ -n "${VIDU_UPSCALED_UPSTREAM_BASE_URL:-}" ]; then
         echo "run: using $conf and the real upstream it names"
         exec "$root/build/vidu-upscaled" -c "$conf"
 fi
 
 state=$root/.run
+# A fresh ledger each time: the fake upstream forgets its tasks when it stops.
+rm -rf "$state"
 mkdir -p "$state"
 chmod 700 "$state"
 port=${PORT:-8080}

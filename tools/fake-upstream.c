@@ -63,6 +63,7 @@ static long complete_after_ms = 1000;
 static const char *api_key, *auth_word = "Bearer";
 static char host_port[128];
 static volatile sig_atomic_t stop;
+static sigset_t stop_signals;
 
 static uint64_t now_ms(void)
 {
@@ -621,9 +622,10 @@ static void on_done(void *cls, struct MHD_Connection *c, void **con_cls,
         *con_cls = NULL;
 }
 
-static void on_signal(int sig)
+static void *exit_soon(void *arg)
 {
-        stop = 1;
+        sleep(2);
+        _exit(0);
 }
 
 int main(int argc, char **argv)
@@ -668,6 +670,12 @@ int main(int argc, char **argv)
                 fprintf(stderr, "fake-upstream: only IPv4 addresses: %s\n", host);
                 return 2;
         }
+        /* Block the stop signals before libmicrohttpd starts its threads, so that they inherit the
+         * mask and the main thread alone takes the signal in sigwait(). */
+        sigemptyset(&stop_signals);
+        sigaddset(&stop_signals, SIGTERM);
+        sigaddset(&stop_signals, SIGINT);
+        pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
         struct MHD_Daemon *d = MHD_start_daemon(
             MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG, 0,
             NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_NOTIFY_COMPLETED,
@@ -694,10 +702,15 @@ int main(int argc, char **argv)
                         return 1;
                 }
         }
-        signal(SIGTERM, on_signal);
-        signal(SIGINT, on_signal);
-        while (!stop)
-                pause();
+        /* Blocked in every thread (set before the daemon started), taken here. */
+        int sig;
+        sigwait(&stop_signals, &sig);
+        stop = 1;
+        /* libmicrohttpd waits for every connection thread, and an idle keep-alive connection can
+         * hold one for its whole timeout: give them two seconds, then leave anyway. */
+        pthread_t guard;
+        if (pthread_create(&guard, NULL, exit_soon, NULL) == 0)
+                pthread_detach(guard);
         MHD_stop_daemon(d);
         reset_all();
         return 0;
