@@ -106,6 +106,7 @@ static const struct key keys[] = {
     TYPED("server", "webhook_path", T_WEBPATH, webhook_path, "/hooks/vidu"),
     RANGED("server", "max_body", T_SIZE, max_body, 1, 1ULL << 30, "1M"),
     RANGED("server", "max_header", T_SIZE, max_header, 1024, 1 << 20, "16K"),
+    RANGED("server", "max_header_lines", T_UINT, max_header_lines, 8, 10000, "100"),
     RANGED("server", "max_connections", T_UINT, max_connections, 1, 1000000, "512"),
     RANGED("server", "max_per_ip", T_UINT, max_per_ip, 0, 1000000, "64"),
     RANGED("server", "idle_timeout", T_DUR, idle_timeout, SEC, 86400 * SEC, "30s"),

@@ -37,16 +37,17 @@ struct secret {
 
 struct config {
         /* [server] */
-        char *listen;             /* "127.0.0.1:8080", "[::1]:8080", "unix:/run/x.sock" */
-        char *webhook_path;       /* "/hooks/vidu" */
-        uint64_t max_body;        /* bytes, default 1M */
-        uint64_t max_header;      /* bytes of request line + headers, default 16K */
-        uint64_t max_connections; /* default 512 */
-        uint64_t max_per_ip;      /* connections per client address, default 64 */
-        uint64_t idle_timeout;    /* usec, default 30s: a connection silent this long is closed */
-        uint64_t request_timeout; /* usec, default 60s: a request not complete by then is closed */
-        char *allow_from;         /* CIDR list, space or comma separated; NULL = everyone */
-        char *tls_cert;           /* PEM file path; both or neither with tls_key */
+        char *listen;              /* "127.0.0.1:8080", "[::1]:8080", "unix:/run/x.sock" */
+        char *webhook_path;        /* "/hooks/vidu" */
+        uint64_t max_body;         /* bytes, default 1M */
+        uint64_t max_header;       /* bytes of request line + headers, default 16K */
+        uint64_t max_header_lines; /* header lines in one request, default 100 */
+        uint64_t max_connections;  /* default 512 */
+        uint64_t max_per_ip;       /* connections per client address, default 64 */
+        uint64_t idle_timeout;     /* usec, default 30s: a connection silent this long is closed */
+        uint64_t request_timeout;  /* usec, default 60s: a request not complete by then is closed */
+        char *allow_from;          /* CIDR list, space or comma separated; NULL = everyone */
+        char *tls_cert;            /* PEM file path; both or neither with tls_key */
         char *tls_key;
         /* usec, default 10s: how long in-flight upstream calls get at stop */
         uint64_t drain_timeout;

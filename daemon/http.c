@@ -20,7 +20,6 @@
 #include "util.h"
 
 #define MAX_LISTENERS 16
-#define MAX_HEADERS   100 /* header lines in one request */
 #define SWEEP_USEC    (500 * USEC_PER_MSEC)
 
 /* One accepted connection, so a request that takes too long overall can be cut. */
@@ -300,7 +299,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                 bool is_get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
                 if (r->uri_too_long)
                         return answer_now(r, 414, "URL too long");
-                if (MHD_get_connection_values(conn, MHD_HEADER_KIND, NULL, NULL) > MAX_HEADERS)
+                if (MHD_get_connection_values(conn, MHD_HEADER_KIND, NULL, NULL) >
+                    (int)cfg->max_header_lines)
                         return answer_now(r, 431, "too many header lines");
 
                 /* GET routes answer on the final call: a response queued on the first one makes

@@ -147,7 +147,7 @@ class Limits(unittest.TestCase):
         cls.fake.start()
         cls.d = Daemon({"upstream": {"base_url": cls.fake.url},
                         "server": {"max_body": "4K", "request_timeout": "2s", "idle_timeout": "2s", "max_per_ip": "8",
-                                   "max_header": "4K"},
+                                   "max_header": "4K", "max_header_lines": "20"},
                         "limits": {"max_json_depth": "6", "max_tasks": "3", "max_creations": "5"}}, fake=cls.fake)
         cls.d.start()
         cls.accepted = []
@@ -194,8 +194,39 @@ class Limits(unittest.TestCase):
 
     def test_url_and_headers(self):
         self.assertEqual(self.d.post(path="/hooks/vidu?" + "a" * 5000, body={})[0], 414)
-        many = {"X-H%d" % i: "v" for i in range(120)}
-        self.assertIn(self.d.post(body=make_task("t", []), headers=many)[0], (431, 413))
+
+        def with_lines(n):
+            body = json.dumps(make_task("t", [], state="queueing")).encode()
+            lines = ["Host: x", "Content-Type: application/json", "Content-Length: %d" % len(body)]
+            lines += ["X-H%d: v" % i for i in range(n - len(lines))]
+            s = socket.create_connection(("127.0.0.1", self.d.port), timeout=10)
+            s.sendall(("POST /hooks/vidu HTTP/1.1\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode() + body)
+            status = s.recv(1000).split(b"\r\n")[0]
+            s.close()
+            return int(status.split()[1])
+        # server.max_header_lines = 20: at the edge, and one past it.
+        self.assertEqual(with_lines(20), 200)
+        self.assertEqual(with_lines(21), 431)
+
+    def test_connections_per_address(self):
+        # server.max_per_ip = 8: eight idle connections are held, the ninth is closed at once.
+        held = [socket.create_connection(("127.0.0.1", self.d.port), timeout=10) for _ in range(8)]
+        extra = socket.create_connection(("127.0.0.1", self.d.port), timeout=10)
+        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            answer = extra.recv(1000)
+        except ConnectionResetError:
+            answer = b""
+        self.assertEqual(answer, b"")
+        extra.close()
+        for s in held:
+            s.close()
+        def healthy():
+            try:
+                return self.d.get("/healthz")[0] == 200
+            except OSError:  # refused until the daemon has noticed the others closing
+                return False
+        harness.poll(healthy, what="a connection once the others closed")
 
     def test_slow_sender_is_cut_and_blocks_nobody(self):
         s = socket.create_connection(("127.0.0.1", self.d.port))

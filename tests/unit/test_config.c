@@ -155,6 +155,7 @@ static void test_defaults(void **state)
         assert_string_equal(c->webhook_path, "/hooks/vidu");
         assert_int_equal(c->max_body, 1024 * 1024);
         assert_int_equal(c->max_header, 16 * 1024);
+        assert_int_equal(c->max_header_lines, 100);
         assert_int_equal(c->max_connections, 512);
         assert_int_equal(c->max_per_ip, 64);
         assert_int_equal(c->idle_timeout, 30 * USEC_PER_SEC);
