@@ -226,6 +226,50 @@ class Outage(unittest.TestCase):
                 fake.stop()
 
 
+class ConnectTimeout(unittest.TestCase):
+    def test_connect_timeout_is_an_outage_not_a_lost_attempt(self):
+        import socket
+        harness.ensure_journald()
+        # A listener that never accepts, its queue filled: further SYNs are dropped, so a
+        # connect neither succeeds nor fails until connect_timeout.
+        blackhole = socket.socket()
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(0)
+        port = blackhole.getsockname()[1]
+        fillers = []
+        for _ in range(4):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", port))
+            fillers.append(c)
+        (cid,) = new_creation_ids(1)
+        d = Daemon({"upstream": {"base_url": "http://127.0.0.1:%d" % port, "connect_timeout": "500ms"},
+                    "retry": {"initial_delay": "100ms", "max_delay": "300ms", "max_attempts": "2"}})
+        with d:
+            self.assertEqual(d.post(body=make_task("9300000000000010", [cid]))[0], 202)
+            paused = wait_journal(lambda: harness.journal_entries(
+                _PID=str(d.pid), MESSAGE_ID="66b190521a06429ba25b772304ed80b0"), timeout=15)
+            self.assertIn("cannot be reached", paused[0]["MESSAGE"])
+            # Several probes later the job is still waiting with no attempt spent.
+            poll(lambda: d.metrics_value("vidu_upscaled_submissions_total") >= 3, timeout=20, what="probes")
+            row = d.ledger_row(cid)
+            self.assertIn(row["state"], ("waiting", "submitting"))
+            self.assertLessEqual(row["attempt"], 1)
+            if row["state"] == "waiting":
+                self.assertIn("timeout", row["upstream_error"].lower())
+            # The upstream comes back on that port: the job goes through.
+            for c in fillers:
+                c.close()
+            blackhole.close()
+            fake = FakeUpstream(complete_after_ms=100, port=port, api_key=d.api_key)
+            fake.start()
+            try:
+                wait_state(d, cid, "succeeded", timeout=30)
+                self.assertEqual(fake.stats()["created"].get(cid), 1)
+            finally:
+                fake.stop()
+
+
 class Crash(unittest.TestCase):
     def test_interrupted_submission_is_held(self):
         harness.ensure_journald()
