@@ -220,7 +220,7 @@ class FakeUpstream:
 class Daemon:
     """The real daemon binary with its own configuration, ledger and NOTIFY_SOCKET."""
 
-    def __init__(self, config=None, fake=None, extra_env=None, args=None):
+    def __init__(self, config=None, fake=None, extra_env=None, args=None, wrapper=None):
         self.tmp = tempfile.mkdtemp(prefix="vidu-daemon-")
         self.binary = DAEMON
         self.port = free_port()
@@ -229,6 +229,7 @@ class Daemon:
         self.ledger_path = os.path.join(self.tmp, "ledger.db")
         self.extra_env = extra_env or {}
         self.args = args or []
+        self.wrapper = wrapper or []  # e.g. ["unshare", "-n", "--"]
         self.config = {
             "server": {"listen": "127.0.0.1:%d" % self.port},
             "upstream": {"api_key_file": os.path.join(self.tmp, "api-key"), "poll_interval": "200ms",
@@ -324,7 +325,7 @@ class Daemon:
             notify = os.path.join(self.tmp, "notify.sock")
         env = self.environment()
         env["NOTIFY_SOCKET"] = notify
-        cmd = [self.binary, "-c", self.config_path] + self.args
+        cmd = self.wrapper + [self.binary, "-c", self.config_path] + self.args
         if VALGRIND:
             cmd = ["valgrind", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite",
                    "--track-fds=no", "-q"] + cmd

@@ -270,6 +270,44 @@ class ConnectTimeout(unittest.TestCase):
                 fake.stop()
 
 
+class DnsFailure(unittest.TestCase):
+    def test_name_that_does_not_resolve_is_an_outage(self):
+        import http.client
+        import socket as sock
+        harness.ensure_journald()
+        # The daemon runs in a network namespace of its own with no interfaces up, so resolving
+        # the upstream's name fails at once and no query leaves the machine. It listens on a unix
+        # socket, which the test reaches from outside the namespace.
+        d = Daemon({"upstream": {"base_url": "http://upstream.vidu-upscaled.invalid"},
+                    "retry": {"initial_delay": "100ms", "max_delay": "300ms", "max_attempts": "2"}},
+                   wrapper=["unshare", "-n", "--"])
+        path = os.path.join(d.tmp, "hooks.sock")
+        d.config["server"]["listen"] = "unix:" + path
+
+        class Unix(http.client.HTTPConnection):
+            def connect(self):
+                self.sock = sock.socket(sock.AF_UNIX, sock.SOCK_STREAM)
+                self.sock.connect(path)
+
+        with d:
+            (cid,) = new_creation_ids(1)
+            c = Unix("localhost", timeout=10)
+            c.request("POST", "/hooks/vidu", body=json.dumps(make_task("9300000000000011", [cid])),
+                      headers={"Content-Type": "application/json"})
+            self.assertEqual(c.getresponse().status, 202)
+            c.close()
+            paused = wait_journal(lambda: harness.journal_entries(
+                _PID=str(d.pid), MESSAGE_ID="66b190521a06429ba25b772304ed80b0"), timeout=15)
+            self.assertIn("cannot be reached", paused[0]["MESSAGE"])
+
+            def row():
+                r = d.ledger_row(cid)
+                return r if r and r["state"] == "waiting" and r["upstream_error"] else None
+            r = poll(row, what="the job back in waiting")
+            self.assertIn("resolve", r["upstream_error"].lower())
+            self.assertEqual(r["attempt"], 0)
+
+
 class Crash(unittest.TestCase):
     def test_interrupted_submission_is_held(self):
         harness.ensure_journald()
