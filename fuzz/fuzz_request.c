@@ -49,20 +49,32 @@ static void setup(void)
                 abort();
         snprintf(path, sizeof(path), "%s/fuzz.conf", dir);
         snprintf(db, sizeof(db), "%s/ledger.db", dir);
+        /* A free port: bind to port 0, read what the kernel chose, and let the daemon take it. */
+        int probe = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in any = {.sin_family = AF_INET};
+        socklen_t sl = sizeof(any);
+        any.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (probe < 0 || bind(probe, (struct sockaddr *)&any, sizeof(any)) < 0 ||
+            getsockname(probe, (struct sockaddr *)&any, &sl) < 0)
+                abort();
+        close(probe);
         FILE *f = fopen(path, "w");
         if (!f)
                 abort();
         /* Port 9 on loopback refuses: the dispatcher pauses as for an outage and sends nothing. */
         fprintf(f,
-                "[server]\nlisten = 127.0.0.1:0\nmax_body = 64K\nrequest_timeout = 2s\n"
+                "[server]\nlisten = 127.0.0.1:%u\nmax_body = 64K\nrequest_timeout = 2s\n"
                 "[upstream]\nbase_url = http://127.0.0.1:9\napi_key = fuzz\n[store]\npath = %s\n"
                 "synchronous = normal\n[log]\nlevel = err\n",
-                db);
+                (unsigned)ntohs(any.sin_port), db);
         fclose(f);
         struct config *cfg = NULL;
         struct config_errors errors = {0};
-        if (config_load(path, &cfg, &errors) < 0)
+        if (config_load(path, &cfg, &errors) < 0) {
+                for (size_t i = 0; i < errors.n; i++)
+                        fprintf(stderr, "%s\n", errors.lines[i]);
                 abort();
+        }
         journal_setup(LOG_ERR);
         struct ledger *l = NULL;
         struct ledger_options lo = {.synchronous_full = false, .busy_timeout_ms = 10};
