@@ -1,0 +1,1226 @@
+#!/usr/bin/env python3
+"""bench.py: measures vidu-upscaled against nginx and adnanh/webhook on loopback (run via run.sh).
+
+Every process it starts is stopped when it ends, on an exception or on SIGTERM/SIGINT/SIGHUP;
+every load is bounded in time (wrk -d, curl_ceiling --seconds, bounded waits); only 127.0.0.1.
+Standard library only. Environment:
+  BENCH_QUICK=1      short durations, one run, small ledgers (a smoke run)
+  BENCH_DURATION=S   seconds per wrk load (default 10, quick 3)
+  BENCH_RUNS=N       runs per measurement; the report gives medians (default 3, quick 1)
+  BENCH_SIZES=a,b,c  ledger sizes to ingest against (default 0,1000000,10000000)
+  BENCH_PUBLISH=0|1  copy the report to bench/RESULTS.md and bench/plots/ (default: full runs)
+  BENCH_PERF=0       skip the perf profiles
+  BENCH_DRAIN_MAX=S  how long the dispatcher gets to submit a load's backlog (default 30, quick 10)
+"""
+
+import datetime
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+BUILD = os.path.join(ROOT, "build-bench")
+DAEMON = os.path.join(BUILD, "vidu-upscaled")
+FAKE = os.path.join(BUILD, "fake-upstream")
+CEILING = os.path.join(BUILD, "curl_ceiling")
+LUA = os.path.join(BENCH, "notify.lua")
+HOOK_PATH = "/hooks/vidu"
+
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+
+
+def env_int(name, default):
+    v = os.environ.get(name)
+    return int(v) if v else default
+
+
+P = {
+    "quick": QUICK,
+    "duration_s": env_int("BENCH_DURATION", 3 if QUICK else 10),
+    "runs": env_int("BENCH_RUNS", 1 if QUICK else 3),
+    "connections": [8, 64],
+    "threads": 2,
+    "sizes": [int(x) for x in os.environ.get("BENCH_SIZES", "").split(",") if x]
+    or ([0, 100_000, 1_000_000] if QUICK else [0, 1_000_000, 10_000_000]),
+    "pending_jobs": 2000 if QUICK else 10000,
+    "submit_max_s": 30 if QUICK else 60,
+    "ceiling_s": 3 if QUICK else 5,
+    "upstream_concurrency": 8,
+    "idle_samples": 50 if QUICK else 200,
+    "drain_max_s": env_int("BENCH_DRAIN_MAX", 10 if QUICK else 30),
+    "webhook_settle_max_s": 10 if QUICK else 20,
+}
+PUBLISH = os.environ.get("BENCH_PUBLISH", "0" if QUICK else "1") == "1"
+DO_PERF = os.environ.get("BENCH_PERF", "1") == "1" and shutil.which("perf") is not None
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# ---------------------------------------------------------------------------------------------
+# Processes: everything started goes through start() and is stopped by stop_all().
+
+PROCS = []
+
+
+def log(msg):
+    print(f"bench: {msg}", flush=True)
+
+
+def start(argv, *, env=None, stdout=None, stderr=None, cwd=None):
+    p = subprocess.Popen(argv, env=env, stdout=stdout or subprocess.DEVNULL,
+                         stderr=stderr or subprocess.DEVNULL, cwd=cwd, stdin=subprocess.DEVNULL)
+    PROCS.append(p)
+    return p
+
+
+def stop(p, timeout=15):
+    if p is None or p.poll() is not None:
+        return
+    p.terminate()
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def stop_all():
+    for p in reversed(PROCS):
+        try:
+            stop(p, 5)
+        except Exception:
+            pass
+
+
+def on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, proc, timeout=10):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} while starting")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.01)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def http_get(port, path, timeout=10):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def http_post(port, path, body=b"", timeout=10):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def proc_cpu(pid):
+    """(self, children) CPU seconds of a process, from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return (0.0, 0.0)
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return ((utime + stime) / CLK_TCK, (cutime + cstime) / CLK_TCK)
+
+
+def proc_hwm_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def pid_of(name):
+    """The pid of a running process named NAME (only read, for its CPU counters), or None."""
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/comm") as f:
+                    if f.read().strip() == name:
+                        return int(d)
+            except OSError:
+                pass
+    return None
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def sh(argv, **kw):
+    return subprocess.run(argv, check=True, capture_output=True, text=True, **kw).stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# wrk
+
+RUN_COUNTER = [0]
+
+
+def run_wrk(url, conns, duration, outdir, tag):
+    """One bounded wrk load with notify.lua; returns the parsed numbers."""
+    RUN_COUNTER[0] += 1
+    # Digits only, unique per load within this bench and across benches (time-based prefix).
+    runid = f"{int(time.time()) % 100000:05d}{RUN_COUNTER[0]:03d}"
+    argv = ["wrk", f"-t{P['threads']}", f"-c{conns}", f"-d{duration}s", "--latency",
+            "--timeout", "10s", "-s", LUA, url, "--", runid]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    with open(os.path.join(outdir, f"wrk-{tag}.txt"), "w") as f:
+        f.write(out.stdout + out.stderr)
+    r = {}
+    for m in re.finditer(r"BENCH (.*)", out.stdout):
+        for kv in m.group(1).split():
+            k, v = kv.split("=")
+            r[k] = float(v)
+    if "requests" not in r:
+        raise RuntimeError(f"wrk printed no results: {out.stdout} {out.stderr}")
+    secs = r["duration_us"] / 1e6
+    errors = int(r["connect"] + r["read"] + r["write"] + r["timeout"])
+    res = {
+        "connections": conns,
+        "duration_s": round(secs, 3),
+        "requests": int(r["requests"]),
+        "non2xx": int(r["status"]),
+        "socket_errors": errors,
+        # Every completed response that was not non-2xx/3xx; socket errors never completed.
+        "acked": int(r["requests"] - r["status"]),
+        "rps": round((r["requests"] - r["status"]) / secs, 1),
+        "latency_ms": {p: round(r[f"p{p}_us"] / 1000, 3) for p in ("50", "75", "90", "99", "99.9")},
+        "mean_ms": round(r["mean_us"] / 1000, 3),
+        "max_ms": round(r["max_us"] / 1000, 3),
+    }
+    return res
+
+
+def measured_load(pid, url, conns, outdir, tag, extra=None):
+    """wrk against a server, with the server's CPU and peak RSS (and EXTRA pids' CPU)."""
+    extra = extra or {}
+    c0 = proc_cpu(pid)
+    e0 = {k: proc_cpu(v) for k, v in extra.items() if v}
+    t0 = time.monotonic()
+    r = run_wrk(url, conns, P["duration_s"], outdir, tag)
+    wall = time.monotonic() - t0
+    c1 = proc_cpu(pid)
+    r["cpu_s"] = round(c1[0] - c0[0], 2)
+    r["children_cpu_s"] = round(c1[1] - c0[1], 2)
+    r["cpu_pct"] = round(100 * (r["cpu_s"] + r["children_cpu_s"]) / wall, 1)
+    for k, v in extra.items():
+        if v:
+            c = proc_cpu(v)
+            r[f"{k}_cpu_s"] = round(c[0] - e0[k][0], 2)
+            r[f"{k}_cpu_pct"] = round(100 * (c[0] - e0[k][0]) / wall, 1)
+    r["peak_rss_kb"] = proc_hwm_kb(pid)
+    return r
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers
+
+
+def bench_nginx(tmp, outdir):
+    d = os.path.join(tmp, "nginx")
+    os.makedirs(d)
+    port = free_port()
+    conf = os.path.join(d, "nginx.conf")
+    temps = "\n".join(f"    {k}_temp_path {d}/{k};" for k in
+                      ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    with open(conf, "w") as f:
+        f.write(f"""# One worker, no master, answers 202 to anything: the ceiling for one core.
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+{temps}
+    keepalive_requests 100000000;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 202; }}
+    }}
+}}
+""")
+    p = start(["nginx", "-p", d, "-c", conf, "-e", f"{d}/error.log"])
+    wait_port(port, p)
+    runs = {}
+    try:
+        for conns in P["connections"]:
+            runs[conns] = []
+            for i in range(P["runs"]):
+                r = measured_load(p.pid, f"http://127.0.0.1:{port}{HOOK_PATH}", conns, outdir,
+                                  f"nginx-c{conns}-{i}")
+                log(f"nginx c={conns} run {i}: {r['rps']} req/s p99 {r['latency_ms']['99']} ms")
+                runs[conns].append(r)
+    finally:
+        stop(p)
+    return runs
+
+
+def count_lines(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def bench_webhook(tmp, outdir):
+    d = os.path.join(tmp, "webhook")
+    os.makedirs(d)
+    hooks = []
+    for mode, hook_id in (("default", "vidu"), ("wait", "vidu-wait")):
+        script = os.path.join(d, f"hook-{mode}.sh")
+        with open(script, "w") as f:
+            # The hook's command: /bin/true's work, plus one line so the runs can be counted.
+            f.write(f"#!/bin/sh\necho 1 >> {d}/ran-{mode}\n")
+        os.chmod(script, 0o755)
+        h = {"id": hook_id, "execute-command": script, "command-working-directory": d,
+             "http-methods": ["POST"], "success-http-response-code": 202}
+        if mode == "wait":
+            h["include-command-output-in-response"] = True
+        hooks.append(h)
+    with open(os.path.join(d, "hooks.json"), "w") as f:
+        json.dump(hooks, f, indent=1)
+    out = {}
+    # Wait mode first: default mode leaves commands queued behind its answers, and a fresh
+    # process per load keeps one load's queue from slowing the next.
+    for mode, hook_id in (("wait", "vidu-wait"), ("default", "vidu")):
+        out[mode] = {}
+        ran_file = os.path.join(d, f"ran-{mode}")
+        for conns in P["connections"]:
+            out[mode][conns] = []
+            for i in range(P["runs"]):
+                port = free_port()
+                p = start(["webhook", "-hooks", os.path.join(d, "hooks.json"), "-ip",
+                           "127.0.0.1", "-port", str(port)])
+                try:
+                    wait_port(port, p)
+                    before = count_lines(ran_file)
+                    r = measured_load(p.pid, f"http://127.0.0.1:{port}/hooks/{hook_id}", conns,
+                                      outdir, f"webhook-{mode}-c{conns}-{i}")
+                    r["ran_at_end"] = count_lines(ran_file) - before
+                    # Commands acknowledged in default mode go on running after the answer:
+                    # wait (bounded) until all ran or the count stops moving.
+                    t0 = time.monotonic()
+                    last, still = -1, 0
+                    while time.monotonic() - t0 < P["webhook_settle_max_s"]:
+                        n = count_lines(ran_file) - before
+                        if n >= r["acked"]:
+                            break
+                        still = still + 1 if n == last else 0
+                        if still >= 6:
+                            break
+                        last = n
+                        time.sleep(0.5)
+                    r["ran"] = count_lines(ran_file) - before
+                    r["settle_s"] = round(time.monotonic() - t0, 1)
+                finally:
+                    stop(p)
+                time.sleep(1)  # let the last commands of a stopped webhook finish
+                r["ran_after_stop"] = count_lines(ran_file) - before
+                log(f"webhook {mode} c={conns} run {i}: {r['rps']} req/s, acked "
+                    f"{r['acked']}, commands run: {r['ran_at_end']} when the load ended, "
+                    f"{r['ran']} {r['settle_s']} s later (then stopped)")
+                out[mode][conns].append(r)
+    return out
+
+
+class Fake:
+    """The fake upstream, one for the whole bench; reset between measurements."""
+
+    def __init__(self, tmp):
+        self.dir = os.path.join(tmp, "fake")
+        os.makedirs(self.dir)
+        self.key = os.urandom(16).hex()
+        self.key_file = os.path.join(self.dir, "api-key")
+        with open(self.key_file, "w") as f:
+            f.write(self.key + "\n")
+        os.chmod(self.key_file, 0o600)
+        pf = os.path.join(self.dir, "port")
+        env = dict(os.environ, VIDU_FAKE_API_KEY=self.key)
+        self.p = start([FAKE, "--listen", "127.0.0.1:0", "--port-file", pf, "--quiet"], env=env)
+        for _ in range(500):
+            if os.path.exists(pf):
+                break
+            time.sleep(0.01)
+        with open(pf) as f:
+            self.port = int(f.read())
+        wait_port(self.port, self.p)
+
+    def reset(self):
+        st, _ = http_post(self.port, "/_fake/reset", b"{}")
+        if st >= 300:
+            raise RuntimeError(f"fake reset answered {st}")
+
+    def stats(self):
+        st, body = http_get(self.port, "/_fake/stats", timeout=60)
+        return json.loads(body)
+
+
+class Daemon:
+    """One vidu-upscaled on its own ledger, logging like under systemd."""
+
+    def __init__(self, tmp, fake, ledger, name):
+        self.dir = os.path.join(tmp, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.ledger = ledger
+        self.port = free_port()
+        self.conf = os.path.join(self.dir, "vidu-upscaled.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"""# Written by bench/bench.py.
+[server]
+listen = 127.0.0.1:{self.port}
+# wrk's 64 connections all come from 127.0.0.1; the default (64) leaves no room to spare.
+max_per_ip = 256
+drain_timeout = 2s
+[upstream]
+base_url = http://127.0.0.1:{fake.port}
+api_key_file = {fake.key_file}
+concurrency = {P['upstream_concurrency']}
+# No polls during the bench: only submissions talk to the upstream.
+poll_interval = 1h
+[store]
+path = {ledger}
+synchronous = full
+""")
+        self.log_path = os.path.join(self.dir, "daemon.log")
+        self.p = None
+
+    def start(self):
+        self.logf = open(self.log_path, "ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VIDU_UPSCALED_")}
+        # Under systemd stderr is the journal stream and entries go to the journal only; the
+        # same here when a journal answers (JOURNAL_STREAM names our stderr file).
+        st = os.fstat(self.logf.fileno())
+        env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        t0 = time.monotonic()
+        self.p = start([DAEMON, "-c", self.conf], env=env, stderr=self.logf, stdout=self.logf)
+        end = t0 + 300
+        while time.monotonic() < end:
+            if self.p.poll() is not None:
+                raise RuntimeError(f"vidu-upscaled exited with {self.p.returncode}; see "
+                                   f"{self.log_path}")
+            try:
+                st, _ = http_get(self.port, "/healthz", timeout=1)
+                if st == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.005)
+        else:
+            raise RuntimeError("vidu-upscaled did not become healthy")
+        self.startup_s = round(time.monotonic() - t0, 3)
+        return self
+
+    def metrics(self):
+        st, body = http_get(self.port, "/metrics")
+        m = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                k, _, v = line.rpartition(" ")
+                try:
+                    m[k] = float(v)
+                except ValueError:
+                    pass
+        return m
+
+    def stop(self):
+        stop(self.p, 30)
+        rc = self.p.returncode
+        self.logf.close()
+        return rc
+
+
+def sqlite(path, sql):
+    return sh(["sqlite3", "-batch", path, sql]).strip()
+
+
+def jobs_by_state(path):
+    out = sqlite(path, "SELECT state, count(*) FROM jobs GROUP BY state")
+    return {s: int(n) for s, n in (l.split("|") for l in out.splitlines() if l)}
+
+
+def make_schema(tmp, fake):
+    """An empty ledger in the daemon's own schema: start it once on a new file, stop it."""
+    path = os.path.join(tmp, "schema.db")
+    d = Daemon(tmp, fake, path, "schema").start()
+    if d.stop() != 0:
+        raise RuntimeError("vidu-upscaled did not stop cleanly after creating the schema")
+    return path
+
+
+def prefill(path, start_n, end_n, state="succeeded"):
+    """Adds jobs START_N..END_N-1 directly with sqlite3, in transactions of a million rows."""
+    now = int(time.time() * 1e6)
+    chunk = 1_000_000
+    for lo in range(start_n, end_n, chunk):
+        hi = min(end_n, lo + chunk)
+        if state == "succeeded":
+            cols = ("printf('%d', 2300000000000000 + x * 7), printf('%d', 2200000000000000 + x),"
+                    f" printf('%d', 2100000000000000 + x), 'succeeded', 1, {now}, 200, "
+                    "printf('https://cdn.example.com/u/%d.mp4', 2100000000000000 + x), "
+                    f"{now}, {now}")
+        else:
+            cols = (f"printf('pending%09d', x), printf('%d', 2200000000000000 + x), NULL, "
+                    f"'pending', 0, 0, NULL, NULL, {now}, {now}")
+        sql = f"""PRAGMA synchronous = OFF;
+PRAGMA cache_size = -262144;
+BEGIN;
+WITH RECURSIVE c(x) AS (SELECT {lo} UNION ALL SELECT x + 1 FROM c WHERE x < {hi - 1})
+INSERT INTO jobs(creation_id, source_task_id, upscale_task_id, state, attempt, next_at,
+                 http_status, result_url, created_at, updated_at)
+SELECT {cols} FROM c;
+COMMIT;
+"""
+        subprocess.run(["sqlite3", "-batch", path], input=sql, text=True, check=True,
+                       capture_output=True)
+
+
+def ingest_run(tmp, fake, template, size, conns, outdir, tag, journald):
+    """A fresh daemon on a copy of TEMPLATE (SIZE finished jobs), one load, then the checks."""
+    ledger = os.path.join(tmp, "run.db")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(ledger + suffix):
+            os.unlink(ledger + suffix)
+    shutil.copyfile(template, ledger)
+    fake.reset()
+    d = Daemon(tmp, fake, ledger, "daemon").start()
+    try:
+        r = measured_load(d.p.pid, f"http://127.0.0.1:{d.port}{HOOK_PATH}", conns, outdir, tag,
+                          extra={"upstream": fake.p.pid, "journald": journald})
+        r["ledger_size"] = size
+        r["startup_s"] = d.startup_s
+        m = d.metrics()
+        recorded_now = sum(v for k, v in m.items() if k.startswith("vidu_upscaled_jobs{")) - size
+        r["recorded_at_end"] = int(recorded_now)
+        # Drain: bounded wait for the dispatcher to submit everything recorded.
+        t0 = time.monotonic()
+        sub0 = m.get("vidu_upscaled_jobs{state=\"submitted\"}", 0)
+        while time.monotonic() - t0 < P["drain_max_s"]:
+            m = d.metrics()
+            if m.get("vidu_upscaled_backlog", 1) == 0 and m.get(
+                    "vidu_upscaled_upstream_in_flight", 1) == 0:
+                break
+            time.sleep(0.25)
+        drain_s = time.monotonic() - t0
+        sub1 = m.get("vidu_upscaled_jobs{state=\"submitted\"}", 0)
+        r["drain_s"] = round(drain_s, 1)
+        r["drain_rate"] = round((sub1 - sub0) / drain_s, 1) if drain_s > 0.5 else None
+        r["backlog_after_drain"] = int(m.get("vidu_upscaled_backlog", -1))
+        r["peak_rss_kb_after_drain"] = proc_hwm_kb(d.p.pid)
+    finally:
+        rc = d.stop()
+    st = fake.stats()
+    states = jobs_by_state(ledger)
+    total = sum(states.values())
+    r["exit_status"] = rc
+    r["recorded"] = total - size
+    r["states"] = states
+    r["upstream_tasks"] = st["tasks_created"]
+    r["upstream_submit_requests"] = st["submit_requests"]
+    r["upstream_duplicates"] = sum(1 for v in st["created"].values() if v > 1)
+    left = sum(states.get(k, 0) for k in ("pending", "waiting", "submitting"))
+    sub, inflight = states.get("submitted", 0), states.get("submitting", 0) + states.get(
+        "uncertain", 0)
+    r["checks"] = {
+        # Every 2xx answer is in the ledger (wrk may stop with requests in flight that the
+        # daemon recorded but wrk never saw answered, so >=).
+        "recorded_every_ack": r["recorded"] >= r["acked"],
+        # Everything recorded reached the upstream within the bounded drain (and the stop that
+        # follows it, which lets requests in flight finish): nothing left to submit.
+        "submitted_every_ack": r["upstream_tasks"] >= r["acked"] and left == 0,
+        "no_duplicate_submission": r["upstream_duplicates"] == 0,
+        # The fake created a task for every job the ledger calls submitted, and no more than
+        # those plus the ones whose answer the stop cut short.
+        "upstream_matches_ledger": sub <= r["upstream_tasks"] <= sub + inflight,
+    }
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(ledger + suffix):
+            os.unlink(ledger + suffix)
+    return r
+
+
+def bench_ingest(tmp, fake, schema, outdir, journald):
+    """Ledger 0 at every connection count, then the larger ledgers at the largest count."""
+    res = {"by_size": {}}
+    template = os.path.join(tmp, "template.db")
+    shutil.copyfile(schema, template)
+    have = 0
+    top = max(P["connections"])
+    for size in sorted(P["sizes"]):
+        if size > have:
+            t0 = time.monotonic()
+            prefill(template, have, size)
+            log(f"ledger pre-filled to {size} jobs in {time.monotonic() - t0:.1f} s "
+                f"({os.path.getsize(template) >> 20} MiB)")
+            have = size
+        conns_list = P["connections"] if size == 0 else [top]
+        res["by_size"][size] = {}
+        for conns in conns_list:
+            runs = []
+            for i in range(P["runs"]):
+                r = ingest_run(tmp, fake, template, size, conns, outdir,
+                               f"us-s{size}-c{conns}-{i}", journald)
+                log(f"vidu-upscaled ledger={size} c={conns} run {i}: {r['rps']} req/s p99 "
+                    f"{r['latency_ms']['99']} ms, acked {r['acked']}, recorded {r['recorded']}, "
+                    f"submitted {r['upstream_tasks']} (drain {r['drain_s']} s), "
+                    f"checks {r['checks']}")
+                runs.append(r)
+            res["by_size"][size][conns] = runs
+    os.unlink(template)
+    return res
+
+
+def bench_submit(tmp, fake, schema, outdir):
+    """Daemon submission rate from N pending jobs versus the bare curl-multi ceiling."""
+    n = P["pending_jobs"]
+    ledger = os.path.join(tmp, "submit.db")
+    runs = []
+    for i in range(P["runs"]):
+        # Ceiling first, then the daemon, in the same run.
+        fake.reset()
+        env = dict(os.environ, VIDU_FAKE_API_KEY=fake.key)
+        out = sh([CEILING, "--url", f"http://127.0.0.1:{fake.port}/vidu/v1/tasks", "--parallel",
+                  str(P["upstream_concurrency"]), "--seconds", str(P["ceiling_s"]), "--prefix",
+                  f"ceiling{i}-"], env=env, timeout=P["ceiling_s"] + 60)
+        ceiling = json.loads(out)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(ledger + suffix):
+                os.unlink(ledger + suffix)
+        shutil.copyfile(schema, ledger)
+        prefill(ledger, 0, n, state="pending")
+        fake.reset()
+        d = Daemon(tmp, fake, ledger, "submit")
+        t_spawn = time.monotonic()
+        d.start()
+        t_ready = time.monotonic()
+        prof = perf_attach(d.p.pid, outdir, "submit", 3) if DO_PERF and i == 0 else None
+        m0 = d.metrics()
+        done0 = int(m0.get("vidu_upscaled_jobs{state=\"submitted\"}", 0))
+        win = None
+        c0 = proc_cpu(d.p.pid)
+        done = 0
+        while time.monotonic() - t_ready < P["submit_max_s"]:
+            m = d.metrics()
+            done = int(m.get("vidu_upscaled_jobs{state=\"submitted\"}", 0))
+            if prof and win is None and time.monotonic() - prof["t0"] >= prof["secs"]:
+                win = done - done0
+            if done >= n:
+                break
+            time.sleep(0.02)
+        t_end = time.monotonic()
+        c1 = proc_cpu(d.p.pid)
+        m1 = d.metrics()
+        syncs = perf_finish(prof) if prof else None
+        if prof and win is None:
+            win = done - done0
+        d.stop()
+        st = fake.stats()
+        r = {
+            "pending": n,
+            "submitted": done,
+            "seconds": round(t_end - t_ready, 3),
+            "startup_s": round(t_ready - t_spawn, 3),
+            "rate": round(done / (t_end - t_ready), 1),
+            "cpu_s": round(c1[0] - c0[0], 2),
+            "upstream_tasks": st["tasks_created"],
+            "upstream_duplicates": sum(1 for v in st["created"].values() if v > 1),
+            "ceiling": ceiling,
+            "ceiling_rate": ceiling["rps"],
+            "syncs_per_submission": round(syncs / win, 3) if syncs is not None and win else None,
+            "upstream_requests_per_s": round(
+                (metric_sum(m1, "vidu_upscaled_upstream_requests_total")
+                 - metric_sum(m0, "vidu_upscaled_upstream_requests_total")) / (t_end - t_ready),
+                1),
+        }
+        r["ratio"] = round(r["rate"] / r["ceiling_rate"], 4) if r["ceiling_rate"] else None
+        log(f"submission run {i}: daemon {r['rate']}/s ({done}/{n} in {r['seconds']} s), "
+            f"curl-multi ceiling {r['ceiling_rate']}/s, ratio {r['ratio']}")
+        runs.append(r)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(ledger + suffix):
+            os.unlink(ledger + suffix)
+    return runs
+
+
+def percentile(xs, p):
+    xs = sorted(xs)
+    if not xs:
+        return None
+    k = (len(xs) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+SYNC_EVENTS = "syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync"
+
+
+def perf_attach(pid, outdir, name, secs):
+    """perf record (call graphs) and perf stat (fsync calls) of PID for SECS seconds."""
+    rec = start(["perf", "record", "-F", "499", "-g", "-o",
+                 os.path.join(outdir, f"perf-{name}.data"), "-p", str(pid), "--", "sleep",
+                 str(secs)])
+    stat_file = os.path.join(outdir, f"perf-{name}-syncs.csv")
+    st = start(["perf", "stat", "-x", ",", "-e", SYNC_EVENTS, "-o", stat_file, "-p", str(pid),
+                "--", "sleep", str(secs)])
+    return {"procs": (rec, st), "stat_file": stat_file, "secs": secs, "t0": time.monotonic()}
+
+
+def perf_finish(h):
+    """Waits for perf; the number of fsync/fdatasync calls it counted, or None."""
+    for p in h["procs"]:
+        try:
+            p.wait(120)
+        except subprocess.TimeoutExpired:
+            stop(p)
+    total = 0
+    try:
+        with open(h["stat_file"]) as f:
+            for line in f:
+                parts = line.strip().split(",")
+                if len(parts) > 2 and parts[0].strip().isdigit():
+                    total += int(parts[0])
+    except OSError:
+        return None
+    return total
+
+
+def bench_idle(tmp, fake, schema):
+    """One notification at a time into an idle daemon: time to 202 and to the upstream POST."""
+    ledger = os.path.join(tmp, "idle.db")
+    shutil.copyfile(schema, ledger)
+    fake.reset()
+    d = Daemon(tmp, fake, ledger, "idle").start()
+    prompt = "a slow pan over a misty harbour at dawn, " * 20
+    ack, sub, polls_per = [], [], []
+    try:
+        dc = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
+        fc = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=10)
+
+        def submits():
+            fc.request("GET", "/_fake/stats")
+            return json.loads(fc.getresponse().read())["submit_requests"]
+
+        base = submits()
+        for i in range(P["idle_samples"]):
+            cid = f"{int(time.time())}{i:06d}"
+            body = json.dumps({"id": cid + "0", "type": "text2video", "state": "success",
+                               "prompt": prompt, "creations": [
+                                   {"id": cid, "uri": f"https://cdn.example.com/v/{cid}.mp4"}]})
+            t0 = time.perf_counter()
+            dc.request("POST", HOOK_PATH, body=body, headers={"Content-Type": "application/json"})
+            resp = dc.getresponse()
+            resp.read()
+            t1 = time.perf_counter()
+            if resp.status != 202:
+                raise RuntimeError(f"idle notification answered {resp.status}")
+            n = 0
+            while True:
+                n += 1
+                if submits() > base:
+                    break
+                if time.perf_counter() - t0 > 5:
+                    raise RuntimeError("idle notification not submitted within 5 s")
+                time.sleep(0.0002)
+            t2 = time.perf_counter()
+            base += 1
+            ack.append((t1 - t0) * 1000)
+            sub.append((t2 - t0) * 1000)
+            polls_per.append(((t2 - t1) * 1000) / n)
+            time.sleep(0.02)
+        dc.close()
+        fc.close()
+    finally:
+        d.stop()
+    os.unlink(ledger)
+    r = {
+        "samples": len(sub),
+        "ack_ms": {p: round(percentile(ack, p), 3) for p in (50, 90, 99)},
+        "to_submit_ms": {p: round(percentile(sub, p), 3) for p in (50, 90, 99)},
+        "poll_period_ms": round(statistics.mean(polls_per), 3),
+    }
+    log(f"idle: 202 after {r['ack_ms'][50]} ms (p50), upstream POST after "
+        f"{r['to_submit_ms'][50]} ms (p50); stats polled every {r['poll_period_ms']} ms")
+    return r
+
+
+def metric_sum(m, name):
+    return sum(v for k, v in m.items() if k == name or k.startswith(name + "{"))
+
+
+def bench_perf(tmp, fake, schema, outdir, submit_runs):
+    """What dominates the daemon's CPU and how often it syncs, under the largest load."""
+    ledger = os.path.join(tmp, "perf.db")
+    shutil.copyfile(schema, ledger)
+    fake.reset()
+    d = Daemon(tmp, fake, ledger, "perf").start()
+    out = {}
+    try:
+        secs = max(2, P["duration_s"] - 1)
+        prof = perf_attach(d.p.pid, outdir, "ingest", secs)
+        m0 = d.metrics()
+        r = run_wrk(f"http://127.0.0.1:{d.port}{HOOK_PATH}", max(P["connections"]),
+                    P["duration_s"], outdir, "us-perf")
+        m1 = d.metrics()
+        syncs = perf_finish(prof)
+        secs_wrk = r["duration_s"]
+        out["ingest"] = {
+            "rps": r["rps"],
+            "syncs_per_s": round(syncs / secs, 1) if syncs is not None else None,
+            "upstream_requests_per_s": round(
+                (metric_sum(m1, "vidu_upscaled_upstream_requests_total")
+                 - metric_sum(m0, "vidu_upscaled_upstream_requests_total")) / secs_wrk, 1),
+        }
+    finally:
+        d.stop()
+    os.unlink(ledger)
+    if submit_runs and submit_runs[0].get("syncs_per_submission") is not None:
+        out["submit"] = {"rate": submit_runs[0]["rate"],
+                         "syncs_per_submission": submit_runs[0]["syncs_per_submission"],
+                         "upstream_requests_per_s": submit_runs[0]["upstream_requests_per_s"]}
+    out["top"] = {}
+    for name in ("ingest", "submit"):
+        path = os.path.join(outdir, f"perf-{name}.data")
+        if not os.path.exists(path):
+            continue
+        rep = subprocess.run(["perf", "report", "-i", path, "--stdio", "--no-children",
+                              "--sort", "dso,symbol", "--percent-limit", "1.5", "-g", "none"],
+                             capture_output=True, text=True, timeout=300)
+        with open(os.path.join(outdir, f"perf-{name}.txt"), "w") as f:
+            f.write(rep.stdout)
+        lines = []
+        for line in rep.stdout.splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            line = re.sub(r"\s+-\s+-\s*$", "", line).rstrip()
+            lines.append(re.sub(r"\s{2,}", "  ", line.strip()))
+        out["top"][name] = lines[:20]
+        rep = subprocess.run(["perf", "report", "-i", path, "--stdio", "--no-children",
+                              "--sort", "dso", "--percent-limit", "1", "-g", "none"],
+                             capture_output=True, text=True, timeout=300)
+        out["top"][name + " (by DSO)"] = [re.sub(r"\s{2,}", "  ", l.strip()) for l in
+                                          rep.stdout.splitlines()
+                                          if l.strip() and not l.startswith("#")][:10]
+        os.unlink(path)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def first_line(argv):
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (r.stdout + r.stderr).strip().splitlines()[0]
+    except Exception as e:
+        return f"unknown ({e})"
+
+
+def machine():
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = "unknown"
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1048576:.1f} GiB"
+    return {"nproc": os.cpu_count(), "model": model, "memory": mem,
+            "kernel": platform.release(), "loadavg_at_start": os.getloadavg()}
+
+
+def versions():
+    return {
+        "nginx": first_line(["nginx", "-v"]),
+        "webhook": first_line(["webhook", "-version"]),
+        "wrk": first_line(["wrk", "-v"]),
+        "vidu-upscaled": first_line([DAEMON, "--version"]),
+        "sqlite3": first_line(["sqlite3", "--version"]),
+        "libcurl": first_line(["curl-config", "--version"]),
+        "git": first_line(["git", "-C", ROOT, "describe", "--always", "--dirty"]),
+    }
+
+
+def summarize(runs):
+    """Median of each figure over RUNS."""
+    if not runs:
+        return None
+    s = {"runs": len(runs)}
+    for k in ("rps", "cpu_pct", "peak_rss_kb", "acked", "non2xx", "socket_errors", "startup_s",
+              "drain_rate", "journald_cpu_pct", "upstream_cpu_pct"):
+        s[k] = median([r.get(k) for r in runs])
+    s["latency_ms"] = {p: median([r["latency_ms"][p] for r in runs]) for p in runs[0]["latency_ms"]}
+    s["peak_rss_kb"] = max(r["peak_rss_kb"] or 0 for r in runs)
+    return s
+
+
+def fmt(x, nd=1):
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:,.{nd}f}"
+    return f"{x:,}"
+
+
+def gnuplot(script, cwd):
+    subprocess.run(["gnuplot"], input=script, text=True, check=True, cwd=cwd,
+                   capture_output=True, timeout=60)
+
+
+def plots(res, outdir):
+    conns = P["connections"]
+    servers = [("nginx", lambda c: res["summary"]["nginx"][c]),
+               ("webhook (default)", lambda c: res["summary"]["webhook_default"][c]),
+               ("webhook (wait)", lambda c: res["summary"]["webhook_wait"][c]),
+               ("vidu-upscaled", lambda c: res["summary"]["us"][c])]
+    with open(os.path.join(outdir, "throughput.dat"), "w") as f:
+        f.write("connections " + " ".join(f'"{n}"' for n, _ in servers) + "\n")
+        for c in conns:
+            f.write(f"{c} " + " ".join(str(g(c)["rps"]) for _, g in servers) + "\n")
+    with open(os.path.join(outdir, "latency.dat"), "w") as f:
+        f.write('label p50 p99 p99.9\n')
+        for c in conns:
+            for n, g in servers:
+                lat = g(c)["latency_ms"]
+                short = n.replace("webhook (default)", "webhook").replace(
+                    "webhook (wait)", "webhook-wait").replace("vidu-upscaled", "vidu")
+                f.write(f'"{short} {c}" {lat["50"]} {lat["99"]} {lat["99.9"]}\n')
+    common = ("set terminal pngcairo size 900,480 font 'sans,10'\n"
+              "set style data histograms\nset style histogram clustered gap 1\n"
+              "set style fill solid 0.85 border -1\nset key top left\nset grid ytics\n"
+              "set logscale y\n")
+    gnuplot(common + f"""set output 'throughput.png'
+set title 'Notifications acknowledged per second (wrk, {P["threads"]} threads, median of {P["runs"]})'
+set ylabel 'requests/s (log scale)'
+set xlabel 'connections'
+plot for [i=2:5] 'throughput.dat' using i:xtic(1) title columnheader(i)
+""", outdir)
+    gnuplot(common + """set output 'latency.png'
+set title 'Latency percentiles by server and connections (ms, log scale)'
+set ylabel 'ms'
+set xtics font 'sans,9'
+plot for [i=2:4] 'latency.dat' using i:xtic(1) title columnheader(i)
+""", outdir)
+    top = max(conns)
+    with open(os.path.join(outdir, "ledger.dat"), "w") as f:
+        f.write("size rps rss_mib\n")
+        for size, s in res["summary"]["by_size"].items():
+            label = f"{size // 1_000_000}M" if size >= 1_000_000 and size % 1_000_000 == 0 \
+                else f"{size // 1000}k" if size >= 1000 and size % 1000 == 0 else str(size)
+            f.write(f"{label} {s['rps']} {s['peak_rss_kb'] / 1024:.1f}\n")
+    gnuplot(f"""set terminal pngcairo size 900,480 font 'sans,10'
+set output 'ledger.png'
+set title 'vidu-upscaled ingestion at {top} connections versus jobs already in the ledger'
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set ylabel 'requests/s'
+set y2label 'peak RSS (MiB)'
+set ytics nomirror
+set y2tics
+set yrange [0:*]
+set y2range [0:*]
+set xlabel 'jobs in the ledger'
+set key outside bottom center horizontal
+set grid ytics
+plot 'ledger.dat' using 2:xtic(1) title 'requests/s' axes x1y1, \\
+     '' using 3 title 'peak RSS (MiB)' axes x1y2
+""", outdir)
+    return ["throughput.png", "latency.png", "ledger.png"]
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+
+def evaluate(res):
+    s = res["summary"]
+    top = max(P["connections"])
+    us, ng, wd = s["us"][top], s["nginx"][top], s["webhook_default"][top]
+    sizes = sorted(s["by_size"])
+    big, zero = s["by_size"][sizes[-1]], s["by_size"][sizes[0]]
+    sub = res["submit"]
+    idle = res["idle"]
+    t = [
+        (f"ingestion at {top} connections vs nginx (req/s)", ratio(us["rps"], ng["rps"]), ">= 0.5",
+         lambda v: v >= 0.5),
+        (f"ingestion at {top} connections vs webhook default mode (req/s)",
+         ratio(us["rps"], wd["rps"]), ">= 7", lambda v: v >= 7),
+        (f"p99 at {top} connections vs nginx p99", ratio(us["latency_ms"]["99"],
+                                                         ng["latency_ms"]["99"]), "<= 2",
+         lambda v: v <= 2),
+        ("peak RSS under load vs nginx", ratio(max(s["us"][c]["peak_rss_kb"] for c in s["us"]),
+                                               max(s["nginx"][c]["peak_rss_kb"]
+                                                   for c in s["nginx"])), "<= 1",
+         lambda v: v <= 1),
+        (f"throughput with {sizes[-1]:,} jobs vs {sizes[0]:,}", ratio(big["rps"], zero["rps"]),
+         ">= 0.8", lambda v: v >= 0.8),
+        ("submissions vs bare curl-multi ceiling", median([r["ratio"] for r in sub]), ">= 0.5",
+         lambda v: v >= 0.5),
+        ("idle notification-to-submit p50 (ms)", idle["to_submit_ms"][50], "<= 1",
+         lambda v: v <= 1),
+    ]
+    return [{"target": n, "measured": v, "wanted": w, "pass": (ok(v) if v is not None else False)}
+            for n, v, w, ok in t]
+
+
+def report(res, plot_dir):
+    s = res["summary"]
+    m, v = res["machine"], res["versions"]
+    top = max(P["connections"])
+    L = []
+    L.append("# vidu-upscaled benchmark\n")
+    L.append(f"{res['started']} · {'quick (smoke) run' if QUICK else 'full run'} · "
+             f"`bash bench/run.sh`" + (" with `BENCH_QUICK=1`" if QUICK else "") + "\n")
+    L.append("## Machine\n")
+    L.append(f"- {m['nproc']} CPUs: {m['model']}; {m['memory']} memory; kernel {m['kernel']}")
+    L.append(f"- load average when the bench started: "
+             f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])} (the machine may be shared)")
+    L.append("- every server, wrk and the fake upstream share these CPUs; loopback only\n")
+    L.append("## Versions\n")
+    for k, x in v.items():
+        L.append(f"- {k}: `{x}`")
+    L.append("")
+    L.append("## Method\n")
+    L.append(f"- wrk {P['threads']} threads, {', '.join(map(str, P['connections']))} connections, "
+             f"{P['duration_s']} s per load, median of {P['runs']} run(s); every request is the same "
+             "kind of ~1 KB notification (`bench/notify.lua`) with a creation id never sent before.")
+    L.append("- req/s counts acknowledged (2xx) answers only; CPU is the server process's "
+             "utime+stime over the load (webhook: plus its commands), peak RSS its VmHWM.")
+    L.append("- nginx: one worker, `master_process off`, `return 202`. webhook: a hook whose "
+             "command appends one line to a file (counted), in default mode (answers, then runs) "
+             "and with `include-command-output-in-response` (runs, then answers).")
+    L.append("- vidu-upscaled: a fresh daemon per load, `synchronous = full`, against "
+             "`tools/fake-upstream.c`; after each load the ledger (sqlite3) and the fake's "
+             f"`/_fake/stats` are checked, after at most {P['drain_max_s']} s for the dispatcher "
+             "to drain. Ledger sizes are pre-filled with finished (`succeeded`) jobs.")
+    L.append("")
+    L.append("## Targets\n")
+    L.append("| target | measured | wanted | |")
+    L.append("| --- | --- | --- | --- |")
+    for t in res["targets"]:
+        L.append(f"| {t['target']} | {fmt(t['measured'], 3)} | {t['wanted']} | "
+                 f"{'pass' if t['pass'] else '**FAIL**'} |")
+    L.append("")
+    L.append("## Ingestion\n")
+    L.append(f"![throughput]({plot_dir}throughput.png)\n")
+    L.append("| server | conn. | req/s | p50 ms | p75 | p90 | p99 | p99.9 | CPU % | peak RSS MiB |"
+             " vs nginx | vs webhook |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for key, name in (("nginx", "nginx `return 202`"), ("webhook_default", "webhook (default)"),
+                      ("webhook_wait", "webhook (wait for command)"),
+                      ("us", "**vidu-upscaled**")):
+        for c in P["connections"]:
+            x = s[key][c]
+            lat = x["latency_ms"]
+            L.append(f"| {name} | {c} | {fmt(x['rps'])} | {fmt(lat['50'], 2)} | "
+                     f"{fmt(lat['75'], 2)} | {fmt(lat['90'], 2)} | {fmt(lat['99'], 2)} | "
+                     f"{fmt(lat['99.9'], 2)} | {fmt(x['cpu_pct'])} | "
+                     f"{fmt(x['peak_rss_kb'] / 1024)} | "
+                     f"{fmt(ratio(x['rps'], s['nginx'][c]['rps']), 3)} | "
+                     f"{fmt(ratio(x['rps'], s['webhook_default'][c]['rps']), 3)} |")
+    for c in P["connections"]:
+        x = s["us"][c]
+        L.append(f"\nAt {c} connections vidu-upscaled's entries also cost systemd-journald "
+                 f"{fmt(x['journald_cpu_pct'])} % of a CPU (not in the table; "
+                 "`–` when no journal answered and entries went to a file), and the fake upstream "
+                 f"took {fmt(x['upstream_cpu_pct'])} % for the submissions made during the load.")
+    L.append(f"\n![latency]({plot_dir}latency.png)\n")
+    L.append("### Did the work happen?\n")
+    L.append("| server | conn. | run | acked (2xx) | non-2xx | socket errors | work done |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- |")
+    for mode in ("default", "wait"):
+        for c in P["connections"]:
+            for i, r in enumerate(res["webhook"][mode][c]):
+                L.append(f"| webhook ({mode}) | {c} | {i} | {fmt(r['acked'])} | {r['non2xx']} | "
+                         f"{r['socket_errors']} | commands run: {fmt(r['ran_at_end'])} when the "
+                         f"load ended, {fmt(r['ran'])} after {r['settle_s']} s |")
+    for size, by_c in res["ingest"]["by_size"].items():
+        for c, runs in by_c.items():
+            for i, r in enumerate(runs):
+                ok = all(r["checks"].values())
+                bad = ", ".join(k for k, val in r["checks"].items() if not val)
+                L.append(f"| vidu-upscaled, ledger {size:,} | {c} | {i} | {fmt(r['acked'])} | "
+                         f"{r['non2xx']} | {r['socket_errors']} | recorded {fmt(r['recorded'])}, "
+                         f"submitted {fmt(r['upstream_tasks'])} after {r['drain_s']} s "
+                         f"(backlog {fmt(r['backlog_after_drain'])}), duplicates "
+                         f"{r['upstream_duplicates']}: {'ok' if ok else 'FAILED ' + bad} |")
+    L.append("")
+    L.append("## Ledger size\n")
+    L.append(f"![ledger]({plot_dir}ledger.png)\n")
+    L.append(f"| jobs already in the ledger | req/s at {top} conn. | p99 ms | peak RSS MiB | "
+             "start-up s | vs empty |")
+    L.append("| --- | --- | --- | --- | --- | --- |")
+    sizes = sorted(s["by_size"])
+    for size in sizes:
+        x = s["by_size"][size]
+        L.append(f"| {size:,} | {fmt(x['rps'])} | {fmt(x['latency_ms']['99'], 2)} | "
+                 f"{fmt(x['peak_rss_kb'] / 1024)} | {fmt(x['startup_s'], 2)} | "
+                 f"{fmt(ratio(x['rps'], s['by_size'][sizes[0]]['rps']), 3)} |")
+    L.append("")
+    L.append("## Upstream submissions\n")
+    L.append(f"{P['pending_jobs']:,} jobs pre-filled `pending`; the daemon "
+             f"(`upstream.concurrency = {P['upstream_concurrency']}`) is timed from healthy until "
+             "the ledger shows them all `submitted` (at most "
+             f"{P['submit_max_s']} s); the ceiling is `bench/curl_ceiling.c` posting the same body "
+             f"with {P['upstream_concurrency']} parallel libcurl-multi transfers for "
+             f"{P['ceiling_s']} s, in the same run.\n")
+    L.append("| run | daemon submissions/s | submitted | curl-multi ceiling/s | ratio | "
+             "duplicates |")
+    L.append("| --- | --- | --- | --- | --- | --- |")
+    for i, r in enumerate(res["submit"]):
+        L.append(f"| {i} | {fmt(r['rate'])} | {fmt(r['submitted'])} / {fmt(r['pending'])} in "
+                 f"{r['seconds']} s | {fmt(r['ceiling_rate'])} | {fmt(r['ratio'], 4)} | "
+                 f"{r['upstream_duplicates']} |")
+    L.append("")
+    idle = res["idle"]
+    L.append("## Idle latency\n")
+    L.append(f"{idle['samples']} notifications one at a time (20 ms apart) into an idle daemon; "
+             "the fake's `submit_requests` is polled every "
+             f"{idle['poll_period_ms']} ms on average (the resolution of the second column).\n")
+    L.append("| | p50 ms | p90 ms | p99 ms |")
+    L.append("| --- | --- | --- | --- |")
+    L.append(f"| send → 202 (durable) | {idle['ack_ms'][50]} | {idle['ack_ms'][90]} | "
+             f"{idle['ack_ms'][99]} |")
+    L.append(f"| send → upstream POST seen | {idle['to_submit_ms'][50]} | "
+             f"{idle['to_submit_ms'][90]} | {idle['to_submit_ms'][99]} |")
+    L.append("")
+    if res.get("perf"):
+        pf = res["perf"]
+        L.append("## What limits the daemon\n")
+        L.append("fsync/fdatasync calls counted by `perf stat` on the daemon's syscalls; upstream "
+                 "requests from its `/metrics`.\n")
+        L.append("| load | acknowledged or submitted /s | upstream requests /s | fsync calls /s | "
+                 "fsyncs per unit |")
+        L.append("| --- | --- | --- | --- | --- |")
+        if "ingest" in pf:
+            x = pf["ingest"]
+            L.append(f"| ingestion, {top} conn. | {fmt(x['rps'])} acked | "
+                     f"{fmt(x['upstream_requests_per_s'])} | {fmt(x['syncs_per_s'])} | "
+                     f"{fmt(ratio(x['syncs_per_s'], x['rps']), 3)} per ack |")
+        if "submit" in pf:
+            x = pf["submit"]
+            L.append(f"| submitting a backlog | {fmt(x['rate'])} submitted | "
+                     f"{fmt(x['upstream_requests_per_s'])} | "
+                     f"{fmt(round(x['syncs_per_submission'] * x['rate'], 1))} | "
+                     f"{fmt(x['syncs_per_submission'], 3)} per submission |")
+        L.append("")
+        for name, lines in pf.get("top", {}).items():
+            L.append(f"perf, self time by DSO and symbol, {name}:\n")
+            L.append("```")
+            L.extend(lines)
+            L.append("```\n")
+    L.append("## Raw data\n")
+    L.append("`results.json` beside the report has every run; `wrk-*.txt` each wrk output; "
+             "`perf-*.txt` the full profiles.\n")
+    return "\n".join(L) + "\n"
+
+
+def main():
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    for exe in (DAEMON, FAKE, CEILING):
+        if not os.access(exe, os.X_OK):
+            sys.exit(f"bench: {exe} is missing; run bench/run.sh")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    outdir = os.path.join(BENCH, "results", stamp)
+    os.makedirs(outdir)
+    res = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "params": P,
+           "machine": machine(), "versions": versions()}
+    log(f"results in {outdir}; {'quick' if QUICK else 'full'} mode: {P}")
+    tmp = tempfile.mkdtemp(prefix="vidu-bench-")
+    journald = pid_of("systemd-journal")
+    try:
+        res["nginx"] = bench_nginx(tmp, outdir)
+        res["webhook"] = bench_webhook(tmp, outdir)
+        fake = Fake(tmp)
+        schema = make_schema(tmp, fake)
+        res["ingest"] = bench_ingest(tmp, fake, schema, outdir, journald)
+        res["submit"] = bench_submit(tmp, fake, schema, outdir)
+        res["idle"] = bench_idle(tmp, fake, schema)
+        if DO_PERF:
+            try:
+                res["perf"] = bench_perf(tmp, fake, schema, outdir, res["submit"])
+            except Exception as e:
+                log(f"perf profile skipped: {e}")
+        stop(fake.p)
+    finally:
+        stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    top = max(P["connections"])
+    res["summary"] = {
+        "nginx": {c: summarize(r) for c, r in res["nginx"].items()},
+        "webhook_default": {c: summarize(r) for c, r in res["webhook"]["default"].items()},
+        "webhook_wait": {c: summarize(r) for c, r in res["webhook"]["wait"].items()},
+        "us": {c: summarize(r) for c, r in res["ingest"]["by_size"][min(P["sizes"])].items()},
+        "by_size": {size: summarize(by_c[top]) for size, by_c in
+                    res["ingest"]["by_size"].items()},
+    }
+    res["targets"] = evaluate(res)
+    pngs = plots(res, outdir)
+    with open(os.path.join(outdir, "results.json"), "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    with open(os.path.join(outdir, "report.md"), "w") as f:
+        f.write(report(res, ""))
+    log(f"report: {outdir}/report.md")
+    if PUBLISH:
+        pdir = os.path.join(BENCH, "plots")
+        os.makedirs(pdir, exist_ok=True)
+        for p in pngs:
+            shutil.copyfile(os.path.join(outdir, p), os.path.join(pdir, p))
+        with open(os.path.join(BENCH, "RESULTS.md"), "w") as f:
+            f.write(report(res, "plots/"))
+        log("published to bench/RESULTS.md and bench/plots/")
+    for t in res["targets"]:
+        log(f"{'pass' if t['pass'] else 'FAIL'}: {t['target']}: {t['measured']} (wanted "
+            f"{t['wanted']})")
+
+
+if __name__ == "__main__":
+    main()
