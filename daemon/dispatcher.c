@@ -1,6 +1,7 @@
 /* dispatcher.c: the job scheduler: due jobs out to the upstream with bounded concurrency, answers
  * classified, retries scheduled, account-wide pauses probed, upscales followed to their end.
- * Every transition is committed to the ledger before it is acted on or logged. */
+ * Every transition is committed to the ledger (in the loop's shared transaction, txn.c) before it
+ * is acted on or logged: answers recorded and new jobs marked `submitting` in one commit. */
 #include "dispatcher.h"
 
 #include <errno.h>
@@ -11,6 +12,7 @@
 #include "backoff.h"
 #include "httpc.h"
 #include "journal.h"
+#include "txn.h"
 #include "upstream.h"
 #include "util.h"
 
@@ -45,10 +47,12 @@ struct dispatcher {
         const struct config *cfg;
         struct metrics *m;
         struct httpc *httpc;
-        sd_event_source *run_defer;
-        sd_event_source *commit_defer;
+        struct txn *txn;
+        struct txn_writer writer;
         sd_event_source *timer;
-        struct call *done_head, *done_tail;
+        struct call *done_head, *done_tail; /* answers waiting for the next turn */
+        struct call *turn_done;             /* answers recorded in the turn being committed */
+        struct call *turn_new;              /* calls marked in that turn, started after it */
         size_t submits, polls;
         /* Account-wide pause: every job would fail alike, so none is sent until a probe passes. */
         bool paused;
@@ -78,7 +82,7 @@ static void check_idle(struct dispatcher *d);
 void dispatcher_kick(struct dispatcher *d)
 {
         if (d && !d->draining)
-                sd_event_source_set_enabled(d->run_defer, SD_EVENT_ONESHOT);
+                txn_want(d->txn, &d->writer);
 }
 
 #define fill_event(c, j, msgid, state) fill_event_at(c, j, msgid, state, __LINE__, __func__)
@@ -134,7 +138,7 @@ static void call_done(const struct httpc_response *resp, void *userdata)
         else
                 d->done_head = c;
         d->done_tail = c;
-        sd_event_source_set_enabled(d->commit_defer, SD_EVENT_ONESHOT);
+        txn_want(d->txn, &d->writer);
 }
 
 static int start_call(struct dispatcher *d, struct call *c)
@@ -159,7 +163,7 @@ static int start_call(struct dispatcher *d, struct call *c)
             .body = body,
             .timeout_usec = d->cfg->timeout,
             .connect_timeout_usec = d->cfg->connect_timeout,
-            .fresh_connection = !c->poll,
+            .once = !c->poll,
         };
         r = httpc_start(d->httpc, &req, call_done, c);
         explicit_bzero(auth, strlen(auth));
@@ -177,7 +181,6 @@ static int start_call(struct dispatcher *d, struct call *c)
 
 static void note_ledger_failure(struct dispatcher *d, const char *what)
 {
-        d->m->ledger_commit_errors++;
         if (!d->ledger_failing)
                 log_full(LOG_ERR, MSGID_LEDGER_ERROR,
                          "Ledger cannot commit while %s: %s; will retry", what,
@@ -190,7 +193,8 @@ static void note_ledger_failure(struct dispatcher *d, const char *what)
         sd_event_source_set_enabled(d->timer, SD_EVENT_ONESHOT);
 }
 
-/* Marks due jobs `submitting` (or pushes polls forward) in one commit, then sends them. */
+/* Marks due jobs `submitting` (or pushes polls forward) inside the turn's transaction; their
+ * calls start once it is durable. */
 static int take_due(struct dispatcher *d, enum ledger_due_kind kind, size_t slots, uint64_t now)
 {
         struct job jobs[BATCH_MAX];
@@ -199,55 +203,45 @@ static int take_due(struct dispatcher *d, enum ledger_due_kind kind, size_t slot
         if (slots == 0)
                 return 0;
         int n = ledger_due(d->ledger, kind, now, jobs, slots);
-        if (n <= 0)
-                return n;
-        int r = ledger_begin(d->ledger);
-        for (int i = 0; r >= 0 && i < n; i++) {
+        for (int i = 0; i < n; i++) {
+                struct call *c = calloc(1, sizeof(*c));
+                if (!c)
+                        return -ENOMEM;
+                c->d = d;
+                c->poll = kind == LEDGER_DUE_POLL;
+                c->probe = d->paused && !c->poll;
                 if (kind == LEDGER_DUE_SUBMIT) {
                         jobs[i].state = JOB_SUBMITTING;
                         jobs[i].attempt++;
                         jobs[i].next_at = now;
                 } else
                         jobs[i].next_at = now + d->cfg->poll_interval + d->cfg->timeout;
-                r = ledger_save(d->ledger, &jobs[i], now);
-        }
-        if (r >= 0)
-                r = ledger_commit(d->ledger);
-        if (r < 0) {
-                ledger_rollback(d->ledger);
-                note_ledger_failure(d, kind == LEDGER_DUE_SUBMIT ? "marking jobs submitting"
-                                                                 : "scheduling polls");
-                return r;
-        }
-        d->ledger_failing = false;
-        for (int i = 0; i < n; i++) {
-                struct call *c = calloc(1, sizeof(*c));
-                if (c) {
-                        c->d = d;
-                        c->poll = kind == LEDGER_DUE_POLL;
-                        c->probe = d->paused && !c->poll;
-                        c->job = jobs[i];
-                        if (c->probe)
-                                d->probe_in_flight = true;
-                }
-                r = c ? start_call(d, c) : -ENOMEM;
-                if (r < 0) {
-                        /* Left in `submitting`: at worst it is treated as uncertain at the next
-                         * start. */
-                        log_error("Cannot start an upstream request for %s: %s",
-                                  jobs[i].creation_id, strerror(-r));
-                        if (c && c->probe)
-                                d->probe_in_flight = false;
-                        free(c);
-                }
+                c->job = jobs[i];
+                c->next = d->turn_new;
+                d->turn_new = c;
+                if (c->probe)
+                        d->probe_in_flight = true;
+                int r = ledger_save(d->ledger, &jobs[i], now);
+                if (r < 0)
+                        return r;
         }
         return n;
 }
 
-static int on_run(sd_event_source *s, void *userdata)
+static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now);
+static int apply_poll(struct dispatcher *d, struct call *c, uint64_t now);
+
+static int writer_apply(void *userdata, uint64_t now)
 {
         struct dispatcher *d = userdata;
-        uint64_t now = now_realtime_usec();
+        d->turn_done = d->done_head;
+        d->done_head = d->done_tail = NULL;
+        for (struct call *c = d->turn_done; c; c = c->next) {
+                c->log = false;
+                int r = c->poll ? apply_poll(d, c, now) : apply_submit(d, c, now);
+                if (r < 0)
+                        return r;
+        }
         if (d->draining)
                 return 0;
         size_t slots = d->cfg->concurrency > d->submits ? d->cfg->concurrency - d->submits : 0;
@@ -258,21 +252,85 @@ static int on_run(sd_event_source *s, void *userdata)
                         slots = 1;
         }
         int n = take_due(d, LEDGER_DUE_SUBMIT, slots, now);
+        if (n < 0)
+                return n;
         size_t pslots = d->cfg->concurrency > d->polls ? d->cfg->concurrency - d->polls : 0;
-        int p = d->ledger_failing ? 0 : take_due(d, LEDGER_DUE_POLL, pslots, now);
+        int p = take_due(d, LEDGER_DUE_POLL, pslots, now);
+        if (p < 0)
+                return p;
+        /* More due than one batch holds: another turn. */
         if ((n == BATCH_MAX && slots > BATCH_MAX) || (p == BATCH_MAX && pslots > BATCH_MAX))
                 dispatcher_kick(d);
-        if (!d->ledger_failing)
-                arm_timer(d);
         return 0;
+}
+
+static void free_calls(struct call *c)
+{
+        while (c) {
+                struct call *next = c->next;
+                free(c);
+                c = next;
+        }
+}
+
+static void writer_done(void *userdata, int r)
+{
+        struct dispatcher *d = userdata;
+        struct call *done = d->turn_done, *fresh = d->turn_new;
+        d->turn_done = d->turn_new = NULL;
+        if (r < 0) {
+                /* Rolled back: the answers wait for the next turn, the marked jobs were never
+                 * marked. */
+                for (struct call *c = fresh; c; c = c->next)
+                        if (c->probe)
+                                d->probe_in_flight = false;
+                free_calls(fresh);
+                if (done) {
+                        struct call *last = done;
+                        while (last->next)
+                                last = last->next;
+                        last->next = d->done_head;
+                        d->done_head = done;
+                        if (!d->done_tail)
+                                d->done_tail = last;
+                }
+                note_ledger_failure(d, done ? "recording upstream answers" : "marking jobs due");
+                return;
+        }
+        d->ledger_failing = false;
+        while (done) {
+                struct call *next = done->next;
+                if (done->log)
+                        journal_job_internal(done->priority, __FILE__, done->code_line,
+                                             done->code_func, &done->ev, "%s", done->message);
+                free(done);
+                done = next;
+        }
+        while (fresh) {
+                struct call *c = fresh;
+                fresh = c->next;
+                int e = start_call(d, c);
+                if (e < 0) {
+                        /* Left in `submitting`: at worst it is treated as uncertain at the next
+                         * start. */
+                        log_error("Cannot start an upstream request for %s: %s", c->job.creation_id,
+                                  strerror(-e));
+                        if (c->probe)
+                                d->probe_in_flight = false;
+                        free(c);
+                }
+        }
+        if (d->draining)
+                check_idle(d);
+        else
+                arm_timer(d);
 }
 
 static int on_timer(sd_event_source *s, uint64_t usec, void *userdata)
 {
         struct dispatcher *d = userdata;
-        if (d->done_head)
-                sd_event_source_set_enabled(d->commit_defer, SD_EVENT_ONESHOT);
-        return on_run(s, userdata);
+        txn_want(d->txn, &d->writer);
+        return 0;
 }
 
 static void arm_timer(struct dispatcher *d)
@@ -353,7 +411,23 @@ static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now)
                 d->probe_in_flight = false;
         if (j.state != JOB_SUBMITTING)
                 return 0; /* an operator changed it meanwhile */
-        const struct upstream_result *res = &c->result;
+        struct upstream_result *res = &c->result;
+        if (res->verdict == UPSTREAM_ACCEPTED) {
+                /* An id the ledger already holds for another creation (a different upstream after
+                 * a reload that numbers its tasks alike, or an upstream bug): this task cannot be
+                 * followed, yet it may exist and cost credits, so it is not sent again blindly. */
+                struct job other;
+                r = ledger_get_by_upscale(d->ledger, res->task_id, &other);
+                if (r < 0)
+                        return r;
+                if (r > 0 && strcmp(other.creation_id, j.creation_id) != 0) {
+                        snprintf(res->error, sizeof(res->error),
+                                 "the upstream answered with task id %.64s, already recorded for "
+                                 "creation %.64s",
+                                 res->task_id, other.creation_id);
+                        res->verdict = UPSTREAM_UNCERTAIN;
+                }
+        }
         j.http_status = (int)c->status;
         job_set_field(j.upstream_error, sizeof(j.upstream_error), res->error);
         if (res->verdict != UPSTREAM_ACCEPTED)
@@ -504,46 +578,8 @@ static int apply_poll(struct dispatcher *d, struct call *c, uint64_t now)
         return 0;
 }
 
-static int on_commit(sd_event_source *s, void *userdata)
-{
-        struct dispatcher *d = userdata;
-        uint64_t now = now_realtime_usec();
-        uint64_t t0 = now_monotonic_usec();
-        if (!d->done_head)
-                return 0;
-        int r = ledger_begin(d->ledger);
-        for (struct call *c = d->done_head; r >= 0 && c; c = c->next) {
-                c->log = false;
-                r = c->poll ? apply_poll(d, c, now) : apply_submit(d, c, now);
-        }
-        if (r >= 0)
-                r = ledger_commit(d->ledger);
-        if (r < 0) {
-                ledger_rollback(d->ledger);
-                note_ledger_failure(d, "recording upstream answers");
-                return 0;
-        }
-        d->ledger_failing = false;
-        metrics_observe(&d->m->commit_seconds, (double)(now_monotonic_usec() - t0) / 1e6);
-        struct call *c = d->done_head;
-        d->done_head = d->done_tail = NULL;
-        while (c) {
-                struct call *next = c->next;
-                if (c->log)
-                        journal_job_internal(c->priority, __FILE__, __LINE__, __func__, &c->ev,
-                                             "%s", c->message);
-                free(c);
-                c = next;
-        }
-        if (d->draining)
-                check_idle(d);
-        else
-                dispatcher_kick(d);
-        return 0;
-}
-
-int dispatcher_new(sd_event *event, struct ledger *ledger, const struct config *cfg,
-                   struct metrics *metrics, struct dispatcher **ret)
+int dispatcher_new(sd_event *event, struct ledger *ledger, struct txn *txn,
+                   const struct config *cfg, struct metrics *metrics, struct dispatcher **ret)
 {
         struct dispatcher *d = calloc(1, sizeof(*d));
         int r;
@@ -553,11 +589,10 @@ int dispatcher_new(sd_event *event, struct ledger *ledger, const struct config *
         d->ledger = ledger;
         d->cfg = cfg;
         d->m = metrics;
+        d->txn = txn;
+        d->writer = (struct txn_writer){
+            .apply = writer_apply, .done = writer_done, .userdata = d, .order = 1};
         r = httpc_new(event, (unsigned)cfg->concurrency * 2, &d->httpc);
-        if (r >= 0)
-                r = sd_event_add_defer(event, &d->run_defer, on_run, d);
-        if (r >= 0)
-                r = sd_event_add_defer(event, &d->commit_defer, on_commit, d);
         if (r >= 0)
                 r = sd_event_add_time(event, &d->timer, CLOCK_REALTIME, UINT64_MAX, USEC_PER_MSEC,
                                       on_timer, d);
@@ -565,12 +600,9 @@ int dispatcher_new(sd_event *event, struct ledger *ledger, const struct config *
                 dispatcher_free(d);
                 return r;
         }
-        sd_event_source_set_enabled(d->run_defer, SD_EVENT_OFF);
-        sd_event_source_set_enabled(d->commit_defer, SD_EVENT_OFF);
         sd_event_source_set_enabled(d->timer, SD_EVENT_OFF);
-        sd_event_source_set_description(d->run_defer, "dispatch");
-        sd_event_source_set_description(d->commit_defer, "dispatch-commit");
         sd_event_source_set_description(d->timer, "dispatch-timer");
+        txn_add_writer(txn, &d->writer);
         *ret = d;
         return 0;
 }
@@ -582,14 +614,10 @@ struct dispatcher *dispatcher_free(struct dispatcher *d)
         /* Requests still in flight are abandoned: their jobs stay `submitting` in the ledger and
          * follow retry.uncertain at the next start. Their call records die with the transfers. */
         httpc_free(d->httpc);
-        struct call *c = d->done_head;
-        while (c) {
-                struct call *next = c->next;
-                free(c);
-                c = next;
-        }
-        sd_event_source_disable_unref(d->run_defer);
-        sd_event_source_disable_unref(d->commit_defer);
+        free_calls(d->done_head);
+        free_calls(d->turn_done);
+        free_calls(d->turn_new);
+        txn_remove_writer(d->txn, &d->writer);
         sd_event_source_disable_unref(d->timer);
         sd_event_source_disable_unref(d->drain_timer);
         sd_event_unref(d->event);
@@ -690,7 +718,7 @@ static int on_drain_timeout(sd_event_source *s, uint64_t usec, void *userdata)
 
 static void check_idle(struct dispatcher *d)
 {
-        if (!d->idle || httpc_in_flight(d->httpc) > 0 || d->done_head)
+        if (!d->idle || httpc_in_flight(d->httpc) > 0 || d->done_head || d->turn_done)
                 return;
         dispatcher_idle_fn idle = d->idle;
         d->idle = NULL;
@@ -710,7 +738,6 @@ void dispatcher_drain(struct dispatcher *d, uint64_t timeout_usec, dispatcher_id
         d->draining = true;
         d->idle = idle;
         d->idle_userdata = userdata;
-        sd_event_source_set_enabled(d->run_defer, SD_EVENT_OFF);
         sd_event_source_set_enabled(d->timer, SD_EVENT_OFF);
         uint64_t now;
         sd_event_now(d->event, CLOCK_MONOTONIC, &now);

@@ -8,11 +8,12 @@
 #include "config.h"
 #include "ledger.h"
 #include "metrics.h"
+#include "txn.h"
 
 struct dispatcher;
 
-int dispatcher_new(sd_event *event, struct ledger *ledger, const struct config *cfg,
-                   struct metrics *metrics, struct dispatcher **ret);
+int dispatcher_new(sd_event *event, struct ledger *ledger, struct txn *txn,
+                   const struct config *cfg, struct metrics *metrics, struct dispatcher **ret);
 struct dispatcher *dispatcher_free(struct dispatcher *d);
 
 /* The configuration changed (reload); the pointer stays owned by the caller. */

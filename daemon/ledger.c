@@ -12,6 +12,9 @@ enum {
         STMT_BEGIN,
         STMT_COMMIT,
         STMT_ROLLBACK,
+        STMT_SAVEPOINT,
+        STMT_RELEASE,
+        STMT_ROLLBACK_TO,
         STMT_INSERT,
         STMT_GET,
         STMT_GET_BY_UPSCALE,
@@ -32,6 +35,9 @@ static const char *const stmt_sql[_STMT_MAX] = {
     [STMT_BEGIN] = "BEGIN IMMEDIATE",
     [STMT_COMMIT] = "COMMIT",
     [STMT_ROLLBACK] = "ROLLBACK",
+    [STMT_SAVEPOINT] = "SAVEPOINT part",
+    [STMT_RELEASE] = "RELEASE part",
+    [STMT_ROLLBACK_TO] = "ROLLBACK TO part",
     [STMT_INSERT] = "INSERT INTO jobs(creation_id, source_task_id, state, attempt, next_at, "
                     "created_at, updated_at) VALUES (?1, ?2, 'pending', 0, ?3, ?3, ?3) "
                     "ON CONFLICT(creation_id) DO NOTHING",
@@ -348,6 +354,24 @@ void ledger_rollback(struct ledger *l)
 {
         if (!sqlite3_get_autocommit(l->db))
                 (void)step_done(l, l->stmt[STMT_ROLLBACK], "rolling back");
+}
+
+int ledger_savepoint(struct ledger *l)
+{
+        return step_done(l, l->stmt[STMT_SAVEPOINT], "opening a savepoint");
+}
+
+int ledger_release(struct ledger *l)
+{
+        return step_done(l, l->stmt[STMT_RELEASE], "releasing a savepoint");
+}
+
+int ledger_rollback_to(struct ledger *l)
+{
+        int r = step_done(l, l->stmt[STMT_ROLLBACK_TO], "rolling back to a savepoint");
+        if (r >= 0)
+                r = step_done(l, l->stmt[STMT_RELEASE], "releasing a savepoint");
+        return r;
 }
 
 bool ledger_in_transaction(struct ledger *l)

@@ -34,6 +34,12 @@ int ledger_commit(struct ledger *l);
 void ledger_rollback(struct ledger *l);
 bool ledger_in_transaction(struct ledger *l);
 
+/* One part of a transaction that can be undone alone (not nested): savepoint, then release to
+ * keep its writes or rollback_to to drop them and carry on with the rest of the transaction. */
+int ledger_savepoint(struct ledger *l);
+int ledger_release(struct ledger *l);
+int ledger_rollback_to(struct ledger *l);
+
 /* Records a new job in state pending, due now. Returns 1 if new, 0 if the creation id was
  * already known (a duplicate), or -errno. */
 int ledger_insert(struct ledger *l, const char *creation_id, const char *source_task_id,

@@ -15,6 +15,7 @@
 #include "journal.h"
 #include "ledger.h"
 #include "metrics.h"
+#include "txn.h"
 #include "util.h"
 #include "webhook.h"
 
@@ -28,6 +29,7 @@ struct manager {
         sd_event *event;
         struct ledger *ledger;
         struct metrics metrics;
+        struct txn *txn;
         struct dispatcher *dispatcher;
         struct webhook *webhook;
         struct http_server *http;
@@ -257,6 +259,7 @@ static void manager_free(struct manager *m)
         http_server_free(m->http);
         webhook_free(m->webhook);
         dispatcher_free(m->dispatcher);
+        txn_free(m->txn);
         ledger_close(m->ledger);
         sd_event_unref(m->event);
         config_free(m->cfg);
@@ -309,9 +312,12 @@ int manager_run(const char *config_path)
                 free(err);
                 goto out;
         }
-        r = dispatcher_new(m.event, m.ledger, m.cfg, &m.metrics, &m.dispatcher);
+        r = txn_new(m.event, m.ledger, &m.metrics, &m.txn);
         if (r >= 0)
-                r = webhook_new(m.event, m.ledger, m.cfg, &m.metrics, m.dispatcher, &m.webhook);
+                r = dispatcher_new(m.event, m.ledger, m.txn, m.cfg, &m.metrics, &m.dispatcher);
+        if (r >= 0)
+                r = webhook_new(m.event, m.ledger, m.txn, m.cfg, &m.metrics, m.dispatcher,
+                                &m.webhook);
         if (r < 0) {
                 log_error("Cannot set up: %s", strerror(-r));
                 goto out;

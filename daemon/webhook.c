@@ -1,6 +1,6 @@
-/* webhook.c: the notification endpoint and its group commit: requests stage their rows and
- * suspend; one transaction per loop iteration makes them all durable; then each gets its answer
- * (redis's beforeSleep order: write, then reply). */
+/* webhook.c: the notification endpoint: requests stage their rows and suspend; the loop's shared
+ * transaction (txn.c) makes them all durable in one commit; then each gets its answer (redis's
+ * beforeSleep order: write, then reply). */
 #include "webhook.h"
 
 #include <errno.h>
@@ -10,6 +10,7 @@
 #include "auth.h"
 #include "journal.h"
 #include "notification.h"
+#include "txn.h"
 #include "util.h"
 
 #define AUTH_LOG_INTERVAL_USEC (10 * USEC_PER_SEC)
@@ -41,10 +42,13 @@ struct webhook {
         const struct config *cfg;
         struct metrics *m;
         struct dispatcher *dispatcher;
-        sd_event_source *commit_defer;
+        struct txn *txn;
+        struct txn_writer writer;
         sd_event_source *probe_timer;
-        struct staged *head, *tail;
+        struct staged *head, *tail; /* waiting for the next turn */
         size_t n_staged;
+        struct staged *turn; /* in the transaction being committed */
+        size_t n_turn;
         bool ledger_ok;
         uint64_t auth_log_last;
         uint64_t auth_suppressed;
@@ -71,6 +75,15 @@ static void staged_free(struct staged *s)
         free(s->funcs);
         free(s->priorities);
         free(s);
+}
+
+static void staged_free_list(struct staged *s)
+{
+        while (s) {
+                struct staged *next = s->next;
+                staged_free(s);
+                s = next;
+        }
 }
 
 /* Queues a journal entry for after the commit; strings point into the staged notification or
@@ -325,7 +338,6 @@ static int on_probe(sd_event_source *src, uint64_t usec, void *userdata)
 
 static void ledger_failed(struct webhook *w, int r, size_t n)
 {
-        w->m->ledger_commit_errors++;
         if (w->ledger_ok)
                 log_full(
                     LOG_ERR, MSGID_LEDGER_ERROR,
@@ -338,41 +350,61 @@ static void ledger_failed(struct webhook *w, int r, size_t n)
         sd_event_source_set_enabled(w->probe_timer, SD_EVENT_ONESHOT);
 }
 
-static int on_commit(sd_event_source *src, void *userdata)
+static void log_auth_failure(struct webhook *w, struct http_request *req, const char *reason);
+
+static int writer_apply(void *userdata, uint64_t now)
 {
         struct webhook *w = userdata;
-        struct staged *list = w->head;
-        size_t n = w->n_staged;
+        w->turn = w->head;
+        w->n_turn = w->n_staged;
         w->head = w->tail = NULL;
         w->n_staged = 0;
-        if (!list)
-                return 0;
-        uint64_t now = now_realtime_usec();
-        uint64_t t0 = now_monotonic_usec();
-        int r = ledger_begin(w->ledger);
-        for (struct staged *s = list; r >= 0 && s; s = s->next)
-                r = stage_apply(w, s, now);
-        if (r >= 0)
-                r = ledger_commit(w->ledger);
+        bool any_new = false;
+        for (struct staged *s = w->turn; s; s = s->next) {
+                size_t before = json_object_array_length(s->accepted);
+                int r = stage_apply(w, s, now);
+                if (r < 0)
+                        return r;
+                if (json_object_array_length(s->accepted) > before)
+                        any_new = true;
+        }
+        /* New jobs: the dispatcher, later in the same turn, may mark them `submitting` in this
+         * very commit and send them as soon as it is durable. */
+        if (any_new)
+                dispatcher_kick(w->dispatcher);
+        return 0;
+}
+
+static void writer_done(void *userdata, int r)
+{
+        struct webhook *w = userdata;
+        struct staged *list = w->turn;
+        size_t n = w->n_turn;
+        w->turn = NULL;
+        w->n_turn = 0;
         if (r < 0) {
-                /* Nothing half-recorded: the whole batch goes, every sender is asked to retry. */
-                ledger_rollback(w->ledger);
+                /* Nothing half-recorded: the whole batch goes, every sender is asked to retry.
+                 * When the transaction could not even begin, apply never took the staged list. */
+                if (!list) {
+                        list = w->head;
+                        n = w->n_staged;
+                        w->head = w->tail = NULL;
+                        w->n_staged = 0;
+                }
                 ledger_failed(w, r, n);
                 for (struct staged *s = list, *next; s; s = next) {
                         next = s->next;
                         answer_unavailable(s, "the ledger cannot record notifications right now");
                         staged_free(s);
                 }
-                return 0;
+                return;
         }
-        metrics_observe(&w->m->commit_seconds, (double)(now_monotonic_usec() - t0) / 1e6);
         if (!w->ledger_ok) {
                 w->ledger_ok = true;
                 sd_event_source_set_enabled(w->probe_timer, SD_EVENT_OFF);
                 log_full(LOG_NOTICE, MSGID_LEDGER_ERROR,
                          "Ledger accepts writes again; notifications are accepted");
         }
-        bool any_new = false;
         for (struct staged *s = list, *next; s; s = next) {
                 next = s->next;
                 answer(w, s);
@@ -380,18 +412,11 @@ static int on_commit(sd_event_source *src, void *userdata)
                         log_auth_failure(w, s->req,
                                          "x-request-nonce was used before (a replayed request)");
                 }
-                for (size_t i = 0; i < s->n_events; i++) {
+                for (size_t i = 0; i < s->n_events; i++)
                         journal_job_internal(s->priorities[i], __FILE__, s->lines[i], s->funcs[i],
                                              &s->events[i], "%s", s->messages[i]);
-                        if (s->events[i].job_state &&
-                            strcmp(s->events[i].job_state, "accepted") == 0)
-                                any_new = true;
-                }
                 staged_free(s);
         }
-        if (any_new)
-                dispatcher_kick(w->dispatcher);
-        return 0;
 }
 
 static void log_auth_failure(struct webhook *w, struct http_request *req, const char *reason)
@@ -492,10 +517,10 @@ void webhook_handle(struct http_request *req, void *userdata)
         w->tail = s;
         w->n_staged++;
         http_request_suspend(req);
-        sd_event_source_set_enabled(w->commit_defer, SD_EVENT_ONESHOT);
+        txn_want(w->txn, &w->writer);
 }
 
-int webhook_new(sd_event *event, struct ledger *ledger, const struct config *cfg,
+int webhook_new(sd_event *event, struct ledger *ledger, struct txn *txn, const struct config *cfg,
                 struct metrics *metrics, struct dispatcher *dispatcher, struct webhook **ret)
 {
         struct webhook *w = calloc(1, sizeof(*w));
@@ -507,17 +532,17 @@ int webhook_new(sd_event *event, struct ledger *ledger, const struct config *cfg
         w->m = metrics;
         w->dispatcher = dispatcher;
         w->ledger_ok = true;
-        int r = sd_event_add_defer(event, &w->commit_defer, on_commit, w);
-        if (r >= 0)
-                r = sd_event_add_time(event, &w->probe_timer, CLOCK_MONOTONIC, UINT64_MAX, 0,
-                                      on_probe, w);
+        w->txn = txn;
+        w->writer = (struct txn_writer){
+            .apply = writer_apply, .done = writer_done, .userdata = w, .order = 0};
+        int r =
+            sd_event_add_time(event, &w->probe_timer, CLOCK_MONOTONIC, UINT64_MAX, 0, on_probe, w);
         if (r < 0) {
                 webhook_free(w);
                 return r;
         }
-        sd_event_source_set_enabled(w->commit_defer, SD_EVENT_OFF);
         sd_event_source_set_enabled(w->probe_timer, SD_EVENT_OFF);
-        sd_event_source_set_description(w->commit_defer, "webhook-commit");
+        txn_add_writer(txn, &w->writer);
         *ret = w;
         return 0;
 }
@@ -526,13 +551,9 @@ struct webhook *webhook_free(struct webhook *w)
 {
         if (!w)
                 return NULL;
-        struct staged *s = w->head;
-        while (s) {
-                struct staged *next = s->next;
-                staged_free(s);
-                s = next;
-        }
-        sd_event_source_disable_unref(w->commit_defer);
+        staged_free_list(w->head);
+        staged_free_list(w->turn);
+        txn_remove_writer(w->txn, &w->writer);
         sd_event_source_disable_unref(w->probe_timer);
         sd_event_unref(w->event);
         free(w);
@@ -551,5 +572,5 @@ bool webhook_ledger_ok(const struct webhook *w)
 
 size_t webhook_staged(const struct webhook *w)
 {
-        return w->n_staged;
+        return w->n_staged + w->n_turn;
 }

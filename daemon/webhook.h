@@ -1,5 +1,5 @@
 /* webhook.h: the notification endpoint: verifies the sender, parses the body, stages its rows,
- * and makes every staged request durable in one commit per loop iteration before answering. */
+ * and answers once the loop's shared transaction (txn.h) has made them durable. */
 #pragma once
 
 #include <stdbool.h>
@@ -10,10 +10,11 @@
 #include "http.h"
 #include "ledger.h"
 #include "metrics.h"
+#include "txn.h"
 
 struct webhook;
 
-int webhook_new(sd_event *event, struct ledger *ledger, const struct config *cfg,
+int webhook_new(sd_event *event, struct ledger *ledger, struct txn *txn, const struct config *cfg,
                 struct metrics *metrics, struct dispatcher *dispatcher, struct webhook **ret);
 struct webhook *webhook_free(struct webhook *w);
 void webhook_set_config(struct webhook *w, const struct config *cfg);

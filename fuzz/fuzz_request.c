@@ -79,9 +79,11 @@ static void setup(void)
         struct ledger *l = NULL;
         struct ledger_options lo = {.synchronous_full = false, .busy_timeout_ms = 10};
         struct dispatcher *d = NULL;
+        struct txn *txn = NULL;
         if (sd_event_new(&event) < 0 || ledger_open(db, &lo, &l, NULL) < 0 ||
-            dispatcher_new(event, l, cfg, &metrics, &d) < 0 ||
-            webhook_new(event, l, cfg, &metrics, d, &webhook) < 0 ||
+            txn_new(event, l, &metrics, &txn) < 0 ||
+            dispatcher_new(event, l, txn, cfg, &metrics, &d) < 0 ||
+            webhook_new(event, l, txn, cfg, &metrics, d, &webhook) < 0 ||
             http_server_new(event, cfg, &handlers, webhook, &server) < 0)
                 abort();
         const char *desc = http_server_description(server);

@@ -183,6 +183,12 @@ class Reload(unittest.TestCase):
             self.assertEqual(d.post(body=make_task("9200000000000005", [b]))[0], 202)
             poll(lambda: self.fake2.stats()["created"].get(b) == 1, what="submission to the new upstream")
             self.assertNotIn(b, self.fake1.stats()["created"])
+            # The new upstream numbers its tasks like the old one: b's task id is a's. It cannot be
+            # followed, yet it exists upstream, so b is held, and nothing else is disturbed.
+            poll(lambda: {r["creation_id"]: r for r in d.ledger_rows()}[b]["state"] == "uncertain",
+                 what="b held as uncertain")
+            row = {r["creation_id"]: r for r in d.ledger_rows()}[b]
+            self.assertIn("already recorded for creation " + a, row["upstream_error"])
 
             # A broken file is rejected with its errors; the running configuration stays.
             with open(d.config_path, "a") as f:
