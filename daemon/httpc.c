@@ -13,6 +13,8 @@ struct transfer {
         struct httpc *owner;
         CURL *easy;
         struct curl_slist *headers;
+        char *upload; /* the request body, handed to libcurl by on_read */
+        size_t upload_len, upload_pos;
         char *body;
         size_t len, cap;
         bool too_big;
@@ -56,6 +58,27 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
         return n;
 }
 
+static size_t on_read(char *buf, size_t size, size_t nitems, void *userdata)
+{
+        struct transfer *t = userdata;
+        size_t n = size * nitems, left = t->upload_len - t->upload_pos;
+        if (n > left)
+                n = left;
+        memcpy(buf, t->upload + t->upload_pos, n);
+        t->upload_pos += n;
+        return n;
+}
+
+/* libcurl rewinds the body only to send the request again: refused once any of it was handed
+ * over, so a request marked `once` is never sent twice. */
+static int on_seek(void *userdata, curl_off_t offset, int origin)
+{
+        struct transfer *t = userdata;
+        if (origin == SEEK_SET && offset == 0 && t->upload_pos == 0)
+                return CURL_SEEKFUNC_OK;
+        return CURL_SEEKFUNC_FAIL;
+}
+
 static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
 {
         struct transfer *t = userdata;
@@ -91,6 +114,7 @@ static void transfer_free(struct transfer *t)
                 curl_easy_cleanup(t->easy);
         }
         curl_slist_free_all(t->headers);
+        free(t->upload);
         free(t->body);
         if (t->prev)
                 t->prev->next = t->next;
@@ -123,6 +147,10 @@ static enum upstream_transport transport_of(CURL *easy, CURLcode rc)
                 return UPSTREAM_TRANSPORT_NOT_SENT;
         case CURLE_OPERATION_TIMEDOUT:
                 return sent ? UPSTREAM_TRANSPORT_TIMEOUT : UPSTREAM_TRANSPORT_NOT_SENT;
+        case CURLE_SEND_FAIL_REWIND:
+                /* A reused connection died after the request went out, unanswered; libcurl
+                 * wanted to send it again and on_seek refused. */
+                return UPSTREAM_TRANSPORT_CUT;
         default:
                 return sent ? UPSTREAM_TRANSPORT_CUT : UPSTREAM_TRANSPORT_NOT_SENT;
         }
@@ -252,7 +280,9 @@ int httpc_new(sd_event *event, unsigned max_connections, struct httpc **ret)
                 httpc_free(h);
                 return -ENOMEM;
         }
-        int r = sd_event_add_time(event, &h->timer, CLOCK_MONOTONIC, UINT64_MAX, 0, on_timer, h);
+        /* Accuracy 1 µs: with the default (250 ms) a transfer added to the multi handle would wait
+         * that long for curl's "start now" timeout. */
+        int r = sd_event_add_time(event, &h->timer, CLOCK_MONOTONIC, UINT64_MAX, 1, on_timer, h);
         if (r < 0) {
                 httpc_free(h);
                 return r;
@@ -322,8 +352,8 @@ int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn 
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                          (long)(req->connect_timeout_usec / USEC_PER_MSEC));
         curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-        if (req->fresh_connection)
-                curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+        if (req->once)
+                curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, (long)HTTPC_ONCE_MAX_IDLE_SEC);
         curl_easy_setopt(e, CURLOPT_USERAGENT, "vidu-upscaled/" VIDU_VERSION);
         /* The body of a POST must not be held back waiting for "100 Continue". */
         struct curl_slist *hl = curl_slist_append(NULL, "Expect:");
@@ -336,8 +366,18 @@ int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn 
                 hl = curl_slist_append(t->headers, "Content-Type: application/json");
                 if (hl)
                         t->headers = hl;
-                curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(req->body));
-                curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, req->body);
+                t->upload = strdup(req->body);
+                if (!t->upload) {
+                        transfer_free(t);
+                        return -ENOMEM;
+                }
+                t->upload_len = strlen(t->upload);
+                curl_easy_setopt(e, CURLOPT_POST, 1L);
+                curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)t->upload_len);
+                curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+                curl_easy_setopt(e, CURLOPT_READDATA, t);
+                curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, on_seek);
+                curl_easy_setopt(e, CURLOPT_SEEKDATA, t);
         }
         if (req->authorization) {
                 char *line = NULL;

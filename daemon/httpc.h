@@ -26,6 +26,8 @@ struct httpc_response {
 /* Called once per request, from the loop; the response is only valid during the call. */
 typedef void (*httpc_done_fn)(const struct httpc_response *resp, void *userdata);
 
+#define HTTPC_ONCE_MAX_IDLE_SEC 2
+
 int httpc_new(sd_event *event, unsigned max_connections, struct httpc **ret);
 /* Aborts whatever is still in flight without calling its callbacks. */
 struct httpc *httpc_free(struct httpc *h);
@@ -37,9 +39,13 @@ struct httpc_request {
         const char *body;          /* JSON, or NULL */
         uint64_t timeout_usec;
         uint64_t connect_timeout_usec;
-        /* Never on a reused connection: libcurl silently sends a request again when a reused
-         * connection dies before any answer, which must not happen to a paid submission. */
-        bool fresh_connection;
+        /* Sent at most once (a paid submission). libcurl silently sends a request again when a
+         * reused keep-alive connection dies before any answer; with this set, the body can never
+         * be rewound once handed over, so such a transfer fails (as "cut after sending", which
+         * the caller treats as uncertain) instead. Connections idle longer than
+         * HTTPC_ONCE_MAX_IDLE_SEC are not reused for it, well inside any upstream's keep-alive
+         * timeout, so that case stays rare. */
+        bool once;
 };
 
 int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn done,

@@ -57,6 +57,8 @@ static struct fault faults[MAX_FAULTS];
 static size_t n_faults;
 static uint64_t next_id = 2371000000000001ULL;
 static long submit_requests, tasks_created, polls, unauthorized;
+/* Submissions that arrived on a connection which had already carried a request (keep-alive). */
+static long reused_submit_requests;
 static char *last_submit_body;
 static bool last_auth_ok;
 static long complete_after_ms = 1000;
@@ -321,8 +323,13 @@ static bool authorized(struct MHD_Connection *c)
 static enum MHD_Result handle_submit(struct MHD_Connection *c, struct req *rq)
 {
         bool auth_ok = authorized(c);
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        bool reused = ci && ci->socket_context && *(long *)ci->socket_context > 0;
         pthread_mutex_lock(&lock);
         submit_requests++;
+        if (reused)
+                reused_submit_requests++;
         last_auth_ok = auth_ok;
         free(last_submit_body);
         last_submit_body = strndup(rq->body ? rq->body : "", rq->len);
@@ -496,7 +503,7 @@ static void reset_all(void)
         for (size_t i = 0; i < n_faults; i++)
                 fault_free(&faults[i]);
         n_faults = 0;
-        submit_requests = tasks_created = polls = unauthorized = 0;
+        submit_requests = tasks_created = polls = unauthorized = reused_submit_requests = 0;
         free(last_submit_body);
         last_submit_body = NULL;
         last_auth_ok = false;
@@ -517,6 +524,8 @@ static enum MHD_Result handle_control(struct MHD_Connection *c, const char *meth
                                                                json_object_new_int64(cnt->created));
                 json_object_object_add(o, "submit_requests",
                                        json_object_new_int64(submit_requests));
+                json_object_object_add(o, "reused_submit_requests",
+                                       json_object_new_int64(reused_submit_requests));
                 json_object_object_add(o, "created", created);
                 json_object_object_add(o, "tasks_created", json_object_new_int64(tasks_created));
                 json_object_object_add(o, "polls", json_object_new_int64(polls));
@@ -611,9 +620,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return reply_error(c, 404, "NotFound");
 }
 
+/* Each connection counts the requests it carried, to tell a kept-alive one. */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+        if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+                *socket_context = calloc(1, sizeof(long));
+        else {
+                free(*socket_context);
+                *socket_context = NULL;
+        }
+}
+
 static void on_done(void *cls, struct MHD_Connection *c, void **con_cls,
                     enum MHD_RequestTerminationCode toe)
 {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        if (ci && ci->socket_context)
+                ++*(long *)ci->socket_context;
         struct req *rq = *con_cls;
         if (rq) {
                 free(rq->body);
@@ -679,7 +704,8 @@ int main(int argc, char **argv)
         struct MHD_Daemon *d = MHD_start_daemon(
             MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG, 0,
             NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_NOTIFY_COMPLETED,
-            on_done, NULL, MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_END);
+            on_done, NULL, MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
+            MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_END);
         if (!d) {
                 fprintf(stderr, "fake-upstream: cannot listen on %s: %s\n", listen_spec,
                         strerror(errno));

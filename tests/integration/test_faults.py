@@ -152,6 +152,23 @@ class Uncertain(unittest.TestCase):
             self.assertEqual(stats["created"].get(cid), 1)
         self.assertEqual(stats["submit_requests"], 3)
 
+    def test_cut_on_a_kept_alive_connection_is_not_sent_again(self):
+        # libcurl re-sends a request by itself when a reused keep-alive connection dies before
+        # any answer. Submissions reuse connections, but such a resend must never happen.
+        warm, cut = new_creation_ids(2)
+        self.fake.faults([{"on": "submit", "creation_id": cut, "action": "drop"}])
+        with Daemon({"upstream": {"base_url": self.fake.url, "concurrency": "1"}}, fake=self.fake) as d:
+            self.assertEqual(d.post(body=make_task("9300000000000012", [warm]))[0], 202)
+            wait_state(d, warm, "submitted")
+            self.assertEqual(d.post(body=make_task("9300000000000013", [cut]))[0], 202)
+            wait_state(d, cut, "uncertain")
+            stats = self.fake.stats()
+            # The cut request went out on the warm request's connection ...
+            self.assertEqual(stats["reused_submit_requests"], 1)
+            # ... and was sent once: the upstream created it once and saw two submissions in all.
+            self.assertEqual(stats["created"].get(cut), 1)
+            self.assertEqual(stats["submit_requests"], 2)
+
     def test_resubmit_tries_again(self):
         d, ids = self.run_policy("resubmit")
         for cid in ids:
