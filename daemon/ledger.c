@@ -263,6 +263,9 @@ int ledger_open(const char *path, const struct ledger_options *opts, struct ledg
         if (r < 0)
                 goto fail;
         exec(l, "PRAGMA foreign_keys = ON", "enabling foreign keys");
+        /* Savepoint and statement journals in memory: on disk, every turn (whose writers each
+         * apply in a savepoint) created, wrote and deleted a temporary file. */
+        exec(l, "PRAGMA temp_store = MEMORY", "keeping temporary journals in memory");
         if (opts->integrity_check) {
                 r = check_integrity(l);
                 if (r < 0)
