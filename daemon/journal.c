@@ -1,9 +1,14 @@
 /* journal.c: structured journal entries with the caller's source location, and readable lines on
- * stderr when a person is watching. */
+ * stderr when a person is watching. Entries go out over the journal's native protocol on a
+ * non-blocking socket; while journald is busy they wait in a bounded queue that the event loop
+ * drains, so a slow or restarting journald does not stall the daemon (only a full queue does). */
 #include "journal.h"
 
+#include <endian.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -13,11 +18,25 @@
 #include <unistd.h>
 
 #define SYSLOG_IDENTIFIER "vidu-upscaled"
-#define MAX_FIELDS        24
+#define JOURNAL_SOCKET    "/run/systemd/journal/socket"
+/* Entries waiting for journald; past this the daemon waits for it, as libsystemd always does. */
+#define QUEUE_MAX_BYTES (4u << 20)
+#define EXIT_FLUSH_MSEC 5000
 
 static int max_level = LOG_INFO;
 static bool to_journal = false;
 static bool to_stderr = true;
+
+struct pending {
+        struct pending *next;
+        size_t len;
+        char data[];
+};
+
+static int jfd = -1;
+static struct pending *queue_head, *queue_tail;
+static size_t queue_bytes;
+static sd_event_source *writable; /* EPOLLOUT on jfd while the queue holds entries */
 
 /* True if stderr is the stream systemd connected to the journal for us. */
 static bool stderr_is_journal(void)
@@ -32,24 +51,155 @@ static bool stderr_is_journal(void)
         return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
 }
 
-static bool journal_socket_answers(void)
+/* A connected socket, so that poll() tells when journald has room again. */
+static int journal_connect(void)
 {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        const char *path = "/run/systemd/journal/socket";
-        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0)
-                return false;
-        strncpy(sa.sun_path, path, sizeof(sa.sun_path) - 1);
-        bool ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-        close(fd);
-        return ok;
+                return -errno;
+        strncpy(sa.sun_path, JOURNAL_SOCKET, sizeof(sa.sun_path) - 1);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        int size = 8 << 20;
+        (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+        return fd;
+}
+
+/* Sends one datagram without waiting: 1 sent (or given up on), 0 journald is busy. */
+static int send_datagram(const char *data, size_t len)
+{
+        for (int attempt = 0; attempt < 2; attempt++) {
+                if (jfd < 0) {
+                        jfd = journal_connect();
+                        if (jfd < 0)
+                                return 1; /* no journal any more: nothing to wait for */
+                }
+                if (send(jfd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
+                        return 1;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                        return 0;
+                if (errno == EMSGSIZE || errno == ENOBUFS) {
+                        /* Too large for a datagram: libsystemd passes it in a memfd. */
+                        struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+                        (void)sd_journal_sendv(&iov, 1);
+                        return 1;
+                }
+                /* journald's socket was made anew (ECONNREFUSED): connect again, once. */
+                close(jfd);
+                jfd = -1;
+        }
+        return 1;
+}
+
+/* Sends what waits, oldest first, until journald is busy. True when the queue is empty. */
+static bool flush_queue(void)
+{
+        while (queue_head) {
+                struct pending *p = queue_head;
+                if (send_datagram(p->data, p->len) == 0)
+                        break;
+                queue_head = p->next;
+                if (!queue_head)
+                        queue_tail = NULL;
+                queue_bytes -= p->len;
+                free(p);
+        }
+        if (writable)
+                sd_event_source_set_enabled(writable, queue_head ? SD_EVENT_ON : SD_EVENT_OFF);
+        return !queue_head;
+}
+
+/* Waits (blocking) until the queue is empty or timeout_msec passed; -1 waits for as long as
+ * journald takes. */
+static void flush_blocking(int timeout_msec)
+{
+        int waited = 0;
+        while (!flush_queue() && jfd >= 0) {
+                struct pollfd pfd = {.fd = jfd, .events = POLLOUT};
+                int step = timeout_msec < 0 ? 1000 : timeout_msec - waited;
+                if (step <= 0)
+                        return;
+                if (step > 1000)
+                        step = 1000;
+                if (poll(&pfd, 1, step) == 0)
+                        waited += step;
+        }
+}
+
+static void enqueue(const char *data, size_t len)
+{
+        if (!queue_head && send_datagram(data, len))
+                return;
+        struct pending *p = malloc(sizeof(*p) + len);
+        if (!p) {
+                flush_blocking(-1);
+                (void)send_datagram(data, len);
+                return;
+        }
+        memcpy(p->data, data, len);
+        p->len = len;
+        p->next = NULL;
+        if (queue_tail)
+                queue_tail->next = p;
+        else
+                queue_head = p;
+        queue_tail = p;
+        queue_bytes += len;
+        if (queue_bytes > QUEUE_MAX_BYTES)
+                flush_blocking(-1);
+        else
+                flush_queue();
+}
+
+static int on_writable(sd_event_source *s, int fd, uint32_t revents, void *userdata)
+{
+        flush_queue();
+        return 0;
+}
+
+static void flush_at_exit(void)
+{
+        flush_blocking(EXIT_FLUSH_MSEC);
 }
 
 void journal_setup(int level)
 {
+        static bool registered;
         max_level = level;
-        to_journal = journal_socket_answers();
+        if (jfd < 0)
+                jfd = journal_connect();
+        to_journal = jfd >= 0;
         to_stderr = !to_journal || !stderr_is_journal();
+        if (!registered) {
+                atexit(flush_at_exit);
+                registered = true;
+        }
+}
+
+int journal_attach_event(sd_event *event)
+{
+        if (jfd < 0 || writable)
+                return 0;
+        int r = sd_event_add_io(event, &writable, jfd, EPOLLOUT, on_writable, NULL);
+        if (r < 0)
+                return r;
+        sd_event_source_set_description(writable, "journal-writable");
+        sd_event_source_set_enabled(writable, queue_head ? SD_EVENT_ON : SD_EVENT_OFF);
+        return 0;
+}
+
+void journal_detach_event(void)
+{
+        writable = sd_event_source_disable_unref(writable);
+}
+
+size_t journal_queued_bytes(void)
+{
+        return queue_bytes;
 }
 
 void journal_set_level(int level)
@@ -69,81 +219,127 @@ static const char *priority_word(int p)
         return p >= 0 && p < 8 ? words[p] : "info";
 }
 
-struct fields {
-        struct iovec iov[MAX_FIELDS];
-        char *owned[MAX_FIELDS];
-        size_t n;
+/* One entry in the native protocol: NAME=value lines, or NAME, a 64-bit little-endian length and
+ * the bytes for a value with a newline in it. */
+struct entry {
+        char buf[8192];
+        char *big; /* when buf is too small */
+        size_t len, cap;
+        bool failed;
 };
 
-static void add_field(struct fields *f, const char *name, const char *value)
+static void put(struct entry *e, const void *data, size_t n)
 {
-        char *s;
-        if (!value || f->n >= MAX_FIELDS)
+        char *dst = e->big ? e->big : e->buf;
+        size_t cap = e->big ? e->cap : sizeof(e->buf);
+        if (e->failed)
                 return;
-        if (asprintf(&s, "%s=%s", name, value) < 0)
-                return;
-        f->owned[f->n] = s;
-        f->iov[f->n].iov_base = s;
-        f->iov[f->n].iov_len = strlen(s);
-        f->n++;
+        if (e->len + n > cap) {
+                size_t ncap = cap * 2;
+                while (ncap < e->len + n)
+                        ncap *= 2;
+                char *b = e->big ? realloc(e->big, ncap) : malloc(ncap);
+                if (!b) {
+                        e->failed = true;
+                        return;
+                }
+                if (!e->big)
+                        memcpy(b, e->buf, e->len);
+                e->big = b;
+                e->cap = ncap;
+                dst = b;
+        }
+        memcpy(dst + e->len, data, n);
+        e->len += n;
 }
 
-static void add_uint(struct fields *f, const char *name, unsigned long long v)
+static void put_field(struct entry *e, const char *name, const char *value)
+{
+        if (!value)
+                return;
+        size_t nl = strlen(name), vl = strlen(value);
+        put(e, name, nl);
+        if (memchr(value, '\n', vl)) {
+                uint64_t le = htole64((uint64_t)vl);
+                put(e, "\n", 1);
+                put(e, &le, sizeof(le));
+        } else
+                put(e, "=", 1);
+        put(e, value, vl);
+        put(e, "\n", 1);
+}
+
+static void put_uint(struct entry *e, const char *name, unsigned long long v)
 {
         char buf[32];
         snprintf(buf, sizeof(buf), "%llu", v);
-        add_field(f, name, buf);
+        put_field(e, name, buf);
 }
 
 static void emit(int priority, const char *file, int line, const char *func, const char *message_id,
                  const struct job_event *ev, const char *message)
 {
-        struct fields f = {.n = 0};
-        char code_file[512], code_line[32];
-
-        add_field(&f, "MESSAGE", message);
-        add_uint(&f, "PRIORITY", (unsigned long long)priority);
-        add_field(&f, "SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER);
-        add_field(&f, "MESSAGE_ID", message_id);
-        if (ev) {
-                add_field(&f, "CREATION_ID", ev->creation_id);
-                add_field(&f, "SOURCE_TASK_ID",
-                          isempty(ev->source_task_id) ? NULL : ev->source_task_id);
-                add_field(&f, "UPSCALE_TASK_ID",
-                          isempty(ev->upscale_task_id) ? NULL : ev->upscale_task_id);
-                add_field(&f, "JOB_STATE", ev->job_state);
-                if (ev->attempt)
-                        add_uint(&f, "ATTEMPT", ev->attempt);
-                if (ev->http_status)
-                        add_uint(&f, "HTTP_STATUS", (unsigned long long)ev->http_status);
-                add_field(&f, "UPSTREAM_ERROR",
-                          isempty(ev->upstream_error) ? NULL : ev->upstream_error);
-                add_field(&f, "RESULT_URL", isempty(ev->result_url) ? NULL : ev->result_url);
-        }
         if (to_journal) {
-                snprintf(code_file, sizeof(code_file), "CODE_FILE=%s", file);
-                snprintf(code_line, sizeof(code_line), "CODE_LINE=%d", line);
-                sd_journal_sendv_with_location(code_file, code_line, func, f.iov, (int)f.n);
+                struct entry e = {.len = 0};
+                put_field(&e, "MESSAGE", message);
+                put_uint(&e, "PRIORITY", (unsigned long long)priority);
+                put_field(&e, "SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER);
+                put_field(&e, "MESSAGE_ID", message_id);
+                if (ev) {
+                        put_field(&e, "CREATION_ID", ev->creation_id);
+                        put_field(&e, "SOURCE_TASK_ID",
+                                  isempty(ev->source_task_id) ? NULL : ev->source_task_id);
+                        put_field(&e, "UPSCALE_TASK_ID",
+                                  isempty(ev->upscale_task_id) ? NULL : ev->upscale_task_id);
+                        put_field(&e, "JOB_STATE", ev->job_state);
+                        if (ev->attempt)
+                                put_uint(&e, "ATTEMPT", ev->attempt);
+                        if (ev->http_status)
+                                put_uint(&e, "HTTP_STATUS", (unsigned long long)ev->http_status);
+                        put_field(&e, "UPSTREAM_ERROR",
+                                  isempty(ev->upstream_error) ? NULL : ev->upstream_error);
+                        put_field(&e, "RESULT_URL",
+                                  isempty(ev->result_url) ? NULL : ev->result_url);
+                }
+                put_field(&e, "CODE_FILE", file);
+                put_uint(&e, "CODE_LINE", (unsigned long long)line);
+                put_field(&e, "CODE_FUNC", func);
+                if (!e.failed)
+                        enqueue(e.big ? e.big : e.buf, e.len);
+                free(e.big);
         }
         if (to_stderr) {
                 char extra[1024] = "";
                 size_t o = 0;
-                /* Fields after the first four (MESSAGE, PRIORITY, identifier, id) read as
-                 * key=value. */
-                for (size_t i = 3; i < f.n && o < sizeof(extra); i++) {
-                        if (strncmp(f.owned[i], "MESSAGE_ID=", 11) == 0)
-                                continue;
-                        int w = snprintf(extra + o, sizeof(extra) - o, " %s", f.owned[i]);
-                        if (w < 0)
-                                break;
-                        o += (size_t)w;
+#define EXTRA(name, value)                                                                         \
+        do {                                                                                       \
+                const char *v_ = (value);                                                          \
+                if (o < sizeof(extra) && v_ && *v_) {                                              \
+                        int w = snprintf(extra + o, sizeof(extra) - o, " %s=%s", name, v_);        \
+                        if (w > 0)                                                                 \
+                                o += (size_t)w;                                                    \
+                }                                                                                  \
+        } while (0)
+                if (ev) {
+                        char attempt[16] = "", status[16] = "";
+                        if (ev->attempt)
+                                snprintf(attempt, sizeof(attempt), "%u", ev->attempt);
+                        if (ev->http_status)
+                                snprintf(status, sizeof(status), "%d", ev->http_status);
+                        EXTRA("CREATION_ID", ev->creation_id);
+                        EXTRA("SOURCE_TASK_ID", ev->source_task_id);
+                        EXTRA("UPSCALE_TASK_ID", ev->upscale_task_id);
+                        EXTRA("JOB_STATE", ev->job_state);
+                        EXTRA("ATTEMPT", attempt);
+                        EXTRA("HTTP_STATUS", status);
+                        EXTRA("UPSTREAM_ERROR", ev->upstream_error);
+                        EXTRA("RESULT_URL", ev->result_url);
                 }
+#undef EXTRA
                 fprintf(stderr, SYSLOG_IDENTIFIER "[%d]: <%s> %s%s%s%s\n", (int)getpid(),
                         priority_word(priority), message, *extra ? " [" : "",
                         *extra ? extra + 1 : "", *extra ? "]" : "");
         }
-        for (size_t i = 0; i < f.n; i++)
-                free(f.owned[i]);
 }
 
 /* Formats and emits one entry; errno survives, so callers may log between a failure and %m. */

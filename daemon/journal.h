@@ -3,7 +3,9 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <syslog.h>
+#include <systemd/sd-event.h>
 
 #include "util.h"
 
@@ -47,6 +49,12 @@ struct job_event {
 /* Where entries go: the journal when its socket answers, and readable lines on stderr unless
  * stderr is itself connected to the journal ($JOURNAL_STREAM). */
 void journal_setup(int max_level);
+/* Lets the loop send entries that had to wait while journald was busy (without it they go out
+ * with the next entry, or at exit, waiting at most 5 s). */
+int journal_attach_event(sd_event *event);
+void journal_detach_event(void);
+/* Bytes of entries waiting for journald. */
+size_t journal_queued_bytes(void);
 void journal_set_level(int max_level);
 bool journal_to_stderr(void);
 

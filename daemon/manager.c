@@ -3,6 +3,7 @@
 #include "manager.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -257,6 +258,7 @@ static void manager_free(struct manager *m)
         sd_event_source_disable_unref(m->purge_timer);
         sd_event_source_disable_unref(m->drain_timer);
         http_server_free(m->http);
+        journal_detach_event();
         webhook_free(m->webhook);
         dispatcher_free(m->dispatcher);
         txn_free(m->txn);
@@ -272,6 +274,10 @@ int manager_run(const char *config_path)
         char *err = NULL;
         int r, ret = 1;
 
+        /* Each loop turn allocates and frees its batch; without this glibc gives the top of the
+         * heap back and takes it again every few turns (brk was ~4 % of the CPU under load). */
+        mallopt(M_TRIM_THRESHOLD, 1 << 20);
+        mallopt(M_TOP_PAD, 256 << 10);
         journal_setup(LOG_INFO);
         r = config_load(config_path, &m.cfg, &errors);
         if (r < 0) {
@@ -298,6 +304,11 @@ int manager_run(const char *config_path)
         r = sd_event_default(&m.event);
         if (r < 0) {
                 log_error("Cannot create the event loop: %s", strerror(-r));
+                goto out;
+        }
+        r = journal_attach_event(m.event);
+        if (r < 0) {
+                log_error("Cannot watch the journal socket: %s", strerror(-r));
                 goto out;
         }
         struct ledger_options lo = {

@@ -1,6 +1,7 @@
 /* metrics.c: Prometheus text exposition of the daemon's counters and histograms. */
 #include "metrics.h"
 
+#include "journal.h"
 #include "util.h"
 
 static const double bucket_bounds[METRICS_BUCKETS] = {
@@ -86,6 +87,9 @@ void metrics_render(const struct metrics *m, FILE *f)
               "Jobs waiting to be submitted (pending, waiting, submitting).", (double)m->backlog);
         gauge(f, "vidu_upscaled_upstream_in_flight", "Upstream requests in flight.",
               (double)m->in_flight);
+        gauge(f, "vidu_upscaled_journal_queue_bytes",
+              "Journal entries waiting for systemd-journald, in bytes.",
+              (double)journal_queued_bytes());
         gauge(f, "vidu_upscaled_dispatch_paused",
               "1 while dispatch is paused for an account-wide error or an outage.",
               m->paused ? 1 : 0);

@@ -298,5 +298,43 @@ class Metrics(unittest.TestCase):
             fake.stop()
 
 
+class JournalStall(unittest.TestCase):
+    """A journald that stops reading (busy, restarting) must not stall the daemon: entries wait in
+    the daemon's bounded queue and all reach the journal once journald reads again."""
+
+    def test_notifications_are_served_while_journald_is_stopped(self):
+        harness.ensure_journald()
+        jpid = int(subprocess.check_output(["pidof", "-s", "systemd-journald"]).split()[0])
+        fake = FakeUpstream(complete_after_ms=60000)
+        fake.start()
+        d = Daemon({"upstream": {"base_url": fake.url}}, fake=fake)
+        d.start()
+        ids = new_creation_ids(600)
+        try:
+            os.kill(jpid, signal.SIGSTOP)
+            try:
+                # 600 accepted entries and 600 submitted ones: far more than journald's socket
+                # queue holds (10 datagrams by default, 512 under systemd). Each answer would wait
+                # for journald if the daemon blocked on it.
+                for i in range(0, len(ids), 50):
+                    status, _, _ = d.post(body=make_task("95000000000%05d" % i, ids[i:i + 50]), timeout=5)
+                    self.assertEqual(status, 202)
+                self.assertGreater(d.metrics_value("vidu_upscaled_journal_queue_bytes"), 0)
+            finally:
+                os.kill(jpid, signal.SIGCONT)
+            # Nothing lost: every accepted entry reaches the journal.
+            want = set(ids)
+
+            def all_logged():
+                seen = {e.get("CREATION_ID") for e in harness.journal_entries(_PID=str(d.pid), JOB_STATE="accepted")}
+                return want <= seen
+            harness.poll(all_logged, timeout=60, what="every accepted entry in the journal")
+            harness.poll(lambda: d.metrics_value("vidu_upscaled_journal_queue_bytes") == 0,
+                         what="the journal queue to drain")
+        finally:
+            d.stop()
+            fake.stop()
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
