@@ -8,28 +8,28 @@
 #include "config.h"
 
 struct auth_request {
-        const char *method;   /* "POST" */
-        const char *path;     /* path as received, without the query, e.g. "/hooks/vidu" */
-        const char *query;    /* raw query string without '?', NULL or "" when none */
+        const char *method; /* "POST" */
+        const char *path;   /* path as received, without the query, e.g. "/hooks/vidu" */
+        const char *query;  /* raw query string without '?', NULL or "" when none */
         /* Returns the value of a request header (case-insensitive name), or NULL. */
         const char *(*header)(void *userdata, const char *name);
         void *userdata;
         const uint8_t *body;
         size_t body_len;
-        uint64_t now_usec;    /* CLOCK_REALTIME */
+        uint64_t now_usec; /* CLOCK_REALTIME */
 };
 
 enum auth_result {
         AUTH_OK,
-        AUTH_MISSING,         /* credentials or signature headers absent */
-        AUTH_MALFORMED,       /* present but unparseable */
-        AUTH_BAD_SIGNATURE,   /* no configured secret matches */
-        AUTH_STALE,           /* timestamp or Date outside the tolerance */
+        AUTH_MISSING,       /* credentials or signature headers absent */
+        AUTH_MALFORMED,     /* present but unparseable */
+        AUTH_BAD_SIGNATURE, /* no configured secret matches */
+        AUTH_STALE,         /* timestamp or Date outside the tolerance */
 };
 
 struct auth_outcome {
         enum auth_result result;
-        const char *reason;   /* static, safe to log: never contains a secret */
+        const char *reason; /* static, safe to log: never contains a secret */
         /* For replay protection, set on AUTH_OK by standard-webhooks (webhook-id) and vidu (nonce):
          * a key unique to this delivery, and until when it must be remembered. Caller frees. */
         char *replay_key;

@@ -15,16 +15,17 @@ struct notification_limits {
 };
 
 struct note_task {
-        char *id;          /* "id", else "task_id"; NULL if missing or invalid (see id_error) */
+        char *id;             /* "id", else "task_id"; NULL if missing or invalid (see id_error) */
         const char *id_error; /* static reason when the id was unusable, else NULL */
-        char *type;        /* NULL when absent (official callback) */
-        char *state;       /* NULL when absent */
-        char *err_code;    /* NULL when absent or empty */
-        char *result_url;  /* "uri", else "url", of the first creation; NULL when none */
-        bool is_upscale;   /* type == "upscale" */
-        char **creation_ids; /* valid creation ids, in order */
+        char *type;           /* NULL when absent (official callback) */
+        char *state;          /* NULL when absent */
+        char *err_code;       /* NULL when absent or empty */
+        char *result_url;     /* "uri", else "url", of the first creation; NULL when none */
+        bool is_upscale;      /* type == "upscale" */
+        char **creation_ids;  /* valid creation ids, in order */
         size_t n_creations;
-        char **rejected_ids; /* creation entries whose id was unusable (printable form, truncated) */
+        char *
+            *rejected_ids; /* creation entries whose id was unusable (printable form, truncated) */
         const char **rejected_reasons;
         size_t n_rejected;
 };
