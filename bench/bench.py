@@ -58,7 +58,7 @@ P = {
     "ceiling_s": 3 if QUICK else 5,
     "upstream_concurrency": 8,
     "idle_samples": 50 if QUICK else 200,
-    "drain_max_s": env_int("BENCH_DRAIN_MAX", 10 if QUICK else 30),
+    "drain_max_s": env_int("BENCH_DRAIN_MAX", 20 if QUICK else 60),
     "webhook_settle_max_s": 10 if QUICK else 20,
 }
 PUBLISH = os.environ.get("BENCH_PUBLISH", "0" if QUICK else "1") == "1"
@@ -401,7 +401,7 @@ class Fake:
 class Daemon:
     """One vidu-upscaled on its own ledger, logging like under systemd."""
 
-    def __init__(self, tmp, fake, ledger, name):
+    def __init__(self, tmp, fake, ledger, name, extra_conf=""):
         self.dir = os.path.join(tmp, name)
         os.makedirs(self.dir, exist_ok=True)
         self.ledger = ledger
@@ -423,7 +423,7 @@ poll_interval = 1h
 [store]
 path = {ledger}
 synchronous = full
-""")
+{extra_conf}""")
         self.log_path = os.path.join(self.dir, "daemon.log")
         self.p = None
 
@@ -517,7 +517,7 @@ COMMIT;
                        capture_output=True)
 
 
-def ingest_run(tmp, fake, template, size, conns, outdir, tag, journald):
+def ingest_run(tmp, fake, template, size, conns, outdir, tag, journald, extra_conf=""):
     """A fresh daemon on a copy of TEMPLATE (SIZE finished jobs), one load, then the checks."""
     ledger = os.path.join(tmp, "run.db")
     for suffix in ("", "-wal", "-shm"):
@@ -525,7 +525,7 @@ def ingest_run(tmp, fake, template, size, conns, outdir, tag, journald):
             os.unlink(ledger + suffix)
     shutil.copyfile(template, ledger)
     fake.reset()
-    d = Daemon(tmp, fake, ledger, "daemon").start()
+    d = Daemon(tmp, fake, ledger, "daemon", extra_conf).start()
     try:
         r = measured_load(d.p.pid, f"http://127.0.0.1:{d.port}{HOOK_PATH}", conns, outdir, tag,
                           extra={"upstream": fake.p.pid, "journald": journald})
@@ -608,6 +608,15 @@ def bench_ingest(tmp, fake, schema, outdir, journald):
                     f"checks {r['checks']}")
                 runs.append(r)
             res["by_size"][size][conns] = runs
+            if size == 0 and conns == top:
+                # What the journal costs: the same load with job entries below log.level.
+                res["quiet"] = []
+                for i in range(P["runs"]):
+                    r = ingest_run(tmp, fake, template, size, conns, outdir,
+                                   f"us-quiet-c{conns}-{i}", journald,
+                                   "[log]\nlevel = warning\n")
+                    log(f"vidu-upscaled without job entries c={conns} run {i}: {r['rps']} req/s")
+                    res["quiet"].append(r)
     os.unlink(template)
     return res
 
@@ -618,9 +627,9 @@ def bench_submit(tmp, fake, schema, outdir):
     ledger = os.path.join(tmp, "submit.db")
     runs = []
     for i in range(P["runs"]):
-        # Ceiling first, then the daemon, in the same run.
-        fake.reset()
+        # The ceiling first, then the daemon, in the same run.
         env = dict(os.environ, VIDU_FAKE_API_KEY=fake.key)
+        fake.reset()
         out = sh([CEILING, "--url", f"http://127.0.0.1:{fake.port}/vidu/v1/tasks", "--parallel",
                   str(P["upstream_concurrency"]), "--seconds", str(P["ceiling_s"]), "--prefix",
                   f"ceiling{i}-"], env=env, timeout=P["ceiling_s"] + 60)
@@ -739,9 +748,12 @@ def bench_idle(tmp, fake, schema):
         dc = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
         fc = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=10)
 
-        def submits():
+        def stats():
             fc.request("GET", "/_fake/stats")
-            return json.loads(fc.getresponse().read())["submit_requests"]
+            return json.loads(fc.getresponse().read())
+
+        def submits():
+            return stats()["submit_requests"]
 
         base = submits()
         for i in range(P["idle_samples"]):
@@ -750,6 +762,7 @@ def bench_idle(tmp, fake, schema):
                                "prompt": prompt, "creations": [
                                    {"id": cid, "uri": f"https://cdn.example.com/v/{cid}.mp4"}]})
             t0 = time.perf_counter()
+            t0_ns = time.monotonic_ns()  # CLOCK_MONOTONIC, the fake's clock too
             dc.request("POST", HOOK_PATH, body=body, headers={"Content-Type": "application/json"})
             resp = dc.getresponse()
             resp.read()
@@ -767,7 +780,8 @@ def bench_idle(tmp, fake, schema):
             t2 = time.perf_counter()
             base += 1
             ack.append((t1 - t0) * 1000)
-            sub.append((t2 - t0) * 1000)
+            # When the fake had the whole POST, by its own clock: no polling delay in it.
+            sub.append((stats()["last_submit_mono_ns"] - t0_ns) / 1e6)
             polls_per.append(((t2 - t1) * 1000) / n)
             time.sleep(0.02)
         dc.close()
@@ -873,6 +887,26 @@ def machine():
                 mem = f"{int(line.split()[1]) / 1048576:.1f} GiB"
     return {"nproc": os.cpu_count(), "model": model, "memory": mem,
             "kernel": platform.release(), "loadavg_at_start": os.getloadavg()}
+
+
+def fsync_latency_ms(directory, n=200, gap_s=0.0):
+    """p50 and p99 of write(4 KiB) + fdatasync on the disk the ledgers live on, back to back or
+    GAP_S apart (a disk that was idle may take longer: the idle latency test sees that)."""
+    path = os.path.join(directory, "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    ts = []
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            os.pwrite(fd, b"x" * 4096, (i % 16) * 4096)
+            os.fdatasync(fd)
+            ts.append((time.perf_counter() - t0) * 1000)
+            if gap_s:
+                time.sleep(gap_s)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return {"p50": round(percentile(ts, 50), 3), "p99": round(percentile(ts, 99), 3)}
 
 
 def versions():
@@ -1022,6 +1056,15 @@ def report(res, plot_dir):
     L.append(f"- {m['nproc']} CPUs: {m['model']}; {m['memory']} memory; kernel {m['kernel']}")
     L.append(f"- load average when the bench started: "
              f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])} (the machine may be shared)")
+    if "fsync_ms" in m:
+        L.append(f"- the ledgers' disk: write 4 KiB + fdatasync takes {m['fsync_ms']['p50']} ms "
+                 f"(p50), {m['fsync_ms']['p99']} ms (p99) back to back"
+                 + (f", {m['fsync_idle_ms']['p50']} ms (p50) 20 ms apart"
+                    if "fsync_idle_ms" in m else "")
+                 + "; every durable 2xx waits for one")
+    if "unix_max_dgram_qlen" in m:
+        L.append(f"- `net.unix.max_dgram_qlen` = {m['unix_max_dgram_qlen']} (journald's socket "
+                 "queue; systemd raises it to 512 when it is PID 1)")
     L.append("- every server, wrk and the fake upstream share these CPUs; loopback only\n")
     L.append("## Versions\n")
     for k, x in v.items():
@@ -1080,7 +1123,8 @@ def report(res, plot_dir):
             for i, r in enumerate(res["webhook"][mode][c]):
                 L.append(f"| webhook ({mode}) | {c} | {i} | {fmt(r['acked'])} | {r['non2xx']} | "
                          f"{r['socket_errors']} | commands run: {fmt(r['ran_at_end'])} when the "
-                         f"load ended, {fmt(r['ran'])} after {r['settle_s']} s |")
+                         f"load ended, {fmt(r['ran'])} {r['settle_s']} s later, when it was stopped "
+                         f"({fmt(r.get('ran_after_stop'))} a second after) |")
     for size, by_c in res["ingest"]["by_size"].items():
         for c, runs in by_c.items():
             for i, r in enumerate(runs):
@@ -1110,7 +1154,9 @@ def report(res, plot_dir):
              "the ledger shows them all `submitted` (at most "
              f"{P['submit_max_s']} s); the ceiling is `bench/curl_ceiling.c` posting the same body "
              f"with {P['upstream_concurrency']} parallel libcurl-multi transfers for "
-             f"{P['ceiling_s']} s, in the same run.\n")
+             f"{P['ceiling_s']} s over kept-alive connections, in the same run. The ceiling "
+             "records nothing; the daemon commits every job twice (`submitting` before the POST, "
+             "`submitted` after) and writes a journal entry per submission.\n")
     L.append("| run | daemon submissions/s | submitted | curl-multi ceiling/s | ratio | "
              "duplicates |")
     L.append("| --- | --- | --- | --- | --- | --- |")
@@ -1121,16 +1167,31 @@ def report(res, plot_dir):
     L.append("")
     idle = res["idle"]
     L.append("## Idle latency\n")
-    L.append(f"{idle['samples']} notifications one at a time (20 ms apart) into an idle daemon; "
-             "the fake's `submit_requests` is polled every "
-             f"{idle['poll_period_ms']} ms on average (the resolution of the second column).\n")
+    L.append(f"{idle['samples']} notifications one at a time (20 ms apart) into an idle daemon, "
+             "from a Python client (its own overhead is in both columns). The second column ends "
+             "when the fake upstream had the whole POST, by its CLOCK_MONOTONIC, the client's "
+             "clock too. Both the 202 and the POST leave after the same fsync.\n")
     L.append("| | p50 ms | p90 ms | p99 ms |")
     L.append("| --- | --- | --- | --- |")
     L.append(f"| send → 202 (durable) | {idle['ack_ms'][50]} | {idle['ack_ms'][90]} | "
              f"{idle['ack_ms'][99]} |")
-    L.append(f"| send → upstream POST seen | {idle['to_submit_ms'][50]} | "
+    L.append(f"| send → upstream POST received | {idle['to_submit_ms'][50]} | "
              f"{idle['to_submit_ms'][90]} | {idle['to_submit_ms'][99]} |")
     L.append("")
+    quiet = summarize(res["ingest"].get("quiet") or [])
+    with_journal = summarize(res["ingest"]["by_size"].get(0, {}).get(top) or [])
+    if quiet and with_journal:
+        L.append("## The journal's share\n")
+        L.append(f"The same load at {top} connections with the job entries below `log.level` "
+                 "(`warning`): the webhook, the ledger and the submissions unchanged, no entry "
+                 "for systemd-journald to take in.\n")
+        L.append("| | req/s | p99 ms | daemon CPU % | systemd-journald CPU % |")
+        L.append("| --- | --- | --- | --- | --- |")
+        for name, x in (("every transition in the journal", with_journal),
+                        ("job entries off", quiet)):
+            L.append(f"| {name} | {fmt(x['rps'])} | {fmt(x['latency_ms']['99'], 2)} | "
+                     f"{fmt(x['cpu_pct'])} | {fmt(x['journald_cpu_pct'])} |")
+        L.append("")
     if res.get("perf"):
         pf = res["perf"]
         L.append("## What limits the daemon\n")
@@ -1175,6 +1236,13 @@ def main():
            "machine": machine(), "versions": versions()}
     log(f"results in {outdir}; {'quick' if QUICK else 'full'} mode: {P}")
     tmp = tempfile.mkdtemp(prefix="vidu-bench-")
+    res["machine"]["fsync_ms"] = fsync_latency_ms(tmp)
+    res["machine"]["fsync_idle_ms"] = fsync_latency_ms(tmp, n=100, gap_s=0.02)
+    try:
+        with open("/proc/sys/net/unix/max_dgram_qlen") as f:
+            res["machine"]["unix_max_dgram_qlen"] = int(f.read())
+    except OSError:
+        pass
     journald = pid_of("systemd-journal")
     try:
         res["nginx"] = bench_nginx(tmp, outdir)

@@ -59,6 +59,8 @@ static uint64_t next_id = 2371000000000001ULL;
 static long submit_requests, tasks_created, polls, unauthorized;
 /* Submissions that arrived on a connection which had already carried a request (keep-alive). */
 static long reused_submit_requests;
+/* CLOCK_MONOTONIC when the last submission arrived, for latency measured across processes. */
+static long long last_submit_mono_ns;
 static char *last_submit_body;
 static bool last_auth_ok;
 static long complete_after_ms = 1000;
@@ -326,8 +328,11 @@ static enum MHD_Result handle_submit(struct MHD_Connection *c, struct req *rq)
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
         bool reused = ci && ci->socket_context && *(long *)ci->socket_context > 0;
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
         pthread_mutex_lock(&lock);
         submit_requests++;
+        last_submit_mono_ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
         if (reused)
                 reused_submit_requests++;
         last_auth_ok = auth_ok;
@@ -526,6 +531,8 @@ static enum MHD_Result handle_control(struct MHD_Connection *c, const char *meth
                                        json_object_new_int64(submit_requests));
                 json_object_object_add(o, "reused_submit_requests",
                                        json_object_new_int64(reused_submit_requests));
+                json_object_object_add(o, "last_submit_mono_ns",
+                                       json_object_new_int64(last_submit_mono_ns));
                 json_object_object_add(o, "created", created);
                 json_object_object_add(o, "tasks_created", json_object_new_int64(tasks_created));
                 json_object_object_add(o, "polls", json_object_new_int64(polls));
