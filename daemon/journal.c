@@ -113,12 +113,12 @@ static bool flush_queue(void)
         return !queue_head;
 }
 
-/* Waits (blocking) until the queue is empty or timeout_msec passed; -1 waits for as long as
- * journald takes. */
-static void flush_blocking(int timeout_msec)
+/* Waits (blocking) until at most `keep` bytes wait, or timeout_msec passed (-1: for as long as
+ * journald takes). */
+static void flush_blocking(size_t keep, int timeout_msec)
 {
         int waited = 0;
-        while (!flush_queue() && jfd >= 0) {
+        while (!flush_queue() && queue_bytes > keep && jfd >= 0) {
                 struct pollfd pfd = {.fd = jfd, .events = POLLOUT};
                 int step = timeout_msec < 0 ? 1000 : timeout_msec - waited;
                 if (step <= 0)
@@ -136,7 +136,7 @@ static void enqueue(const char *data, size_t len)
                 return;
         struct pending *p = malloc(sizeof(*p) + len);
         if (!p) {
-                flush_blocking(-1);
+                flush_blocking(0, -1);
                 (void)send_datagram(data, len);
                 return;
         }
@@ -150,7 +150,8 @@ static void enqueue(const char *data, size_t len)
         queue_tail = p;
         queue_bytes += len;
         if (queue_bytes > QUEUE_MAX_BYTES)
-                flush_blocking(-1);
+                /* Back under the limit by a little, not empty: a short wait, as backpressure. */
+                flush_blocking(QUEUE_MAX_BYTES - QUEUE_MAX_BYTES / 16, -1);
         else
                 flush_queue();
 }
@@ -163,7 +164,7 @@ static int on_writable(sd_event_source *s, int fd, uint32_t revents, void *userd
 
 static void flush_at_exit(void)
 {
-        flush_blocking(EXIT_FLUSH_MSEC);
+        flush_blocking(0, EXIT_FLUSH_MSEC);
 }
 
 void journal_setup(int level)
