@@ -490,6 +490,18 @@ def make_schema(tmp, fake):
     return path
 
 
+def copy_synced(src, dst):
+    """Copies a ledger and makes the copy durable before a daemon opens it: otherwise the
+    daemon's first fsync would also write back the copy's gigabytes, a stall that belongs to the
+    bench, not to the daemon."""
+    shutil.copyfile(src, dst)
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def prefill(path, start_n, end_n, state="succeeded"):
     """Adds jobs START_N..END_N-1 directly with sqlite3, in transactions of a million rows."""
     now = int(time.time() * 1e6)
@@ -515,6 +527,12 @@ COMMIT;
 """
         subprocess.run(["sqlite3", "-batch", path], input=sql, text=True, check=True,
                        capture_output=True)
+    # synchronous = OFF above: write it back now, not during a measured load.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def ingest_run(tmp, fake, template, size, conns, outdir, tag, journald, extra_conf=""):
@@ -523,7 +541,7 @@ def ingest_run(tmp, fake, template, size, conns, outdir, tag, journald, extra_co
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(ledger + suffix):
             os.unlink(ledger + suffix)
-    shutil.copyfile(template, ledger)
+    copy_synced(template, ledger)
     fake.reset()
     d = Daemon(tmp, fake, ledger, "daemon", extra_conf).start()
     try:

@@ -2,6 +2,7 @@
 #include "ledger.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
@@ -109,7 +110,107 @@ struct ledger {
         sqlite3_stmt *stmt[_STMT_MAX];
         char errbuf[512];
         bool read_only;
+        struct checkpointer *checkpointer;
 };
+
+/* WAL checkpoints in a thread of their own, on a connection of their own: a checkpoint copies the
+ * WAL's pages into the database and fsyncs it, and on a large ledger (scattered pages) that took
+ * over a second on the loop thread (p99 1.1 s at 64 connections over 10M jobs). PASSIVE
+ * checkpoints never block the loop's commits. */
+#define CHECKPOINT_PAGES 1000 /* as SQLite's own automatic checkpoint */
+
+static int fail(struct ledger *l, int rc, const char *what);
+
+struct checkpointer {
+        pthread_t thread;
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        bool wanted, stop;
+        sqlite3 *db;
+};
+
+static int on_wal_commit(void *userdata, sqlite3 *db, const char *name, int pages)
+{
+        struct checkpointer *c = userdata;
+        if (pages >= CHECKPOINT_PAGES) {
+                pthread_mutex_lock(&c->lock);
+                c->wanted = true;
+                pthread_cond_signal(&c->cond);
+                pthread_mutex_unlock(&c->lock);
+        }
+        return SQLITE_OK;
+}
+
+static void *checkpoint_thread(void *userdata)
+{
+        struct checkpointer *c = userdata;
+        pthread_mutex_lock(&c->lock);
+        for (;;) {
+                while (!c->wanted && !c->stop)
+                        pthread_cond_wait(&c->cond, &c->lock);
+                if (c->stop)
+                        break;
+                c->wanted = false;
+                pthread_mutex_unlock(&c->lock);
+                (void)sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+                pthread_mutex_lock(&c->lock);
+        }
+        pthread_mutex_unlock(&c->lock);
+        return NULL;
+}
+
+static void checkpointer_stop(struct ledger *l)
+{
+        struct checkpointer *c = l->checkpointer;
+        if (!c)
+                return;
+        sqlite3_wal_hook(l->db, NULL, NULL);
+        sqlite3_wal_autocheckpoint(l->db, CHECKPOINT_PAGES);
+        pthread_mutex_lock(&c->lock);
+        c->stop = true;
+        pthread_cond_signal(&c->cond);
+        pthread_mutex_unlock(&c->lock);
+        pthread_join(c->thread, NULL);
+        sqlite3_close(c->db);
+        pthread_cond_destroy(&c->cond);
+        pthread_mutex_destroy(&c->lock);
+        free(c);
+        l->checkpointer = NULL;
+}
+
+static int checkpointer_start(struct ledger *l, bool synchronous_full)
+{
+        struct checkpointer *c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        int rc =
+            sqlite3_open_v2(l->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_exec(c->db,
+                                  synchronous_full ? "PRAGMA synchronous = FULL"
+                                                   : "PRAGMA synchronous = NORMAL",
+                                  NULL, NULL, NULL);
+        if (rc != SQLITE_OK) {
+                int r = fail(l, rc, "opening the checkpoint connection");
+                sqlite3_close(c->db);
+                free(c);
+                return r;
+        }
+        pthread_mutex_init(&c->lock, NULL);
+        pthread_cond_init(&c->cond, NULL);
+        if (pthread_create(&c->thread, NULL, checkpoint_thread, c) != 0) {
+                sqlite3_close(c->db);
+                pthread_cond_destroy(&c->cond);
+                pthread_mutex_destroy(&c->lock);
+                free(c);
+                snprintf(l->errbuf, sizeof(l->errbuf), "cannot start the checkpoint thread");
+                return -EAGAIN;
+        }
+        l->checkpointer = c;
+        /* Replaces SQLite's automatic checkpoint, which would run on the loop thread. */
+        sqlite3_wal_hook(l->db, on_wal_commit, c);
+        return 0;
+}
 
 static int errno_from_sqlite(int rc)
 {
@@ -292,6 +393,11 @@ int ledger_open(const char *path, const struct ledger_options *opts, struct ledg
                         goto fail;
                 }
         }
+        if (opts->checkpoint_in_background && !opts->read_only) {
+                r = checkpointer_start(l, opts->synchronous_full);
+                if (r < 0)
+                        goto fail;
+        }
         *ret = l;
         return 0;
 fail:
@@ -320,6 +426,8 @@ struct ledger *ledger_close(struct ledger *l)
 {
         if (!l)
                 return NULL;
+        if (l->db)
+                checkpointer_stop(l);
         for (size_t i = 0; i < _STMT_MAX; i++)
                 sqlite3_finalize(l->stmt[i]);
         if (l->db) {

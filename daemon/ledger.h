@@ -15,6 +15,9 @@ struct ledger_options {
         bool read_only;        /* for inspection tools */
         unsigned busy_timeout_ms;
         bool integrity_check; /* PRAGMA quick_check at open */
+        /* WAL checkpoints in a thread of their own instead of inside the commit that passes
+         * 1000 pages (the daemon's loop must not wait for them). */
+        bool checkpoint_in_background;
 };
 
 /* Opens (creating if needed) and migrates the ledger. A damaged file is -EUCLEAN with a message

@@ -315,6 +315,7 @@ int manager_run(const char *config_path)
             .synchronous_full = m.cfg->synchronous_full,
             .busy_timeout_ms = 50,
             .integrity_check = true,
+            .checkpoint_in_background = true,
         };
         r = ledger_open(m.cfg->store_path, &lo, &m.ledger, &err);
         if (r < 0) {

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -176,6 +177,47 @@ static void test_damaged_file_is_refused(void **state)
         assert_int_equal(access(path, F_OK), 0);
 }
 
+static off_t file_size(const char *p)
+{
+        struct stat st;
+        return stat(p, &st) == 0 ? st.st_size : -1;
+}
+
+/* With checkpoint_in_background the commit that passes 1000 WAL pages does not checkpoint; the
+ * thread does: the database file grows (only a checkpoint writes it in WAL mode) while the
+ * ledger stays usable, and the WAL's pages are all back in the database after a close. */
+static void test_background_checkpoint(void **state)
+{
+        struct ledger_options o = opts;
+        o.checkpoint_in_background = true;
+        struct ledger *l = NULL;
+        char *err = NULL;
+        assert_int_equal(ledger_open(path, &o, &l, &err), 0);
+        off_t before = file_size(path);
+        char id[64];
+        for (int t = 0; t < 60; t++) {
+                assert_int_equal(ledger_begin(l), 0);
+                for (int i = 0; i < 500; i++) {
+                        snprintf(id, sizeof(id), "%d%08d", 7, t * 500 + i);
+                        assert_int_equal(ledger_insert(l, id, "source-task", 1000), 1);
+                }
+                assert_int_equal(ledger_commit(l), 0);
+        }
+        /* The checkpoint runs on its own thread; poll for its effect. */
+        for (int i = 0; i < 200 && file_size(path) <= before; i++)
+                usleep(50 * 1000);
+        assert_true(file_size(path) > before);
+        struct job j;
+        assert_int_equal(ledger_get(l, "700029999", &j), 1);
+        ledger_close(l);
+        char wal[300];
+        snprintf(wal, sizeof(wal), "%s-wal", path);
+        assert_true(file_size(wal) <= 0); /* checkpointed and removed at the last close */
+        l = open_ok();
+        assert_int_equal(ledger_get(l, "700029999", &j), 1);
+        ledger_close(l);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -186,6 +228,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_replay_memory, setup, teardown),
             cmocka_unit_test_setup_teardown(test_migration_from_empty_and_version, setup, teardown),
             cmocka_unit_test_setup_teardown(test_damaged_file_is_refused, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_background_checkpoint, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
