@@ -28,6 +28,7 @@ struct conn_track {
         int fd;
         uint64_t since; /* monotonic: when the current request (or the wait for one) began */
         bool suspended;
+        bool received; /* the whole request is in: its answer is ours to send, never cut */
         struct conn_track *prev, *next;
 };
 
@@ -134,8 +135,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
         struct conn_track *t = track_of(conn);
-        if (t)
+        if (t) {
                 t->since = now_monotonic_usec(); /* a keep-alive connection starts a new wait */
+                t->received = false;
+        }
         request_free(*con_cls);
         *con_cls = NULL;
 }
@@ -233,6 +236,17 @@ static enum MHD_Result send_answer(struct http_request *r)
         if (r->server->h->answered && strcmp(r->path, r->server->cfg->webhook_path) == 0)
                 r->server->h->answered(r->status, r->server->userdata);
         return ret;
+}
+
+/* The whole request is in: from here on the sweeper leaves the connection alone, so a stalled
+ * loop cannot cut an answer that is ready (a durable 202 among them); a reader too slow to take
+ * it meets server.idle_timeout. Not for early answers (413 on Content-Length and the like): a
+ * sender may still be trickling the body those refuse. */
+static void mark_received(struct http_request *r)
+{
+        struct conn_track *t = track_of(r->conn);
+        if (t)
+                t->received = true;
 }
 
 static enum MHD_Result answer_now(struct http_request *r, unsigned status, const char *message)
@@ -367,6 +381,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         }
 
         /* The final call: the whole body is here, or we were resumed with an answer. */
+        mark_received(r);
         if (r->status)
                 return send_answer(r);
         if (r->too_big)
@@ -541,7 +556,8 @@ static int on_sweep(sd_event_source *src, uint64_t usec, void *userdata)
         struct http_server *s = userdata;
         uint64_t now = now_monotonic_usec();
         for (struct conn_track *t = s->conns; t; t = t->next)
-                if (!t->suspended && t->fd >= 0 && now - t->since > s->cfg->request_timeout) {
+                if (!t->suspended && !t->received && t->fd >= 0 &&
+                    now - t->since > s->cfg->request_timeout) {
                         shutdown(t->fd, SHUT_RDWR);
                         t->fd = -1;
                         log_debug("Closed a connection whose request took longer than "
