@@ -45,7 +45,7 @@ struct config {
         uint64_t max_connections;  /* default 512 */
         uint64_t max_per_ip;       /* connections per client address, default 64 */
         uint64_t idle_timeout;     /* usec, default 30s: a connection silent this long is closed */
-        uint64_t request_timeout;  /* usec, default 60s: a request not complete by then is closed */
+        uint64_t request_timeout;  /* usec, default 60s: a request not fully received is closed */
         char *allow_from;          /* CIDR list, space or comma separated; NULL = everyone */
         char *tls_cert;            /* PEM file path; both or neither with tls_key */
         char *tls_key;

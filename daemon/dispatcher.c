@@ -50,9 +50,8 @@ struct dispatcher {
         struct txn *txn;
         struct txn_writer writer;
         sd_event_source *timer;
-        struct call *done_head, *done_tail; /* answers waiting for the next turn */
-        struct call *turn_done;             /* answers recorded in the turn being committed */
-        struct call *turn_new;              /* calls marked in that turn, started after it */
+        struct call *done_head, *done_tail; /* answers, recorded by the next turn */
+        struct call *turn_new;              /* calls marked in the turn, started after it */
         size_t submits, polls;
         /* Account-wide pause: every job would fail alike, so none is sent until a probe passes. */
         bool paused;
@@ -234,9 +233,8 @@ static int apply_poll(struct dispatcher *d, struct call *c, uint64_t now);
 static int writer_apply(void *userdata, uint64_t now)
 {
         struct dispatcher *d = userdata;
-        d->turn_done = d->done_head;
-        d->done_head = d->done_tail = NULL;
-        for (struct call *c = d->turn_done; c; c = c->next) {
+        /* The list stays put until writer_done: nothing can answer in between (txn.h). */
+        for (struct call *c = d->done_head; c; c = c->next) {
                 c->log = false;
                 int r = c->poll ? apply_poll(d, c, now) : apply_submit(d, c, now);
                 if (r < 0)
@@ -276,28 +274,22 @@ static void free_calls(struct call *c)
 static void writer_done(void *userdata, int r)
 {
         struct dispatcher *d = userdata;
-        struct call *done = d->turn_done, *fresh = d->turn_new;
-        d->turn_done = d->turn_new = NULL;
+        struct call *fresh = d->turn_new;
+        d->turn_new = NULL;
         if (r < 0) {
-                /* Rolled back: the answers wait for the next turn, the marked jobs were never
+                /* Rolled back: the answers stay for the next turn, the marked jobs were never
                  * marked. */
                 for (struct call *c = fresh; c; c = c->next)
                         if (c->probe)
                                 d->probe_in_flight = false;
                 free_calls(fresh);
-                if (done) {
-                        struct call *last = done;
-                        while (last->next)
-                                last = last->next;
-                        last->next = d->done_head;
-                        d->done_head = done;
-                        if (!d->done_tail)
-                                d->done_tail = last;
-                }
-                note_ledger_failure(d, done ? "recording upstream answers" : "marking jobs due");
+                note_ledger_failure(d, d->done_head ? "recording upstream answers"
+                                                    : "marking jobs due");
                 return;
         }
         d->ledger_failing = false;
+        struct call *done = d->done_head;
+        d->done_head = d->done_tail = NULL;
         while (done) {
                 struct call *next = done->next;
                 if (done->log)
@@ -531,6 +523,15 @@ int dispatcher_apply_outcome(struct ledger *ledger, struct job *j, bool succeede
         return r < 0 ? r : (int)j->state;
 }
 
+/* The poll pushed next_at out while it was in flight; ask again on the cadence. */
+static int poll_again(struct dispatcher *d, struct job *j, uint64_t now)
+{
+        if (j->state != JOB_SUBMITTED)
+                return 0;
+        j->next_at = now + d->cfg->poll_interval;
+        return ledger_save(d->ledger, j, now);
+}
+
 static int apply_poll(struct dispatcher *d, struct call *c, uint64_t now)
 {
         struct job j;
@@ -540,11 +541,7 @@ static int apply_poll(struct dispatcher *d, struct call *c, uint64_t now)
         const struct upstream_poll *p = &c->poll_result;
         switch (p->state) {
         case UPSTREAM_TASK_RUNNING:
-                /* The poll pushed next_at out while it was in flight; ask again on the cadence. */
-                if (j.state != JOB_SUBMITTED)
-                        return 0;
-                j.next_at = now + d->cfg->poll_interval;
-                return ledger_save(d->ledger, &j, now);
+                return poll_again(d, &j, now);
         case UPSTREAM_TASK_UNREADABLE:
                 snprintf(d->last_error, sizeof(d->last_error), "poll: %.240s", p->error);
                 /* Once per kind of trouble, not once per poll. */
@@ -554,10 +551,7 @@ static int apply_poll(struct dispatcher *d, struct call *c, uint64_t now)
                             "every upstream.poll_interval",
                             j.upscale_task_id, j.creation_id, p->error);
                 job_set_field(j.upstream_error, sizeof(j.upstream_error), p->error);
-                if (j.state != JOB_SUBMITTED)
-                        return 0;
-                j.next_at = now + d->cfg->poll_interval;
-                return ledger_save(d->ledger, &j, now);
+                return poll_again(d, &j, now);
         case UPSTREAM_TASK_SUCCESS:
         case UPSTREAM_TASK_FAILED:
                 break;
@@ -615,7 +609,6 @@ struct dispatcher *dispatcher_free(struct dispatcher *d)
          * follow retry.uncertain at the next start. Their call records die with the transfers. */
         httpc_free(d->httpc);
         free_calls(d->done_head);
-        free_calls(d->turn_done);
         free_calls(d->turn_new);
         txn_remove_writer(d->txn, &d->writer);
         sd_event_source_disable_unref(d->timer);
@@ -718,7 +711,7 @@ static int on_drain_timeout(sd_event_source *s, uint64_t usec, void *userdata)
 
 static void check_idle(struct dispatcher *d)
 {
-        if (!d->idle || httpc_in_flight(d->httpc) > 0 || d->done_head || d->turn_done)
+        if (!d->idle || httpc_in_flight(d->httpc) > 0 || d->done_head)
                 return;
         dispatcher_idle_fn idle = d->idle;
         d->idle = NULL;

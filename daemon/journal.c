@@ -277,31 +277,52 @@ static void put_uint(struct entry *e, const char *name, unsigned long long v)
         put_field(e, name, buf);
 }
 
+/* The job fields an entry carries, in the contract's order; empty ones are left out. */
+struct job_fields {
+        const char *name[8], *value[8];
+        size_t n;
+        char attempt[16], status[16];
+};
+
+static void job_fields(const struct job_event *ev, struct job_fields *f)
+{
+        f->n = 0;
+        if (!ev)
+                return;
+        snprintf(f->attempt, sizeof(f->attempt), "%u", ev->attempt);
+        snprintf(f->status, sizeof(f->status), "%d", ev->http_status);
+        const char *const names[] = {"CREATION_ID",    "SOURCE_TASK_ID", "UPSCALE_TASK_ID",
+                                     "JOB_STATE",      "ATTEMPT",        "HTTP_STATUS",
+                                     "UPSTREAM_ERROR", "RESULT_URL"};
+        const char *const values[] = {ev->creation_id,
+                                      ev->source_task_id,
+                                      ev->upscale_task_id,
+                                      ev->job_state,
+                                      ev->attempt ? f->attempt : NULL,
+                                      ev->http_status ? f->status : NULL,
+                                      ev->upstream_error,
+                                      ev->result_url};
+        for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                if (!isempty(values[i])) {
+                        f->name[f->n] = names[i];
+                        f->value[f->n] = values[i];
+                        f->n++;
+                }
+}
+
 static void emit(int priority, const char *file, int line, const char *func, const char *message_id,
                  const struct job_event *ev, const char *message)
 {
+        struct job_fields jf;
+        job_fields(ev, &jf);
         if (to_journal) {
                 struct entry e = {.len = 0};
                 put_field(&e, "MESSAGE", message);
                 put_uint(&e, "PRIORITY", (unsigned long long)priority);
                 put_field(&e, "SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER);
                 put_field(&e, "MESSAGE_ID", message_id);
-                if (ev) {
-                        put_field(&e, "CREATION_ID", ev->creation_id);
-                        put_field(&e, "SOURCE_TASK_ID",
-                                  isempty(ev->source_task_id) ? NULL : ev->source_task_id);
-                        put_field(&e, "UPSCALE_TASK_ID",
-                                  isempty(ev->upscale_task_id) ? NULL : ev->upscale_task_id);
-                        put_field(&e, "JOB_STATE", ev->job_state);
-                        if (ev->attempt)
-                                put_uint(&e, "ATTEMPT", ev->attempt);
-                        if (ev->http_status)
-                                put_uint(&e, "HTTP_STATUS", (unsigned long long)ev->http_status);
-                        put_field(&e, "UPSTREAM_ERROR",
-                                  isempty(ev->upstream_error) ? NULL : ev->upstream_error);
-                        put_field(&e, "RESULT_URL",
-                                  isempty(ev->result_url) ? NULL : ev->result_url);
-                }
+                for (size_t i = 0; i < jf.n; i++)
+                        put_field(&e, jf.name[i], jf.value[i]);
                 put_field(&e, "CODE_FILE", file);
                 put_uint(&e, "CODE_LINE", (unsigned long long)line);
                 put_field(&e, "CODE_FUNC", func);
@@ -312,31 +333,12 @@ static void emit(int priority, const char *file, int line, const char *func, con
         if (to_stderr) {
                 char extra[1024] = "";
                 size_t o = 0;
-#define EXTRA(name, value)                                                                         \
-        do {                                                                                       \
-                const char *v_ = (value);                                                          \
-                if (o < sizeof(extra) && v_ && *v_) {                                              \
-                        int w = snprintf(extra + o, sizeof(extra) - o, " %s=%s", name, v_);        \
-                        if (w > 0)                                                                 \
-                                o += (size_t)w;                                                    \
-                }                                                                                  \
-        } while (0)
-                if (ev) {
-                        char attempt[16] = "", status[16] = "";
-                        if (ev->attempt)
-                                snprintf(attempt, sizeof(attempt), "%u", ev->attempt);
-                        if (ev->http_status)
-                                snprintf(status, sizeof(status), "%d", ev->http_status);
-                        EXTRA("CREATION_ID", ev->creation_id);
-                        EXTRA("SOURCE_TASK_ID", ev->source_task_id);
-                        EXTRA("UPSCALE_TASK_ID", ev->upscale_task_id);
-                        EXTRA("JOB_STATE", ev->job_state);
-                        EXTRA("ATTEMPT", attempt);
-                        EXTRA("HTTP_STATUS", status);
-                        EXTRA("UPSTREAM_ERROR", ev->upstream_error);
-                        EXTRA("RESULT_URL", ev->result_url);
+                for (size_t i = 0; i < jf.n && o < sizeof(extra); i++) {
+                        int w = snprintf(extra + o, sizeof(extra) - o, " %s=%s", jf.name[i],
+                                         jf.value[i]);
+                        if (w > 0)
+                                o += (size_t)w;
                 }
-#undef EXTRA
                 fprintf(stderr, SYSLOG_IDENTIFIER "[%d]: <%s> %s%s%s%s\n", (int)getpid(),
                         priority_word(priority), message, *extra ? " [" : "",
                         *extra ? extra + 1 : "", *extra ? "]" : "");

@@ -18,7 +18,9 @@ struct txn_writer {
          * whole turn back. May call txn_want() for a writer added after this one, which then
          * joins the same turn. */
         int (*apply)(void *userdata, uint64_t now_usec);
-        /* After the commit (r == 0) or the rollback (r < 0: -ENOSPC disk full, -EBUSY locked,
+        /* Right after apply, in the same callback: nothing else the loop does (no request, no
+         * upstream answer) comes between the two, so what apply saw is what done acts on.
+         * After the commit (r == 0) or the rollback (r < 0: -ENOSPC disk full, -EBUSY locked,
          * -EEXIST a constraint, -EIO otherwise). Each writer applies in a savepoint of its own,
          * so one whose apply failed is rolled back alone while the others commit. A txn_want()
          * from here joins the next turn. */

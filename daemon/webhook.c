@@ -45,10 +45,8 @@ struct webhook {
         struct txn *txn;
         struct txn_writer writer;
         sd_event_source *probe_timer;
-        struct staged *head, *tail; /* waiting for the next turn */
+        struct staged *head, *tail; /* recorded by the next turn */
         size_t n_staged;
-        struct staged *turn; /* in the transaction being committed */
-        size_t n_turn;
         bool ledger_ok;
         uint64_t auth_log_last;
         uint64_t auth_suppressed;
@@ -355,12 +353,9 @@ static void log_auth_failure(struct webhook *w, struct http_request *req, const 
 static int writer_apply(void *userdata, uint64_t now)
 {
         struct webhook *w = userdata;
-        w->turn = w->head;
-        w->n_turn = w->n_staged;
-        w->head = w->tail = NULL;
-        w->n_staged = 0;
         bool any_new = false;
-        for (struct staged *s = w->turn; s; s = s->next) {
+        /* The list stays put until writer_done: nothing can stage in between (txn.h). */
+        for (struct staged *s = w->head; s; s = s->next) {
                 size_t before = json_object_array_length(s->accepted);
                 int r = stage_apply(w, s, now);
                 if (r < 0)
@@ -378,19 +373,12 @@ static int writer_apply(void *userdata, uint64_t now)
 static void writer_done(void *userdata, int r)
 {
         struct webhook *w = userdata;
-        struct staged *list = w->turn;
-        size_t n = w->n_turn;
-        w->turn = NULL;
-        w->n_turn = 0;
+        struct staged *list = w->head;
+        size_t n = w->n_staged;
+        w->head = w->tail = NULL;
+        w->n_staged = 0;
         if (r < 0) {
-                /* Nothing half-recorded: the whole batch goes, every sender is asked to retry.
-                 * When the transaction could not even begin, apply never took the staged list. */
-                if (!list) {
-                        list = w->head;
-                        n = w->n_staged;
-                        w->head = w->tail = NULL;
-                        w->n_staged = 0;
-                }
+                /* Nothing half-recorded: the whole batch goes, every sender is asked to retry. */
                 ledger_failed(w, r, n);
                 for (struct staged *s = list, *next; s; s = next) {
                         next = s->next;
@@ -552,7 +540,6 @@ struct webhook *webhook_free(struct webhook *w)
         if (!w)
                 return NULL;
         staged_free_list(w->head);
-        staged_free_list(w->turn);
         txn_remove_writer(w->txn, &w->writer);
         sd_event_source_disable_unref(w->probe_timer);
         sd_event_unref(w->event);
@@ -572,5 +559,5 @@ bool webhook_ledger_ok(const struct webhook *w)
 
 size_t webhook_staged(const struct webhook *w)
 {
-        return w->n_staged + w->n_turn;
+        return w->n_staged;
 }
