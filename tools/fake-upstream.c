@@ -1,6 +1,7 @@
 /* fake-upstream.c: a fake of the Vidu task API (POST /vidu/v1/tasks, GET /vidu/v1/tasks/{id})
  * for tests, benchmarks and the README's try-it command. Tasks complete on their own; faults are
- * injected on demand through POST /_fake/faults; GET /_fake/stats counts what arrived. */
+ * injected on demand through POST /_fake/faults; GET /_fake/stats counts what arrived and
+ * GET /_fake/arrivals?creation_id=ID says when each submission for ID arrived. */
 #include <errno.h>
 #include <json-c/json.h>
 #include <microhttpd.h>
@@ -43,10 +44,17 @@ struct task {
         struct task *next;
 };
 
+#define MAX_ARRIVALS 8
+
 struct count {
         char *creation_id;
         long created;
         char *fail_err; /* outcome: tasks for this creation end failed */
+        /* CLOCK_REALTIME (ns), the daemon's scheduling clock, when each of the first
+         * MAX_ARRIVALS submissions arrived, so a test can measure the daemon's wait between
+         * attempts where the wait happens. */
+        long long arrival_ns[MAX_ARRIVALS];
+        long n_arrivals;
         struct count *next;
 };
 
@@ -328,8 +336,10 @@ static enum MHD_Result handle_submit(struct MHD_Connection *c, struct req *rq)
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
         bool reused = ci && ci->socket_context && *(long *)ci->socket_context > 0;
-        struct timespec now;
+        struct timespec now, wall;
         clock_gettime(CLOCK_MONOTONIC, &now);
+        clock_gettime(CLOCK_REALTIME, &wall);
+        long long arrival_ns = (long long)wall.tv_sec * 1000000000LL + wall.tv_nsec;
         pthread_mutex_lock(&lock);
         submit_requests++;
         last_submit_mono_ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
@@ -361,6 +371,9 @@ static enum MHD_Result handle_submit(struct MHD_Connection *c, struct req *rq)
         }
         struct fault f;
         pthread_mutex_lock(&lock);
+        struct count *arrived = count_of(cid, true);
+        if (arrived && arrived->n_arrivals < MAX_ARRIVALS)
+                arrived->arrival_ns[arrived->n_arrivals++] = arrival_ns;
         bool faulted = take_fault(ON_SUBMIT, cid, &f);
         bool create = !faulted || f.create;
         struct task *t = create ? create_task(cid) : NULL;
@@ -544,6 +557,17 @@ static enum MHD_Result handle_control(struct MHD_Connection *c, const char *meth
                                        json_object_new_boolean(last_auth_ok));
                 pthread_mutex_unlock(&lock);
                 return reply_json(c, 200, o);
+        }
+        if (strcmp(url, "/_fake/arrivals") == 0 && strcmp(method, "GET") == 0) {
+                const char *cid =
+                    MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "creation_id");
+                json_object *a = json_object_new_array();
+                pthread_mutex_lock(&lock);
+                struct count *cnt = cid ? count_of(cid, false) : NULL;
+                for (long i = 0; cnt && i < cnt->n_arrivals; i++)
+                        json_object_array_add(a, json_object_new_int64(cnt->arrival_ns[i]));
+                pthread_mutex_unlock(&lock);
+                return reply_json(c, 200, a);
         }
         if (strcmp(method, "POST") != 0)
                 return reply_error(c, 405, "MethodNotAllowed");

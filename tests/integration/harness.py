@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.environ.get("VIDU_SOURCE_DIR", os.path.dirname(os.path.dirname(HERE)))
@@ -196,6 +197,11 @@ class FakeUpstream:
 
     def stats(self):
         return json.loads(_request("127.0.0.1", self.port, "GET", "/_fake/stats")[2])
+
+    def arrivals(self, creation_id):
+        """When each submission for creation_id reached the fake, in seconds of CLOCK_REALTIME (the daemon's scheduling clock)."""
+        path = "/_fake/arrivals?creation_id=" + urllib.parse.quote(creation_id, safe="")
+        return [ns / 1e9 for ns in json.loads(_request("127.0.0.1", self.port, "GET", path)[2])]
 
     def reset(self):
         self._post("/_fake/reset", {})
