@@ -490,16 +490,20 @@ def make_schema(tmp, fake):
     return path
 
 
-def copy_synced(src, dst):
-    """Copies a ledger and makes the copy durable before a daemon opens it: otherwise the
-    daemon's first fsync would also write back the copy's gigabytes, a stall that belongs to the
-    bench, not to the daemon."""
-    shutil.copyfile(src, dst)
-    fd = os.open(dst, os.O_RDONLY)
+def fsync_file(path):
+    """Writes a file the bench made back to disk now, so that the daemon's first fsync does not
+    also write back its gigabytes: a stall that belongs to the bench, not to the daemon."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def copy_synced(src, dst):
+    """Copies a ledger and makes the copy durable before a daemon opens it."""
+    shutil.copyfile(src, dst)
+    fsync_file(dst)
 
 
 def prefill(path, start_n, end_n, state="succeeded"):
@@ -527,12 +531,7 @@ COMMIT;
 """
         subprocess.run(["sqlite3", "-batch", path], input=sql, text=True, check=True,
                        capture_output=True)
-    # synchronous = OFF above: write it back now, not during a measured load.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(path)  # synchronous = OFF above: write it back now, not during a measured load
 
 
 def ingest_run(tmp, fake, template, size, conns, outdir, tag, journald, extra_conf=""):

@@ -159,6 +159,15 @@ static void *checkpoint_thread(void *userdata)
         return NULL;
 }
 
+/* Frees a checkpointer whose thread has ended or never started. */
+static void checkpointer_free(struct checkpointer *c)
+{
+        sqlite3_close(c->db);
+        pthread_cond_destroy(&c->cond);
+        pthread_mutex_destroy(&c->lock);
+        free(c);
+}
+
 static void checkpointer_stop(struct ledger *l)
 {
         struct checkpointer *c = l->checkpointer;
@@ -171,10 +180,7 @@ static void checkpointer_stop(struct ledger *l)
         pthread_cond_signal(&c->cond);
         pthread_mutex_unlock(&c->lock);
         pthread_join(c->thread, NULL);
-        sqlite3_close(c->db);
-        pthread_cond_destroy(&c->cond);
-        pthread_mutex_destroy(&c->lock);
-        free(c);
+        checkpointer_free(c);
         l->checkpointer = NULL;
 }
 
@@ -183,6 +189,8 @@ static int checkpointer_start(struct ledger *l, bool synchronous_full)
         struct checkpointer *c = calloc(1, sizeof(*c));
         if (!c)
                 return -ENOMEM;
+        pthread_mutex_init(&c->lock, NULL);
+        pthread_cond_init(&c->cond, NULL);
         int rc =
             sqlite3_open_v2(l->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
         if (rc == SQLITE_OK)
@@ -192,17 +200,11 @@ static int checkpointer_start(struct ledger *l, bool synchronous_full)
                                   NULL, NULL, NULL);
         if (rc != SQLITE_OK) {
                 int r = fail(l, rc, "opening the checkpoint connection");
-                sqlite3_close(c->db);
-                free(c);
+                checkpointer_free(c);
                 return r;
         }
-        pthread_mutex_init(&c->lock, NULL);
-        pthread_cond_init(&c->cond, NULL);
         if (pthread_create(&c->thread, NULL, checkpoint_thread, c) != 0) {
-                sqlite3_close(c->db);
-                pthread_cond_destroy(&c->cond);
-                pthread_mutex_destroy(&c->lock);
-                free(c);
+                checkpointer_free(c);
                 snprintf(l->errbuf, sizeof(l->errbuf), "cannot start the checkpoint thread");
                 return -EAGAIN;
         }

@@ -118,8 +118,8 @@ static struct task *task_of(const char *id)
         return NULL;
 }
 
-/* Called with the lock held. */
-static struct task *create_task(const char *cid)
+/* Called with the lock held; cnt is the creation's count (NULL when it could not be made). */
+static struct task *create_task(const char *cid, struct count *cnt)
 {
         struct task *t = calloc(1, sizeof(*t));
         if (!t || !(t->creation_id = strdup(cid))) {
@@ -131,9 +131,8 @@ static struct task *create_task(const char *cid)
         unsigned h = hash(t->id);
         t->next = tasks[h];
         tasks[h] = t;
-        struct count *c = count_of(cid, true);
-        if (c)
-                c->created++;
+        if (cnt)
+                cnt->created++;
         tasks_created++;
         return t;
 }
@@ -376,7 +375,7 @@ static enum MHD_Result handle_submit(struct MHD_Connection *c, struct req *rq)
                 arrived->arrival_ns[arrived->n_arrivals++] = arrival_ns;
         bool faulted = take_fault(ON_SUBMIT, cid, &f);
         bool create = !faulted || f.create;
-        struct task *t = create ? create_task(cid) : NULL;
+        struct task *t = create ? create_task(cid, arrived) : NULL;
         struct task copy = t ? *t : (struct task){0};
         if (t)
                 copy.creation_id = strdup(t->creation_id);

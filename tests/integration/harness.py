@@ -199,7 +199,8 @@ class FakeUpstream:
         return json.loads(_request("127.0.0.1", self.port, "GET", "/_fake/stats")[2])
 
     def arrivals(self, creation_id):
-        """When each submission for creation_id reached the fake, in seconds of CLOCK_REALTIME (the daemon's scheduling clock)."""
+        """When each submission for creation_id reached the fake: seconds of CLOCK_REALTIME,
+        the clock the daemon schedules retries on."""
         path = "/_fake/arrivals?creation_id=" + urllib.parse.quote(creation_id, safe="")
         return [ns / 1e9 for ns in json.loads(_request("127.0.0.1", self.port, "GET", path)[2])]
 

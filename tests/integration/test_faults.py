@@ -24,9 +24,7 @@ def wait_state(d, cid, state, timeout=20):
     return wait_journal(lambda: [e for e in entries_for(d, cid) if e.get("JOB_STATE") == state], timeout=timeout)
 
 
-
 poll = harness.poll
-
 
 
 def upstream_comes_back(test, d, port, ids):
@@ -39,6 +37,7 @@ def upstream_comes_back(test, d, port, ids):
             test.assertEqual(fake.stats()["created"].get(cid), 1)
     finally:
         fake.stop()
+
 
 class Faults(unittest.TestCase):
     @classmethod
