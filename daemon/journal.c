@@ -1,7 +1,8 @@
 /* journal.c: structured journal entries with the caller's source location, and readable lines on
  * stderr when a person is watching. Entries go out over the journal's native protocol on a
  * non-blocking socket; while journald is busy they wait in a bounded queue that the event loop
- * drains, so a slow or restarting journald does not stall the daemon (only a full queue does). */
+ * drains, so a slow or restarting journald does not stall the daemon (only a full queue does).
+ * Under the loop, what one iteration logs leaves together at its end, in one sendmmsg(). */
 #include "journal.h"
 
 #include <endian.h>
@@ -22,6 +23,8 @@
 /* Entries waiting for journald; past this the daemon waits for it, as libsystemd always does. */
 #define QUEUE_MAX_BYTES (4u << 20)
 #define EXIT_FLUSH_MSEC 5000
+/* Datagrams per sendmmsg(). */
+#define SEND_BATCH 64
 
 static int max_level = LOG_INFO;
 static bool to_journal = false;
@@ -37,6 +40,7 @@ static int jfd = -1;
 static struct pending *queue_head, *queue_tail;
 static size_t queue_bytes;
 static sd_event_source *writable; /* EPOLLOUT on jfd while the queue holds entries */
+static sd_event_source *flusher;  /* post source: sends what the iteration logged */
 
 /* True if stderr is the stream systemd connected to the journal for us. */
 static bool stderr_is_journal(void)
@@ -95,18 +99,38 @@ static int send_datagram(const char *data, size_t len)
         return 1;
 }
 
-/* Sends what waits, oldest first, until journald is busy. True when the queue is empty. */
-static bool flush_queue(void)
+static void drop_head(size_t n)
 {
-        while (queue_head) {
+        while (n-- > 0 && queue_head) {
                 struct pending *p = queue_head;
-                if (send_datagram(p->data, p->len) == 0)
-                        break;
                 queue_head = p->next;
                 if (!queue_head)
                         queue_tail = NULL;
                 queue_bytes -= p->len;
                 free(p);
+        }
+}
+
+/* Sends what waits, oldest first, until journald is busy. True when the queue is empty. */
+static bool flush_queue(void)
+{
+        while (queue_head) {
+                struct mmsghdr msgs[SEND_BATCH];
+                struct iovec iov[SEND_BATCH];
+                unsigned n = 0;
+                for (struct pending *p = queue_head; p && n < SEND_BATCH; p = p->next, n++) {
+                        iov[n] = (struct iovec){.iov_base = p->data, .iov_len = p->len};
+                        msgs[n] =
+                            (struct mmsghdr){.msg_hdr = {.msg_iov = &iov[n], .msg_iovlen = 1}};
+                }
+                int sent = jfd >= 0 ? sendmmsg(jfd, msgs, n, MSG_DONTWAIT | MSG_NOSIGNAL) : -1;
+                if (sent <= 0) {
+                        /* The oldest alone, through the path that tells busy from each error. */
+                        if (send_datagram(queue_head->data, queue_head->len) == 0)
+                                break;
+                        sent = 1;
+                }
+                drop_head((size_t)sent);
         }
         if (writable)
                 sd_event_source_set_enabled(writable, queue_head ? SD_EVENT_ON : SD_EVENT_OFF);
@@ -132,7 +156,8 @@ static void flush_blocking(size_t keep, int timeout_msec)
 
 static void enqueue(const char *data, size_t len)
 {
-        if (!queue_head && send_datagram(data, len))
+        /* Without the loop each entry leaves at once; under it, at the end of the iteration. */
+        if (!flusher && !queue_head && send_datagram(data, len))
                 return;
         struct pending *p = malloc(sizeof(*p) + len);
         if (!p) {
@@ -152,11 +177,19 @@ static void enqueue(const char *data, size_t len)
         if (queue_bytes > QUEUE_MAX_BYTES)
                 /* Back under the limit by a little, not empty: a short wait, as backpressure. */
                 flush_blocking(QUEUE_MAX_BYTES - QUEUE_MAX_BYTES / 16, -1);
+        else if (flusher)
+                sd_event_source_set_enabled(flusher, SD_EVENT_ONESHOT);
         else
                 flush_queue();
 }
 
 static int on_writable(sd_event_source *s, int fd, uint32_t revents, void *userdata)
+{
+        flush_queue();
+        return 0;
+}
+
+static int on_iteration_end(sd_event_source *s, void *userdata)
 {
         flush_queue();
         return 0;
@@ -190,12 +223,21 @@ int journal_attach_event(sd_event *event)
                 return r;
         sd_event_source_set_description(writable, "journal-writable");
         sd_event_source_set_enabled(writable, queue_head ? SD_EVENT_ON : SD_EVENT_OFF);
+        r = sd_event_add_post(event, &flusher, on_iteration_end, NULL);
+        if (r < 0) {
+                writable = sd_event_source_disable_unref(writable);
+                return r;
+        }
+        sd_event_source_set_description(flusher, "journal-flush");
+        sd_event_source_set_enabled(flusher, SD_EVENT_OFF);
         return 0;
 }
 
 void journal_detach_event(void)
 {
+        flusher = sd_event_source_disable_unref(flusher);
         writable = sd_event_source_disable_unref(writable);
+        flush_queue();
 }
 
 size_t journal_queued_bytes(void)
@@ -316,7 +358,10 @@ static void emit(int priority, const char *file, int line, const char *func, con
         struct job_fields jf;
         job_fields(ev, &jf);
         if (to_journal) {
-                struct entry e = {.len = 0};
+                struct entry e; /* buf is written before it is read: no need to clear it */
+                e.big = NULL;
+                e.len = e.cap = 0;
+                e.failed = false;
                 put_field(&e, "MESSAGE", message);
                 put_uint(&e, "PRIORITY", (unsigned long long)priority);
                 put_field(&e, "SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER);
