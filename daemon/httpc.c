@@ -26,12 +26,18 @@ struct transfer {
         struct transfer *prev, *next;
 };
 
+/* Finished transfers leave their easy handle here for the next one: creating a handle and its
+ * buffers costs more than the request itself on a kept-alive connection. */
+#define SPARE_MAX 64
+
 struct httpc {
         sd_event *event;
         CURLM *multi;
         sd_event_source *timer;
         struct transfer *transfers;
         size_t n;
+        CURL *spare[SPARE_MAX];
+        size_t n_spare, spare_max;
 };
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
@@ -110,8 +116,14 @@ static void transfer_free(struct transfer *t)
         if (!t)
                 return;
         if (t->easy) {
-                curl_multi_remove_handle(t->owner->multi, t->easy);
-                curl_easy_cleanup(t->easy);
+                struct httpc *h = t->owner;
+                curl_multi_remove_handle(h->multi, t->easy);
+                if (h->n_spare < h->spare_max) {
+                        /* Every option back to its default, the headers and body included. */
+                        curl_easy_reset(t->easy);
+                        h->spare[h->n_spare++] = t->easy;
+                } else
+                        curl_easy_cleanup(t->easy);
         }
         curl_slist_free_all(t->headers);
         free(t->upload);
@@ -275,6 +287,7 @@ int httpc_new(sd_event *event, unsigned max_connections, struct httpc **ret)
         if (!h)
                 return -ENOMEM;
         h->event = sd_event_ref(event);
+        h->spare_max = max_connections + 2 < SPARE_MAX ? max_connections + 2 : SPARE_MAX;
         h->multi = curl_multi_init();
         if (!h->multi) {
                 httpc_free(h);
@@ -303,8 +316,11 @@ struct httpc *httpc_free(struct httpc *h)
 {
         if (!h)
                 return NULL;
+        h->spare_max = 0; /* the transfers' handles go, not to the spares */
         while (h->transfers)
                 transfer_free(h->transfers);
+        while (h->n_spare > 0)
+                curl_easy_cleanup(h->spare[--h->n_spare]);
         if (h->multi)
                 curl_multi_cleanup(h->multi);
         sd_event_source_disable_unref(h->timer);
@@ -334,7 +350,7 @@ int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn 
         h->transfers = t;
         h->n++;
 
-        t->easy = curl_easy_init();
+        t->easy = h->n_spare > 0 ? h->spare[--h->n_spare] : curl_easy_init();
         if (!t->easy) {
                 transfer_free(t);
                 return -ENOMEM;
