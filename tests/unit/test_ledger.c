@@ -123,6 +123,103 @@ static void test_due_and_counts(void **state)
         ledger_close(l);
 }
 
+static void expect_counts(struct ledger *l, uint64_t pending, uint64_t submitting,
+                          uint64_t submitted, uint64_t dead)
+{
+        uint64_t counts[_JOB_STATE_MAX];
+        assert_int_equal(ledger_count_states(l, counts), 0);
+        assert_int_equal(counts[JOB_PENDING], pending);
+        assert_int_equal(counts[JOB_SUBMITTING], submitting);
+        assert_int_equal(counts[JOB_SUBMITTED], submitted);
+        assert_int_equal(counts[JOB_DEAD], dead);
+}
+
+/* The counters are written once per commit from what inserts and saves changed: a savepoint
+ * rolled back or a transaction rolled back takes its changes back, and a save counts from the
+ * state the ledger holds, not the one the caller last read. */
+static void test_counts_follow_commits_savepoints_and_rollbacks(void **state)
+{
+        struct ledger *l = open_ok();
+        struct job a, stale;
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_insert(l, "a", "src", 1), 1);
+        assert_int_equal(ledger_insert(l, "b", "src", 1), 1);
+        assert_int_equal(ledger_insert(l, "a", "src", 1), 0); /* a duplicate counts nothing */
+        expect_counts(l, 0, 0, 0, 0);                         /* nothing written before COMMIT */
+        assert_int_equal(ledger_savepoint(l), 0);
+        assert_int_equal(ledger_get(l, "a", &a), 1);
+        a.state = JOB_SUBMITTING;
+        assert_int_equal(ledger_save(l, &a, 2), 0);
+        assert_int_equal(ledger_insert(l, "c", "src", 2), 1);
+        assert_int_equal(ledger_rollback_to(l), 0);
+        assert_int_equal(ledger_commit(l), 0);
+        expect_counts(l, 2, 0, 0, 0);
+
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_get(l, "a", &a), 1);
+        a.state = JOB_DEAD;
+        assert_int_equal(ledger_save(l, &a, 3), 0);
+        ledger_rollback(l);
+        expect_counts(l, 2, 0, 0, 0);
+
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_get(l, "a", &a), 1);
+        stale = a;
+        a.state = JOB_SUBMITTED;
+        assert_int_equal(ledger_save(l, &a, 4), 0);
+        a.state = JOB_SUBMITTED; /* no change of state: no change of count */
+        assert_int_equal(ledger_save(l, &a, 5), 0);
+        stale.state = JOB_DEAD; /* saved from a copy read while it was pending */
+        assert_int_equal(ledger_save(l, &stale, 6), 0);
+        assert_int_equal(ledger_commit(l), 0);
+        expect_counts(l, 1, 0, 0, 1);
+
+        /* Outside a transaction each statement counts at once. */
+        assert_int_equal(ledger_insert(l, "d", "src", 7), 1);
+        expect_counts(l, 2, 0, 0, 1);
+        ledger_close(l);
+        l = open_ok(); /* what was counted is on disk */
+        expect_counts(l, 2, 0, 0, 1);
+        ledger_close(l);
+}
+
+/* A version-1 ledger counted with triggers; after the migration ledger.c counts instead, so
+ * nothing is counted twice and what was counted before stays. */
+static void test_migration_from_version_1_keeps_counts(void **state)
+{
+        struct ledger *l = open_ok();
+        ledger_close(l);
+        sqlite3 *db;
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(
+            sqlite3_exec(db,
+                         "CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN"
+                         "  UPDATE job_counts SET n = n + 1 WHERE state = NEW.state; END;"
+                         "CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs"
+                         "  WHEN OLD.state <> NEW.state BEGIN"
+                         "  UPDATE job_counts SET n = n - 1 WHERE state = OLD.state;"
+                         "  UPDATE job_counts SET n = n + 1 WHERE state = NEW.state; END;"
+                         "INSERT INTO jobs(creation_id, state, next_at, created_at, updated_at)"
+                         "  VALUES ('old1', 'pending', 1, 1, 1), ('old2', 'pending', 1, 1, 1);"
+                         "UPDATE jobs SET state = 'dead' WHERE creation_id = 'old2';"
+                         "PRAGMA user_version = 1;",
+                         NULL, NULL, NULL),
+            SQLITE_OK);
+        sqlite3_close(db);
+        l = open_ok();
+        assert_int_equal(ledger_schema_version(l), 2);
+        expect_counts(l, 1, 0, 0, 1);
+        struct job j;
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_insert(l, "new1", "src", 2), 1);
+        assert_int_equal(ledger_get(l, "old1", &j), 1);
+        j.state = JOB_SUBMITTED;
+        assert_int_equal(ledger_save(l, &j, 2), 0);
+        assert_int_equal(ledger_commit(l), 0);
+        expect_counts(l, 1, 0, 1, 1);
+        ledger_close(l);
+}
+
 static void test_replay_memory(void **state)
 {
         struct ledger *l = open_ok();
@@ -145,7 +242,7 @@ static void test_replay_memory(void **state)
 static void test_migration_from_empty_and_version(void **state)
 {
         struct ledger *l = open_ok();
-        assert_int_equal(ledger_schema_version(l), 1);
+        assert_int_equal(ledger_schema_version(l), 2);
         ledger_close(l);
         /* A ledger from a newer daemon is refused, not downgraded. */
         sqlite3 *db;
@@ -227,6 +324,10 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_due_and_counts, setup, teardown),
             cmocka_unit_test_setup_teardown(test_replay_memory, setup, teardown),
             cmocka_unit_test_setup_teardown(test_migration_from_empty_and_version, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_counts_follow_commits_savepoints_and_rollbacks,
+                                            setup, teardown),
+            cmocka_unit_test_setup_teardown(test_migration_from_version_1_keeps_counts, setup,
+                                            teardown),
             cmocka_unit_test_setup_teardown(test_damaged_file_is_refused, setup, teardown),
             cmocka_unit_test_setup_teardown(test_background_checkpoint, setup, teardown),
         };
