@@ -996,7 +996,7 @@ def plots(res, outdir):
                 f.write(f'"{short} {c}" {lat["50"]} {lat["99"]} {lat["99.9"]}\n')
     common = ("set terminal pngcairo size 900,480 font 'sans,10'\n"
               "set style data histograms\nset style histogram clustered gap 1\n"
-              "set style fill solid 0.85 border -1\nset key top left\nset grid ytics\n"
+              "set style fill solid 0.85 border -1\nset key outside right top\nset grid ytics\n"
               "set logscale y\n")
     gnuplot(common + f"""set output 'throughput.png'
 set title 'Notifications acknowledged per second (wrk, {P["threads"]} threads, median of {P["runs"]})'
