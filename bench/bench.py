@@ -508,7 +508,7 @@ def copy_synced(src, dst):
 
 def prefill(path, start_n, end_n, state="succeeded"):
     """Adds jobs START_N..END_N-1 directly with sqlite3, in transactions of a million rows, and
-    counts them in job_counts as the daemon does."""
+    counts them in job_counts as the daemon does (a schema-1 ledger counts by trigger)."""
     now = int(time.time() * 1e6)
     chunk = 1_000_000
     for lo in range(start_n, end_n, chunk):
@@ -528,7 +528,8 @@ WITH RECURSIVE c(x) AS (SELECT {lo} UNION ALL SELECT x + 1 FROM c WHERE x < {hi 
 INSERT INTO jobs(creation_id, source_task_id, upscale_task_id, state, attempt, next_at,
                  http_status, result_url, created_at, updated_at)
 SELECT {cols} FROM c;
-UPDATE job_counts SET n = n + {hi - lo} WHERE state = '{state}';
+UPDATE job_counts SET n = n + {hi - lo} WHERE state = '{state}' AND NOT EXISTS
+    (SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'jobs_count_insert');
 COMMIT;
 """
         subprocess.run(["sqlite3", "-batch", path], input=sql, text=True, check=True,

@@ -2,7 +2,8 @@
 # run.sh: the benchmark in one command: installs what it needs, builds the daemon (Release) into
 # build-bench/, and measures it against nginx and adnanh/webhook on loopback (bench/bench.py).
 # BENCH_QUICK=1: a short smoke run. Results land in bench/results/<timestamp>/report.md; a full
-# run also refreshes bench/RESULTS.md and bench/plots/.
+# run also refreshes bench/RESULTS.md and bench/plots/. BENCH_SETUP_ONLY=1: install and build, no
+# measuring (bench/compare.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -60,13 +61,18 @@ cmake --build "$root/build-bench" -j"$(nproc)" --target vidu-upscaled fake-upstr
 gcc -std=gnu11 -O2 -Wall -Wextra -Werror -o "$root/build-bench/curl_ceiling" bench/curl_ceiling.c \
         $(pkg-config --cflags --libs libcurl)
 
+# compare.sh only needs what is above.
+if [ "${BENCH_SETUP_ONLY:-0}" = 1 ]; then
+        exit 0
+fi
+
 # bench.py stops everything it started when it ends or is interrupted; this stops bench.py itself
 # if this script is killed.
 python3 bench/bench.py "$@" &
 bench=$!
-trap 'kill -TERM $bench 2>/dev/null; wait $bench 2>/dev/null' EXIT
+trap 'kill -TERM $bench 2>/dev/null || true; wait $bench 2>/dev/null || true' EXIT
 trap 'exit 130' INT TERM HUP
-wait $bench
-status=$?
+status=0
+wait $bench || status=$?
 trap - EXIT
 exit $status
