@@ -484,12 +484,14 @@ static int write_counts(struct ledger *l)
         return 0;
 }
 
-static void count_change(struct ledger *l, int from, int to)
+/* A job entered state TO, leaving FROM (-1: a new job). Outside a transaction there is no
+ * COMMIT to write it at, so it is written at once. */
+static int count_change(struct ledger *l, int from, int to)
 {
         if (from >= 0)
                 l->count_delta[from]--;
-        if (to >= 0)
-                l->count_delta[to]++;
+        l->count_delta[to]++;
+        return sqlite3_get_autocommit(l->db) ? write_counts(l) : 0;
 }
 
 int ledger_begin(struct ledger *l)
@@ -558,13 +560,8 @@ int ledger_insert(struct ledger *l, const char *creation_id, const char *source_
                 return r;
         if (sqlite3_changes(l->db) == 0)
                 return 0;
-        count_change(l, -1, JOB_PENDING);
-        if (sqlite3_get_autocommit(l->db)) {
-                r = write_counts(l);
-                if (r < 0)
-                        return r;
-        }
-        return 1;
+        r = count_change(l, -1, JOB_PENDING);
+        return r < 0 ? r : 1;
 }
 
 static void copy_col(sqlite3_stmt *s, int i, char *dst, size_t size)
@@ -620,9 +617,8 @@ int ledger_save(struct ledger *l, struct job *j, uint64_t now_usec)
         sqlite3_stmt *s = l->stmt[STMT_STATE];
         sqlite3_bind_text(s, 1, j->creation_id, -1, SQLITE_STATIC);
         int rc = sqlite3_step(s);
-        int from = -2; /* no such job: nothing changes */
-        if (rc == SQLITE_ROW)
-                from = job_state_from_string((const char *)sqlite3_column_text(s, 0));
+        bool found = rc == SQLITE_ROW;
+        int from = found ? job_state_from_string((const char *)sqlite3_column_text(s, 0)) : -1;
         sqlite3_reset(s);
         sqlite3_clear_bindings(s);
         if (rc != SQLITE_ROW && rc != SQLITE_DONE)
@@ -643,10 +639,9 @@ int ledger_save(struct ledger *l, struct job *j, uint64_t now_usec)
         bind_text_or_null(s, 8, j->result_url);
         sqlite3_bind_int64(s, 9, (sqlite3_int64)now_usec);
         int r = step_done(l, s, "updating a job");
-        if (r < 0 || from == -2 || from == (int)j->state)
-                return r;
-        count_change(l, from, (int)j->state);
-        return sqlite3_get_autocommit(l->db) ? write_counts(l) : 0;
+        if (r < 0 || !found || from == (int)j->state)
+                return r; /* no such job, or no change of state: no change of count */
+        return count_change(l, from, (int)j->state);
 }
 
 int ledger_due(struct ledger *l, enum ledger_due_kind kind, uint64_t now_usec, struct job *out,
