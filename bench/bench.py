@@ -1044,8 +1044,8 @@ def ratio(a, b):
 
 
 def cpu_per_request_us(x):
-    """The server's CPU time per acknowledged request: steadier than req/s when the machine's
-    two cores are shared with the load generator and journald, so changes compare better."""
+    """The server's CPU time per acknowledged request: what each request costs the server
+    itself, where req/s on shared cores also measures what wrk and journald leave over."""
     if x.get("cpu_pct") is None or not x.get("rps"):
         return None
     return x["cpu_pct"] / 100 / x["rps"] * 1e6

@@ -26,7 +26,6 @@ def median(xs):
 
 
 def ingest(tmp, fake, template, outdir, journald, binary, conns, tag):
-    B.DAEMON = binary
     r = B.ingest_run(tmp, fake, template, 0, conns, outdir, tag, journald)
     if not all(r["checks"].values()):
         raise RuntimeError(f"{binary}: checks failed after {tag}: {r['checks']}")
@@ -58,13 +57,13 @@ def main():
         B.shutil.copyfile(schema, template)
         for i in range(runs):
             for name, binary in sides.items():
+                B.DAEMON = binary  # what bench.py's Daemon starts
                 for conns in (64, 8):
                     r = ingest(tmp, fake, template, outdir, journald, binary, conns,
                                f"{name}-c{conns}-{i}")
                     res[name][f"ingest{conns}"].append(r)
                     B.log(f"{name} c={conns} run {i}: {r['rps']} req/s, p99 {r['p99']} ms, "
                           f"{B.fmt(r['cpu_us'])} us CPU a request")
-                B.DAEMON = binary
                 s = B.bench_submit(tmp, fake, schema, outdir)[0]
                 res[name]["submit"].append(s)
                 idle = B.bench_idle(tmp, fake, schema)

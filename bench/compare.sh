@@ -20,13 +20,11 @@ git -C "$root" worktree add --detach "$base/src" "$rev" >/dev/null
 cmake -S "$base/src" -B "$base/build" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$base/build" -j"$(nproc)" --target vidu-upscaled >/dev/null
 
-# compare.py stops everything it started; this stops compare.py itself if this script is killed.
-python3 bench/compare.py "$base/build/vidu-upscaled" "$root/build-bench/vidu-upscaled" "$runs" &
-cmp=$!
-trap 'kill -TERM $cmp 2>/dev/null || true; wait $cmp 2>/dev/null || true; cleanup' EXIT
-trap 'exit 130' INT TERM HUP
+# compare.py stops everything it started; run_supervised stops compare.py itself (and removes the
+# worktree) if this script is killed.
+. bench/supervise.sh
 status=0
-wait $cmp || status=$?
-trap - EXIT
+SUPERVISED_CLEANUP=cleanup run_supervised python3 bench/compare.py \
+        "$base/build/vidu-upscaled" "$root/build-bench/vidu-upscaled" "$runs" || status=$?
 cleanup
 exit $status

@@ -66,13 +66,9 @@ if [ "${BENCH_SETUP_ONLY:-0}" = 1 ]; then
         exit 0
 fi
 
-# bench.py stops everything it started when it ends or is interrupted; this stops bench.py itself
-# if this script is killed.
-python3 bench/bench.py "$@" &
-bench=$!
-trap 'kill -TERM $bench 2>/dev/null || true; wait $bench 2>/dev/null || true' EXIT
-trap 'exit 130' INT TERM HUP
+# bench.py stops everything it started when it ends or is interrupted; run_supervised stops
+# bench.py itself if this script is killed.
+. bench/supervise.sh
 status=0
-wait $bench || status=$?
-trap - EXIT
+run_supervised python3 bench/bench.py "$@" || status=$?
 exit $status
