@@ -2,7 +2,7 @@
  * stderr when a person is watching. Entries go out over the journal's native protocol on a
  * non-blocking socket; while journald is busy they wait in a bounded queue that the event loop
  * drains, so a slow or restarting journald does not stall the daemon (only a full queue does).
- * Under the loop, what one iteration logs leaves together at its end, in one sendmmsg(). */
+ * Under the loop, what a round of work logs leaves together right after it, in one sendmmsg(). */
 #include "journal.h"
 
 #include <endian.h>
@@ -40,7 +40,14 @@ static int jfd = -1;
 static struct pending *queue_head, *queue_tail;
 static size_t queue_bytes;
 static sd_event_source *writable; /* EPOLLOUT on jfd while the queue holds entries */
-static sd_event_source *flusher;  /* post source: sends what the iteration logged */
+static sd_event_source *flusher;  /* sends what was logged once the loop's work is done */
+static const char *socket_path = JOURNAL_SOCKET;
+
+/* After the loop's I/O (normal priority) and its group commit (txn.c, normal + 10): what a round
+ * of work logged leaves in one sendmmsg(). A defer source, not a post source: a post source
+ * enabled from inside a callback waits for the next event to be dispatched, which on an idle
+ * daemon can be a timer half a second away. */
+#define FLUSH_PRIORITY (SD_EVENT_PRIORITY_NORMAL + 20)
 
 /* True if stderr is the stream systemd connected to the journal for us. */
 static bool stderr_is_journal(void)
@@ -62,7 +69,7 @@ static int journal_connect(void)
         int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0)
                 return -errno;
-        strncpy(sa.sun_path, JOURNAL_SOCKET, sizeof(sa.sun_path) - 1);
+        strncpy(sa.sun_path, socket_path, sizeof(sa.sun_path) - 1);
         if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
                 int r = -errno;
                 close(fd);
@@ -156,7 +163,7 @@ static void flush_blocking(size_t keep, int timeout_msec)
 
 static void enqueue(const char *data, size_t len)
 {
-        /* Without the loop each entry leaves at once; under it, at the end of the iteration. */
+        /* Without the loop each entry leaves at once; under it, once the round of work is done. */
         if (!flusher && !queue_head && send_datagram(data, len))
                 return;
         struct pending *p = malloc(sizeof(*p) + len);
@@ -189,7 +196,7 @@ static int on_writable(sd_event_source *s, int fd, uint32_t revents, void *userd
         return 0;
 }
 
-static int on_iteration_end(sd_event_source *s, void *userdata)
+static int on_flush(sd_event_source *s, void *userdata)
 {
         flush_queue();
         return 0;
@@ -198,6 +205,15 @@ static int on_iteration_end(sd_event_source *s, void *userdata)
 static void flush_at_exit(void)
 {
         flush_blocking(0, EXIT_FLUSH_MSEC);
+}
+
+void journal_use_socket(const char *path)
+{
+        socket_path = path ? path : JOURNAL_SOCKET;
+        if (jfd >= 0) {
+                close(jfd);
+                jfd = -1;
+        }
 }
 
 void journal_setup(int level)
@@ -223,11 +239,12 @@ int journal_attach_event(sd_event *event)
                 return r;
         sd_event_source_set_description(writable, "journal-writable");
         sd_event_source_set_enabled(writable, queue_head ? SD_EVENT_ON : SD_EVENT_OFF);
-        r = sd_event_add_post(event, &flusher, on_iteration_end, NULL);
+        r = sd_event_add_defer(event, &flusher, on_flush, NULL);
         if (r < 0) {
                 writable = sd_event_source_disable_unref(writable);
                 return r;
         }
+        sd_event_source_set_priority(flusher, FLUSH_PRIORITY);
         sd_event_source_set_description(flusher, "journal-flush");
         sd_event_source_set_enabled(flusher, SD_EVENT_OFF);
         return 0;
