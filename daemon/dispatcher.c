@@ -298,11 +298,14 @@ static void writer_done(void *userdata, int r)
                 free(done);
                 done = next;
         }
+        bool started = false;
         while (fresh) {
                 struct call *c = fresh;
                 fresh = c->next;
                 int e = start_call(d, c);
-                if (e < 0) {
+                if (e >= 0)
+                        started = true;
+                else {
                         /* Left in `submitting`: at worst it is treated as uncertain at the next
                          * start. */
                         log_error("Cannot start an upstream request for %s: %s", c->job.creation_id,
@@ -312,6 +315,8 @@ static void writer_done(void *userdata, int r)
                         free(c);
                 }
         }
+        if (started)
+                httpc_send_now(d->httpc);
         if (d->draining)
                 check_idle(d);
         else

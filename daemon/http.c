@@ -175,6 +175,11 @@ const char *http_request_peer(const struct http_request *r)
         return r->peer;
 }
 
+struct http_server *http_request_server(const struct http_request *r)
+{
+        return r->server;
+}
+
 int http_request_answer(struct http_request *r, unsigned status, const char *body,
                         const char *retry_after)
 {
@@ -439,6 +444,16 @@ static int on_run_all(sd_event_source *src, void *userdata)
         for (size_t i = 0; i < s->n_listeners; i++)
                 run_listener(&s->listeners[i]);
         return 0;
+}
+
+void http_server_flush(struct http_server *s)
+{
+        int enabled = SD_EVENT_OFF;
+        if (!s || sd_event_source_get_enabled(s->run_defer, &enabled) < 0 ||
+            enabled == SD_EVENT_OFF)
+                return;
+        sd_event_source_set_enabled(s->run_defer, SD_EVENT_OFF);
+        on_run_all(s->run_defer, s);
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)

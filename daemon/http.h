@@ -46,6 +46,7 @@ const char *http_request_query(const struct http_request *r);     /* raw, withou
 const char *http_request_header(void *request, const char *name); /* auth_request-compatible */
 const uint8_t *http_request_body(const struct http_request *r, size_t *ret_len);
 const char *http_request_peer(const struct http_request *r);
+struct http_server *http_request_server(const struct http_request *r);
 
 /* Sets the answer; body is copied. retry_after may be NULL. */
 int http_request_answer(struct http_request *r, unsigned status, const char *body,
@@ -53,3 +54,6 @@ int http_request_answer(struct http_request *r, unsigned status, const char *bod
 /* Suspends the request until http_request_resume (group commit). */
 void http_request_suspend(struct http_request *r);
 void http_request_resume(struct http_request *r);
+/* Sends the answers of resumed requests now instead of from the next loop iteration. Never from
+ * inside a handler (libmicrohttpd is not reentrant). */
+void http_server_flush(struct http_server *s);

@@ -227,12 +227,16 @@ static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata)
         return 0;
 }
 
-static int on_timer(sd_event_source *s, uint64_t usec, void *userdata)
+static void run_due(struct httpc *h)
 {
-        struct httpc *h = userdata;
         int running;
         curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         check_done(h);
+}
+
+static int on_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        run_due(userdata);
         return 0;
 }
 
@@ -420,4 +424,10 @@ int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn 
                 return -EIO;
         }
         return 0;
+}
+
+void httpc_send_now(struct httpc *h)
+{
+        if (h && h->n > 0)
+                run_due(h);
 }

@@ -51,3 +51,6 @@ struct httpc_request {
 int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn done,
                 void *userdata);
 size_t httpc_in_flight(const struct httpc *h);
+/* Sends what httpc_start queued at once, instead of from the next loop iteration (curl's "start
+ * now" timer): one iteration less between a durable commit and its request on the wire. */
+void httpc_send_now(struct httpc *h);

@@ -377,6 +377,9 @@ static void writer_done(void *userdata, int r)
         size_t n = w->n_staged;
         w->head = w->tail = NULL;
         w->n_staged = 0;
+        /* The answers leave in this iteration, right after the commit (txn.c runs this from its
+         * own event source, never inside libmicrohttpd). */
+        struct http_server *server = list ? http_request_server(list->req) : NULL;
         if (r < 0) {
                 /* Nothing half-recorded: the whole batch goes, every sender is asked to retry. */
                 ledger_failed(w, r, n);
@@ -385,6 +388,7 @@ static void writer_done(void *userdata, int r)
                         answer_unavailable(s, "the ledger cannot record notifications right now");
                         staged_free(s);
                 }
+                http_server_flush(server);
                 return;
         }
         if (!w->ledger_ok) {
@@ -405,6 +409,7 @@ static void writer_done(void *userdata, int r)
                                              &s->events[i], "%s", s->messages[i]);
                 staged_free(s);
         }
+        http_server_flush(server);
 }
 
 static void log_auth_failure(struct webhook *w, struct http_request *req, const char *reason)
