@@ -2,10 +2,14 @@
 #include "ledger.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -278,6 +282,62 @@ static int exec(struct ledger *l, const char *sql, const char *what)
         return 0;
 }
 
+/* The WAL grown to twice a checkpoint's worth of frames with zeros written, once, so that commits
+ * overwrite blocks the file already has. Appending to a file makes its fdatasync commit the
+ * filesystem's journal as well (the new size and blocks), and on ext4 that waits for whatever
+ * other processes wrote meanwhile (journald's files, say): measured on this project's bench
+ * machine, 4 KiB appends took 0.30-0.51 ms a fdatasync (p50), overwrites 0.19 ms. Zeros past the
+ * last frame are no frames to SQLite (a frame needs the header's salts and checksums). Done under
+ * the write lock, so no other connection appends meanwhile; skipped when the filesystem has less
+ * than WAL_KEEP_FREE free beyond it, and undone if it fails half-way. Best effort: the ledger
+ * works the same without it. */
+#define WAL_KEEP_FREE (64u << 20)
+
+static void preallocate_wal(struct ledger *l)
+{
+        int page = 4096;
+        sqlite3_stmt *s = NULL;
+        if (sqlite3_prepare_v2(l->db, "PRAGMA page_size", -1, &s, NULL) == SQLITE_OK &&
+            sqlite3_step(s) == SQLITE_ROW)
+                page = sqlite3_column_int(s, 0);
+        sqlite3_finalize(s);
+        off_t want = 32 + (off_t)2 * CHECKPOINT_PAGES * (24 + page);
+
+        char wal[4096];
+        if (snprintf(wal, sizeof(wal), "%s-wal", l->path) >= (int)sizeof(wal))
+                return;
+        if (sqlite3_exec(l->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+                return;
+        /* SQLite made the file when it opened the ledger in WAL mode: its owner and mode. */
+        int fd = open(wal, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+        struct stat st;
+        struct statvfs vfs;
+        if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size < want &&
+            fstatvfs(fd, &vfs) == 0 &&
+            (uint64_t)vfs.f_bavail * vfs.f_frsize >=
+                (uint64_t)(want - st.st_size) + WAL_KEEP_FREE) {
+                static const char zeros[65536];
+                off_t at = st.st_size;
+                bool ok = true;
+                while (ok && at < want) {
+                        size_t n =
+                            want - at < (off_t)sizeof(zeros) ? (size_t)(want - at) : sizeof(zeros);
+                        ssize_t w = pwrite(fd, zeros, n, at);
+                        if (w <= 0)
+                                ok = false;
+                        else
+                                at += w;
+                }
+                if (ok && fdatasync(fd) < 0)
+                        ok = false;
+                if (!ok && ftruncate(fd, st.st_size) < 0)
+                        ok = false; /* left longer: zeros, which are still no frames */
+        }
+        if (fd >= 0)
+                close(fd);
+        sqlite3_exec(l->db, "COMMIT", NULL, NULL, NULL);
+}
+
 int ledger_schema_version(struct ledger *l)
 {
         sqlite3_stmt *s = NULL;
@@ -409,6 +469,8 @@ int ledger_open(const char *path, const struct ledger_options *opts, struct ledg
                         goto fail;
                 }
         }
+        if (opts->preallocate_wal && !opts->read_only)
+                preallocate_wal(l);
         if (opts->checkpoint_in_background && !opts->read_only) {
                 r = checkpointer_start(l, opts->synchronous_full);
                 if (r < 0)

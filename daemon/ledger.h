@@ -18,6 +18,9 @@ struct ledger_options {
         /* WAL checkpoints in a thread of their own instead of inside the commit that passes
          * 1000 pages (the daemon's loop must not wait for them). */
         bool checkpoint_in_background;
+        /* The WAL file grown once (zeros) to two checkpoints' worth of frames, so that commits
+         * overwrite its blocks instead of appending: a cheaper fdatasync (ledger.c). */
+        bool preallocate_wal;
 };
 
 /* Opens (creating if needed) and migrates the ledger. A damaged file is -EUCLEAN with a message

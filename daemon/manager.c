@@ -316,6 +316,7 @@ int manager_run(const char *config_path)
             .busy_timeout_ms = 50,
             .integrity_check = true,
             .checkpoint_in_background = true,
+            .preallocate_wal = true,
         };
         r = ledger_open(m.cfg->store_path, &lo, &m.ledger, &err);
         if (r < 0) {
