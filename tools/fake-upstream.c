@@ -1,7 +1,9 @@
 /* fake-upstream.c: a fake of the Vidu task API (POST /vidu/v1/tasks, GET /vidu/v1/tasks/{id})
  * for tests, benchmarks and the README's try-it command. Tasks complete on their own; faults are
- * injected on demand through POST /_fake/faults; GET /_fake/stats counts what arrived and
- * GET /_fake/arrivals?creation_id=ID says when each submission for ID arrived. */
+ * injected on demand through POST /_fake/faults; GET /_fake/stats counts what arrived,
+ * GET /_fake/arrivals?creation_id=ID says when each submission for ID arrived, and
+ * GET /_fake/wait?submits=N answers once N submissions have arrived (a measuring client waits
+ * without polling, so it takes no CPU from what it measures). */
 #include <errno.h>
 #include <json-c/json.h>
 #include <microhttpd.h>
@@ -59,6 +61,7 @@ struct count {
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t submit_arrived = PTHREAD_COND_INITIALIZER; /* submit_requests grew */
 static struct task *tasks[TABLE_SIZE];
 static struct count *counts[TABLE_SIZE];
 static struct fault faults[MAX_FAULTS];
@@ -342,6 +345,7 @@ static enum MHD_Result handle_submit(struct MHD_Connection *c, struct req *rq)
         pthread_mutex_lock(&lock);
         submit_requests++;
         last_submit_mono_ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+        pthread_cond_broadcast(&submit_arrived);
         if (reused)
                 reused_submit_requests++;
         last_auth_ok = auth_ok;
@@ -554,6 +558,33 @@ static enum MHD_Result handle_control(struct MHD_Connection *c, const char *meth
                                                         : NULL);
                 json_object_object_add(o, "last_authorization_ok",
                                        json_object_new_boolean(last_auth_ok));
+                pthread_mutex_unlock(&lock);
+                return reply_json(c, 200, o);
+        }
+        if (strcmp(url, "/_fake/wait") == 0 && strcmp(method, "GET") == 0) {
+                /* Each connection has a thread of its own: only this one waits. */
+                const char *n = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "submits");
+                const char *t = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "timeout_ms");
+                long want = n ? atol(n) : 1, ms = t ? atol(t) : 5000;
+                if (ms < 0 || ms > 60000)
+                        ms = 60000;
+                struct timespec until;
+                clock_gettime(CLOCK_REALTIME, &until);
+                until.tv_sec += ms / 1000;
+                until.tv_nsec += (ms % 1000) * 1000000L;
+                if (until.tv_nsec >= 1000000000L) {
+                        until.tv_sec++;
+                        until.tv_nsec -= 1000000000L;
+                }
+                json_object *o = json_object_new_object();
+                pthread_mutex_lock(&lock);
+                while (submit_requests < want &&
+                       pthread_cond_timedwait(&submit_arrived, &lock, &until) != ETIMEDOUT)
+                        ;
+                json_object_object_add(o, "submit_requests",
+                                       json_object_new_int64(submit_requests));
+                json_object_object_add(o, "last_submit_mono_ns",
+                                       json_object_new_int64(last_submit_mono_ns));
                 pthread_mutex_unlock(&lock);
                 return reply_json(c, 200, o);
         }
