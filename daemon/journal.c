@@ -2,7 +2,8 @@
  * stderr when a person is watching. Entries go out over the journal's native protocol on a
  * non-blocking socket; while journald is busy they wait in a bounded queue that the event loop
  * drains, so a slow or restarting journald does not stall the daemon (only a full queue does).
- * Under the loop, what a round of work logs leaves together right after it, in one sendmmsg(). */
+ * Under the loop, what an event's callback logs leaves together right after it, in one
+ * sendmmsg(). */
 #include "journal.h"
 
 #include <endian.h>
@@ -40,14 +41,14 @@ static int jfd = -1;
 static struct pending *queue_head, *queue_tail;
 static size_t queue_bytes;
 static sd_event_source *writable; /* EPOLLOUT on jfd while the queue holds entries */
-static sd_event_source *flusher;  /* sends what was logged once the loop's work is done */
+/* Two sources send what was logged, whichever runs first. A post source runs after the next event
+ * the loop dispatches: under load, after every event, so what it logged leaves in one sendmmsg().
+ * But one enabled during the loop's last callback before it goes idle waits for the next event,
+ * which can be a timer half a second away; a defer source at idle priority, which runs only when
+ * nothing else is pending, sends those at once. (That one alone is no good under load: always
+ * behind pending work, it let 2 MiB of entries wait.) */
+static sd_event_source *flusher, *idle_flusher;
 static const char *socket_path = JOURNAL_SOCKET;
-
-/* After the loop's I/O (normal priority) and its group commit (txn.c, normal + 10): what a round
- * of work logged leaves in one sendmmsg(). A defer source, not a post source: a post source
- * enabled from inside a callback waits for the next event to be dispatched, which on an idle
- * daemon can be a timer half a second away. */
-#define FLUSH_PRIORITY (SD_EVENT_PRIORITY_NORMAL + 20)
 
 /* True if stderr is the stream systemd connected to the journal for us. */
 static bool stderr_is_journal(void)
@@ -163,7 +164,7 @@ static void flush_blocking(size_t keep, int timeout_msec)
 
 static void enqueue(const char *data, size_t len)
 {
-        /* Without the loop each entry leaves at once; under it, once the round of work is done. */
+        /* Without the loop each entry leaves at once; under it, after the callback that logs it. */
         if (!flusher && !queue_head && send_datagram(data, len))
                 return;
         struct pending *p = malloc(sizeof(*p) + len);
@@ -184,9 +185,10 @@ static void enqueue(const char *data, size_t len)
         if (queue_bytes > QUEUE_MAX_BYTES)
                 /* Back under the limit by a little, not empty: a short wait, as backpressure. */
                 flush_blocking(QUEUE_MAX_BYTES - QUEUE_MAX_BYTES / 16, -1);
-        else if (flusher)
+        else if (flusher) {
                 sd_event_source_set_enabled(flusher, SD_EVENT_ONESHOT);
-        else
+                sd_event_source_set_enabled(idle_flusher, SD_EVENT_ONESHOT);
+        } else
                 flush_queue();
 }
 
@@ -199,6 +201,9 @@ static int on_writable(sd_event_source *s, int fd, uint32_t revents, void *userd
 static int on_flush(sd_event_source *s, void *userdata)
 {
         flush_queue();
+        /* Sent (or waiting for journald to read, which on_writable handles): no other turn. */
+        sd_event_source_set_enabled(flusher, SD_EVENT_OFF);
+        sd_event_source_set_enabled(idle_flusher, SD_EVENT_OFF);
         return 0;
 }
 
@@ -239,20 +244,26 @@ int journal_attach_event(sd_event *event)
                 return r;
         sd_event_source_set_description(writable, "journal-writable");
         sd_event_source_set_enabled(writable, queue_head ? SD_EVENT_ON : SD_EVENT_OFF);
-        r = sd_event_add_defer(event, &flusher, on_flush, NULL);
+        r = sd_event_add_post(event, &flusher, on_flush, NULL);
+        if (r >= 0)
+                r = sd_event_add_defer(event, &idle_flusher, on_flush, NULL);
         if (r < 0) {
+                flusher = sd_event_source_disable_unref(flusher);
                 writable = sd_event_source_disable_unref(writable);
                 return r;
         }
-        sd_event_source_set_priority(flusher, FLUSH_PRIORITY);
         sd_event_source_set_description(flusher, "journal-flush");
         sd_event_source_set_enabled(flusher, SD_EVENT_OFF);
+        sd_event_source_set_priority(idle_flusher, SD_EVENT_PRIORITY_IDLE);
+        sd_event_source_set_description(idle_flusher, "journal-flush-idle");
+        sd_event_source_set_enabled(idle_flusher, SD_EVENT_OFF);
         return 0;
 }
 
 void journal_detach_event(void)
 {
         flusher = sd_event_source_disable_unref(flusher);
+        idle_flusher = sd_event_source_disable_unref(idle_flusher);
         writable = sd_event_source_disable_unref(writable);
         flush_queue();
 }

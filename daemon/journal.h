@@ -51,7 +51,7 @@ struct job_event {
 void journal_setup(int max_level);
 /* Tests: entries go to the datagram socket at path instead of journald's (NULL: journald's). */
 void journal_use_socket(const char *path);
-/* Hands sending to the loop: what a round of work logs leaves after it in one sendmmsg(), and
+/* Hands sending to the loop: what a callback logs leaves after it in one sendmmsg(), and
  * entries that had to wait while journald was busy leave when it reads again (without the loop
  * each entry leaves at once, or at exit, waiting at most 5 s). Detaching sends what waits. */
 int journal_attach_event(sd_event *event);
