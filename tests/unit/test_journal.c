@@ -73,19 +73,26 @@ static int on_defer(sd_event_source *s, void *userdata)
         return sd_event_source_set_enabled(s, SD_EVENT_OFF);
 }
 
-/* The loop has no other source: nothing but the journal's own flush can send the entries. */
-static void test_entries_leave_when_the_loop_goes_idle(void **state)
+/* A loop whose only source is one callback that logs l's entries, run once: they wait queued. */
+static sd_event *loop_that_logged(struct logger *l, sd_event_source **src)
 {
         sd_event *e = NULL;
         assert_int_equal(sd_event_new(&e), 0);
         assert_int_equal(journal_attach_event(e), 0);
-        struct logger l = {.entries = 3, .word = "idle-check"};
-        sd_event_source *src = NULL;
-        assert_int_equal(sd_event_add_defer(e, &src, on_defer, &l), 0);
-
-        /* One round runs the callback; the flush may take a few more, never a timer. */
+        assert_int_equal(sd_event_add_defer(e, src, on_defer, l), 0);
         assert_true(sd_event_run(e, 0) > 0);
         assert_true(journal_queued_bytes() > 0);
+        return e;
+}
+
+/* The loop has no other source: nothing but the journal's own flush can send the entries. */
+static void test_entries_leave_when_the_loop_goes_idle(void **state)
+{
+        struct logger l = {.entries = 3, .word = "idle-check"};
+        sd_event_source *src = NULL;
+        sd_event *e = loop_that_logged(&l, &src);
+
+        /* The flush may take a few more rounds, never a timer. */
         for (int i = 0; i < 5 && journal_queued_bytes() > 0; i++)
                 assert_true(sd_event_run(e, 0) >= 0);
         assert_int_equal(journal_queued_bytes(), 0);
@@ -99,14 +106,9 @@ static void test_entries_leave_when_the_loop_goes_idle(void **state)
 /* Detaching (the daemon stopping) sends what still waits. */
 static void test_detach_sends_what_waits(void **state)
 {
-        sd_event *e = NULL;
-        assert_int_equal(sd_event_new(&e), 0);
-        assert_int_equal(journal_attach_event(e), 0);
         struct logger l = {.entries = 2, .word = "detach-check"};
         sd_event_source *src = NULL;
-        assert_int_equal(sd_event_add_defer(e, &src, on_defer, &l), 0);
-        assert_true(sd_event_run(e, 0) > 0);
-        assert_true(journal_queued_bytes() > 0);
+        sd_event *e = loop_that_logged(&l, &src);
         journal_detach_event();
         assert_int_equal(journal_queued_bytes(), 0);
         assert_int_equal(received("MESSAGE=detach-check"), 2);
