@@ -61,7 +61,7 @@ struct count {
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t submit_arrived = PTHREAD_COND_INITIALIZER; /* submit_requests grew */
+static pthread_cond_t submit_arrived; /* submit_requests grew; waits on CLOCK_MONOTONIC */
 static struct task *tasks[TABLE_SIZE];
 static struct count *counts[TABLE_SIZE];
 static struct fault faults[MAX_FAULTS];
@@ -568,14 +568,9 @@ static enum MHD_Result handle_control(struct MHD_Connection *c, const char *meth
                 long want = n ? atol(n) : 1, ms = t ? atol(t) : 5000;
                 if (ms < 0 || ms > 60000)
                         ms = 60000;
-                struct timespec until;
-                clock_gettime(CLOCK_REALTIME, &until);
-                until.tv_sec += ms / 1000;
-                until.tv_nsec += (ms % 1000) * 1000000L;
-                if (until.tv_nsec >= 1000000000L) {
-                        until.tv_sec++;
-                        until.tv_nsec -= 1000000000L;
-                }
+                uint64_t end = now_ms() + (uint64_t)ms;
+                struct timespec until = {.tv_sec = (time_t)(end / 1000),
+                                         .tv_nsec = (long)(end % 1000) * 1000000L};
                 json_object *o = json_object_new_object();
                 pthread_mutex_lock(&lock);
                 while (submit_requests < want &&
@@ -718,6 +713,11 @@ int main(int argc, char **argv)
 {
         const char *listen_spec = "127.0.0.1:0", *port_file = NULL;
         bool quiet = false;
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&submit_arrived, &ca);
+        pthread_condattr_destroy(&ca);
         for (int i = 1; i < argc; i++) {
                 if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc)
                         listen_spec = argv[++i];
