@@ -13,8 +13,11 @@ struct transfer {
         struct httpc *owner;
         CURL *easy;
         struct curl_slist *headers;
-        char *upload; /* the request body, handed to libcurl by on_read */
-        size_t upload_len, upload_pos;
+        char *upload; /* the request body, sent with the headers in one write */
+        size_t upload_len;
+        bool once;
+        unsigned sends;      /* times libcurl was about to send the request */
+        bool resend_refused; /* a second send of a `once` request, stopped by on_prereq */
         char *body;
         size_t len, cap;
         bool too_big;
@@ -64,25 +67,18 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
         return n;
 }
 
-static size_t on_read(char *buf, size_t size, size_t nitems, void *userdata)
+/* libcurl calls this just before the request goes out on a connection, again when it silently
+ * sends it a second time (a reused keep-alive connection that died before any answer): refused
+ * for a request marked `once`, so a paid submission is never sent twice. */
+static int on_prereq(void *userdata, char *conn_primary_ip, char *conn_local_ip,
+                     int conn_primary_port, int conn_local_port)
 {
         struct transfer *t = userdata;
-        size_t n = size * nitems, left = t->upload_len - t->upload_pos;
-        if (n > left)
-                n = left;
-        memcpy(buf, t->upload + t->upload_pos, n);
-        t->upload_pos += n;
-        return n;
-}
-
-/* libcurl rewinds the body only to send the request again: refused once any of it was handed
- * over, so a request marked `once` is never sent twice. */
-static int on_seek(void *userdata, curl_off_t offset, int origin)
-{
-        struct transfer *t = userdata;
-        if (origin == SEEK_SET && offset == 0 && t->upload_pos == 0)
-                return CURL_SEEKFUNC_OK;
-        return CURL_SEEKFUNC_FAIL;
+        if (++t->sends > 1 && t->once) {
+                t->resend_refused = true;
+                return CURL_PREREQFUNC_ABORT;
+        }
+        return CURL_PREREQFUNC_OK;
 }
 
 static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
@@ -139,13 +135,15 @@ static void transfer_free(struct transfer *t)
 }
 
 /* Whether any of the request left this host, which decides if a failure is certain or not. */
-static enum upstream_transport transport_of(CURL *easy, CURLcode rc)
+static enum upstream_transport transport_of(const struct transfer *t, CURLcode rc)
 {
-        curl_off_t uploaded = 0;
         long request_size = 0;
-        curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &request_size);
-        curl_easy_getinfo(easy, CURLINFO_SIZE_UPLOAD_T, &uploaded);
+        curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &request_size);
         bool sent = request_size > 0;
+        if (t->resend_refused)
+                /* A reused connection died after the request went out, unanswered; libcurl
+                 * wanted to send it again and on_prereq refused. */
+                return UPSTREAM_TRANSPORT_CUT;
         switch (rc) {
         case CURLE_OK:
                 return UPSTREAM_TRANSPORT_OK;
@@ -159,10 +157,6 @@ static enum upstream_transport transport_of(CURL *easy, CURLcode rc)
                 return UPSTREAM_TRANSPORT_NOT_SENT;
         case CURLE_OPERATION_TIMEDOUT:
                 return sent ? UPSTREAM_TRANSPORT_TIMEOUT : UPSTREAM_TRANSPORT_NOT_SENT;
-        case CURLE_SEND_FAIL_REWIND:
-                /* A reused connection died after the request went out, unanswered; libcurl
-                 * wanted to send it again and on_seek refused. */
-                return UPSTREAM_TRANSPORT_CUT;
         default:
                 return sent ? UPSTREAM_TRANSPORT_CUT : UPSTREAM_TRANSPORT_NOT_SENT;
         }
@@ -181,7 +175,7 @@ static void check_done(struct httpc *h)
                 if (!t)
                         continue;
                 struct httpc_response resp = {0};
-                resp.transport = transport_of(t->easy, rc);
+                resp.transport = transport_of(t, rc);
                 if (t->too_big && rc == CURLE_WRITE_ERROR) {
                         /* We stopped reading, not the network: the answer arrived, too large. */
                         resp.transport = UPSTREAM_TRANSPORT_OK;
@@ -372,6 +366,9 @@ int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn 
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                          (long)(req->connect_timeout_usec / USEC_PER_MSEC));
         curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        t->once = req->once;
+        curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+        curl_easy_setopt(e, CURLOPT_PREREQDATA, t);
         if (req->once)
                 curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, (long)HTTPC_ONCE_MAX_IDLE_SEC);
         curl_easy_setopt(e, CURLOPT_USERAGENT, "vidu-upscaled/" VIDU_VERSION);
@@ -392,12 +389,10 @@ int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn 
                         return -ENOMEM;
                 }
                 t->upload_len = strlen(t->upload);
-                curl_easy_setopt(e, CURLOPT_POST, 1L);
+                /* Not copied (the transfer owns it); small enough that libcurl writes it in the
+                 * same send as the headers. */
                 curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)t->upload_len);
-                curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
-                curl_easy_setopt(e, CURLOPT_READDATA, t);
-                curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, on_seek);
-                curl_easy_setopt(e, CURLOPT_SEEKDATA, t);
+                curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->upload);
         }
         if (req->authorization) {
                 char *line = NULL;

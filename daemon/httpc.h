@@ -40,9 +40,9 @@ struct httpc_request {
         uint64_t timeout_usec;
         uint64_t connect_timeout_usec;
         /* Sent at most once (a paid submission). libcurl silently sends a request again when a
-         * reused keep-alive connection dies before any answer; with this set, the body can never
-         * be rewound once handed over, so such a transfer fails (as "cut after sending", which
-         * the caller treats as uncertain) instead. Connections idle longer than
+         * reused keep-alive connection dies before any answer; with this set, that second send
+         * is refused just before it leaves, so such a transfer fails (as "cut after sending",
+         * which the caller treats as uncertain) instead. Connections idle longer than
          * HTTPC_ONCE_MAX_IDLE_SEC are not reused for it, well inside any upstream's keep-alive
          * timeout, so that case stays rare. */
         bool once;
