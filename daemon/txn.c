@@ -1,6 +1,7 @@
 /* txn.c: the shared group commit: writers ask for a turn; a low-priority defer source runs once
  * every ready socket and timer of this loop iteration has been handled, applies every writer that
- * asked, in order, inside one transaction, commits, then tells each writer how it went. */
+ * asked, in order, inside one transaction, commits, then tells each writer how it went, in the
+ * reverse order. */
 #include "txn.h"
 
 #include <errno.h>
@@ -20,6 +21,21 @@ struct txn {
         sd_event_source *defer;
         struct txn_writer *writers;
 };
+
+/* Last writer first: the dispatcher, which sends what this turn marked `submitting`, puts its
+ * requests on the wire before the webhook's answers go out. */
+static void tell(struct txn *t, struct txn_writer *w, int r)
+{
+        if (!w)
+                return;
+        tell(t, w->next, r);
+        if (w->in_turn) {
+                w->in_turn = false;
+                if (r >= 0 && w->result < 0)
+                        t->m->ledger_commit_errors++; /* this writer alone */
+                w->done(w->userdata, r < 0 ? r : w->result);
+        }
+}
 
 static int on_turn(sd_event_source *src, void *userdata)
 {
@@ -64,13 +80,7 @@ static int on_turn(sd_event_source *src, void *userdata)
                 t->m->ledger_commit_errors++;
         } else
                 metrics_observe(&t->m->commit_seconds, (double)(now_monotonic_usec() - t0) / 1e6);
-        for (struct txn_writer *w = t->writers; w; w = w->next)
-                if (w->in_turn) {
-                        w->in_turn = false;
-                        if (r >= 0 && w->result < 0)
-                                t->m->ledger_commit_errors++; /* this writer alone */
-                        w->done(w->userdata, r < 0 ? r : w->result);
-                }
+        tell(t, t->writers, r);
         return 0;
 }
 
