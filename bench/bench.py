@@ -765,7 +765,10 @@ def bench_idle(tmp, fake, schema):
     prompt = "a slow pan over a misty harbour at dawn, " * 20
     ack, sub = [], []
     try:
-        dc = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
+        # The notification leaves in one write, as from any real sender (http.client would write
+        # its headers and its body apart, and spend the gap in Python); the answer is read raw.
+        dc = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+        dc.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         fc = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=10)
 
         def wait_submits(n):
@@ -774,6 +777,23 @@ def bench_idle(tmp, fake, schema):
             fc.request("GET", f"/_fake/wait?submits={n}&timeout_ms=5000")
             return json.loads(fc.getresponse().read())
 
+        def read_status():
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = dc.recv(65536)
+                if not chunk:
+                    raise RuntimeError("the daemon closed the idle connection")
+                buf += chunk
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            left = int(m.group(1)) - len(rest) if m else 0
+            while left > 0:
+                chunk = dc.recv(left)
+                if not chunk:
+                    raise RuntimeError("the daemon closed the idle connection")
+                left -= len(chunk)
+            return int(head.split(b" ", 2)[1])
+
         base = wait_submits(0)["submit_requests"]
         m0 = d.metrics()
         for i in range(P["idle_samples"]):
@@ -781,14 +801,16 @@ def bench_idle(tmp, fake, schema):
             body = json.dumps({"id": cid + "0", "type": "text2video", "state": "success",
                                "prompt": prompt, "creations": [
                                    {"id": cid, "uri": f"https://cdn.example.com/v/{cid}.mp4"}]})
+            req = (f"POST {HOOK_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{d.port}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                   f"{body}").encode()
             t0 = time.perf_counter()
             t0_ns = time.monotonic_ns()  # CLOCK_MONOTONIC, the fake's clock too
-            dc.request("POST", HOOK_PATH, body=body, headers={"Content-Type": "application/json"})
-            resp = dc.getresponse()
-            resp.read()
+            dc.sendall(req)
+            status = read_status()
             t1 = time.perf_counter()
-            if resp.status != 202:
-                raise RuntimeError(f"idle notification answered {resp.status}")
+            if status != 202:
+                raise RuntimeError(f"idle notification answered {status}")
             st = wait_submits(base + 1)
             if st["submit_requests"] <= base:
                 raise RuntimeError("idle notification not submitted within 5 s")
