@@ -1,7 +1,6 @@
 /* txn.c: the shared group commit: writers ask for a turn; a low-priority defer source runs once
  * every ready socket and timer of this loop iteration has been handled, applies every writer that
- * asked, in order, inside one transaction, commits, then tells each writer how it went, in the
- * reverse order. */
+ * asked, in order, inside one transaction, commits, then tells each writer how it went. */
 #include "txn.h"
 
 #include <errno.h>
@@ -21,21 +20,6 @@ struct txn {
         sd_event_source *defer;
         struct txn_writer *writers;
 };
-
-/* Last writer first: the dispatcher, which sends what this turn marked `submitting`, puts its
- * requests on the wire before the webhook's answers go out. */
-static void tell(struct txn *t, struct txn_writer *w, int r)
-{
-        if (!w)
-                return;
-        tell(t, w->next, r);
-        if (w->in_turn) {
-                w->in_turn = false;
-                if (r >= 0 && w->result < 0)
-                        t->m->ledger_commit_errors++; /* this writer alone */
-                w->done(w->userdata, r < 0 ? r : w->result);
-        }
-}
 
 static int on_turn(sd_event_source *src, void *userdata)
 {
@@ -80,7 +64,13 @@ static int on_turn(sd_event_source *src, void *userdata)
                 t->m->ledger_commit_errors++;
         } else
                 metrics_observe(&t->m->commit_seconds, (double)(now_monotonic_usec() - t0) / 1e6);
-        tell(t, t->writers, r);
+        for (struct txn_writer *w = t->writers; w; w = w->next)
+                if (w->in_turn) {
+                        w->in_turn = false;
+                        if (r >= 0 && w->result < 0)
+                                t->m->ledger_commit_errors++; /* this writer alone */
+                        w->done(w->userdata, r < 0 ? r : w->result);
+                }
         return 0;
 }
 

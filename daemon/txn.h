@@ -22,9 +22,8 @@ struct txn_writer {
          * upstream answer) comes between the two, so what apply saw is what done acts on.
          * After the commit (r == 0) or the rollback (r < 0: -ENOSPC disk full, -EBUSY locked,
          * -EEXIST a constraint, -EIO otherwise). Each writer applies in a savepoint of its own,
-         * so one whose apply failed is rolled back alone while the others commit. Writers are
-         * told in descending order (the dispatcher's requests leave before the webhook's
-         * answers). A txn_want() from here joins the next turn. */
+         * so one whose apply failed is rolled back alone while the others commit. A txn_want()
+         * from here joins the next turn. */
         void (*done)(void *userdata, int r);
         void *userdata;
         int order; /* writers take part in a turn in ascending order */
