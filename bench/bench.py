@@ -1220,10 +1220,12 @@ def report(res, plot_dir):
     idle = res["idle"]
     L.append("## Idle latency\n")
     L.append(f"{idle['samples']} notifications one at a time (20 ms apart) into an idle daemon, "
-             "from a Python client (its own overhead is in both columns). The second column ends "
-             "when the fake upstream had the whole POST, by its CLOCK_MONOTONIC, the client's "
-             "clock too; the client waits for it on the fake's `/_fake/wait` instead of polling. "
-             "Both the 202 and the POST leave right after the same fsync.\n")
+             "from a Python client that writes each request in one `send` and reads the answer "
+             "raw (its own overhead is in both columns; the 202 column also holds its wake-up). "
+             "The second column ends when the fake upstream had the whole POST, by its "
+             "CLOCK_MONOTONIC, the client's clock too; the client waits for it on the fake's "
+             "`/_fake/wait` instead of polling. Both the 202 and the POST leave right after the "
+             "same fsync.\n")
     L.append("| | p50 ms | p90 ms | p99 ms |")
     L.append("| --- | --- | --- | --- |")
     L.append(f"| send → 202 (durable) | {idle['ack_ms'][50]} | {idle['ack_ms'][90]} | "
