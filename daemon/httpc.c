@@ -15,9 +15,8 @@ struct transfer {
         struct curl_slist *headers;
         char *upload; /* the request body, sent with the headers in one write */
         size_t upload_len;
-        bool once;
-        unsigned sends;      /* times libcurl was about to send the request */
-        bool resend_refused; /* a second send of a `once` request, stopped by on_prereq */
+        unsigned sends;      /* times libcurl was about to send a `once` request */
+        bool resend_refused; /* its second send, stopped by on_prereq */
         char *body;
         size_t len, cap;
         bool too_big;
@@ -68,13 +67,14 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
 }
 
 /* libcurl calls this just before the request goes out on a connection, again when it silently
- * sends it a second time (a reused keep-alive connection that died before any answer): refused
- * for a request marked `once`, so a paid submission is never sent twice. */
+ * sends it a second time (a reused keep-alive connection that died before any answer): set only
+ * for a request marked `once`, and refusing that second time, so a paid submission is never
+ * sent twice. */
 static int on_prereq(void *userdata, char *conn_primary_ip, char *conn_local_ip,
                      int conn_primary_port, int conn_local_port)
 {
         struct transfer *t = userdata;
-        if (++t->sends > 1 && t->once) {
+        if (++t->sends > 1) {
                 t->resend_refused = true;
                 return CURL_PREREQFUNC_ABORT;
         }
@@ -137,13 +137,13 @@ static void transfer_free(struct transfer *t)
 /* Whether any of the request left this host, which decides if a failure is certain or not. */
 static enum upstream_transport transport_of(const struct transfer *t, CURLcode rc)
 {
-        long request_size = 0;
-        curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &request_size);
-        bool sent = request_size > 0;
         if (t->resend_refused)
                 /* A reused connection died after the request went out, unanswered; libcurl
                  * wanted to send it again and on_prereq refused. */
                 return UPSTREAM_TRANSPORT_CUT;
+        long request_size = 0;
+        curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &request_size);
+        bool sent = request_size > 0;
         switch (rc) {
         case CURLE_OK:
                 return UPSTREAM_TRANSPORT_OK;
@@ -366,11 +366,11 @@ int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn 
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                          (long)(req->connect_timeout_usec / USEC_PER_MSEC));
         curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-        t->once = req->once;
-        curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
-        curl_easy_setopt(e, CURLOPT_PREREQDATA, t);
-        if (req->once)
+        if (req->once) {
+                curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+                curl_easy_setopt(e, CURLOPT_PREREQDATA, t);
                 curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, (long)HTTPC_ONCE_MAX_IDLE_SEC);
+        }
         curl_easy_setopt(e, CURLOPT_USERAGENT, "vidu-upscaled/" VIDU_VERSION);
         /* The body of a POST must not be held back waiting for "100 Continue". */
         struct curl_slist *hl = curl_slist_append(NULL, "Expect:");

@@ -400,8 +400,8 @@ class DiskFull(unittest.TestCase):
         mnt = tempfile.mkdtemp(prefix="vidu-tmpfs-")
         # Room for the ledger's working set once the filler is gone: the WAL alone grows to about
         # 4 MiB (1000 pages) before a checkpoint. On 4 MiB the 2000 jobs below filled the disk
-        # again with their own WAL, before any checkpoint, in 4 of 10 runs (before and after the
-        # changes of this session alike), and the test then waited for a job that could not move.
+        # again with their own WAL, before any checkpoint, in 4 of 10 runs, and the test then
+        # waited for a job that could not move.
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", mnt], check=True)
         fake = FakeUpstream(complete_after_ms=100)
         fake.start()
