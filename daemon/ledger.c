@@ -404,9 +404,20 @@ static int check_integrity(struct ledger *l)
         return 0;
 }
 
+/* Process-wide SQLite settings, made once before its first use. Memory statistics off: with
+ * them on, every allocation and free takes a global mutex to count bytes nothing here reads
+ * (Debian's SQLite has no lookaside, so statements allocate often: about 50 allocations a
+ * notification); off, callgrind counted 3 % fewer instructions a notification. */
+static void sqlite_setup(void)
+{
+        (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 int ledger_open(const char *path, const struct ledger_options *opts, struct ledger **ret,
                 char **ret_error)
 {
+        static pthread_once_t setup_once = PTHREAD_ONCE_INIT;
+        pthread_once(&setup_once, sqlite_setup);
         struct ledger *l = calloc(1, sizeof(*l));
         int r;
         if (!l)
