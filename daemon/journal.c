@@ -340,10 +340,10 @@ static void put_field(struct entry *e, const char *name, const char *value)
         put(e, "\n", 1);
 }
 
-static void put_uint(struct entry *e, const char *name, unsigned long long v)
+static void put_uint(struct entry *e, const char *name, uint64_t v)
 {
-        char buf[32];
-        snprintf(buf, sizeof(buf), "%llu", v);
+        char buf[UINT_DEC_SIZE];
+        format_uint(v, buf);
         put_field(e, name, buf);
 }
 
@@ -351,7 +351,7 @@ static void put_uint(struct entry *e, const char *name, unsigned long long v)
 struct job_fields {
         const char *name[8], *value[8];
         size_t n;
-        char attempt[16], status[16];
+        char attempt[UINT_DEC_SIZE], status[UINT_DEC_SIZE];
 };
 
 static void job_fields(const struct job_event *ev, struct job_fields *f)
@@ -359,8 +359,11 @@ static void job_fields(const struct job_event *ev, struct job_fields *f)
         f->n = 0;
         if (!ev)
                 return;
-        snprintf(f->attempt, sizeof(f->attempt), "%u", ev->attempt);
-        snprintf(f->status, sizeof(f->status), "%d", ev->http_status);
+        /* Only the fields an entry carries are formatted (two of three entries have no status). */
+        if (ev->attempt)
+                format_uint(ev->attempt, f->attempt);
+        if (ev->http_status > 0)
+                format_uint((uint64_t)ev->http_status, f->status);
         const char *const names[] = {"CREATION_ID",    "SOURCE_TASK_ID", "UPSCALE_TASK_ID",
                                      "JOB_STATE",      "ATTEMPT",        "HTTP_STATUS",
                                      "UPSTREAM_ERROR", "RESULT_URL"};
@@ -369,7 +372,7 @@ static void job_fields(const struct job_event *ev, struct job_fields *f)
                                       ev->upscale_task_id,
                                       ev->job_state,
                                       ev->attempt ? f->attempt : NULL,
-                                      ev->http_status ? f->status : NULL,
+                                      ev->http_status > 0 ? f->status : NULL,
                                       ev->upstream_error,
                                       ev->result_url};
         for (size_t i = 0; i < ELEMENTSOF(names); i++)
@@ -391,13 +394,13 @@ static void emit(int priority, const char *file, int line, const char *func, con
                 e.len = e.cap = 0;
                 e.failed = false;
                 put_field(&e, "MESSAGE", message);
-                put_uint(&e, "PRIORITY", (unsigned long long)priority);
+                put_uint(&e, "PRIORITY", (uint64_t)priority);
                 put_field(&e, "SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER);
                 put_field(&e, "MESSAGE_ID", message_id);
                 for (size_t i = 0; i < jf.n; i++)
                         put_field(&e, jf.name[i], jf.value[i]);
                 put_field(&e, "CODE_FILE", file);
-                put_uint(&e, "CODE_LINE", (unsigned long long)line);
+                put_uint(&e, "CODE_LINE", (uint64_t)line);
                 put_field(&e, "CODE_FUNC", func);
                 if (!e.failed)
                         enqueue(e.big ? e.big : e.buf, e.len);

@@ -92,6 +92,20 @@ int parse_duration(const char *s, uint64_t *ret_usec)
         return parse_scaled(s, suffixes, factors, ELEMENTSOF(suffixes), "s", ret_usec);
 }
 
+size_t format_uint(uint64_t v, char *buf)
+{
+        char rev[UINT_DEC_SIZE];
+        size_t n = 0;
+        do {
+                rev[n++] = (char)('0' + v % 10);
+                v /= 10;
+        } while (v);
+        for (size_t i = 0; i < n; i++)
+                buf[i] = rev[n - 1 - i];
+        buf[n] = '\0';
+        return n;
+}
+
 void format_duration(uint64_t usec, char *buf, size_t len)
 {
         static const struct {

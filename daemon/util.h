@@ -40,6 +40,11 @@ int parse_duration(const char *s, uint64_t *ret_usec);
 /* Formats a duration back into the shortest exact unit ("1h", "30s", "250ms"). */
 void format_duration(uint64_t usec, char *buf, size_t len);
 
+/* Writes v in decimal and a NUL into buf (UINT_DEC_SIZE bytes at least); returns the digits'
+ * count. For hot paths where snprintf's format parsing costs more than the digits. */
+#define UINT_DEC_SIZE 21
+size_t format_uint(uint64_t v, char *buf);
+
 /* Strict decimal parse of a whole string into a bounded integer. Returns 0 or -EINVAL / -ERANGE. */
 int parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *ret);
 

@@ -1,5 +1,6 @@
 /* test_journal.c: entries logged under the event loop reach the journal's socket once the round of
- * work that logged them is done, even when the loop then has nothing else to do, and together. */
+ * work that logged them is done, even when the loop then has nothing else to do, and together;
+ * a job entry carries its fields in the journal's native format. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -116,11 +117,58 @@ static void test_detach_sends_what_waits(void **state)
         sd_event_unref(e);
 }
 
+/* The one datagram waiting on the test's socket, NUL-terminated, or "" if none. */
+static const char *one_datagram(char *buf, size_t size)
+{
+        ssize_t len = recv(sock, buf, size - 1, MSG_DONTWAIT);
+        buf[len > 0 ? len : 0] = 0;
+        return buf;
+}
+
+/* A job entry's numbers are in decimal, each field on its own line; absent ones are left out. */
+static void test_job_fields_carry_their_numbers(void **state)
+{
+        char buf[16384];
+        struct job_event ev = {.message_id = MSGID_RETRYING,
+                               .creation_id = "2370483030340581",
+                               .job_state = "retrying",
+                               .attempt = 4294967295u,
+                               .http_status = 429};
+        int line = __LINE__ + 1;
+        log_job(LOG_WARNING, &ev, "numbers-check");
+        const char *d = one_datagram(buf, sizeof(buf));
+        assert_non_null(strstr(d, "MESSAGE=numbers-check\n"));
+        assert_non_null(strstr(d, "\nPRIORITY=4\n"));
+        assert_non_null(strstr(d, "\nATTEMPT=4294967295\n"));
+        assert_non_null(strstr(d, "\nHTTP_STATUS=429\n"));
+        assert_non_null(strstr(d, "\nCREATION_ID=2370483030340581\n"));
+        char want[64];
+        snprintf(want, sizeof(want), "\nCODE_LINE=%d\n", line);
+        assert_non_null(strstr(d, want));
+
+        ev.attempt = 1;
+        ev.http_status = 0;
+        log_job(LOG_DEBUG, &ev, "below-level");
+        assert_string_equal(one_datagram(buf, sizeof(buf)), "");
+        log_job(LOG_INFO, &ev, "first-attempt");
+        d = one_datagram(buf, sizeof(buf));
+        assert_non_null(strstr(d, "\nPRIORITY=6\n"));
+        assert_non_null(strstr(d, "\nATTEMPT=1\n"));
+        assert_null(strstr(d, "HTTP_STATUS="));
+
+        ev.attempt = 0;
+        log_job(LOG_INFO, &ev, "no-attempt");
+        d = one_datagram(buf, sizeof(buf));
+        assert_non_null(strstr(d, "MESSAGE=no-attempt\n"));
+        assert_null(strstr(d, "ATTEMPT="));
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_entries_leave_when_the_loop_goes_idle),
             cmocka_unit_test(test_detach_sends_what_waits),
+            cmocka_unit_test(test_job_fields_carry_their_numbers),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
