@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "jsonparse.h"
 #include "util.h"
 
 #define PRINTABLE_MAX 64
@@ -314,15 +315,14 @@ int notification_parse(const char *body, size_t len, const struct notification_l
         /* json-c counts an object member's value as a level of its own, so its limit only bounds
          * the parser's stack; the nesting of arrays and objects is measured after parsing. */
         size_t max_depth = limits->max_depth ? limits->max_depth : 32;
-        json_tokener *tok = json_tokener_new_ex((int)(2 * max_depth + 2));
-        if (!tok)
-                return -ENOMEM;
+        json_object *root;
+        enum json_tokener_error jerr;
+        size_t used;
         /* Strict: what senders send is JSON; anything looser is not worth guessing at. */
-        json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
-        json_object *root = json_tokener_parse_ex(tok, body, (int)len);
-        enum json_tokener_error jerr = json_tokener_get_error(tok);
-        size_t used = json_tokener_get_parse_end(tok);
-        json_tokener_free(tok);
+        r = json_parse_text(body, len, (int)(2 * max_depth + 2), JSON_TOKENER_STRICT, &root, &jerr,
+                            &used);
+        if (r < 0)
+                return r;
         if (jerr == json_tokener_error_depth) {
                 json_object_put(root);
                 *ret_error = "JSON nested deeper than limits.max_json_depth";

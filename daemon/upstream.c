@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "jsonparse.h"
 #include "util.h"
 
 const char *upstream_verdict_to_string(enum upstream_verdict v)
@@ -111,16 +112,14 @@ static json_object *parse_object(const struct upstream_answer *a)
 {
         if (!a->body || a->body_len == 0 || a->body_len > 4 * 1024 * 1024)
                 return NULL;
-        json_tokener *tok = json_tokener_new_ex(32);
-        if (!tok)
+        json_object *o;
+        enum json_tokener_error err;
+        if (json_parse_text(a->body, a->body_len, 32, 0, &o, &err, NULL) < 0 || !o)
                 return NULL;
-        json_object *o = json_tokener_parse_ex(tok, a->body, (int)a->body_len);
-        if (json_tokener_get_error(tok) != json_tokener_success ||
-            json_object_get_type(o) != json_type_object) {
+        if (json_object_get_type(o) != json_type_object) {
                 json_object_put(o);
-                o = NULL;
+                return NULL;
         }
-        json_tokener_free(tok);
         return o;
 }
 
