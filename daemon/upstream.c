@@ -43,53 +43,104 @@ int upstream_escape(const char *src, char *dst, size_t size)
         return 0;
 }
 
+/* Appends s as a JSON string, quoted, at *o in dst (room checked by the caller: 6 bytes a byte of
+ * s and 2 for the quotes), escaped as json-c's plain output escapes it. */
+static void put_json_string(char *dst, size_t *o, const char *s)
+{
+        static const char hex[] = "0123456789abcdef";
+        size_t n = *o;
+        dst[n++] = '"';
+        for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+                const char *esc = NULL;
+                switch (*p) {
+                case '"':
+                        esc = "\\\"";
+                        break;
+                case '\\':
+                        esc = "\\\\";
+                        break;
+                case '\b':
+                        esc = "\\b";
+                        break;
+                case '\f':
+                        esc = "\\f";
+                        break;
+                case '\n':
+                        esc = "\\n";
+                        break;
+                case '\r':
+                        esc = "\\r";
+                        break;
+                case '\t':
+                        esc = "\\t";
+                        break;
+                default:
+                        break;
+                }
+                if (esc) {
+                        dst[n++] = esc[0];
+                        dst[n++] = esc[1];
+                } else if (*p < 0x20) {
+                        memcpy(dst + n, "\\u00", 4);
+                        dst[n + 4] = hex[*p >> 4];
+                        dst[n + 5] = hex[*p & 15];
+                        n += 6;
+                } else
+                        dst[n++] = (char)*p;
+        }
+        dst[n++] = '"';
+        *o = n;
+}
+
+static void put_raw(char *dst, size_t *o, const char *s)
+{
+        size_t n = strlen(s);
+        memcpy(dst + *o, s, n);
+        *o += n;
+}
+
+/* The body is written directly rather than built as json-c objects and serialized: that took
+ * 14,000 instructions a submission (callgrind), more than libcurl's own work to send it. Same
+ * text, same key order as json-c's plain output. */
 int upstream_build_submit(const struct config *cfg, const char *creation_id, char **ret_url,
                           char **ret_body)
 {
-        json_object *root = json_object_new_object();
-        char *url = NULL, *body = NULL;
-        int r = -ENOMEM;
-        if (!root)
+        bool v2 = cfg->flavor == UPSTREAM_FLAVOR_ENT_V2;
+        const char *second = v2 ? (cfg->resolution ? cfg->resolution : "1080p") : cfg->model;
+        if (!second)
+                second = "";
+        /* Every byte of a string may become 6, plus quotes, keys and the duration's digits. */
+        size_t cap = 6 * (strlen(creation_id) + strlen(second)) + 128 + UINT_DEC_SIZE;
+        char *body = malloc(cap);
+        char *url = NULL;
+        if (!body)
                 return -ENOMEM;
-        if (cfg->flavor == UPSTREAM_FLAVOR_ENT_V2) {
-                json_object_object_add(root, "video_creation_id",
-                                       json_object_new_string(creation_id));
-                json_object_object_add(
-                    root, "upscale_resolution",
-                    json_object_new_string(cfg->resolution ? cfg->resolution : "1080p"));
-                if (asprintf(&url, "%s/ent/v2/upscale-new", cfg->base_url) < 0)
-                        url = NULL;
+        size_t o = 0;
+        if (v2) {
+                put_raw(body, &o, "{\"video_creation_id\":");
+                put_json_string(body, &o, creation_id);
+                put_raw(body, &o, ",\"upscale_resolution\":");
+                put_json_string(body, &o, second);
+                put_raw(body, &o, "}");
         } else {
-                json_object *input = json_object_new_object();
-                json_object *settings = json_object_new_object();
-                if (!input || !settings) {
-                        json_object_put(input);
-                        json_object_put(settings);
-                        goto out;
-                }
-                json_object_object_add(input, "creation_id", json_object_new_string(creation_id));
-                json_object_object_add(root, "input", input);
-                json_object_object_add(root, "type", json_object_new_string("upscale"));
-                json_object_object_add(settings, "model", json_object_new_string(cfg->model));
-                json_object_object_add(settings, "duration",
-                                       json_object_new_int64((int64_t)cfg->duration));
-                json_object_object_add(root, "settings", settings);
-                if (asprintf(&url, "%s/vidu/v1/tasks", cfg->base_url) < 0)
-                        url = NULL;
+                char digits[UINT_DEC_SIZE];
+                format_uint(cfg->duration, digits);
+                put_raw(body, &o, "{\"input\":{\"creation_id\":");
+                put_json_string(body, &o, creation_id);
+                put_raw(body, &o, "},\"type\":\"upscale\",\"settings\":{\"model\":");
+                put_json_string(body, &o, second);
+                put_raw(body, &o, ",\"duration\":");
+                put_raw(body, &o, digits);
+                put_raw(body, &o, "}}");
         }
-        const char *text = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN |
-                                                                    JSON_C_TO_STRING_NOSLASHESCAPE);
-        body = text ? strdup(text) : NULL;
-        if (!url || !body)
-                goto out;
-        *ret_url = TAKE_PTR(url);
-        *ret_body = TAKE_PTR(body);
-        r = 0;
-out:
-        free(url);
-        free(body);
-        json_object_put(root);
-        return r;
+        body[o] = '\0';
+        if (asprintf(&url, v2 ? "%s/ent/v2/upscale-new" : "%s/vidu/v1/tasks", cfg->base_url) < 0) {
+                free(body);
+                return -ENOMEM;
+        }
+        *ret_url = url;
+        *ret_body = body;
+        return 0;
 }
 
 int upstream_build_poll_url(const struct config *cfg, const char *task_id, char **ret_url)

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <cmocka.h>
+#include <json-c/json.h>
 
 #include "upstream.h"
 #include "util.h"
@@ -43,6 +44,53 @@ static void test_submit_body_is_the_seeds(void **state)
             "{\"video_creation_id\":\"811935520102486016\",\"upscale_resolution\":\"1080p\"}");
         free(url);
         free(body);
+}
+
+/* What json-c's plain serialization makes of a string, to hold the hand-written body to. */
+static char *json_c_string(const char *s)
+{
+        json_object *o = json_object_new_string(s);
+        char *text = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+                                                                  JSON_C_TO_STRING_NOSLASHESCAPE));
+        json_object_put(o);
+        return text;
+}
+
+/* Every byte a configured string can hold is escaped as json-c escapes it, and the body parses
+ * back to the same values. */
+static void test_submit_body_escapes_like_json_c(void **state)
+{
+        static char model[] = "a\"b\\c/d\x01\x1f\b\f\n\r\t\x7f \xc3\xa9 end";
+        struct config c = cfg_v1();
+        c.model = model;
+        c.duration = 18446744073709551615ull;
+        char *url = NULL, *body = NULL;
+        assert_int_equal(upstream_build_submit(&c, "id\"1", &url, &body), 0);
+        char *m = json_c_string(model), *id = json_c_string("id\"1");
+        char want[512];
+        snprintf(want, sizeof(want),
+                 "{\"input\":{\"creation_id\":%s},\"type\":\"upscale\",\"settings\":{\"model\":%s,"
+                 "\"duration\":18446744073709551615}}",
+                 id, m);
+        assert_string_equal(body, want);
+        json_object *o = json_tokener_parse(body), *v;
+        assert_non_null(o);
+        assert_true(json_object_object_get_ex(o, "settings", &v));
+        assert_true(json_object_object_get_ex(v, "model", &v));
+        assert_string_equal(json_object_get_string(v), model);
+        json_object_put(o);
+        free(url);
+        free(body);
+
+        c.flavor = UPSTREAM_FLAVOR_ENT_V2;
+        c.resolution = model;
+        assert_int_equal(upstream_build_submit(&c, "id\"1", &url, &body), 0);
+        snprintf(want, sizeof(want), "{\"video_creation_id\":%s,\"upscale_resolution\":%s}", id, m);
+        assert_string_equal(body, want);
+        free(url);
+        free(body);
+        free(m);
+        free(id);
 }
 
 static void test_poll_url_escapes(void **state)
@@ -196,6 +244,7 @@ int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_submit_body_is_the_seeds),
+            cmocka_unit_test(test_submit_body_escapes_like_json_c),
             cmocka_unit_test(test_poll_url_escapes),
             cmocka_unit_test(test_classification),
             cmocka_unit_test(test_ent_v2_task_id),
