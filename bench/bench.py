@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,6 +169,50 @@ def proc_hwm_kb(pid):
     return None
 
 
+def proc_shares_kb(pid):
+    """(PSS, anonymous) kB of a process from /proc/PID/smaps_rollup, or (None, None). RSS counts
+    every page of a shared library the process touched; PSS divides each shared page among the
+    processes mapping it; anonymous is its own memory (heap, stacks, written data), backed by no
+    file."""
+    pss = anon = None
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k == "Pss":
+                    pss = int(v.split()[0])
+                elif k == "Anonymous":
+                    anon = int(v.split()[0])
+    except (OSError, ValueError):
+        pass
+    return pss, anon
+
+
+class MemSampler(threading.Thread):
+    """The peak PSS and anonymous memory of a process while a load runs, sampled every 50 ms."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.peak_pss, self.peak_anon = pid, None, None
+        self.done = threading.Event()
+
+    def sample(self):
+        pss, anon = proc_shares_kb(self.pid)
+        if pss is not None:
+            self.peak_pss = max(self.peak_pss or 0, pss)
+        if anon is not None:
+            self.peak_anon = max(self.peak_anon or 0, anon)
+
+    def run(self):
+        while not self.done.wait(0.05):
+            self.sample()
+
+    def finish(self):
+        self.done.set()
+        self.join()
+        self.sample()
+
+
 def pid_of(name):
     """The pid of a running process named NAME (only read, for its CPU counters), or None."""
     for d in os.listdir("/proc"):
@@ -236,8 +281,13 @@ def measured_load(pid, url, conns, outdir, tag, extra=None):
     extra = extra or {}
     c0 = proc_cpu(pid)
     e0 = {k: proc_cpu(v) for k, v in extra.items() if v}
+    mem = MemSampler(pid)
+    mem.start()
     t0 = time.monotonic()
-    r = run_wrk(url, conns, P["duration_s"], outdir, tag)
+    try:
+        r = run_wrk(url, conns, P["duration_s"], outdir, tag)
+    finally:
+        mem.finish()
     wall = time.monotonic() - t0
     c1 = proc_cpu(pid)
     r["cpu_s"] = round(c1[0] - c0[0], 2)
@@ -249,6 +299,8 @@ def measured_load(pid, url, conns, outdir, tag, extra=None):
             r[f"{k}_cpu_s"] = round(c[0] - e0[k][0], 2)
             r[f"{k}_cpu_pct"] = round(100 * (c[0] - e0[k][0]) / wall, 1)
     r["peak_rss_kb"] = proc_hwm_kb(pid)
+    r["peak_pss_kb"] = mem.peak_pss
+    r["peak_anon_kb"] = mem.peak_anon
     return r
 
 
@@ -974,7 +1026,13 @@ def summarize(runs):
         s[k] = median([r.get(k) for r in runs])
     s["latency_ms"] = {p: median([r["latency_ms"][p] for r in runs]) for p in runs[0]["latency_ms"]}
     s["peak_rss_kb"] = max(r["peak_rss_kb"] or 0 for r in runs)
+    for k in ("peak_pss_kb", "peak_anon_kb"):
+        s[k] = max((r.get(k) or 0 for r in runs), default=0) or None
     return s
+
+
+def mib(kb):
+    return kb / 1024 if kb else None
 
 
 def fmt(x, nd=1):
@@ -1146,8 +1204,9 @@ def report(res, plot_dir):
     L.append("## Ingestion\n")
     L.append(f"![throughput]({plot_dir}throughput.png)\n")
     L.append("| server | conn. | req/s | p50 ms | p75 | p90 | p99 | p99.9 | CPU % | CPU µs/req | "
-             "peak RSS MiB | vs nginx | vs webhook |")
-    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+             "peak RSS MiB | peak PSS | peak anon. | vs nginx | vs webhook |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+             "| --- |")
     for key, name in (("nginx", "nginx `return 202`"), ("webhook_default", "webhook (default)"),
                       ("webhook_wait", "webhook (wait for command)"),
                       ("us", "**vidu-upscaled**")):
@@ -1158,8 +1217,14 @@ def report(res, plot_dir):
                      f"{fmt(lat['75'], 2)} | {fmt(lat['90'], 2)} | {fmt(lat['99'], 2)} | "
                      f"{fmt(lat['99.9'], 2)} | {fmt(x['cpu_pct'])} | "
                      f"{fmt(cpu_per_request_us(x))} | {fmt(x['peak_rss_kb'] / 1024)} | "
+                     f"{fmt(mib(x.get('peak_pss_kb')))} | {fmt(mib(x.get('peak_anon_kb')))} | "
                      f"{fmt(ratio(x['rps'], s['nginx'][c]['rps']), 3)} | "
                      f"{fmt(ratio(x['rps'], s['webhook_default'][c]['rps']), 3)} |")
+    L.append("\nPeak RSS is the kernel's high-water mark (VmHWM), what the target compares; it "
+             "counts every page of a shared library the process touched. Peak PSS (those pages "
+             "shared out among the processes mapping them) and anonymous memory (the process's "
+             "own: heap, stacks, written data) are sampled every 50 ms from "
+             "`/proc/PID/smaps_rollup` during the load.")
     for c in P["connections"]:
         x = s["us"][c]
         L.append(f"\nAt {c} connections vidu-upscaled's entries also cost systemd-journald "
