@@ -58,6 +58,9 @@ P = {
     "submit_max_s": 30 if QUICK else 60,
     "ceiling_s": 3 if QUICK else 5,
     "upstream_concurrency": 8,
+    # Submissions are also measured at these (the ceiling at the same parallelism): at the
+    # default every slot waits for a commit each cycle, with more slots a commit serves more.
+    "submit_concurrency_more": [64],
     "idle_samples": 50 if QUICK else 200,
     "drain_max_s": env_int("BENCH_DRAIN_MAX", 20 if QUICK else 60),
     "webhook_settle_max_s": 10 if QUICK else 20,
@@ -453,7 +456,7 @@ class Fake:
 class Daemon:
     """One vidu-upscaled on its own ledger, logging like under systemd."""
 
-    def __init__(self, tmp, fake, ledger, name, extra_conf=""):
+    def __init__(self, tmp, fake, ledger, name, extra_conf="", concurrency=None):
         self.dir = os.path.join(tmp, name)
         os.makedirs(self.dir, exist_ok=True)
         self.ledger = ledger
@@ -469,7 +472,7 @@ drain_timeout = 2s
 [upstream]
 base_url = http://127.0.0.1:{fake.port}
 api_key_file = {fake.key_file}
-concurrency = {P['upstream_concurrency']}
+concurrency = {concurrency or P['upstream_concurrency']}
 # No polls during the bench: only submissions talk to the upstream.
 poll_interval = 1h
 [store]
@@ -693,9 +696,12 @@ def bench_ingest(tmp, fake, schema, outdir, journald):
     return res
 
 
-def bench_submit(tmp, fake, schema, outdir):
-    """Daemon submission rate from N pending jobs versus the bare curl-multi ceiling."""
-    n = P["pending_jobs"]
+def bench_submit(tmp, fake, schema, outdir, journald, conc=None):
+    """Daemon submission rate from N pending jobs versus the bare curl-multi ceiling, both with
+    CONC requests in flight (default: upstream.concurrency's default)."""
+    conc = conc or P["upstream_concurrency"]
+    profile = DO_PERF and conc == P["upstream_concurrency"]
+    n = P["pending_jobs"] * max(1, conc // P["upstream_concurrency"] // 2)
     ledger = os.path.join(tmp, "submit.db")
     runs = []
     for i in range(P["runs"]):
@@ -703,7 +709,7 @@ def bench_submit(tmp, fake, schema, outdir):
         env = dict(os.environ, VIDU_FAKE_API_KEY=fake.key)
         fake.reset()
         out = sh([CEILING, "--url", f"http://127.0.0.1:{fake.port}/vidu/v1/tasks", "--parallel",
-                  str(P["upstream_concurrency"]), "--seconds", str(P["ceiling_s"]), "--prefix",
+                  str(conc), "--seconds", str(P["ceiling_s"]), "--prefix",
                   f"ceiling{i}-"], env=env, timeout=P["ceiling_s"] + 60)
         ceiling = json.loads(out)
         for suffix in ("", "-wal", "-shm"):
@@ -712,15 +718,17 @@ def bench_submit(tmp, fake, schema, outdir):
         shutil.copyfile(schema, ledger)
         prefill(ledger, 0, n, state="pending")
         fake.reset()
-        d = Daemon(tmp, fake, ledger, "submit")
+        d = Daemon(tmp, fake, ledger, "submit", concurrency=conc)
         t_spawn = time.monotonic()
         d.start()
         t_ready = time.monotonic()
-        prof = perf_attach(d.p.pid, outdir, "submit", 3) if DO_PERF and i == 0 else None
+        prof = perf_attach(d.p.pid, outdir, "submit", 3) if profile and i == 0 else None
         m0 = d.metrics()
         done0 = int(m0.get("vidu_upscaled_jobs{state=\"submitted\"}", 0))
         win = None
         c0 = proc_cpu(d.p.pid)
+        others0 = {k: proc_cpu(v)[0] for k, v in (("journald", journald), ("upstream", fake.p.pid))
+                   if v}
         done = 0
         while time.monotonic() - t_ready < P["submit_max_s"]:
             m = d.metrics()
@@ -732,14 +740,28 @@ def bench_submit(tmp, fake, schema, outdir):
             time.sleep(0.02)
         t_end = time.monotonic()
         c1 = proc_cpu(d.p.pid)
+        others1 = {k: proc_cpu(v)[0] for k, v in (("journald", journald), ("upstream", fake.p.pid))
+                   if v}
         m1 = d.metrics()
         syncs = perf_finish(prof) if prof else None
         if prof and win is None:
             win = done - done0
         d.stop()
         st = fake.stats()
+        wall = t_end - t_ready
+        commits = (m1.get("vidu_upscaled_ledger_commit_seconds_count", 0)
+                   - m0.get("vidu_upscaled_ledger_commit_seconds_count", 0))
+        commit_s = (m1.get("vidu_upscaled_ledger_commit_seconds_sum", 0)
+                    - m0.get("vidu_upscaled_ledger_commit_seconds_sum", 0))
         r = {
+            "concurrency": conc,
             "pending": n,
+            "cpu_pct": round(100 * (c1[0] - c0[0]) / wall, 1),
+            "commits_per_s": round(commits / wall, 1),
+            "commit_mean_ms": round(1000 * commit_s / commits, 3) if commits else None,
+            "journald_cpu_pct": (round(100 * (others1["journald"] - others0["journald"]) / wall, 1)
+                                 if "journald" in others1 else None),
+            "upstream_cpu_pct": round(100 * (others1["upstream"] - others0["upstream"]) / wall, 1),
             "submitted": done,
             "seconds": round(t_end - t_ready, 3),
             "startup_s": round(t_ready - t_spawn, 3),
@@ -756,7 +778,11 @@ def bench_submit(tmp, fake, schema, outdir):
                 1),
         }
         r["ratio"] = round(r["rate"] / r["ceiling_rate"], 4) if r["ceiling_rate"] else None
-        log(f"submission run {i}: daemon {r['rate']}/s ({done}/{n} in {r['seconds']} s), "
+        # Each slot's cycle holds at least one commit and one round trip (the ceiling's).
+        if r["commit_mean_ms"] and r["ceiling_rate"]:
+            r["bound_rate"] = round(conc / (r["commit_mean_ms"] / 1000 + conc / r["ceiling_rate"]),
+                                    1)
+        log(f"submission run {i} ({conc} in flight): daemon {r['rate']}/s ({done}/{n} in {r['seconds']} s), "
             f"curl-multi ceiling {r['ceiling_rate']}/s, ratio {r['ratio']}")
         runs.append(r)
     for suffix in ("", "-wal", "-shm"):
@@ -1282,6 +1308,28 @@ def report(res, plot_dir):
                  f"{r['seconds']} s | {fmt(r['ceiling_rate'])} | {fmt(r['ratio'], 4)} | "
                  f"{r['upstream_duplicates']} |")
     L.append("")
+    by_conc = {P["upstream_concurrency"]: res["submit"], **res.get("submit_more", {})}
+    L.append("What bounds it: a job's POST leaves only once its `submitting` is durable, and its "
+             "slot takes the next job only once the answer is in the next commit, so each slot's "
+             "cycle holds a commit and a round trip. The bound column is that, "
+             "slots / (mean commit + slots / ceiling): the rate with nothing else on the loop. "
+             "The same backlog with more slots (the ceiling with as many transfers), medians:\n")
+    L.append("| in flight | daemon /s | ceiling /s | ratio | commits /s | jobs per commit | "
+             "mean commit ms | bound /s | daemon CPU % | systemd-journald CPU % | "
+             "fake upstream CPU % |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for c in sorted(by_conc):
+        runs = by_conc[c]
+        med = {k: median([r[k] for r in runs if r.get(k) is not None])
+               for k in ("rate", "ceiling_rate", "ratio", "commits_per_s", "commit_mean_ms",
+                         "bound_rate", "cpu_pct", "journald_cpu_pct", "upstream_cpu_pct")}
+        per_commit = ratio(med["rate"], med["commits_per_s"])
+        L.append(f"| {c} | {fmt(med['rate'])} | {fmt(med['ceiling_rate'])} | "
+                 f"{fmt(med['ratio'], 3)} | {fmt(med['commits_per_s'])} | {fmt(per_commit)} | "
+                 f"{fmt(med['commit_mean_ms'], 3)} | {fmt(med['bound_rate'])} | "
+                 f"{fmt(med['cpu_pct'])} | {fmt(med['journald_cpu_pct'])} | "
+                 f"{fmt(med['upstream_cpu_pct'])} |")
+    L.append("")
     idle = res["idle"]
     L.append("## Idle latency\n")
     L.append(f"{idle['samples']} notifications one at a time (20 ms apart) into an idle daemon, "
@@ -1375,7 +1423,9 @@ def main():
         fake = Fake(tmp)
         schema = make_schema(tmp, fake)
         res["ingest"] = bench_ingest(tmp, fake, schema, outdir, journald)
-        res["submit"] = bench_submit(tmp, fake, schema, outdir)
+        res["submit"] = bench_submit(tmp, fake, schema, outdir, journald)
+        res["submit_more"] = {c: bench_submit(tmp, fake, schema, outdir, journald, c)
+                              for c in P["submit_concurrency_more"]}
         res["idle"] = bench_idle(tmp, fake, schema)
         if DO_PERF:
             try:

@@ -64,7 +64,7 @@ def main():
                     res[name][f"ingest{conns}"].append(r)
                     B.log(f"{name} c={conns} run {i}: {r['rps']} req/s, p99 {r['p99']} ms, "
                           f"{B.fmt(r['cpu_us'])} us CPU a request")
-                s = B.bench_submit(tmp, fake, schema, outdir)[0]
+                s = B.bench_submit(tmp, fake, schema, outdir, journald)[0]
                 res[name]["submit"].append(s)
                 idle = B.bench_idle(tmp, fake, schema)
                 res[name]["idle"].append(idle)
