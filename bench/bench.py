@@ -657,42 +657,52 @@ def ingest_run(tmp, fake, template, size, conns, outdir, tag, journald, extra_co
 
 
 def bench_ingest(tmp, fake, schema, outdir, journald):
-    """Ledger 0 at every connection count, then the larger ledgers at the largest count."""
-    res = {"by_size": {}}
-    template = os.path.join(tmp, "template.db")
-    shutil.copyfile(schema, template)
-    have = 0
+    """Ledger 0 at every connection count (and once with the job entries off), the larger ledgers
+    at the largest count. The loads take turns run by run (0 at 8, 0 at 64, 0 quiet, 1M, 10M, then
+    again), so the machine's drift over the minutes a run takes falls on every size alike and the
+    ratios between them compare loads minutes apart, not a quarter of an hour."""
+    res = {"by_size": {}, "quiet": []}
     top = max(P["connections"])
+    templates = {}
+    have, prev = 0, os.path.join(tmp, "template-0.db")
+    shutil.copyfile(schema, prev)
     for size in sorted(P["sizes"]):
+        path = os.path.join(tmp, f"template-{size}.db")
+        if path != prev:
+            shutil.copyfile(prev, path)
         if size > have:
             t0 = time.monotonic()
-            prefill(template, have, size)
+            prefill(path, have, size)
             log(f"ledger pre-filled to {size} jobs in {time.monotonic() - t0:.1f} s "
-                f"({os.path.getsize(template) >> 20} MiB)")
+                f"({os.path.getsize(path) >> 20} MiB)")
             have = size
-        conns_list = P["connections"] if size == 0 else [top]
-        res["by_size"][size] = {}
-        for conns in conns_list:
-            runs = []
-            for i in range(P["runs"]):
-                r = ingest_run(tmp, fake, template, size, conns, outdir,
-                               f"us-s{size}-c{conns}-{i}", journald)
-                log(f"vidu-upscaled ledger={size} c={conns} run {i}: {r['rps']} req/s p99 "
-                    f"{r['latency_ms']['99']} ms, acked {r['acked']}, recorded {r['recorded']}, "
-                    f"submitted {r['upstream_tasks']} (drain {r['drain_s']} s), "
-                    f"checks {r['checks']}")
-                runs.append(r)
-            res["by_size"][size][conns] = runs
+        templates[size] = prev = path
+        res["by_size"][size] = {c: [] for c in (P["connections"] if size == 0 else [top])}
+    loads = []
+    for size in sorted(P["sizes"]):
+        for conns in res["by_size"][size]:
+            loads.append((size, conns, False))
             if size == 0 and conns == top:
                 # What the journal costs: the same load with job entries below log.level.
-                res["quiet"] = []
-                for i in range(P["runs"]):
-                    r = ingest_run(tmp, fake, template, size, conns, outdir,
-                                   f"us-quiet-c{conns}-{i}", journald,
-                                   "[log]\nlevel = warning\n")
-                    log(f"vidu-upscaled without job entries c={conns} run {i}: {r['rps']} req/s")
-                    res["quiet"].append(r)
-    os.unlink(template)
+                loads.append((size, conns, True))
+    for i in range(P["runs"]):
+        for size, conns, quiet in loads:
+            if quiet:
+                r = ingest_run(tmp, fake, templates[size], size, conns, outdir,
+                               f"us-quiet-c{conns}-{i}", journald, "[log]\nlevel = warning\n")
+                log(f"vidu-upscaled without job entries c={conns} run {i}: {r['rps']} req/s")
+                res["quiet"].append(r)
+                continue
+            r = ingest_run(tmp, fake, templates[size], size, conns, outdir,
+                           f"us-s{size}-c{conns}-{i}", journald)
+            log(f"vidu-upscaled ledger={size} c={conns} run {i}: {r['rps']} req/s p99 "
+                f"{r['latency_ms']['99']} ms, acked {r['acked']}, recorded {r['recorded']}, "
+                f"submitted {r['upstream_tasks']} (drain {r['drain_s']} s), "
+                f"checks {r['checks']}")
+            res["by_size"][size][conns].append(r)
+    for path in set(templates.values()) | {os.path.join(tmp, "template-0.db")}:
+        if os.path.exists(path):
+            os.unlink(path)
     return res
 
 
