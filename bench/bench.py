@@ -1233,7 +1233,9 @@ def report(res, plot_dir):
     L.append("- vidu-upscaled: a fresh daemon per load, `synchronous = full`, against "
              "`tools/fake-upstream.c`; after each load the ledger (sqlite3) and the fake's "
              f"`/_fake/stats` are checked, after at most {P['drain_max_s']} s for the dispatcher "
-             "to drain. Ledger sizes are pre-filled with finished (`succeeded`) jobs.")
+             "to drain. Ledger sizes are pre-filled with finished (`succeeded`) jobs. Its loads "
+             "take turns run by run (every size and connection count once, then the next run), "
+             "so the machine's drift falls on all of them alike.")
     L.append("")
     L.append("## Targets\n")
     L.append("| target | measured | wanted | |")
