@@ -279,11 +279,27 @@ def run_wrk(url, conns, duration, outdir, tag):
     return res
 
 
+def others_cpu_start(others):
+    """CPU seconds so far of the OTHERS processes ({name: pid}, a pid may be None)."""
+    return {k: proc_cpu(v)[0] for k, v in others.items() if v}
+
+
+def others_cpu(start, others, wall):
+    """{name}_cpu_s and {name}_cpu_pct of each of OTHERS since START, over WALL seconds."""
+    r = {}
+    for k, v in others.items():
+        if v and k in start:
+            used = proc_cpu(v)[0] - start[k]
+            r[f"{k}_cpu_s"] = round(used, 2)
+            r[f"{k}_cpu_pct"] = round(100 * used / wall, 1)
+    return r
+
+
 def measured_load(pid, url, conns, outdir, tag, extra=None):
     """wrk against a server, with the server's CPU and peak RSS (and EXTRA pids' CPU)."""
     extra = extra or {}
     c0 = proc_cpu(pid)
-    e0 = {k: proc_cpu(v) for k, v in extra.items() if v}
+    e0 = others_cpu_start(extra)
     mem = MemSampler(pid)
     mem.start()
     t0 = time.monotonic()
@@ -296,11 +312,7 @@ def measured_load(pid, url, conns, outdir, tag, extra=None):
     r["cpu_s"] = round(c1[0] - c0[0], 2)
     r["children_cpu_s"] = round(c1[1] - c0[1], 2)
     r["cpu_pct"] = round(100 * (r["cpu_s"] + r["children_cpu_s"]) / wall, 1)
-    for k, v in extra.items():
-        if v:
-            c = proc_cpu(v)
-            r[f"{k}_cpu_s"] = round(c[0] - e0[k][0], 2)
-            r[f"{k}_cpu_pct"] = round(100 * (c[0] - e0[k][0]) / wall, 1)
+    r.update(others_cpu(e0, extra, wall))
     r["peak_rss_kb"] = proc_hwm_kb(pid)
     r["peak_pss_kb"] = mem.peak_pss
     r["peak_anon_kb"] = mem.peak_anon
@@ -663,13 +675,12 @@ def bench_ingest(tmp, fake, schema, outdir, journald):
     ratios between them compare loads minutes apart, not a quarter of an hour."""
     res = {"by_size": {}, "quiet": []}
     top = max(P["connections"])
+    # Each size's template is the previous one's, filled further (the empty schema's first).
     templates = {}
-    have, prev = 0, os.path.join(tmp, "template-0.db")
-    shutil.copyfile(schema, prev)
+    have, prev = 0, schema
     for size in sorted(P["sizes"]):
         path = os.path.join(tmp, f"template-{size}.db")
-        if path != prev:
-            shutil.copyfile(prev, path)
+        shutil.copyfile(prev, path)
         if size > have:
             t0 = time.monotonic()
             prefill(path, have, size)
@@ -700,9 +711,8 @@ def bench_ingest(tmp, fake, schema, outdir, journald):
                 f"submitted {r['upstream_tasks']} (drain {r['drain_s']} s), "
                 f"checks {r['checks']}")
             res["by_size"][size][conns].append(r)
-    for path in set(templates.values()) | {os.path.join(tmp, "template-0.db")}:
-        if os.path.exists(path):
-            os.unlink(path)
+    for path in templates.values():
+        os.unlink(path)
     return res
 
 
@@ -711,7 +721,9 @@ def bench_submit(tmp, fake, schema, outdir, journald, conc=None):
     CONC requests in flight (default: upstream.concurrency's default)."""
     conc = conc or P["upstream_concurrency"]
     profile = DO_PERF and conc == P["upstream_concurrency"]
-    n = P["pending_jobs"] * max(1, conc // P["upstream_concurrency"] // 2)
+    # More slots drain faster: a larger backlog keeps the timed window about as long.
+    n = P["pending_jobs"] * max(1, conc // (2 * P["upstream_concurrency"]))
+    others = {"journald": journald, "upstream": fake.p.pid}
     ledger = os.path.join(tmp, "submit.db")
     runs = []
     for i in range(P["runs"]):
@@ -737,8 +749,7 @@ def bench_submit(tmp, fake, schema, outdir, journald, conc=None):
         done0 = int(m0.get("vidu_upscaled_jobs{state=\"submitted\"}", 0))
         win = None
         c0 = proc_cpu(d.p.pid)
-        others0 = {k: proc_cpu(v)[0] for k, v in (("journald", journald), ("upstream", fake.p.pid))
-                   if v}
+        others0 = others_cpu_start(others)
         done = 0
         while time.monotonic() - t_ready < P["submit_max_s"]:
             m = d.metrics()
@@ -750,50 +761,46 @@ def bench_submit(tmp, fake, schema, outdir, journald, conc=None):
             time.sleep(0.02)
         t_end = time.monotonic()
         c1 = proc_cpu(d.p.pid)
-        others1 = {k: proc_cpu(v)[0] for k, v in (("journald", journald), ("upstream", fake.p.pid))
-                   if v}
+        wall = t_end - t_ready
+        cpu_others = others_cpu(others0, others, wall)
         m1 = d.metrics()
         syncs = perf_finish(prof) if prof else None
         if prof and win is None:
             win = done - done0
         d.stop()
         st = fake.stats()
-        wall = t_end - t_ready
-        commits = (m1.get("vidu_upscaled_ledger_commit_seconds_count", 0)
-                   - m0.get("vidu_upscaled_ledger_commit_seconds_count", 0))
-        commit_s = (m1.get("vidu_upscaled_ledger_commit_seconds_sum", 0)
-                    - m0.get("vidu_upscaled_ledger_commit_seconds_sum", 0))
+        def delta(name):
+            return metric_sum(m1, name) - metric_sum(m0, name)
+
+        commits = delta("vidu_upscaled_ledger_commit_seconds_count")
+        commit_s = delta("vidu_upscaled_ledger_commit_seconds_sum")
         r = {
             "concurrency": conc,
             "pending": n,
             "cpu_pct": round(100 * (c1[0] - c0[0]) / wall, 1),
             "commits_per_s": round(commits / wall, 1),
             "commit_mean_ms": round(1000 * commit_s / commits, 3) if commits else None,
-            "journald_cpu_pct": (round(100 * (others1["journald"] - others0["journald"]) / wall, 1)
-                                 if "journald" in others1 else None),
-            "upstream_cpu_pct": round(100 * (others1["upstream"] - others0["upstream"]) / wall, 1),
+            **cpu_others,
             "submitted": done,
-            "seconds": round(t_end - t_ready, 3),
+            "seconds": round(wall, 3),
             "startup_s": round(t_ready - t_spawn, 3),
-            "rate": round(done / (t_end - t_ready), 1),
+            "rate": round(done / wall, 1),
             "cpu_s": round(c1[0] - c0[0], 2),
             "upstream_tasks": st["tasks_created"],
             "upstream_duplicates": sum(1 for v in st["created"].values() if v > 1),
             "ceiling": ceiling,
             "ceiling_rate": ceiling["rps"],
             "syncs_per_submission": round(syncs / win, 3) if syncs is not None and win else None,
-            "upstream_requests_per_s": round(
-                (metric_sum(m1, "vidu_upscaled_upstream_requests_total")
-                 - metric_sum(m0, "vidu_upscaled_upstream_requests_total")) / (t_end - t_ready),
-                1),
+            "upstream_requests_per_s": round(delta("vidu_upscaled_upstream_requests_total") / wall,
+                                             1),
         }
         r["ratio"] = round(r["rate"] / r["ceiling_rate"], 4) if r["ceiling_rate"] else None
         # Each slot's cycle holds at least one commit and one round trip (the ceiling's).
         if r["commit_mean_ms"] and r["ceiling_rate"]:
             r["bound_rate"] = round(conc / (r["commit_mean_ms"] / 1000 + conc / r["ceiling_rate"]),
                                     1)
-        log(f"submission run {i} ({conc} in flight): daemon {r['rate']}/s ({done}/{n} in {r['seconds']} s), "
-            f"curl-multi ceiling {r['ceiling_rate']}/s, ratio {r['ratio']}")
+        log(f"submission run {i} ({conc} in flight): daemon {r['rate']}/s ({done}/{n} in "
+            f"{r['seconds']} s), curl-multi ceiling {r['ceiling_rate']}/s, ratio {r['ratio']}")
         runs.append(r)
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(ledger + suffix):
