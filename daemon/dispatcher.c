@@ -23,6 +23,7 @@ struct call {
         struct dispatcher *d;
         bool poll;
         bool probe;
+        bool fresh; /* the job's first submission since it was recorded */
         struct job job;
         /* Filled when the request ends. */
         long status;
@@ -174,6 +175,12 @@ static int start_call(struct dispatcher *d, struct call *c)
         } else {
                 d->submits++;
                 d->m->submissions++;
+                if (c->fresh) {
+                        uint64_t t = now_realtime_usec();
+                        metrics_observe(
+                            &d->m->submit_wait_seconds,
+                            t > c->job.created_at ? (double)(t - c->job.created_at) / 1e6 : 0);
+                }
         }
         return 0;
 }
@@ -210,6 +217,7 @@ static int take_due(struct dispatcher *d, enum ledger_due_kind kind, size_t slot
                 c->poll = kind == LEDGER_DUE_POLL;
                 c->probe = d->paused && !c->poll;
                 if (kind == LEDGER_DUE_SUBMIT) {
+                        c->fresh = jobs[i].state == JOB_PENDING;
                         jobs[i].state = JOB_SUBMITTING;
                         jobs[i].attempt++;
                         jobs[i].next_at = now;

@@ -66,8 +66,9 @@ struct http_request {
         struct MHD_Connection *conn;
         char *uri; /* raw, as received: path and query */
         bool uri_too_long;
-        bool too_big;   /* the body passed server.max_body while streaming */
-        bool route_get; /* /healthz or /metrics, answered on the final call */
+        bool too_big;          /* the body passed server.max_body while streaming */
+        bool route_get;        /* /healthz or /metrics, answered on the final call */
+        uint64_t arrived_usec; /* CLOCK_MONOTONIC, when its request line was read */
         char *path;
         const char *query; /* into uri */
         const char *method;
@@ -91,6 +92,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
         r->listener = cls;
         r->server = r->listener->server;
         r->conn = conn;
+        r->arrived_usec = now_monotonic_usec();
         size_t max = r->server->cfg->max_header;
         size_t n = strnlen(uri, max + 1);
         r->uri_too_long = n > max;
@@ -239,7 +241,8 @@ static enum MHD_Result send_answer(struct http_request *r)
         MHD_destroy_response(resp);
         r->answered = true;
         if (r->server->h->answered && strcmp(r->path, r->server->cfg->webhook_path) == 0)
-                r->server->h->answered(r->status, r->server->userdata);
+                r->server->h->answered(r->status, now_monotonic_usec() - r->arrived_usec,
+                                       r->server->userdata);
         return ret;
 }
 

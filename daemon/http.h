@@ -21,8 +21,9 @@ struct http_handlers {
         bool (*healthy)(void *userdata);
         /* Renders /metrics into f. */
         void (*metrics)(FILE *f, void *userdata);
-        /* Counts each answer by status. */
-        void (*answered)(unsigned status, void *userdata);
+        /* Counts each answer by status; elapsed_usec runs from the request line's arrival to
+         * the answer being queued (for a 202, after its commit). */
+        void (*answered)(unsigned status, uint64_t elapsed_usec, void *userdata);
 };
 
 /* Opens listeners: sockets passed by systemd (sd_listen_fds) take precedence over

@@ -104,9 +104,10 @@ static void on_metrics(FILE *f, void *userdata)
         metrics_render(&m->metrics, f);
 }
 
-static void on_answered(unsigned status, void *userdata)
+static void on_answered(unsigned status, uint64_t elapsed_usec, void *userdata)
 {
         struct manager *m = userdata;
+        metrics_observe(&m->metrics.webhook_seconds, (double)elapsed_usec / 1e6);
         if (status < ELEMENTSOF(m->metrics.requests_by_status))
                 m->metrics.requests_by_status[status]++;
 }

@@ -117,4 +117,10 @@ void metrics_render(const struct metrics *m, FILE *f)
                          &m->commit_seconds);
         render_histogram(f, "vidu_upscaled_upstream_request_seconds", "Upstream request latency.",
                          &m->upstream_seconds);
+        render_histogram(f, "vidu_upscaled_webhook_request_seconds",
+                         "Webhook request line to answer (a 202 once durable).",
+                         &m->webhook_seconds);
+        render_histogram(f, "vidu_upscaled_submit_wait_seconds",
+                         "A job's recording to its first upstream submission.",
+                         &m->submit_wait_seconds);
 }

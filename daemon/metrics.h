@@ -39,6 +39,8 @@ struct metrics {
         uint64_t replays;
         struct histogram commit_seconds;
         struct histogram upstream_seconds;
+        struct histogram webhook_seconds;       /* request line to answer, webhook path */
+        struct histogram submit_wait_seconds;   /* job recorded to its first POST */
         uint64_t jobs_by_state[_JOB_STATE_MAX]; /* refreshed from the ledger before rendering */
         uint64_t backlog;                       /* pending + waiting + submitting */
         uint64_t in_flight;

@@ -260,11 +260,14 @@ class Metrics(unittest.TestCase):
         harness.ensure_journald()
         fake = FakeUpstream(complete_after_ms=100)
         fake.start()
-        d = Daemon({"upstream": {"base_url": fake.url}}, fake=fake)
+        d = Daemon({"upstream": {"base_url": fake.url}, "retry": {"initial_delay": "100ms"}},
+                   fake=fake)
         try:
             d.start()
             before = parse_metrics(d.get("/metrics")[2].decode())
             a, b = new_creation_ids(2)
+            # b's first submission fails once: a retry, which is no job's first wait.
+            fake.faults([{"on": "submit", "creation_id": b, "status": 503, "times": 1}])
             self.assertEqual(d.post(body=make_task("9200000000000009", [a, b]))[0], 202)
             self.assertEqual(d.post(body=make_task("9200000000000009", [a]))[0], 200)
             self.assertEqual(d.post(body=b"{bad")[0], 400)
@@ -286,7 +289,14 @@ class Metrics(unittest.TestCase):
             self.assertEqual(delta('vidu_upscaled_webhook_requests_total{status="200"}'), 1)
             self.assertEqual(delta('vidu_upscaled_webhook_requests_total{status="400"}'), 1)
             self.assertEqual(delta('vidu_upscaled_webhook_requests_total{status="415"}'), 1)
-            self.assertEqual(delta("vidu_upscaled_submissions_total"), 2)
+            self.assertEqual(delta("vidu_upscaled_submissions_total"), 3)
+            self.assertEqual(delta("vidu_upscaled_retries_total"), 1)
+            # Every webhook answer is timed, and each job's wait for its first submission once.
+            for name, n in (("vidu_upscaled_webhook_request_seconds", 4),
+                            ("vidu_upscaled_submit_wait_seconds", 2)):
+                self.assertEqual(delta(name + "_count"), n, name)
+                self.assertEqual(delta(name + '_bucket{le="+Inf"}'), n, name)
+                self.assertGreater(delta(name + "_sum"), 0, name)
             self.assertGreaterEqual(delta('vidu_upscaled_upstream_requests_total{class="2xx"}'), 4)
             self.assertEqual(m["vidu_upscaled_backlog"], 0)
             self.assertGreaterEqual(m["vidu_upscaled_ledger_commit_seconds_count"], 1)
