@@ -921,21 +921,28 @@ def bench_idle(tmp, fake, schema):
         d.stop()
     # The daemon's own time from BEGIN to a durable COMMIT (two commits per notification: the
     # job with its submission mark, then the upstream's answer), to tell the disk from the rest.
-    commits = (m1["vidu_upscaled_ledger_commit_seconds_count"]
-               - m0["vidu_upscaled_ledger_commit_seconds_count"])
-    commit_ms = ((m1["vidu_upscaled_ledger_commit_seconds_sum"]
-                  - m0["vidu_upscaled_ledger_commit_seconds_sum"]) / commits * 1000) if commits else 0
     os.unlink(ledger)
     r = {
         "samples": len(sub),
         "ack_ms": {p: round(percentile(ack, p), 3) for p in (50, 90, 99)},
         "to_submit_ms": {p: round(percentile(sub, p), 3) for p in (50, 90, 99)},
-        "commit_mean_ms": round(commit_ms, 3),
+        "commit_mean_ms": hist_mean_ms(m0, m1, "vidu_upscaled_ledger_commit_seconds"),
+        # The daemon's own clock: request line to its 202 queued, and the job's turn to its POST
+        # started. The rest of each column is the client, the wake-ups and the kernel's sends.
+        "daemon_ack_mean_ms": hist_mean_ms(m0, m1, "vidu_upscaled_webhook_request_seconds"),
+        "daemon_wait_mean_ms": hist_mean_ms(m0, m1, "vidu_upscaled_submit_wait_seconds"),
     }
     log(f"idle: 202 after {r['ack_ms'][50]} ms (p50), upstream POST after "
         f"{r['to_submit_ms'][50]} ms (p50); "
-        f"a ledger commit took {r['commit_mean_ms']} ms on average")
+        f"a ledger commit took {r['commit_mean_ms']} ms on average, request line to 202 "
+        f"{r['daemon_ack_mean_ms']} ms and job to POST {r['daemon_wait_mean_ms']} ms")
     return r
+
+
+def hist_mean_ms(m0, m1, name):
+    """The mean of a histogram's observations between two /metrics snapshots, in ms."""
+    n = m1.get(name + "_count", 0) - m0.get(name + "_count", 0)
+    return round((m1[name + "_sum"] - m0[name + "_sum"]) / n * 1000, 3) if n else 0
 
 
 def metric_sum(m, name):
@@ -1374,6 +1381,14 @@ def report(res, plot_dir):
                  f"took {idle['commit_mean_ms']} ms on average in this run, from its "
                  "`vidu_upscaled_ledger_commit_seconds` histogram; the notification waits for "
                  "one of them before its 202 and its POST.")
+    if idle.get("daemon_wait_mean_ms"):
+        L.append(f"By the daemon's own clock, a request took {idle['daemon_ack_mean_ms']} ms on "
+                 "average from its request line to its 202 being queued "
+                 "(`vidu_upscaled_webhook_request_seconds`), and a job "
+                 f"{idle['daemon_wait_mean_ms']} ms from the start of the turn that recorded it "
+                 "to its POST starting (`vidu_upscaled_submit_wait_seconds`); the rest of each "
+                 "column is the client, the wake-ups of the daemon and the fake, and the "
+                 "kernel's loopback sends.")
     L.append("")
     quiet = summarize(res["ingest"].get("quiet") or [])
     with_journal = summarize(res["ingest"]["by_size"].get(0, {}).get(top) or [])
