@@ -2,8 +2,9 @@
 """compare.py: two builds of vidu-upscaled measured alternately in one session (run via compare.sh).
 
 A change's effect is smaller than this machine's drift between runs minutes apart, so the two
-daemons take turns, run by run (A B A B ...), on the same fake upstream and journald, and the
-report gives each side's median and the ratio. Measured: ingestion at 8 and 64 connections
+daemons take turns, run by run and in mirrored order (A B, B A, A B, ...: a drift that grows
+through the session, such as journald's filling file, falls on both alike), on the same fake
+upstream and journald, and the report gives each side's median and the ratio. Measured: ingestion at 8 and 64 connections
 (req/s, p99, daemon CPU per acknowledged request), submissions from a backlog, idle latency and
 the mean commit time. bench.py's functions do the measuring and its checks still run: every
 acknowledged creation recorded and submitted exactly once.
@@ -56,7 +57,10 @@ def main():
         template = os.path.join(tmp, "template.db")
         B.shutil.copyfile(schema, template)
         for i in range(runs):
-            for name, binary in sides.items():
+            order = list(sides.items())
+            if i % 2:
+                order.reverse()
+            for name, binary in order:
                 B.DAEMON = binary  # what bench.py's Daemon starts
                 for conns in (64, 8):
                     r = ingest(tmp, fake, template, outdir, journald, binary, conns,
