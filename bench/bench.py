@@ -532,6 +532,18 @@ synchronous = full
                     pass
         return m
 
+    def wait_drained(self, max_s):
+        """Waits (at most MAX_S) until nothing is left to submit and nothing is in flight; returns
+        the last /metrics read and the seconds it took."""
+        t0 = time.monotonic()
+        while True:
+            m = self.metrics()
+            if (m.get("vidu_upscaled_backlog", 1) == 0
+                    and m.get("vidu_upscaled_upstream_in_flight", 1) == 0) \
+                    or time.monotonic() - t0 >= max_s:
+                return m, time.monotonic() - t0
+            time.sleep(0.25)
+
     def stop(self):
         stop(self.p, 30)
         rc = self.p.returncode
@@ -622,15 +634,8 @@ def ingest_run(tmp, fake, template, size, conns, outdir, tag, journald, extra_co
         recorded_now = sum(v for k, v in m.items() if k.startswith("vidu_upscaled_jobs{")) - size
         r["recorded_at_end"] = int(recorded_now)
         # Drain: bounded wait for the dispatcher to submit everything recorded.
-        t0 = time.monotonic()
         sub0 = m.get("vidu_upscaled_jobs{state=\"submitted\"}", 0)
-        while time.monotonic() - t0 < P["drain_max_s"]:
-            m = d.metrics()
-            if m.get("vidu_upscaled_backlog", 1) == 0 and m.get(
-                    "vidu_upscaled_upstream_in_flight", 1) == 0:
-                break
-            time.sleep(0.25)
-        drain_s = time.monotonic() - t0
+        m, drain_s = d.wait_drained(P["drain_max_s"])
         sub1 = m.get("vidu_upscaled_jobs{state=\"submitted\"}", 0)
         r["drain_s"] = round(drain_s, 1)
         r["drain_rate"] = round((sub1 - sub0) / drain_s, 1) if drain_s > 0.5 else None
@@ -773,13 +778,12 @@ def bench_submit(tmp, fake, schema, outdir, journald, conc=None):
             return metric_sum(m1, name) - metric_sum(m0, name)
 
         commits = delta("vidu_upscaled_ledger_commit_seconds_count")
-        commit_s = delta("vidu_upscaled_ledger_commit_seconds_sum")
         r = {
             "concurrency": conc,
             "pending": n,
             "cpu_pct": round(100 * (c1[0] - c0[0]) / wall, 1),
             "commits_per_s": round(commits / wall, 1),
-            "commit_mean_ms": round(1000 * commit_s / commits, 3) if commits else None,
+            "commit_mean_ms": hist_mean_ms(m0, m1, "vidu_upscaled_ledger_commit_seconds") or None,
             **cpu_others,
             "submitted": done,
             "seconds": round(wall, 3),

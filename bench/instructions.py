@@ -16,10 +16,8 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench as B  # noqa: E402
@@ -40,14 +38,10 @@ def measure(tmp, fake, schema, binary, load_s, tag):
     d = B.Daemon(tmp, fake, ledger, tag).start()
     try:
         if load_s:
-            subprocess.run(["wrk", "-t1", "-c4", f"-d{load_s}s", "-s", B.LUA,
-                            f"http://127.0.0.1:{d.port}{B.HOOK_PATH}"],
-                           stdout=subprocess.DEVNULL, check=True)
-            end = time.monotonic() + 120
-            while d.metrics().get("vidu_upscaled_backlog", 1) != 0:
-                if time.monotonic() > end:
-                    raise RuntimeError(f"{binary}: backlog not drained in 120 s")
-                time.sleep(0.2)
+            B.run_wrk(f"http://127.0.0.1:{d.port}{B.HOOK_PATH}", 4, load_s, tmp, tag)
+            m, _ = d.wait_drained(120)
+            if m.get("vidu_upscaled_backlog", 1) or m.get("vidu_upscaled_upstream_in_flight", 1):
+                raise RuntimeError(f"{binary}: backlog not drained in 120 s")
     finally:
         d.stop()
     with sqlite3.connect(ledger) as db:
