@@ -10,6 +10,7 @@ instructions one notification costs end to end: its parse, its commit share, its
 the upstream's answer, its two journal entries.
 
 Usage: instructions.py BINARY [BINARY ...]   (after bench/run.sh's set-up; LOAD_S, default 8)
+KEEP=DIR keeps each callgrind profile in DIR (busy0.callgrind ...) for callgrind_annotate.
 """
 
 import json
@@ -57,6 +58,10 @@ def measure(tmp, fake, schema, binary, load_s, tag):
     if ir is None:
         raise RuntimeError(f"{binary}: no totals in {out}")
     os.unlink(ledger)
+    keep = os.environ.get("KEEP")
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        shutil.copy(out, os.path.join(keep, os.path.basename(out)))
     return ir, jobs
 
 
