@@ -414,12 +414,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 static void update_timer(struct listener *l)
 {
         MHD_UNSIGNED_LONG_LONG ms;
-        if (MHD_get_timeout(l->mhd, &ms) == MHD_YES) {
-                uint64_t now;
-                sd_event_now(l->server->event, CLOCK_MONOTONIC, &now);
-                sd_event_source_set_time(l->timer, now + ms * USEC_PER_MSEC);
-                sd_event_source_set_enabled(l->timer, SD_EVENT_ONESHOT);
-        } else
+        if (MHD_get_timeout(l->mhd, &ms) == MHD_YES)
+                event_timer_in(l->timer, ms * USEC_PER_MSEC);
+        else
                 sd_event_source_set_enabled(l->timer, SD_EVENT_OFF);
 }
 

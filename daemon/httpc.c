@@ -36,6 +36,7 @@ struct httpc {
         sd_event *event;
         CURLM *multi;
         sd_event_source *timer;
+        sd_event_source *soon; /* curl's timeout 0, "call me again now", without a timerfd */
         struct transfer *transfers;
         size_t n;
         CURL *spare[SPARE_MAX];
@@ -224,11 +225,19 @@ static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata)
 static void run_due(struct httpc *h)
 {
         int running;
+        /* This call is the "now" curl asked for; it may ask again from inside. */
+        sd_event_source_set_enabled(h->soon, SD_EVENT_OFF);
         curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         check_done(h);
 }
 
 static int on_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        run_due(userdata);
+        return 0;
+}
+
+static int on_soon(sd_event_source *s, void *userdata)
 {
         run_due(userdata);
         return 0;
@@ -264,13 +273,16 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
 static int on_timer_change(CURLM *multi, long timeout_ms, void *userp)
 {
         struct httpc *h = userp;
-        if (timeout_ms < 0)
+        if (timeout_ms < 0) {
+                sd_event_source_set_enabled(h->soon, SD_EVENT_OFF);
                 return sd_event_source_set_enabled(h->timer, SD_EVENT_OFF) < 0 ? -1 : 0;
-        uint64_t now;
-        sd_event_now(h->event, CLOCK_MONOTONIC, &now);
-        if (sd_event_source_set_time(h->timer, now + (uint64_t)timeout_ms * USEC_PER_MSEC) < 0)
-                return -1;
-        return sd_event_source_set_enabled(h->timer, SD_EVENT_ONESHOT) < 0 ? -1 : 0;
+        }
+        /* Every new transfer asks for 0; arming the timerfd for it would cost a system call, and
+         * an extra wake-up, each time. A timer set earlier may still fire: run_due then finds
+         * nothing due, and curl says when it next wants to be called. */
+        if (timeout_ms == 0)
+                return sd_event_source_set_enabled(h->soon, SD_EVENT_ONESHOT) < 0 ? -1 : 0;
+        return event_timer_in(h->timer, (uint64_t)timeout_ms * USEC_PER_MSEC) < 0 ? -1 : 0;
 }
 
 int httpc_new(sd_event *event, unsigned max_connections, struct httpc **ret)
@@ -300,6 +312,13 @@ int httpc_new(sd_event *event, unsigned max_connections, struct httpc **ret)
         }
         sd_event_source_set_enabled(h->timer, SD_EVENT_OFF);
         sd_event_source_set_description(h->timer, "upstream-timer");
+        r = sd_event_add_defer(event, &h->soon, on_soon, h);
+        if (r < 0) {
+                httpc_free(h);
+                return r;
+        }
+        sd_event_source_set_enabled(h->soon, SD_EVENT_OFF);
+        sd_event_source_set_description(h->soon, "upstream-soon");
         curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
         curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
         curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_timer_change);
@@ -322,6 +341,7 @@ struct httpc *httpc_free(struct httpc *h)
         if (h->multi)
                 curl_multi_cleanup(h->multi);
         sd_event_source_disable_unref(h->timer);
+        sd_event_source_disable_unref(h->soon);
         sd_event_unref(h->event);
         free(h);
         return NULL;

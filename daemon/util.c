@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <systemd/sd-event.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,6 +20,23 @@ static uint64_t clock_usec(clockid_t id)
 uint64_t now_realtime_usec(void)
 {
         return clock_usec(CLOCK_REALTIME);
+}
+
+#define EVENT_TIMER_SLACK_USEC (250 * USEC_PER_MSEC)
+
+int event_timer_in(sd_event_source *s, uint64_t delay_usec)
+{
+        uint64_t now;
+        int r = sd_event_now(sd_event_source_get_event(s), CLOCK_MONOTONIC, &now);
+        if (r < 0)
+                return r;
+        r = sd_event_source_set_time_accuracy(s, delay_usec >= USEC_PER_SEC ? EVENT_TIMER_SLACK_USEC
+                                                                            : 1);
+        if (r >= 0)
+                r = sd_event_source_set_time(s, now + delay_usec);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+        return r;
 }
 
 uint64_t now_monotonic_usec(void)

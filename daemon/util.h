@@ -33,6 +33,12 @@ static inline void freep(void *p)
 uint64_t now_realtime_usec(void);
 uint64_t now_monotonic_usec(void);
 
+/* Arms a one-shot CLOCK_MONOTONIC timer `delay_usec` after the loop's now. A delay under a second
+ * fires on time; a longer one (a connection's idle timeout) may fire up to 250 ms late, so that
+ * sd-event can keep the timerfd it armed instead of rearming it each time the deadline moves. */
+typedef struct sd_event_source sd_event_source;
+int event_timer_in(sd_event_source *s, uint64_t delay_usec);
+
 /* "1M", "512K", "1024" -> bytes. Returns 0 or -EINVAL / -ERANGE. */
 int parse_size(const char *s, uint64_t *ret);
 /* "30s", "250ms", "5m", "1h", "2" (seconds) -> microseconds. Returns 0 or -EINVAL / -ERANGE. */
