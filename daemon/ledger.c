@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "util.h"
+#include "walvfs.h"
 
 enum {
         STMT_BEGIN,
@@ -431,7 +432,12 @@ int ledger_open(const char *path, const struct ledger_options *opts, struct ledg
         int flags =
             SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE |
             (opts->read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
-        int rc = sqlite3_open_v2(path, &l->db, flags, NULL);
+        /* A writer that syncs every commit gathers each commit's WAL writes into one. */
+        const char *vfs =
+            !opts->read_only && opts->synchronous_full && walvfs_register() == SQLITE_OK
+                ? WALVFS_NAME
+                : NULL;
+        int rc = sqlite3_open_v2(path, &l->db, flags, vfs);
         if (rc != SQLITE_OK) {
                 r = fail(l, rc, "opening");
                 goto fail;
