@@ -216,6 +216,7 @@ static int take_due(struct dispatcher *d, enum ledger_due_kind kind, size_t slot
                 c->d = d;
                 c->poll = kind == LEDGER_DUE_POLL;
                 c->probe = d->paused && !c->poll;
+                enum job_state from = jobs[i].state;
                 if (kind == LEDGER_DUE_SUBMIT) {
                         c->fresh = jobs[i].state == JOB_PENDING;
                         jobs[i].state = JOB_SUBMITTING;
@@ -228,7 +229,7 @@ static int take_due(struct dispatcher *d, enum ledger_due_kind kind, size_t slot
                 d->turn_new = c;
                 if (c->probe)
                         d->probe_in_flight = true;
-                int r = ledger_save(d->ledger, &jobs[i], now);
+                int r = ledger_save_from(d->ledger, &jobs[i], from, now);
                 if (r < 0)
                         return r;
         }
@@ -517,7 +518,7 @@ static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now)
                                                             : res->error);
                 break;
         }
-        return ledger_save(d->ledger, &j, now);
+        return ledger_save_from(d->ledger, &j, JOB_SUBMITTING, now);
 }
 
 int dispatcher_apply_outcome(struct ledger *ledger, struct job *j, bool succeeded,
@@ -525,6 +526,7 @@ int dispatcher_apply_outcome(struct ledger *ledger, struct job *j, bool succeede
 {
         if (j->state != JOB_SUBMITTED && j->state != JOB_UNCERTAIN && j->state != JOB_SUBMITTING)
                 return 0;
+        enum job_state from = j->state;
         j->state = succeeded ? JOB_SUCCEEDED : JOB_FAILED;
         if (succeeded) {
                 job_set_field(j->result_url, sizeof(j->result_url), result_url);
@@ -532,7 +534,7 @@ int dispatcher_apply_outcome(struct ledger *ledger, struct job *j, bool succeede
         } else
                 job_set_field(j->upstream_error, sizeof(j->upstream_error),
                               isempty(err_code) ? "failed" : err_code);
-        int r = ledger_save(ledger, j, now);
+        int r = ledger_save_from(ledger, j, from, now);
         return r < 0 ? r : (int)j->state;
 }
 
@@ -542,7 +544,7 @@ static int poll_again(struct dispatcher *d, struct job *j, uint64_t now)
         if (j->state != JOB_SUBMITTED)
                 return 0;
         j->next_at = now + d->cfg->poll_interval;
-        return ledger_save(d->ledger, j, now);
+        return ledger_save_from(d->ledger, j, JOB_SUBMITTED, now);
 }
 
 static int apply_poll(struct dispatcher *d, struct call *c, uint64_t now)

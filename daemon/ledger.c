@@ -25,6 +25,7 @@ enum {
         STMT_GET,
         STMT_GET_BY_UPSCALE,
         STMT_SAVE,
+        STMT_SAVE_FROM,
         STMT_DUE_SUBMIT,
         STMT_DUE_POLL,
         STMT_NEXT_SUBMIT,
@@ -58,6 +59,9 @@ static const char *const stmt_sql[_STMT_MAX] = {
     [STMT_SAVE] = "UPDATE jobs SET state = ?2, attempt = ?3, next_at = ?4, upscale_task_id = ?5, "
                   "http_status = ?6, upstream_error = ?7, result_url = ?8, updated_at = ?9 "
                   "WHERE creation_id = ?1",
+    [STMT_SAVE_FROM] = "UPDATE jobs SET state = ?2, attempt = ?3, next_at = ?4, "
+                       "upscale_task_id = ?5, http_status = ?6, upstream_error = ?7, "
+                       "result_url = ?8, updated_at = ?9 WHERE creation_id = ?1 AND state = ?10",
     [STMT_DUE_SUBMIT] = "SELECT creation_id, source_task_id, upscale_task_id, state, attempt, "
                         "next_at, http_status, upstream_error, result_url, created_at, "
                         "updated_at FROM jobs WHERE state IN ('pending', 'waiting') "
@@ -690,6 +694,22 @@ int ledger_get_by_upscale(struct ledger *l, const char *upscale_task_id, struct 
         return get_one(l, l->stmt[STMT_GET_BY_UPSCALE], upscale_task_id, ret);
 }
 
+static void bind_save(sqlite3_stmt *s, const struct job *j, uint64_t now_usec)
+{
+        sqlite3_bind_text(s, 1, j->creation_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, job_state_to_string(j->state), -1, SQLITE_STATIC);
+        sqlite3_bind_int(s, 3, (int)j->attempt);
+        sqlite3_bind_int64(s, 4, (sqlite3_int64)j->next_at);
+        bind_text_or_null(s, 5, j->upscale_task_id);
+        if (j->http_status)
+                sqlite3_bind_int(s, 6, j->http_status);
+        else
+                sqlite3_bind_null(s, 6);
+        bind_text_or_null(s, 7, j->upstream_error);
+        bind_text_or_null(s, 8, j->result_url);
+        sqlite3_bind_int64(s, 9, (sqlite3_int64)now_usec);
+}
+
 int ledger_save(struct ledger *l, struct job *j, uint64_t now_usec)
 {
         /* The state it leaves, as the ledger has it (not as the caller last saw it). */
@@ -705,22 +725,26 @@ int ledger_save(struct ledger *l, struct job *j, uint64_t now_usec)
 
         s = l->stmt[STMT_SAVE];
         j->updated_at = now_usec;
-        sqlite3_bind_text(s, 1, j->creation_id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 2, job_state_to_string(j->state), -1, SQLITE_STATIC);
-        sqlite3_bind_int(s, 3, (int)j->attempt);
-        sqlite3_bind_int64(s, 4, (sqlite3_int64)j->next_at);
-        bind_text_or_null(s, 5, j->upscale_task_id);
-        if (j->http_status)
-                sqlite3_bind_int(s, 6, j->http_status);
-        else
-                sqlite3_bind_null(s, 6);
-        bind_text_or_null(s, 7, j->upstream_error);
-        bind_text_or_null(s, 8, j->result_url);
-        sqlite3_bind_int64(s, 9, (sqlite3_int64)now_usec);
+        bind_save(s, j, now_usec);
         int r = step_done(l, s, "updating a job");
         if (r < 0 || !found || from == (int)j->state)
                 return r; /* no such job, or no change of state: no change of count */
         return count_change(l, from, (int)j->state);
+}
+
+int ledger_save_from(struct ledger *l, struct job *j, enum job_state from, uint64_t now_usec)
+{
+        sqlite3_stmt *s = l->stmt[STMT_SAVE_FROM];
+        j->updated_at = now_usec;
+        bind_save(s, j, now_usec);
+        sqlite3_bind_text(s, 10, job_state_to_string(from), -1, SQLITE_STATIC);
+        int r = step_done(l, s, "updating a job");
+        if (r < 0)
+                return r;
+        if (sqlite3_changes(l->db) == 0)
+                /* Not in that state (or gone): read what it is, as ledger_save does. */
+                return ledger_save(l, j, now_usec);
+        return from == j->state ? 0 : count_change(l, (int)from, (int)j->state);
 }
 
 int ledger_due(struct ledger *l, enum ledger_due_kind kind, uint64_t now_usec, struct job *out,

@@ -57,6 +57,9 @@ int ledger_get_by_upscale(struct ledger *l, const char *upscale_task_id, struct 
 
 /* Writes every mutable field of j (state, attempt, next_at, upscale id, status, error, url). */
 int ledger_save(struct ledger *l, struct job *j, uint64_t now_usec);
+/* The same for a job the caller read in this transaction, in state `from`: one statement instead
+ * of two. A job no longer in that state is saved as ledger_save would. */
+int ledger_save_from(struct ledger *l, struct job *j, enum job_state from, uint64_t now_usec);
 
 enum ledger_due_kind {
         LEDGER_DUE_SUBMIT, /* pending or waiting, next_at <= now */

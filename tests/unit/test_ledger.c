@@ -183,6 +183,44 @@ static void test_counts_follow_commits_savepoints_and_rollbacks(void **state)
         ledger_close(l);
 }
 
+/* A save from a known state: the job and the counters as ledger_save leaves them, and a job no
+ * longer in the state the caller names still counted from the one the ledger holds. */
+static void test_save_from_a_known_state(void **state)
+{
+        struct ledger *l = open_ok();
+        struct job a, b, got;
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_insert(l, "a", "src", 1), 1);
+        assert_int_equal(ledger_insert(l, "b", "src", 1), 1);
+        assert_int_equal(ledger_get(l, "a", &a), 1);
+        a.state = JOB_SUBMITTING;
+        a.attempt = 1;
+        a.next_at = 42;
+        assert_int_equal(ledger_save_from(l, &a, JOB_PENDING, 2), 0);
+        a.state = JOB_SUBMITTED;
+        job_set_field(a.upscale_task_id, sizeof(a.upscale_task_id), "2371000000000001");
+        assert_int_equal(ledger_save_from(l, &a, JOB_SUBMITTING, 3), 0);
+        assert_int_equal(ledger_commit(l), 0);
+        expect_counts(l, 1, 0, 1, 0);
+        assert_int_equal(ledger_get(l, "a", &got), 1);
+        assert_int_equal(got.state, JOB_SUBMITTED);
+        assert_int_equal(got.attempt, 1);
+        assert_int_equal(got.next_at, 42);
+        assert_string_equal(got.upscale_task_id, "2371000000000001");
+        assert_int_equal(got.updated_at, 3);
+
+        /* b is pending; the caller believes it submitting (an operator changed it meanwhile). */
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_get(l, "b", &b), 1);
+        b.state = JOB_DEAD;
+        assert_int_equal(ledger_save_from(l, &b, JOB_SUBMITTING, 4), 0);
+        assert_int_equal(ledger_commit(l), 0);
+        expect_counts(l, 0, 0, 1, 1);
+        assert_int_equal(ledger_get(l, "b", &got), 1);
+        assert_int_equal(got.state, JOB_DEAD);
+        ledger_close(l);
+}
+
 /* A version-1 ledger counted with triggers; after the migration ledger.c counts instead, so
  * nothing is counted twice and what was counted before stays. */
 static void test_migration_from_version_1_keeps_counts(void **state)
@@ -376,6 +414,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_migration_from_empty_and_version, setup, teardown),
             cmocka_unit_test_setup_teardown(test_counts_follow_commits_savepoints_and_rollbacks,
                                             setup, teardown),
+            cmocka_unit_test_setup_teardown(test_save_from_a_known_state, setup, teardown),
             cmocka_unit_test_setup_teardown(test_migration_from_version_1_keeps_counts, setup,
                                             teardown),
             cmocka_unit_test_setup_teardown(test_damaged_file_is_refused, setup, teardown),
