@@ -6,8 +6,8 @@ daemons take turns, run by run and in mirrored order (A B, B A, A B, ...: a drif
 through the session, such as journald's filling file, falls on both alike), on the same fake
 upstream and journald, and the report gives each side's median and the ratio. Measured:
 ingestion at 8 and 64 connections (req/s, p99, daemon CPU per acknowledged request), submissions
-from a backlog, idle latency and the mean commit time. bench.py's functions do the measuring and its checks still run: every
-acknowledged creation recorded and submitted exactly once.
+from a backlog, idle latency and the mean commit time. bench.py's functions do the measuring
+and its checks still run: every acknowledged creation recorded and submitted exactly once.
 
 Usage: compare.py BASE_BINARY NEW_BINARY [RUNS]   (default 5 runs a side; BENCH_DURATION=S)
 """

@@ -1,4 +1,5 @@
-/* util.c: small shared helpers (clocks, size and duration parsing, constant-time compare). */
+/* util.c: small shared helpers (clocks, a one-shot loop timer, size and duration parsing,
+ * constant-time compare). */
 #include "util.h"
 
 #include <ctype.h>
@@ -22,6 +23,11 @@ uint64_t now_realtime_usec(void)
         return clock_usec(CLOCK_REALTIME);
 }
 
+uint64_t now_monotonic_usec(void)
+{
+        return clock_usec(CLOCK_MONOTONIC);
+}
+
 #define EVENT_TIMER_SLACK_USEC (250 * USEC_PER_MSEC)
 
 int event_timer_in(sd_event_source *s, uint64_t delay_usec)
@@ -37,11 +43,6 @@ int event_timer_in(sd_event_source *s, uint64_t delay_usec)
         if (r >= 0)
                 r = sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
         return r;
-}
-
-uint64_t now_monotonic_usec(void)
-{
-        return clock_usec(CLOCK_MONOTONIC);
 }
 
 /* Splits "<digits><suffix>" and multiplies by the suffix's factor, refusing overflow. */

@@ -1,4 +1,5 @@
-/* util.h: small shared helpers (ownership macros, clocks, size and duration parsing). */
+/* util.h: small shared helpers (ownership macros, clocks, a one-shot loop timer, size and duration
+ * parsing). */
 #pragma once
 
 #include <stdbool.h>
@@ -35,7 +36,8 @@ uint64_t now_monotonic_usec(void);
 
 /* Arms a one-shot CLOCK_MONOTONIC timer `delay_usec` after the loop's now. A delay under a second
  * fires on time; a longer one (a connection's idle timeout) may fire up to 250 ms late, so that
- * sd-event can keep the timerfd it armed instead of rearming it each time the deadline moves. */
+ * sd-event can keep the timerfd it armed instead of rearming it each time the deadline moves. It
+ * sets the source's accuracy too: arm a source through this alone, or set its accuracy again. */
 typedef struct sd_event_source sd_event_source;
 int event_timer_in(sd_event_source *s, uint64_t delay_usec);
 

@@ -342,10 +342,7 @@ static void ledger_failed(struct webhook *w, int r, size_t n)
                     "Ledger cannot commit (%s): %s; answering 503 to %zu request(s) until it can",
                     strerror(-r), ledger_errmsg(w->ledger), n);
         w->ledger_ok = false;
-        uint64_t now;
-        sd_event_now(w->event, CLOCK_MONOTONIC, &now);
-        sd_event_source_set_time(w->probe_timer, now + LEDGER_PROBE_USEC);
-        sd_event_source_set_enabled(w->probe_timer, SD_EVENT_ONESHOT);
+        event_timer_in(w->probe_timer, LEDGER_PROBE_USEC);
 }
 
 static void log_auth_failure(struct webhook *w, struct http_request *req, const char *reason);
