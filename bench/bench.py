@@ -238,6 +238,30 @@ def sh(argv, **kw):
     return subprocess.run(argv, check=True, capture_output=True, text=True, **kw).stdout
 
 
+def run_measured(argv, timeout, env=None):
+    """Runs ARGV to its end; returns (stdout, stderr, returncode, rusage) where rusage is the
+    child's own CPU seconds (ru_utime + ru_stime). Its ru_maxrss is not the child's: it counts
+    this interpreter's pages from before exec."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        PROCS.append(p)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                p.kill()
+                pid, status, ru = os.wait4(p.pid, 0)
+                break
+            time.sleep(0.01)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return (out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                p.returncode, ru)
+
+
 # ---------------------------------------------------------------------------------------------
 # wrk
 
@@ -251,16 +275,16 @@ def run_wrk(url, conns, duration, outdir, tag):
     runid = f"{int(time.time()) % 100000:05d}{RUN_COUNTER[0]:03d}"
     argv = ["wrk", f"-t{P['threads']}", f"-c{conns}", f"-d{duration}s", "--latency",
             "--timeout", "10s", "-s", LUA, url, "--", runid]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    stdout, stderr, _, ru = run_measured(argv, duration + 60)
     with open(os.path.join(outdir, f"wrk-{tag}.txt"), "w") as f:
-        f.write(out.stdout + out.stderr)
+        f.write(stdout + stderr)
     r = {}
-    for m in re.finditer(r"BENCH (.*)", out.stdout):
+    for m in re.finditer(r"BENCH (.*)", stdout):
         for kv in m.group(1).split():
             k, v = kv.split("=")
             r[k] = float(v)
     if "requests" not in r:
-        raise RuntimeError(f"wrk printed no results: {out.stdout} {out.stderr}")
+        raise RuntimeError(f"wrk printed no results: {stdout} {stderr}")
     secs = r["duration_us"] / 1e6
     errors = int(r["connect"] + r["read"] + r["write"] + r["timeout"])
     res = {
@@ -275,6 +299,8 @@ def run_wrk(url, conns, duration, outdir, tag):
         "latency_ms": {p: round(r[f"p{p}_us"] / 1000, 3) for p in ("50", "75", "90", "99", "99.9")},
         "mean_ms": round(r["mean_us"] / 1000, 3),
         "max_ms": round(r["max_us"] / 1000, 3),
+        # The load generator's own CPU: on shared cores, what it takes is not the server's.
+        "wrk_cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
     }
     return res
 
@@ -313,6 +339,7 @@ def measured_load(pid, url, conns, outdir, tag, extra=None):
     r["children_cpu_s"] = round(c1[1] - c0[1], 2)
     r["cpu_pct"] = round(100 * (r["cpu_s"] + r["children_cpu_s"]) / wall, 1)
     r.update(others_cpu(e0, extra, wall))
+    r["wrk_cpu_pct"] = round(100 * r["wrk_cpu_s"] / wall, 1)
     r["peak_rss_kb"] = proc_hwm_kb(pid)
     r["peak_pss_kb"] = mem.peak_pss
     r["peak_anon_kb"] = mem.peak_anon
@@ -735,9 +762,13 @@ def bench_submit(tmp, fake, schema, outdir, journald, conc=None):
         # The ceiling first, then the daemon, in the same run.
         env = dict(os.environ, VIDU_FAKE_API_KEY=fake.key)
         fake.reset()
-        out = sh([CEILING, "--url", f"http://127.0.0.1:{fake.port}/vidu/v1/tasks", "--parallel",
-                  str(conc), "--seconds", str(P["ceiling_s"]), "--prefix",
-                  f"ceiling{i}-"], env=env, timeout=P["ceiling_s"] + 60)
+        out, err, rc, _ = run_measured(
+            [CEILING, "--url", f"http://127.0.0.1:{fake.port}/vidu/v1/tasks", "--parallel",
+             str(conc), "--seconds", str(P["ceiling_s"]), "--prefix", f"ceiling{i}-"],
+            P["ceiling_s"] + 60, env=env)
+        if rc != 0:
+            raise RuntimeError(f"curl_ceiling exited with {rc}: {err}")
+        # Its peak_rss_kb (its own VmHWM): the floor any daemon built on Debian's libcurl has.
         ceiling = json.loads(out)
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(ledger + suffix):
@@ -1076,7 +1107,7 @@ def summarize(runs):
         return None
     s = {"runs": len(runs)}
     for k in ("rps", "cpu_pct", "peak_rss_kb", "acked", "non2xx", "socket_errors", "startup_s",
-              "drain_rate", "journald_cpu_pct", "upstream_cpu_pct"):
+              "drain_rate", "journald_cpu_pct", "upstream_cpu_pct", "wrk_cpu_pct"):
         s[k] = median([r.get(k) for r in runs])
     s["latency_ms"] = {p: median([r["latency_ms"][p] for r in runs]) for p in runs[0]["latency_ms"]}
     s["peak_rss_kb"] = max(r["peak_rss_kb"] or 0 for r in runs)
@@ -1174,6 +1205,48 @@ def cpu_per_request_us(x):
     if x.get("cpu_pct") is None or not x.get("rps"):
         return None
     return x["cpu_pct"] / 100 / x["rps"] * 1e6
+
+
+def per_request_us(pct, rps):
+    """A process's CPU share (% of one CPU) as microseconds per acknowledged request."""
+    if pct is None or not rps:
+        return None
+    return pct / 100 / rps * 1e6
+
+
+def cpu_budget(res):
+    """Where the machine's CPUs went per acknowledged request at the top connection count, and
+    what that leaves a daemon that writes every transition to the journal: the req/s one costing
+    nothing itself would reach beside wrk, journald and the fake at their measured costs, and the
+    CPU a request it may take to meet the targets against nginx and webhook."""
+    s = res["summary"]
+    top = max(P["connections"])
+    ncpu = res["machine"]["nproc"]
+    rows = []
+    quiet = summarize(res["ingest"].get("quiet") or [])
+    for name, x in (("nginx `return 202`", s["nginx"][top]),
+                    ("webhook (default)", s["webhook_default"][top]),
+                    ("vidu-upscaled", s["us"][top]),
+                    ("vidu-upscaled, job entries off", quiet)):
+        if not x:
+            continue
+        parts = {k: per_request_us(x.get(f), x["rps"])
+                 for k, f in (("server", "cpu_pct"), ("wrk", "wrk_cpu_pct"),
+                              ("journald", "journald_cpu_pct"), ("upstream", "upstream_cpu_pct"))}
+        total = sum(v for v in parts.values() if v is not None)
+        rows.append({"name": name, "rps": x["rps"], **parts, "total": total,
+                     "busy_pct": round(100 * total * x["rps"] / 1e6 / ncpu, 1)})
+    us = next((r for r in rows if r["name"] == "vidu-upscaled"), None)
+    out = {"ncpu": ncpu, "rows": rows}
+    if us and all(us[k] is not None for k in ("wrk", "journald")):
+        others = us["wrk"] + us["journald"] + (us["upstream"] or 0)
+        out["others_us"] = others
+        out["free_daemon_rps"] = ncpu * 1e6 / others
+        for key, want in (("nginx", 0.5), ("webhook_default", 7)):
+            goal = want * s[key][top]["rps"]
+            out[f"budget_{key}_us"] = ncpu * 1e6 / goal - others
+            out[f"goal_{key}_rps"] = goal
+    return out
 
 
 def evaluate(res):
@@ -1286,6 +1359,14 @@ def report(res, plot_dir):
              "shared out among the processes mapping them) and anonymous memory (the process's "
              "own: heap, stacks, written data) are sampled every 50 ms from "
              "`/proc/PID/smaps_rollup` during the load.")
+    floor = [r["ceiling"].get("peak_rss_kb") for r in res.get("submit", [])
+             if r.get("ceiling", {}).get("peak_rss_kb")]
+    if floor:
+        L.append(f"\nThe bare libcurl-multi client of the submission bench "
+                 "(`bench/curl_ceiling.c`: plain C on libcurl alone, no HTTP server, no SQLite, "
+                 f"no journal) peaked at {fmt(mib(max(floor)))} MiB RSS in this run: Debian's "
+                 "libcurl maps its TLS, LDAP, SSH, RTMP and Kerberos libraries into every "
+                 "process that links it, and their start-up touches their pages.")
     for c in P["connections"]:
         x = s["us"][c]
         L.append(f"\nAt {c} connections vidu-upscaled's entries also cost systemd-journald "
@@ -1408,6 +1489,30 @@ def report(res, plot_dir):
             L.append(f"| {name} | {fmt(x['rps'])} | {fmt(x['latency_ms']['99'], 2)} | "
                      f"{fmt(x['cpu_pct'])} | {fmt(x['journald_cpu_pct'])} |")
         L.append("")
+    b = cpu_budget(res)
+    if b["rows"]:
+        L.append("## Where the CPUs go\n")
+        L.append(f"At {top} connections, per acknowledged request, from each process's CPU time "
+                 "over the load: the server (webhook: with its commands), wrk (from its own "
+                 "rusage), systemd-journald and the fake upstream (for the submissions made "
+                 f"during the load). Busy is the sum against the machine's {b['ncpu']} CPUs.\n")
+        L.append("| load | req/s | server µs | wrk µs | systemd-journald µs | fake upstream µs | "
+                 "total µs | CPUs busy % |")
+        L.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in b["rows"]:
+            L.append(f"| {r['name']} | {fmt(r['rps'])} | {fmt(r['server'])} | {fmt(r['wrk'])} | "
+                     f"{fmt(r['journald'])} | {fmt(r['upstream'])} | {fmt(r['total'])} | "
+                     f"{fmt(r['busy_pct'])} |")
+        if "free_daemon_rps" in b:
+            L.append(f"\nBeside wrk, systemd-journald and the fake at their costs here "
+                     f"({fmt(b['others_us'])} µs a request), a daemon that cost nothing itself "
+                     f"would reach {fmt(round(b['free_daemon_rps']))} req/s. Reaching 0.5x "
+                     f"nginx ({fmt(round(b['goal_nginx_rps']))} req/s) leaves it "
+                     f"{fmt(b['budget_nginx_us'])} µs of CPU a request, and 7x webhook's default "
+                     f"mode ({fmt(round(b['goal_webhook_default_rps']))} req/s) "
+                     f"{fmt(b['budget_webhook_default_us'])} µs (negative: out of reach with "
+                     "two entries a notification on these CPUs).")
+        L.append("")
     if res.get("perf"):
         pf = res["perf"]
         L.append("## What limits the daemon\n")
@@ -1489,6 +1594,7 @@ def main():
                     res["ingest"]["by_size"].items()},
     }
     res["targets"] = evaluate(res)
+    res["cpu_budget"] = cpu_budget(res)
     pngs = plots(res, outdir)
     with open(os.path.join(outdir, "results.json"), "w") as f:
         json.dump(res, f, indent=1, default=str)

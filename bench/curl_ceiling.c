@@ -27,6 +27,22 @@ static size_t discard(char *ptr, size_t size, size_t nmemb, void *userdata)
         return size * nmemb;
 }
 
+/* This process's peak RSS in KiB (VmHWM), 0 when unknown. getrusage's ru_maxrss would also count
+ * the parent's pages from before exec; VmHWM belongs to this image alone. */
+static long peak_rss_kb(void)
+{
+        FILE *f = fopen("/proc/self/status", "r");
+        char line[256];
+        long kb = 0;
+        if (!f)
+                return 0;
+        while (fgets(line, sizeof(line), f))
+                if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
+                        break;
+        fclose(f);
+        return kb;
+}
+
 static void usage(void)
 {
         fprintf(stderr,
@@ -136,8 +152,9 @@ int main(int argc, char **argv)
                         break;
         }
         double elapsed = now_sec() - start;
-        printf("{\"parallel\":%ld,\"seconds\":%.3f,\"ok\":%llu,\"failed\":%llu,\"rps\":%.1f}\n",
-               parallel, elapsed, ok, failed, (double)ok / elapsed);
+        printf("{\"parallel\":%ld,\"seconds\":%.3f,\"ok\":%llu,\"failed\":%llu,\"rps\":%.1f,"
+               "\"peak_rss_kb\":%ld}\n",
+               parallel, elapsed, ok, failed, (double)ok / elapsed, peak_rss_kb());
         for (long i = 0; i < parallel; i++)
                 curl_easy_cleanup(slots[i].easy);
         free(slots);
