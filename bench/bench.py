@@ -1199,19 +1199,17 @@ def ratio(a, b):
     return round(a / b, 3) if a is not None and b else None
 
 
-def cpu_per_request_us(x):
-    """The server's CPU time per acknowledged request: what each request costs the server
-    itself, where req/s on shared cores also measures what wrk and journald leave over."""
-    if x.get("cpu_pct") is None or not x.get("rps"):
-        return None
-    return x["cpu_pct"] / 100 / x["rps"] * 1e6
-
-
 def per_request_us(pct, rps):
     """A process's CPU share (% of one CPU) as microseconds per acknowledged request."""
     if pct is None or not rps:
         return None
     return pct / 100 / rps * 1e6
+
+
+def cpu_per_request_us(x):
+    """The server's CPU time per acknowledged request: what each request costs the server
+    itself, where req/s on shared cores also measures what wrk and journald leave over."""
+    return per_request_us(x.get("cpu_pct"), x.get("rps"))
 
 
 def cpu_budget(res):
@@ -1489,7 +1487,7 @@ def report(res, plot_dir):
             L.append(f"| {name} | {fmt(x['rps'])} | {fmt(x['latency_ms']['99'], 2)} | "
                      f"{fmt(x['cpu_pct'])} | {fmt(x['journald_cpu_pct'])} |")
         L.append("")
-    b = cpu_budget(res)
+    b = res["cpu_budget"]
     if b["rows"]:
         L.append("## Where the CPUs go\n")
         L.append(f"At {top} connections, per acknowledged request, from each process's CPU time "
@@ -1510,8 +1508,10 @@ def report(res, plot_dir):
                      f"nginx ({fmt(round(b['goal_nginx_rps']))} req/s) leaves it "
                      f"{fmt(b['budget_nginx_us'])} µs of CPU a request, and 7x webhook's default "
                      f"mode ({fmt(round(b['goal_webhook_default_rps']))} req/s) "
-                     f"{fmt(b['budget_webhook_default_us'])} µs (negative: out of reach with "
-                     "two entries a notification on these CPUs).")
+                     f"{fmt(b['budget_webhook_default_us'])} µs"
+                     + (" (negative: out of reach even for a daemon that cost nothing, beside "
+                        "what its journal entries cost journald on these CPUs)."
+                        if b["budget_webhook_default_us"] < 0 else "."))
         L.append("")
     if res.get("perf"):
         pf = res["perf"]
