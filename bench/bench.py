@@ -54,7 +54,7 @@ P = {
     "threads": 2,
     "sizes": [int(x) for x in os.environ.get("BENCH_SIZES", "").split(",") if x]
     or ([0, 100_000, 1_000_000] if QUICK else [0, 1_000_000, 10_000_000]),
-    "pending_jobs": 2000 if QUICK else 10000,
+    "pending_jobs": 5000 if QUICK else 30000,
     "submit_max_s": 30 if QUICK else 60,
     "ceiling_s": 3 if QUICK else 5,
     "upstream_concurrency": 8,
@@ -495,7 +495,8 @@ class Fake:
 class Daemon:
     """One vidu-upscaled on its own ledger, logging like under systemd."""
 
-    def __init__(self, tmp, fake, ledger, name, extra_conf="", concurrency=None):
+    def __init__(self, tmp, fake, ledger, name, extra_conf="", concurrency=None,
+                 synchronous="full"):
         self.dir = os.path.join(tmp, name)
         os.makedirs(self.dir, exist_ok=True)
         self.ledger = ledger
@@ -516,7 +517,7 @@ concurrency = {concurrency or P['upstream_concurrency']}
 poll_interval = 1h
 [store]
 path = {ledger}
-synchronous = full
+synchronous = {synchronous}
 {extra_conf}""")
         self.log_path = os.path.join(self.dir, "daemon.log")
         self.p = None
@@ -748,11 +749,13 @@ def bench_ingest(tmp, fake, schema, outdir, journald):
     return res
 
 
-def bench_submit(tmp, fake, schema, outdir, journald, conc=None):
+def bench_submit(tmp, fake, schema, outdir, journald, conc=None, sync="full"):
     """Daemon submission rate from N pending jobs versus the bare curl-multi ceiling, both with
-    CONC requests in flight (default: upstream.concurrency's default)."""
+    CONC requests in flight (default: upstream.concurrency's default). SYNC is the ledger's
+    store.synchronous: "normal" (no fdatasync at a commit, not durable) measures what the
+    commits' syncs cost the rate."""
     conc = conc or P["upstream_concurrency"]
-    profile = DO_PERF and conc == P["upstream_concurrency"]
+    profile = DO_PERF and conc == P["upstream_concurrency"] and sync == "full"
     # More slots drain faster: a larger backlog keeps the timed window about as long.
     n = P["pending_jobs"] * max(1, conc // (2 * P["upstream_concurrency"]))
     others = {"journald": journald, "upstream": fake.p.pid}
@@ -776,7 +779,7 @@ def bench_submit(tmp, fake, schema, outdir, journald, conc=None):
         shutil.copyfile(schema, ledger)
         prefill(ledger, 0, n, state="pending")
         fake.reset()
-        d = Daemon(tmp, fake, ledger, "submit", concurrency=conc)
+        d = Daemon(tmp, fake, ledger, "submit", concurrency=conc, synchronous=sync)
         t_spawn = time.monotonic()
         d.start()
         t_ready = time.monotonic()
@@ -811,6 +814,7 @@ def bench_submit(tmp, fake, schema, outdir, journald, conc=None):
         commits = delta("vidu_upscaled_ledger_commit_seconds_count")
         r = {
             "concurrency": conc,
+            "synchronous": sync,
             "pending": n,
             "cpu_pct": round(100 * (c1[0] - c0[0]) / wall, 1),
             "commits_per_s": round(commits / wall, 1),
@@ -834,7 +838,7 @@ def bench_submit(tmp, fake, schema, outdir, journald, conc=None):
         if r["commit_mean_ms"] and r["ceiling_rate"]:
             r["bound_rate"] = round(conc / (r["commit_mean_ms"] / 1000 + conc / r["ceiling_rate"]),
                                     1)
-        log(f"submission run {i} ({conc} in flight): daemon {r['rate']}/s ({done}/{n} in "
+        log(f"submission run {i} ({conc} in flight, synchronous = {sync}): daemon {r['rate']}/s ({done}/{n} in "
             f"{r['seconds']} s), curl-multi ceiling {r['ceiling_rate']}/s, ratio {r['ratio']}")
         runs.append(r)
     for suffix in ("", "-wal", "-shm"):
@@ -1444,6 +1448,28 @@ def report(res, plot_dir):
                  f"{fmt(med['cpu_pct'])} | {fmt(med['journald_cpu_pct'])} | "
                  f"{fmt(med['upstream_cpu_pct'])} |")
     L.append("")
+    nosync = res.get("submit_nosync") or {}
+    if nosync:
+        L.append("What the commits' syncs cost: the same backlogs with `store.synchronous = normal` "
+                 "(WAL without an fdatasync at each commit, so not durable; every other figure "
+                 "here is `full`), against the ceiling measured beside each, medians:\n")
+        L.append("| in flight | durable /s | `normal` /s | `normal` / durable | ratio to the "
+                 "ceiling, `normal` | daemon CPU µs a submission, durable | `normal` |")
+        L.append("| --- | --- | --- | --- | --- | --- | --- |")
+        for c in sorted(nosync):
+            dur, fast = by_conc.get(c), nosync[c]
+            if not dur or not fast:
+                continue
+            def med(runs, k):
+                return median([r[k] for r in runs if r.get(k) is not None])
+
+            def us_each(runs):
+                return median([r["cpu_s"] / r["submitted"] * 1e6 for r in runs if r["submitted"]])
+            L.append(f"| {c} | {fmt(med(dur, 'rate'))} | {fmt(med(fast, 'rate'))} | "
+                     f"{fmt(ratio(med(fast, 'rate'), med(dur, 'rate')), 2)} | "
+                     f"{fmt(med(fast, 'ratio'), 3)} | {fmt(us_each(dur))} | "
+                     f"{fmt(us_each(fast))} |")
+        L.append("")
     idle = res["idle"]
     L.append("## Idle latency\n")
     L.append(f"{idle['samples']} notifications one at a time (20 ms apart) into an idle daemon, "
@@ -1574,6 +1600,9 @@ def main():
         res["submit"] = bench_submit(tmp, fake, schema, outdir, journald)
         res["submit_more"] = {c: bench_submit(tmp, fake, schema, outdir, journald, c)
                               for c in P["submit_concurrency_more"]}
+        res["submit_nosync"] = {c: bench_submit(tmp, fake, schema, outdir, journald, c, "normal")
+                                for c in [P["upstream_concurrency"]]
+                                + P["submit_concurrency_more"]}
         res["idle"] = bench_idle(tmp, fake, schema)
         if DO_PERF:
             try:
