@@ -765,7 +765,7 @@ def bench_submit(tmp, fake, schema, outdir, journald, conc=None, sync="full"):
         # The ceiling first, then the daemon, in the same run.
         env = dict(os.environ, VIDU_FAKE_API_KEY=fake.key)
         fake.reset()
-        out, err, rc, _ = run_measured(
+        out, err, rc, ru = run_measured(
             [CEILING, "--url", f"http://127.0.0.1:{fake.port}/vidu/v1/tasks", "--parallel",
              str(conc), "--seconds", str(P["ceiling_s"]), "--prefix", f"ceiling{i}-"],
             P["ceiling_s"] + 60, env=env)
@@ -773,6 +773,10 @@ def bench_submit(tmp, fake, schema, outdir, journald, conc=None, sync="full"):
             raise RuntimeError(f"curl_ceiling exited with {rc}: {err}")
         # Its peak_rss_kb (its own VmHWM): the floor any daemon built on Debian's libcurl has.
         ceiling = json.loads(out)
+        # Its CPU a transfer (start-up included): what one POST costs a client that records
+        # nothing, beside the daemon's CPU a submission.
+        ceiling["cpu_us_per_request"] = (round((ru.ru_utime + ru.ru_stime) / ceiling["ok"] * 1e6, 1)
+                                         if ceiling.get("ok") else None)
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(ledger + suffix):
                 os.unlink(ledger + suffix)
@@ -1454,8 +1458,9 @@ def report(res, plot_dir):
                  "(WAL without an fdatasync at each commit, so not durable; every other figure "
                  "here is `full`), against the ceiling measured beside each, medians:\n")
         L.append("| in flight | durable /s | `normal` /s | `normal` / durable | ratio to the "
-                 "ceiling, `normal` | daemon CPU µs a submission, durable | `normal` |")
-        L.append("| --- | --- | --- | --- | --- | --- | --- |")
+                 "ceiling, `normal` | daemon CPU µs a submission, durable | `normal` | "
+                 "bare client CPU µs a POST |")
+        L.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for c in sorted(nosync):
             dur, fast = by_conc.get(c), nosync[c]
             if not dur or not fast:
@@ -1468,7 +1473,8 @@ def report(res, plot_dir):
             L.append(f"| {c} | {fmt(med(dur, 'rate'))} | {fmt(med(fast, 'rate'))} | "
                      f"{fmt(ratio(med(fast, 'rate'), med(dur, 'rate')), 2)} | "
                      f"{fmt(med(fast, 'ratio'), 3)} | {fmt(us_each(dur))} | "
-                     f"{fmt(us_each(fast))} |")
+                     f"{fmt(us_each(fast))} | "
+                     f"{fmt(median([r['ceiling'].get('cpu_us_per_request') for r in dur]))} |")
         L.append("")
     idle = res["idle"]
     L.append("## Idle latency\n")
