@@ -234,6 +234,11 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def median_of(runs, key):
+    """The median of one figure over runs (dicts), skipping runs without it."""
+    return median([r.get(key) for r in runs])
+
+
 def sh(argv, **kw):
     return subprocess.run(argv, check=True, capture_output=True, text=True, **kw).stdout
 
@@ -775,8 +780,8 @@ def bench_submit(tmp, fake, schema, outdir, journald, conc=None, sync="full"):
         ceiling = json.loads(out)
         # Its CPU a transfer (start-up included): what one POST costs a client that records
         # nothing, beside the daemon's CPU a submission.
-        ceiling["cpu_us_per_request"] = (round((ru.ru_utime + ru.ru_stime) / ceiling["ok"] * 1e6, 1)
-                                         if ceiling.get("ok") else None)
+        ceiling["cpu_us_per_request"] = per_request_us(
+            100 * (ru.ru_utime + ru.ru_stime), ceiling.get("ok"))
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(ledger + suffix):
                 os.unlink(ledger + suffix)
@@ -829,6 +834,7 @@ def bench_submit(tmp, fake, schema, outdir, journald, conc=None, sync="full"):
             "startup_s": round(t_ready - t_spawn, 3),
             "rate": round(done / wall, 1),
             "cpu_s": round(c1[0] - c0[0], 2),
+            "cpu_us_per_submission": per_request_us(100 * (c1[0] - c0[0]), done),
             "upstream_tasks": st["tasks_created"],
             "upstream_duplicates": sum(1 for v in st["created"].values() if v > 1),
             "ceiling": ceiling,
@@ -842,8 +848,9 @@ def bench_submit(tmp, fake, schema, outdir, journald, conc=None, sync="full"):
         if r["commit_mean_ms"] and r["ceiling_rate"]:
             r["bound_rate"] = round(conc / (r["commit_mean_ms"] / 1000 + conc / r["ceiling_rate"]),
                                     1)
-        log(f"submission run {i} ({conc} in flight, synchronous = {sync}): daemon {r['rate']}/s ({done}/{n} in "
-            f"{r['seconds']} s), curl-multi ceiling {r['ceiling_rate']}/s, ratio {r['ratio']}")
+        log(f"submission run {i} ({conc} in flight, synchronous = {sync}): daemon {r['rate']}/s "
+            f"({done}/{n} in {r['seconds']} s), curl-multi ceiling {r['ceiling_rate']}/s, "
+            f"ratio {r['ratio']}")
         runs.append(r)
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(ledger + suffix):
@@ -1442,7 +1449,7 @@ def report(res, plot_dir):
     L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for c in sorted(by_conc):
         runs = by_conc[c]
-        med = {k: median([r[k] for r in runs if r.get(k) is not None])
+        med = {k: median_of(runs, k)
                for k in ("rate", "ceiling_rate", "ratio", "commits_per_s", "commit_mean_ms",
                          "bound_rate", "cpu_pct", "journald_cpu_pct", "upstream_cpu_pct")}
         per_commit = ratio(med["rate"], med["commits_per_s"])
@@ -1454,8 +1461,8 @@ def report(res, plot_dir):
     L.append("")
     nosync = res.get("submit_nosync") or {}
     if nosync:
-        L.append("What the commits' syncs cost: the same backlogs with `store.synchronous = normal` "
-                 "(WAL without an fdatasync at each commit, so not durable; every other figure "
+        L.append("What the commits' syncs cost: the same backlogs with "
+                 "`store.synchronous = normal` (WAL without an fdatasync at each commit, so not durable; every other figure "
                  "here is `full`), against the ceiling measured beside each, medians:\n")
         L.append("| in flight | durable /s | `normal` /s | `normal` / durable | ratio to the "
                  "ceiling, `normal` | daemon CPU µs a submission, durable | `normal` | "
@@ -1465,15 +1472,11 @@ def report(res, plot_dir):
             dur, fast = by_conc.get(c), nosync[c]
             if not dur or not fast:
                 continue
-            def med(runs, k):
-                return median([r[k] for r in runs if r.get(k) is not None])
-
-            def us_each(runs):
-                return median([r["cpu_s"] / r["submitted"] * 1e6 for r in runs if r["submitted"]])
-            L.append(f"| {c} | {fmt(med(dur, 'rate'))} | {fmt(med(fast, 'rate'))} | "
-                     f"{fmt(ratio(med(fast, 'rate'), med(dur, 'rate')), 2)} | "
-                     f"{fmt(med(fast, 'ratio'), 3)} | {fmt(us_each(dur))} | "
-                     f"{fmt(us_each(fast))} | "
+            rate, fast_rate = median_of(dur, "rate"), median_of(fast, "rate")
+            L.append(f"| {c} | {fmt(rate)} | {fmt(fast_rate)} | "
+                     f"{fmt(ratio(fast_rate, rate), 2)} | {fmt(median_of(fast, 'ratio'), 3)} | "
+                     f"{fmt(median_of(dur, 'cpu_us_per_submission'))} | "
+                     f"{fmt(median_of(fast, 'cpu_us_per_submission'))} | "
                      f"{fmt(median([r['ceiling'].get('cpu_us_per_request') for r in dur]))} |")
         L.append("")
     idle = res["idle"]
