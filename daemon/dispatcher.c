@@ -406,18 +406,52 @@ static void leave_pause(struct dispatcher *d)
                  d->pause_reason);
 }
 
+/* An accepted submission, the common answer, saved from the call's copy of the job as it was
+ * marked: one statement, no read. The copy is the ledger's row unless an operator changed the job
+ * meanwhile, which the save's state guard sees. 1 done, 0 to be decided by apply_submit (the id
+ * is already another job's), or -errno. */
+static int apply_accepted(struct dispatcher *d, struct call *c, uint64_t now)
+{
+        struct upstream_result *res = &c->result;
+        struct job j = c->job;
+        j.state = JOB_SUBMITTED;
+        j.http_status = (int)c->status;
+        job_set_field(j.upscale_task_id, sizeof(j.upscale_task_id), res->task_id);
+        j.upstream_error[0] = 0;
+        j.next_at = now + d->cfg->poll_interval;
+        int r = ledger_save_if(d->ledger, &j, JOB_SUBMITTING, now);
+        if (r == -EEXIST)
+                return 0;
+        if (r < 0)
+                return r;
+        if (c->probe) {
+                d->probe_in_flight = false;
+                leave_pause(d);
+        }
+        if (r == 0)
+                return 1; /* an operator changed it meanwhile */
+        fill_event(c, &j, MSGID_SUBMITTED, "submitted");
+        c->priority = LOG_INFO;
+        snprintf(c->message, sizeof(c->message), "Upscale of %s submitted as task %s (attempt %u)",
+                 j.creation_id, j.upscale_task_id, j.attempt);
+        return 1;
+}
+
 /* Decides and records what a submission's answer means for its job (inside the transaction). */
 static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now)
 {
+        struct upstream_result *res = &c->result;
+        int r;
+        if (res->verdict == UPSTREAM_ACCEPTED && (r = apply_accepted(d, c, now)) != 0)
+                return r < 0 ? r : 0;
         struct job j;
-        int r = ledger_get(d->ledger, c->job.creation_id, &j);
+        r = ledger_get(d->ledger, c->job.creation_id, &j);
         if (r <= 0)
                 return r;
         if (c->probe)
                 d->probe_in_flight = false;
         if (j.state != JOB_SUBMITTING)
                 return 0; /* an operator changed it meanwhile */
-        struct upstream_result *res = &c->result;
         if (res->verdict == UPSTREAM_ACCEPTED) {
                 /* An id the ledger already holds for another creation (a different upstream after
                  * a reload that numbers its tasks alike, or an upstream bug): this task cannot be
@@ -534,8 +568,9 @@ int dispatcher_apply_outcome(struct ledger *ledger, struct job *j, bool succeede
         } else
                 job_set_field(j->upstream_error, sizeof(j->upstream_error),
                               isempty(err_code) ? "failed" : err_code);
-        int r = ledger_save_from(ledger, j, from, now);
-        return r < 0 ? r : (int)j->state;
+        /* A job changed since j was read (an operator, a notification) is left alone. */
+        int r = ledger_save_if(ledger, j, from, now);
+        return r <= 0 ? r : (int)j->state;
 }
 
 /* The poll pushed next_at out while it was in flight; ask again on the cadence. */
@@ -544,15 +579,16 @@ static int poll_again(struct dispatcher *d, struct job *j, uint64_t now)
         if (j->state != JOB_SUBMITTED)
                 return 0;
         j->next_at = now + d->cfg->poll_interval;
-        return ledger_save_from(d->ledger, j, JOB_SUBMITTED, now);
+        int r = ledger_save_if(d->ledger, j, JOB_SUBMITTED, now);
+        return r < 0 ? r : 0;
 }
 
+/* Records a poll's answer from the call's copy of the job as it was taken (no read): the saves'
+ * state guard leaves a job that changed meanwhile as it is. */
 static int apply_poll(struct dispatcher *d, struct call *c, uint64_t now)
 {
-        struct job j;
-        int r = ledger_get(d->ledger, c->job.creation_id, &j);
-        if (r <= 0)
-                return r;
+        struct job j = c->job;
+        int r;
         const struct upstream_poll *p = &c->poll_result;
         switch (p->state) {
         case UPSTREAM_TASK_RUNNING:

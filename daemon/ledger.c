@@ -732,19 +732,38 @@ int ledger_save(struct ledger *l, struct job *j, uint64_t now_usec)
         return count_change(l, from, (int)j->state);
 }
 
-int ledger_save_from(struct ledger *l, struct job *j, enum job_state from, uint64_t now_usec)
+int ledger_save_if(struct ledger *l, struct job *j, enum job_state from, uint64_t now_usec)
 {
         sqlite3_stmt *s = l->stmt[STMT_SAVE_FROM];
         j->updated_at = now_usec;
         bind_save(s, j, now_usec);
         sqlite3_bind_text(s, 10, job_state_to_string(from), -1, SQLITE_STATIC);
-        int r = step_done(l, s, "updating a job");
+        int rc = sqlite3_step(s);
+        int r = 0;
+        if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+                bool taken = sqlite3_extended_errcode(l->db) == SQLITE_CONSTRAINT_UNIQUE;
+                r = fail(l, rc, "updating a job");
+                if (taken)
+                        r = -EEXIST; /* jobs_upscale: the statement alone was undone */
+        }
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
         if (r < 0)
                 return r;
         if (sqlite3_changes(l->db) == 0)
-                /* Not in that state (or gone): read what it is, as ledger_save does. */
-                return ledger_save(l, j, now_usec);
-        return from == j->state ? 0 : count_change(l, (int)from, (int)j->state);
+                return 0;
+        if (from != j->state && (r = count_change(l, (int)from, (int)j->state)) < 0)
+                return r;
+        return 1;
+}
+
+int ledger_save_from(struct ledger *l, struct job *j, enum job_state from, uint64_t now_usec)
+{
+        int r = ledger_save_if(l, j, from, now_usec);
+        if (r != 0)
+                return r < 0 ? r : 0;
+        /* Not in that state (or gone): read what it is, as ledger_save does. */
+        return ledger_save(l, j, now_usec);
 }
 
 int ledger_due(struct ledger *l, enum ledger_due_kind kind, uint64_t now_usec, struct job *out,

@@ -60,6 +60,10 @@ int ledger_save(struct ledger *l, struct job *j, uint64_t now_usec);
 /* The same for a job the caller read in this transaction, in state `from`: one statement instead
  * of two. A job no longer in that state is saved as ledger_save would. */
 int ledger_save_from(struct ledger *l, struct job *j, enum job_state from, uint64_t now_usec);
+/* The same, but a job no longer in state `from` (or gone) is left as it is, for a caller whose
+ * copy of the job may be older than the ledger's: 1 saved, 0 left alone, -EEXIST if j's upscale
+ * task id is already another job's (nothing written), or -errno. */
+int ledger_save_if(struct ledger *l, struct job *j, enum job_state from, uint64_t now_usec);
 
 enum ledger_due_kind {
         LEDGER_DUE_SUBMIT, /* pending or waiting, next_at <= now */

@@ -221,6 +221,66 @@ static void test_save_from_a_known_state(void **state)
         ledger_close(l);
 }
 
+/* A guarded save from a copy older than the ledger's row: saved and counted while the state
+ * matches; a job changed meanwhile, or gone, left exactly as it is; an upscale task id that is
+ * already another job's refused as -EEXIST, nothing written, the transaction still usable. */
+static void test_save_if_leaves_a_changed_job_alone(void **state)
+{
+        struct ledger *l = open_ok();
+        struct job a, b, copy, got;
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_insert(l, "a", "src", 1), 1);
+        assert_int_equal(ledger_insert(l, "b", "src", 1), 1);
+        assert_int_equal(ledger_get(l, "a", &a), 1);
+        a.state = JOB_SUBMITTED;
+        job_set_field(a.upscale_task_id, sizeof(a.upscale_task_id), "2371000000000001");
+        assert_int_equal(ledger_save_if(l, &a, JOB_PENDING, 2), 1);
+        assert_int_equal(ledger_commit(l), 0);
+        expect_counts(l, 1, 0, 1, 0);
+
+        /* b marked submitting; an operator abandons it before the answer comes. */
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_get(l, "b", &b), 1);
+        b.state = JOB_SUBMITTING;
+        b.attempt = 1;
+        assert_int_equal(ledger_save_if(l, &b, JOB_PENDING, 3), 1);
+        copy = b;
+        b.state = JOB_DEAD;
+        assert_int_equal(ledger_save_from(l, &b, JOB_SUBMITTING, 4), 0);
+        copy.state = JOB_SUBMITTED;
+        job_set_field(copy.upscale_task_id, sizeof(copy.upscale_task_id), "2371000000000002");
+        assert_int_equal(ledger_save_if(l, &copy, JOB_SUBMITTING, 5), 0);
+        assert_int_equal(ledger_commit(l), 0);
+        expect_counts(l, 0, 0, 1, 1);
+        assert_int_equal(ledger_get(l, "b", &got), 1);
+        assert_int_equal(got.state, JOB_DEAD);
+        assert_string_equal(got.upscale_task_id, "");
+        assert_int_equal(got.updated_at, 4);
+
+        /* b back to submitting; the answer names a's task. */
+        assert_int_equal(ledger_begin(l), 0);
+        b.state = JOB_SUBMITTING;
+        assert_int_equal(ledger_save_if(l, &b, JOB_DEAD, 6), 1);
+        copy = b;
+        copy.state = JOB_SUBMITTED;
+        job_set_field(copy.upscale_task_id, sizeof(copy.upscale_task_id), "2371000000000001");
+        assert_int_equal(ledger_save_if(l, &copy, JOB_SUBMITTING, 7), -EEXIST);
+        b.state = JOB_UNCERTAIN;
+        assert_int_equal(ledger_save_if(l, &b, JOB_SUBMITTING, 8), 1);
+        struct job none = b;
+        job_set_field(none.creation_id, sizeof(none.creation_id), "never-recorded");
+        assert_int_equal(ledger_save_if(l, &none, JOB_UNCERTAIN, 9), 0);
+        assert_int_equal(ledger_commit(l), 0);
+        assert_int_equal(ledger_get(l, "b", &got), 1);
+        assert_int_equal(got.state, JOB_UNCERTAIN);
+        assert_string_equal(got.upscale_task_id, "");
+        assert_int_equal(ledger_get(l, "never-recorded", &got), 0);
+        assert_int_equal(ledger_get_by_upscale(l, "2371000000000001", &got), 1);
+        assert_string_equal(got.creation_id, "a");
+        expect_counts(l, 0, 0, 1, 0);
+        ledger_close(l);
+}
+
 /* A version-1 ledger counted with triggers; after the migration ledger.c counts instead, so
  * nothing is counted twice and what was counted before stays. */
 static void test_migration_from_version_1_keeps_counts(void **state)
@@ -415,6 +475,8 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_counts_follow_commits_savepoints_and_rollbacks,
                                             setup, teardown),
             cmocka_unit_test_setup_teardown(test_save_from_a_known_state, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_save_if_leaves_a_changed_job_alone, setup,
+                                            teardown),
             cmocka_unit_test_setup_teardown(test_migration_from_version_1_keeps_counts, setup,
                                             teardown),
             cmocka_unit_test_setup_teardown(test_damaged_file_is_refused, setup, teardown),
