@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """test_pipeline.py: the core pipeline end to end: the real daemon, the fake upstream, a real
 journald read back with journalctl. Every fixture shape, duplicates, restart, retries, dead jobs,
-outcomes followed, the daemon's own upscales never upscaled again, the API key never printed."""
+outcomes followed (and a late poll's answer ignored), the daemon's own upscales never upscaled
+again, the API key never printed."""
 import json
 import os
 import socket
@@ -140,6 +141,39 @@ class Pipeline(unittest.TestCase):
             self.assertEqual(done[0]["UPSCALE_TASK_ID"], upscale_id)
             self.assertNotIn("9" + cid[1:], {r["creation_id"] for r in d.ledger_rows()})
             self.assertEqual(self.fake.stats()["created"].get(cid), 1)
+
+    def test_poll_answered_after_the_outcome_changes_nothing(self):
+        """A poll in flight when the notification of the outcome closes the job: its late answer
+        is saved from the copy the poll was taken with, which must not overwrite the ledger."""
+        (cid,) = new_creation_ids(1)
+        with FakeUpstream(complete_after_ms=100) as fake:
+            fake.faults([{"on": "poll", "creation_id": cid, "action": "delay", "delay_ms": 1500}])
+            with Daemon({"upstream": {"base_url": fake.url, "poll_interval": "100ms"}}, fake=fake) as d:
+                task = make_task("9100000000000009", [cid])
+                self.assertEqual(d.post(body=task)[0], 202)
+                sub = wait_journal(lambda: [e for e in harness.journal_entries(CREATION_ID=cid, _PID=str(d.pid))
+                                            if e.get("JOB_STATE") == "submitted"])
+                upscale_id = sub[0]["UPSCALE_TASK_ID"]
+                harness.poll(lambda: fake.stats()["polls"] >= 1, what="the delayed poll")
+                outcome = {"task_id": upscale_id, "state": "success",
+                           "creations": [{"id": "9" + cid[1:], "url": "https://media.example.invalid/a.mp4"}]}
+                self.assertEqual(d.post(body=outcome)[0], 200)
+                self.assertEqual(d.ledger_row(cid)["state"], "succeeded")
+                # The poll's answer (success, with the fake's own URL) comes back and is applied.
+                harness.poll(lambda: d.metrics_value("vidu_upscaled_upstream_in_flight") == 0,
+                             what="the poll's answer")
+                # A request after it is answered after the turn that applied it, and its entry
+                # reaches the journal after any entry of that turn.
+                self.assertEqual(d.post(body=task)[0], 200)  # nothing new in it
+                wait_journal(lambda: [e for e in harness.journal_entries(CREATION_ID=cid, _PID=str(d.pid))
+                                      if e.get("JOB_STATE") == "duplicate"])
+                row = d.ledger_row(cid)
+                self.assertEqual(row["state"], "succeeded")
+                self.assertEqual(row["result_url"], "https://media.example.invalid/a.mp4")
+                done = [e for e in harness.journal_entries(CREATION_ID=cid, _PID=str(d.pid))
+                        if e.get("JOB_STATE") == "succeeded"]
+                self.assertEqual(len(done), 1)
+                self.assertEqual(fake.stats()["polls"], 1)
 
     def test_restart_keeps_the_ledger(self):
         (cid,) = new_creation_ids(1)
