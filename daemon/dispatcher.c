@@ -53,6 +53,7 @@ struct dispatcher {
         sd_event_source *timer;
         struct call *done_head, *done_tail; /* answers, recorded by the next turn */
         struct call *turn_new;              /* calls marked in the turn, started after it */
+        char *auth; /* the Authorization value for cfg, made at its first call; holds the key */
         size_t submits, polls;
         /* Account-wide pause: every job would fail alike, so none is sent until a probe passes. */
         bool paused;
@@ -141,9 +142,18 @@ static void call_done(const struct httpc_response *resp, void *userdata)
         txn_want(d->txn, &d->writer);
 }
 
+static void drop_auth(struct dispatcher *d)
+{
+        if (!d->auth)
+                return;
+        explicit_bzero(d->auth, strlen(d->auth));
+        free(d->auth);
+        d->auth = NULL;
+}
+
 static int start_call(struct dispatcher *d, struct call *c)
 {
-        _cleanup_free_ char *url = NULL, *body = NULL, *auth = NULL;
+        _cleanup_free_ char *url = NULL, *body = NULL;
         int r;
         if (c->poll)
                 r = upstream_build_poll_url(d->cfg, c->job.upscale_task_id, &url);
@@ -151,22 +161,23 @@ static int start_call(struct dispatcher *d, struct call *c)
                 r = upstream_build_submit(d->cfg, c->job.creation_id, &url, &body);
         if (r < 0)
                 return r;
-        if (asprintf(&auth, "%s %s", d->cfg->auth_word,
-                     d->cfg->api_key.value ? d->cfg->api_key.value : "") < 0) {
-                auth = NULL;
+        /* Once per configuration, not per call: httpc keeps its header lines while it stays the
+         * same. */
+        if (!d->auth && asprintf(&d->auth, "%s %s", d->cfg->auth_word,
+                                 d->cfg->api_key.value ? d->cfg->api_key.value : "") < 0) {
+                d->auth = NULL;
                 return -ENOMEM;
         }
         struct httpc_request req = {
             .method = c->poll ? "GET" : "POST",
             .url = url,
-            .authorization = auth,
+            .authorization = d->auth,
             .body = body,
             .timeout_usec = d->cfg->timeout,
             .connect_timeout_usec = d->cfg->connect_timeout,
             .once = !c->poll,
         };
         r = httpc_start(d->httpc, &req, call_done, c);
-        explicit_bzero(auth, strlen(auth));
         if (r < 0)
                 return r;
         if (c->poll) {
@@ -665,6 +676,7 @@ struct dispatcher *dispatcher_free(struct dispatcher *d)
         sd_event_source_disable_unref(d->timer);
         sd_event_source_disable_unref(d->drain_timer);
         sd_event_unref(d->event);
+        drop_auth(d);
         free(d);
         return NULL;
 }
@@ -672,6 +684,7 @@ struct dispatcher *dispatcher_free(struct dispatcher *d)
 void dispatcher_set_config(struct dispatcher *d, const struct config *cfg)
 {
         d->cfg = cfg;
+        drop_auth(d); /* the key or its word may have changed */
         dispatcher_kick(d);
 }
 

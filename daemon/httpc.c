@@ -9,10 +9,20 @@
 
 #include "util.h"
 
+/* A request's header lines, made once for each authorization value and kind of request (with a
+ * body or not) and shared by the transfers that send them: a list of its own cost each request
+ * four allocations and copies and the authorization line formatted again. Counted, so a new key
+ * after a reload leaves the old list to the transfers still using it. */
+struct headers {
+        unsigned refs;
+        struct curl_slist *list;
+        char *authorization; /* the value it was made for, or NULL */
+};
+
 struct transfer {
         struct httpc *owner;
         CURL *easy;
-        struct curl_slist *headers;
+        struct headers *headers;
         char *upload; /* the request body, sent with the headers in one write */
         size_t upload_len;
         unsigned sends;      /* times libcurl was about to send a `once` request */
@@ -41,7 +51,82 @@ struct httpc {
         size_t n;
         CURL *spare[SPARE_MAX];
         size_t n_spare, spare_max;
+        struct headers *headers[2]; /* the lists in use, [with a body] */
 };
+
+static void headers_unref(struct headers *hs)
+{
+        if (!hs || --hs->refs > 0)
+                return;
+        /* The authorization line holds the API key. */
+        for (struct curl_slist *l = hs->list; l; l = l->next)
+                explicit_bzero(l->data, strlen(l->data));
+        curl_slist_free_all(hs->list);
+        if (hs->authorization) {
+                explicit_bzero(hs->authorization, strlen(hs->authorization));
+                free(hs->authorization);
+        }
+        free(hs);
+}
+
+static struct headers *headers_new(const char *authorization, bool body)
+{
+        struct headers *hs = calloc(1, sizeof(*hs));
+        if (!hs)
+                return NULL;
+        hs->refs = 1;
+        /* The body of a POST must not be held back waiting for "100 Continue". */
+        const char *fixed[] = {"Expect:", "Accept: application/json",
+                               body ? "Content-Type: application/json" : NULL};
+        bool ok = true;
+        for (size_t i = 0; ok && i < sizeof(fixed) / sizeof(fixed[0]); i++) {
+                if (!fixed[i])
+                        continue;
+                struct curl_slist *l = curl_slist_append(hs->list, fixed[i]);
+                ok = l != NULL;
+                if (ok)
+                        hs->list = l;
+        }
+        if (ok && authorization) {
+                char *line = NULL;
+                hs->authorization = strdup(authorization);
+                ok = hs->authorization && asprintf(&line, "Authorization: %s", authorization) >= 0;
+                if (!ok)
+                        line = NULL;
+                struct curl_slist *l = ok ? curl_slist_append(hs->list, line) : NULL;
+                ok = l != NULL;
+                if (ok)
+                        hs->list = l;
+                if (line) {
+                        explicit_bzero(line, strlen(line));
+                        free(line);
+                }
+        }
+        if (!ok) {
+                headers_unref(hs);
+                return NULL;
+        }
+        return hs;
+}
+
+/* The list for this request, shared: a reference the caller owns. */
+static struct headers *headers_for(struct httpc *h, const struct httpc_request *req)
+{
+        bool body = req->body != NULL;
+        struct headers *hs = h->headers[body];
+        bool same = hs && (hs->authorization && req->authorization
+                               ? strcmp(hs->authorization, req->authorization) == 0
+                               : !hs->authorization && !req->authorization);
+        if (!same) {
+                hs = headers_new(req->authorization, body);
+                if (!hs)
+                        return NULL;
+                headers_unref(h->headers[body]);
+                h->headers[body] = hs;
+        }
+        hs->refs++;
+        return hs;
+}
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
 {
@@ -122,7 +207,7 @@ static void transfer_free(struct transfer *t)
                 } else
                         curl_easy_cleanup(t->easy);
         }
-        curl_slist_free_all(t->headers);
+        headers_unref(t->headers);
         free(t->upload);
         free(t->body);
         if (t->prev)
@@ -343,6 +428,8 @@ struct httpc *httpc_free(struct httpc *h)
         sd_event_source_disable_unref(h->timer);
         sd_event_source_disable_unref(h->soon);
         sd_event_unref(h->event);
+        headers_unref(h->headers[0]);
+        headers_unref(h->headers[1]);
         free(h);
         return NULL;
 }
@@ -392,17 +479,12 @@ int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn 
                 curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, (long)HTTPC_ONCE_MAX_IDLE_SEC);
         }
         curl_easy_setopt(e, CURLOPT_USERAGENT, "vidu-upscaled/" VIDU_VERSION);
-        /* The body of a POST must not be held back waiting for "100 Continue". */
-        struct curl_slist *hl = curl_slist_append(NULL, "Expect:");
-        if (hl)
-                t->headers = hl;
-        hl = curl_slist_append(t->headers, "Accept: application/json");
-        if (hl)
-                t->headers = hl;
+        t->headers = headers_for(h, req);
+        if (!t->headers) {
+                transfer_free(t);
+                return -ENOMEM;
+        }
         if (req->body) {
-                hl = curl_slist_append(t->headers, "Content-Type: application/json");
-                if (hl)
-                        t->headers = hl;
                 t->upload = strdup(req->body);
                 if (!t->upload) {
                         transfer_free(t);
@@ -414,24 +496,9 @@ int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn 
                 curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)t->upload_len);
                 curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->upload);
         }
-        if (req->authorization) {
-                char *line = NULL;
-                if (asprintf(&line, "Authorization: %s", req->authorization) < 0) {
-                        transfer_free(t);
-                        return -ENOMEM;
-                }
-                hl = curl_slist_append(t->headers, line);
-                explicit_bzero(line, strlen(line));
-                free(line);
-                if (!hl) {
-                        transfer_free(t);
-                        return -ENOMEM;
-                }
-                t->headers = hl;
-        }
         if (strcmp(req->method, "GET") != 0 && !req->body)
                 curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers->list);
         if (curl_multi_add_handle(h->multi, e) != CURLM_OK) {
                 curl_easy_cleanup(t->easy);
                 t->easy = NULL;

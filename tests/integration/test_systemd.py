@@ -202,6 +202,34 @@ class Reload(unittest.TestCase):
             self.assertEqual(d.get("/healthz")[0], 200)
 
 
+    def test_reload_with_a_new_api_key(self):
+        """The daemon keeps the Authorization header it sends while the configuration stays the
+        same; after a reload with another key, submissions and polls carry the new one."""
+        with FakeUpstream(complete_after_ms=200) as fake3:  # a key of its own
+            d = Daemon({"upstream": {"base_url": self.fake1.url}}, fake=self.fake1)
+            with d:
+                a, b = new_creation_ids(2)
+                # a is refused without a task (the two fakes number their tasks alike), but its
+                # request carried the first key.
+                self.fake1.faults([{"on": "submit", "creation_id": a, "status": 400,
+                                    "reason": "CreationNotFound"}])
+                self.assertEqual(d.post(body=make_task("9200000000000007", [a]))[0], 202)
+                poll(lambda: {r["creation_id"]: r for r in d.ledger_rows()}[a]["state"] == "dead",
+                     what="a refused by the first upstream")
+                self.assertEqual(self.fake1.stats()["unauthorized"], 0)
+                d.api_key = fake3.api_key
+                d.config["upstream"]["base_url"] = fake3.url
+                d.write_config()
+                d.kill(signal.SIGHUP)
+                wait_journal(lambda: [e for e in harness.journal_entries(_PID=str(d.pid))
+                                      if "reloaded" in e.get("MESSAGE", "").lower()])
+                self.assertEqual(d.post(body=make_task("9200000000000008", [b]))[0], 202)
+                poll(lambda: {r["creation_id"]: r for r in d.ledger_rows()}[b]["state"] == "succeeded",
+                     what="b submitted and followed to its end with the new key")
+                self.assertEqual(fake3.stats()["unauthorized"], 0)
+                self.assertEqual(fake3.stats()["created"].get(b), 1)
+
+
 class Drain(unittest.TestCase):
     def setUp(self):
         harness.ensure_journald()
