@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "jsonparse.h"
+#include "jsonw.h"
 #include "util.h"
 
 const char *upstream_verdict_to_string(enum upstream_verdict v)
@@ -43,62 +44,6 @@ int upstream_escape(const char *src, char *dst, size_t size)
         return 0;
 }
 
-/* Appends s as a JSON string, quoted, at *o in dst (room checked by the caller: 6 bytes a byte of
- * s and 2 for the quotes), escaped as json-c's plain output escapes it. */
-static void put_json_string(char *dst, size_t *o, const char *s)
-{
-        static const char hex[] = "0123456789abcdef";
-        size_t n = *o;
-        dst[n++] = '"';
-        for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-                const char *esc = NULL;
-                switch (*p) {
-                case '"':
-                        esc = "\\\"";
-                        break;
-                case '\\':
-                        esc = "\\\\";
-                        break;
-                case '\b':
-                        esc = "\\b";
-                        break;
-                case '\f':
-                        esc = "\\f";
-                        break;
-                case '\n':
-                        esc = "\\n";
-                        break;
-                case '\r':
-                        esc = "\\r";
-                        break;
-                case '\t':
-                        esc = "\\t";
-                        break;
-                default:
-                        break;
-                }
-                if (esc) {
-                        dst[n++] = esc[0];
-                        dst[n++] = esc[1];
-                } else if (*p < 0x20) {
-                        memcpy(dst + n, "\\u00", 4);
-                        dst[n + 4] = hex[*p >> 4];
-                        dst[n + 5] = hex[*p & 15];
-                        n += 6;
-                } else
-                        dst[n++] = (char)*p;
-        }
-        dst[n++] = '"';
-        *o = n;
-}
-
-static void put_raw(char *dst, size_t *o, const char *s)
-{
-        size_t n = strlen(s);
-        memcpy(dst + *o, s, n);
-        *o += n;
-}
-
 /* The body is written directly rather than built as json-c objects and serialized: that took
  * 14,000 instructions a submission (callgrind), more than libcurl's own work to send it. Same
  * text, same key order as json-c's plain output. */
@@ -117,21 +62,21 @@ int upstream_build_submit(const struct config *cfg, const char *creation_id, cha
                 return -ENOMEM;
         size_t o = 0;
         if (v2) {
-                put_raw(body, &o, "{\"video_creation_id\":");
-                put_json_string(body, &o, creation_id);
-                put_raw(body, &o, ",\"upscale_resolution\":");
-                put_json_string(body, &o, second);
-                put_raw(body, &o, "}");
+                jsonw_raw(body, &o, "{\"video_creation_id\":");
+                jsonw_string(body, &o, creation_id);
+                jsonw_raw(body, &o, ",\"upscale_resolution\":");
+                jsonw_string(body, &o, second);
+                jsonw_raw(body, &o, "}");
         } else {
                 char digits[UINT_DEC_SIZE];
                 format_uint(cfg->duration, digits);
-                put_raw(body, &o, "{\"input\":{\"creation_id\":");
-                put_json_string(body, &o, creation_id);
-                put_raw(body, &o, "},\"type\":\"upscale\",\"settings\":{\"model\":");
-                put_json_string(body, &o, second);
-                put_raw(body, &o, ",\"duration\":");
-                put_raw(body, &o, digits);
-                put_raw(body, &o, "}}");
+                jsonw_raw(body, &o, "{\"input\":{\"creation_id\":");
+                jsonw_string(body, &o, creation_id);
+                jsonw_raw(body, &o, "},\"type\":\"upscale\",\"settings\":{\"model\":");
+                jsonw_string(body, &o, second);
+                jsonw_raw(body, &o, ",\"duration\":");
+                jsonw_raw(body, &o, digits);
+                jsonw_raw(body, &o, "}}");
         }
         body[o] = '\0';
         if (asprintf(&url, v2 ? "%s/ent/v2/upscale-new" : "%s/vidu/v1/tasks", cfg->base_url) < 0) {

@@ -9,6 +9,7 @@
 
 #include "auth.h"
 #include "journal.h"
+#include "jsonw.h"
 #include "notification.h"
 #include "txn.h"
 #include "util.h"
@@ -16,13 +17,21 @@
 #define AUTH_LOG_INTERVAL_USEC (10 * USEC_PER_SEC)
 #define LEDGER_PROBE_USEC      (1 * USEC_PER_SEC)
 
+/* The ids of one list of the answer; reasons only for `rejected`. */
+struct id_list {
+        const char **ids;
+        const char **reasons;
+        size_t n, cap;
+};
+
 struct staged {
         struct http_request *req;
         struct notification *note;
         char *replay_key;
         uint64_t replay_until;
-        /* Decided inside the transaction, answered and logged after it. */
-        json_object *accepted, *duplicate, *ignored, *rejected;
+        /* Decided inside the transaction, answered and logged after it. The ids point into the
+         * notification, which lives as long as this. */
+        struct id_list accepted, duplicate, ignored, rejected;
         struct job_event *events;
         char **messages;
         char **owned; /* a copy an event points into, freed with the request */
@@ -32,6 +41,7 @@ struct staged {
         size_t n_events, cap_events;
         bool replayed;
         bool replayed_nonce;
+        bool out_of_memory; /* an id could not be listed: the answer cannot say what was done */
         unsigned status;
         struct staged *next;
 };
@@ -58,10 +68,11 @@ static void staged_free(struct staged *s)
                 return;
         notification_free(s->note);
         free(s->replay_key);
-        json_object_put(s->accepted);
-        json_object_put(s->duplicate);
-        json_object_put(s->ignored);
-        json_object_put(s->rejected);
+        struct id_list *lists[] = {&s->accepted, &s->duplicate, &s->ignored, &s->rejected};
+        for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+                free(lists[i]->ids);
+                free(lists[i]->reasons);
+        }
         for (size_t i = 0; i < s->n_events; i++) {
                 free(s->messages[i]);
                 free(s->owned[i]);
@@ -138,19 +149,38 @@ static void add_event_at(struct staged *s, int line, const char *func, int prior
         s->n_events++;
 }
 
-static void json_add_id(json_object *arr, const char *id)
+/* Adds an id to one of the answer's lists; false when out of memory (the answer then says 503,
+ * see answer()). */
+static bool list_add_reason(struct id_list *l, const char *id, const char *reason)
 {
-        json_object_array_add(arr, json_object_new_string(id));
+        if (l->n == l->cap) {
+                size_t cap = l->cap ? l->cap * 2 : 4;
+                const char **ids = realloc(l->ids, cap * sizeof(*ids));
+                if (!ids)
+                        return false;
+                l->ids = ids;
+                const char **reasons = realloc(l->reasons, cap * sizeof(*reasons));
+                if (!reasons)
+                        return false;
+                l->reasons = reasons;
+                l->cap = cap;
+        }
+        l->ids[l->n] = id ? id : "";
+        l->reasons[l->n] = reason ? reason : "invalid";
+        l->n++;
+        return true;
 }
 
-static void json_add_reject(json_object *arr, const char *id, const char *reason)
+static void list_add(struct staged *s, struct id_list *l, const char *id)
 {
-        json_object *o = json_object_new_object();
-        if (!o)
-                return;
-        json_object_object_add(o, "id", json_object_new_string(id ? id : ""));
-        json_object_object_add(o, "reason", json_object_new_string(reason ? reason : "invalid"));
-        json_object_array_add(arr, o);
+        if (!list_add_reason(l, id, NULL))
+                s->out_of_memory = true;
+}
+
+static void list_add_reject(struct staged *s, const char *id, const char *reason)
+{
+        if (!list_add_reason(&s->rejected, id, reason))
+                s->out_of_memory = true;
 }
 
 /* An upscale's outcome: close the job it belongs to. Returns <0 only on ledger errors. */
@@ -158,7 +188,7 @@ static int stage_outcome(struct webhook *w, struct staged *s, const struct note_
                          struct job *j, uint64_t now)
 {
         bool ok = note_task_succeeded(t);
-        json_add_id(s->ignored, t->id);
+        list_add(s, &s->ignored, t->id);
         if (!ok && !note_task_failed(t))
                 return 0; /* still running: nothing to record */
         int r = dispatcher_apply_outcome(w->ledger, j, ok, t->result_url, t->err_code, now);
@@ -211,12 +241,12 @@ static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
         for (size_t i = 0; i < s->note->n_tasks; i++) {
                 const struct note_task *t = &s->note->tasks[i];
                 if (!t->id) {
-                        json_add_reject(s->rejected, NULL, t->id_error);
+                        list_add_reject(s, NULL, t->id_error);
                         w->m->notifications[NOTE_REJECTED_ID]++;
                         continue;
                 }
                 for (size_t k = 0; k < t->n_rejected; k++) {
-                        json_add_reject(s->rejected, t->rejected_ids[k], t->rejected_reasons[k]);
+                        list_add_reject(s, t->rejected_ids[k], t->rejected_reasons[k]);
                         w->m->notifications[NOTE_REJECTED_ID]++;
                 }
                 struct job j;
@@ -231,7 +261,7 @@ static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
                 }
                 if (t->is_upscale || !note_task_succeeded(t)) {
                         /* Not finished, a failed generation, or an upscale that is not ours. */
-                        json_add_id(s->ignored, t->id);
+                        list_add(s, &s->ignored, t->id);
                         w->m->notifications[NOTE_IGNORED]++;
                         struct job_event ev = {.message_id = MSGID_IGNORED,
                                                .source_task_id = t->id};
@@ -262,13 +292,13 @@ static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
                             .job_state = r ? "accepted" : "duplicate",
                         };
                         if (r) {
-                                json_add_id(s->accepted, cid);
+                                list_add(s, &s->accepted, cid);
                                 w->m->notifications[NOTE_ACCEPTED]++;
                                 add_event(s, LOG_INFO, &ev,
                                           "Creation %s of task %s accepted for upscaling", cid,
                                           t->id);
                         } else {
-                                json_add_id(s->duplicate, cid);
+                                list_add(s, &s->duplicate, cid);
                                 w->m->notifications[NOTE_DUPLICATE]++;
                                 add_event(
                                     s, LOG_INFO, &ev,
@@ -280,33 +310,76 @@ static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
         return 0;
 }
 
-static void answer(struct webhook *w, struct staged *s)
+static size_t list_max(const struct id_list *l, bool reasons)
 {
-        json_object *o = json_object_new_object();
-        const char *text = NULL;
-        if (s->replayed && s->replayed_nonce) {
-                s->status = 401;
-                if (o)
-                        json_object_object_add(o, "error", json_object_new_string("unauthorized"));
-        } else if (s->replayed) {
-                s->status = 200;
-                if (o)
-                        json_object_object_add(o, "replayed", json_object_new_boolean(1));
-        } else {
-                s->status = json_object_array_length(s->accepted) > 0 ? 202 : 200;
-                if (o) {
-                        json_object_object_add(o, "accepted", json_object_get(s->accepted));
-                        json_object_object_add(o, "duplicate", json_object_get(s->duplicate));
-                        json_object_object_add(o, "ignored", json_object_get(s->ignored));
-                        json_object_object_add(o, "rejected", json_object_get(s->rejected));
+        size_t n = 2;
+        for (size_t i = 0; i < l->n; i++)
+                n += jsonw_string_max(l->ids[i]) + 1 +
+                     (reasons ? jsonw_string_max(l->reasons[i]) + sizeof("{\"id\":,\"reason\":}")
+                              : 0);
+        return n;
+}
+
+static void put_list(char *dst, size_t *o, const char *key, const struct id_list *l, bool reasons)
+{
+        jsonw_raw(dst, o, key);
+        jsonw_raw(dst, o, "[");
+        for (size_t i = 0; i < l->n; i++) {
+                if (i > 0)
+                        jsonw_raw(dst, o, ",");
+                if (reasons)
+                        jsonw_raw(dst, o, "{\"id\":");
+                jsonw_string(dst, o, l->ids[i]);
+                if (reasons) {
+                        jsonw_raw(dst, o, ",\"reason\":");
+                        jsonw_string(dst, o, l->reasons[i]);
+                        jsonw_raw(dst, o, "}");
                 }
         }
-        if (o)
-                text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
-                                                             JSON_C_TO_STRING_NOSLASHESCAPE);
-        http_request_answer(s->req, s->status, text ? text : "{}", NULL);
+        jsonw_raw(dst, o, "]");
+}
+
+/* The answer's text, written directly (json-c's objects and their serialization cost more than
+ * the insert of the job); the same bytes and key order as json-c's plain output. NULL when out
+ * of memory. */
+static char *format_answer(const struct staged *s)
+{
+        size_t cap = list_max(&s->accepted, false) + list_max(&s->duplicate, false) +
+                     list_max(&s->ignored, false) + list_max(&s->rejected, true) + 64;
+        char *text = malloc(cap);
+        if (!text)
+                return NULL;
+        size_t o = 0;
+        put_list(text, &o, "{\"accepted\":", &s->accepted, false);
+        put_list(text, &o, ",\"duplicate\":", &s->duplicate, false);
+        put_list(text, &o, ",\"ignored\":", &s->ignored, false);
+        put_list(text, &o, ",\"rejected\":", &s->rejected, true);
+        jsonw_raw(text, &o, "}");
+        text[o] = 0;
+        return text;
+}
+
+static void answer(struct webhook *w, struct staged *s)
+{
+        if (s->replayed && s->replayed_nonce) {
+                s->status = 401;
+                http_request_answer(s->req, s->status, "{\"error\":\"unauthorized\"}", NULL);
+        } else if (s->replayed) {
+                s->status = 200;
+                http_request_answer(s->req, s->status, "{\"replayed\":true}", NULL);
+        } else {
+                _cleanup_free_ char *text = s->out_of_memory ? NULL : format_answer(s);
+                s->status = s->accepted.n > 0 ? 202 : 200;
+                if (text)
+                        http_request_answer(s->req, s->status, text, NULL);
+                else {
+                        /* What was recorded is durable; the sender's retry finds it duplicate. */
+                        s->status = 503;
+                        http_request_answer(s->req, s->status, "{\"error\":\"out of memory\"}",
+                                            "1");
+                }
+        }
         http_request_resume(s->req);
-        json_object_put(o);
 }
 
 static void answer_unavailable(struct staged *s, const char *why)
@@ -353,11 +426,11 @@ static int writer_apply(void *userdata, uint64_t now)
         bool any_new = false;
         /* The list stays put until writer_done: nothing can stage in between (txn.h). */
         for (struct staged *s = w->head; s; s = s->next) {
-                size_t before = json_object_array_length(s->accepted);
+                size_t before = s->accepted.n;
                 int r = stage_apply(w, s, now);
                 if (r < 0)
                         return r;
-                if (json_object_array_length(s->accepted) > before)
+                if (s->accepted.n > before)
                         any_new = true;
         }
         /* New jobs: the dispatcher, later in the same turn, may mark them `submitting` in this
@@ -486,9 +559,7 @@ void webhook_handle(struct http_request *req, void *userdata)
                 return;
         }
         struct staged *s = calloc(1, sizeof(*s));
-        if (!s || !(s->accepted = json_object_new_array()) ||
-            !(s->duplicate = json_object_new_array()) || !(s->ignored = json_object_new_array()) ||
-            !(s->rejected = json_object_new_array())) {
+        if (!s) {
                 staged_free(s);
                 notification_free(note);
                 auth_outcome_clear(&ao);
