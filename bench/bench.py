@@ -1462,8 +1462,9 @@ def report(res, plot_dir):
     nosync = res.get("submit_nosync") or {}
     if nosync:
         L.append("What the commits' syncs cost: the same backlogs with "
-                 "`store.synchronous = normal` (WAL without an fdatasync at each commit, so not durable; every other figure "
-                 "here is `full`), against the ceiling measured beside each, medians:\n")
+                 "`store.synchronous = normal` (WAL without an fdatasync at each commit, so not "
+                 "durable; every other figure here is `full`), against the ceiling measured beside "
+                 "each, medians:\n")
         L.append("| in flight | durable /s | `normal` /s | `normal` / durable | ratio to the "
                  "ceiling, `normal` | daemon CPU µs a submission, durable | `normal` | "
                  "bare client CPU µs a POST |")

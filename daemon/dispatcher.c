@@ -144,11 +144,7 @@ static void call_done(const struct httpc_response *resp, void *userdata)
 
 static void drop_auth(struct dispatcher *d)
 {
-        if (!d->auth)
-                return;
-        explicit_bzero(d->auth, strlen(d->auth));
-        free(d->auth);
-        d->auth = NULL;
+        erase_free(TAKE_PTR(d->auth));
 }
 
 static int start_call(struct dispatcher *d, struct call *c)

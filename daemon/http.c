@@ -775,10 +775,7 @@ struct http_server *http_server_free(struct http_server *s)
         sd_event_source_disable_unref(s->run_defer);
         sd_event_source_disable_unref(s->sweeper);
         cidr_list_clear(&s->allow);
-        if (s->tls_key) {
-                explicit_bzero(s->tls_key, strlen(s->tls_key));
-                free(s->tls_key);
-        }
+        erase_free(s->tls_key);
         free(s->tls_cert);
         sd_event_unref(s->event);
         free(s);

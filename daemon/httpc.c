@@ -16,8 +16,10 @@
 struct headers {
         unsigned refs;
         struct curl_slist *list;
-        char *authorization; /* the value it was made for, or NULL */
+        const char *authorization; /* the value it was made for, inside its line, or NULL */
 };
+
+#define AUTHORIZATION "Authorization: "
 
 struct transfer {
         struct httpc *owner;
@@ -62,11 +64,16 @@ static void headers_unref(struct headers *hs)
         for (struct curl_slist *l = hs->list; l; l = l->next)
                 explicit_bzero(l->data, strlen(l->data));
         curl_slist_free_all(hs->list);
-        if (hs->authorization) {
-                explicit_bzero(hs->authorization, strlen(hs->authorization));
-                free(hs->authorization);
-        }
         free(hs);
+}
+
+/* Appends a copy of line to hs's list; false when out of memory. */
+static bool headers_add(struct headers *hs, const char *line)
+{
+        struct curl_slist *l = curl_slist_append(hs->list, line);
+        if (l)
+                hs->list = l;
+        return l != NULL;
 }
 
 static struct headers *headers_new(const char *authorization, bool body)
@@ -76,30 +83,20 @@ static struct headers *headers_new(const char *authorization, bool body)
                 return NULL;
         hs->refs = 1;
         /* The body of a POST must not be held back waiting for "100 Continue". */
-        const char *fixed[] = {"Expect:", "Accept: application/json",
-                               body ? "Content-Type: application/json" : NULL};
-        bool ok = true;
-        for (size_t i = 0; ok && i < sizeof(fixed) / sizeof(fixed[0]); i++) {
-                if (!fixed[i])
-                        continue;
-                struct curl_slist *l = curl_slist_append(hs->list, fixed[i]);
-                ok = l != NULL;
-                if (ok)
-                        hs->list = l;
-        }
+        bool ok = headers_add(hs, "Expect:") && headers_add(hs, "Accept: application/json") &&
+                  (!body || headers_add(hs, "Content-Type: application/json"));
         if (ok && authorization) {
                 char *line = NULL;
-                hs->authorization = strdup(authorization);
-                ok = hs->authorization && asprintf(&line, "Authorization: %s", authorization) >= 0;
+                ok = asprintf(&line, AUTHORIZATION "%s", authorization) >= 0;
                 if (!ok)
                         line = NULL;
-                struct curl_slist *l = ok ? curl_slist_append(hs->list, line) : NULL;
-                ok = l != NULL;
-                if (ok)
-                        hs->list = l;
-                if (line) {
-                        explicit_bzero(line, strlen(line));
-                        free(line);
+                ok = ok && headers_add(hs, line);
+                erase_free(line);
+                if (ok) {
+                        struct curl_slist *last = hs->list;
+                        while (last->next)
+                                last = last->next;
+                        hs->authorization = last->data + strlen(AUTHORIZATION);
                 }
         }
         if (!ok) {
@@ -109,15 +106,17 @@ static struct headers *headers_new(const char *authorization, bool body)
         return hs;
 }
 
+static bool same_value(const char *a, const char *b)
+{
+        return a && b ? strcmp(a, b) == 0 : a == b;
+}
+
 /* The list for this request, shared: a reference the caller owns. */
 static struct headers *headers_for(struct httpc *h, const struct httpc_request *req)
 {
         bool body = req->body != NULL;
         struct headers *hs = h->headers[body];
-        bool same = hs && (hs->authorization && req->authorization
-                               ? strcmp(hs->authorization, req->authorization) == 0
-                               : !hs->authorization && !req->authorization);
-        if (!same) {
+        if (!hs || !same_value(hs->authorization, req->authorization)) {
                 hs = headers_new(req->authorization, body);
                 if (!hs)
                         return NULL;

@@ -54,8 +54,8 @@ int upstream_build_submit(const struct config *cfg, const char *creation_id, cha
         const char *second = v2 ? (cfg->resolution ? cfg->resolution : "1080p") : cfg->model;
         if (!second)
                 second = "";
-        /* Every byte of a string may become 6, plus quotes, keys and the duration's digits. */
-        size_t cap = 6 * (strlen(creation_id) + strlen(second)) + 128 + UINT_DEC_SIZE;
+        /* Both strings escaped at worst, the keys and the duration's digits. */
+        size_t cap = jsonw_string_max(creation_id) + jsonw_string_max(second) + 128 + UINT_DEC_SIZE;
         char *body = malloc(cap);
         char *url = NULL;
         if (!body)

@@ -182,6 +182,14 @@ char *strndup_safe(const char *s, size_t n)
         return r;
 }
 
+void erase_free(char *s)
+{
+        if (!s)
+                return;
+        explicit_bzero(s, strlen(s));
+        free(s);
+}
+
 int read_small_file(const char *path, size_t max, bool strip_newline, char **ret, size_t *ret_len)
 {
         int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);

@@ -68,6 +68,10 @@ bool memeq_consttime(const void *a, size_t alen, const void *b, size_t blen);
 /* Duplicates at most n bytes, always NUL-terminated; NULL on allocation failure. */
 char *strndup_safe(const char *s, size_t n);
 
+/* Zeroes a string that may hold a secret (an API key, a private key), then frees it; NULL is
+ * fine. */
+void erase_free(char *s);
+
 /* Reads a whole small file (secrets, configuration) with a hard cap. Strips one trailing newline
  * if strip_newline. Returns 0 or -errno (-EFBIG over the cap). */
 int read_small_file(const char *path, size_t max, bool strip_newline, char **ret, size_t *ret_len);

@@ -17,10 +17,11 @@
 #define AUTH_LOG_INTERVAL_USEC (10 * USEC_PER_SEC)
 #define LEDGER_PROBE_USEC      (1 * USEC_PER_SEC)
 
-/* The ids of one list of the answer; reasons only for `rejected`. */
+/* One list of the answer; a reason only for `rejected`. */
 struct id_list {
-        const char **ids;
-        const char **reasons;
+        struct id_entry {
+                const char *id, *reason;
+        } * v;
         size_t n, cap;
 };
 
@@ -68,11 +69,10 @@ static void staged_free(struct staged *s)
                 return;
         notification_free(s->note);
         free(s->replay_key);
-        struct id_list *lists[] = {&s->accepted, &s->duplicate, &s->ignored, &s->rejected};
-        for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
-                free(lists[i]->ids);
-                free(lists[i]->reasons);
-        }
+        free(s->accepted.v);
+        free(s->duplicate.v);
+        free(s->ignored.v);
+        free(s->rejected.v);
         for (size_t i = 0; i < s->n_events; i++) {
                 free(s->messages[i]);
                 free(s->owned[i]);
@@ -149,38 +149,21 @@ static void add_event_at(struct staged *s, int line, const char *func, int prior
         s->n_events++;
 }
 
-/* Adds an id to one of the answer's lists; false when out of memory (the answer then says 503,
- * see answer()). */
-static bool list_add_reason(struct id_list *l, const char *id, const char *reason)
+/* Adds an id (and, for `rejected`, its reason) to one of the answer's lists; out of memory, the
+ * answer says 503 instead (see answer()). */
+static void list_add(struct staged *s, struct id_list *l, const char *id, const char *reason)
 {
         if (l->n == l->cap) {
                 size_t cap = l->cap ? l->cap * 2 : 4;
-                const char **ids = realloc(l->ids, cap * sizeof(*ids));
-                if (!ids)
-                        return false;
-                l->ids = ids;
-                const char **reasons = realloc(l->reasons, cap * sizeof(*reasons));
-                if (!reasons)
-                        return false;
-                l->reasons = reasons;
+                struct id_entry *v = realloc(l->v, cap * sizeof(*v));
+                if (!v) {
+                        s->out_of_memory = true;
+                        return;
+                }
+                l->v = v;
                 l->cap = cap;
         }
-        l->ids[l->n] = id ? id : "";
-        l->reasons[l->n] = reason ? reason : "invalid";
-        l->n++;
-        return true;
-}
-
-static void list_add(struct staged *s, struct id_list *l, const char *id)
-{
-        if (!list_add_reason(l, id, NULL))
-                s->out_of_memory = true;
-}
-
-static void list_add_reject(struct staged *s, const char *id, const char *reason)
-{
-        if (!list_add_reason(&s->rejected, id, reason))
-                s->out_of_memory = true;
+        l->v[l->n++] = (struct id_entry){.id = id ? id : "", .reason = reason ? reason : "invalid"};
 }
 
 /* An upscale's outcome: close the job it belongs to. Returns <0 only on ledger errors. */
@@ -188,7 +171,7 @@ static int stage_outcome(struct webhook *w, struct staged *s, const struct note_
                          struct job *j, uint64_t now)
 {
         bool ok = note_task_succeeded(t);
-        list_add(s, &s->ignored, t->id);
+        list_add(s, &s->ignored, t->id, NULL);
         if (!ok && !note_task_failed(t))
                 return 0; /* still running: nothing to record */
         int r = dispatcher_apply_outcome(w->ledger, j, ok, t->result_url, t->err_code, now);
@@ -241,12 +224,12 @@ static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
         for (size_t i = 0; i < s->note->n_tasks; i++) {
                 const struct note_task *t = &s->note->tasks[i];
                 if (!t->id) {
-                        list_add_reject(s, NULL, t->id_error);
+                        list_add(s, &s->rejected, NULL, t->id_error);
                         w->m->notifications[NOTE_REJECTED_ID]++;
                         continue;
                 }
                 for (size_t k = 0; k < t->n_rejected; k++) {
-                        list_add_reject(s, t->rejected_ids[k], t->rejected_reasons[k]);
+                        list_add(s, &s->rejected, t->rejected_ids[k], t->rejected_reasons[k]);
                         w->m->notifications[NOTE_REJECTED_ID]++;
                 }
                 struct job j;
@@ -261,7 +244,7 @@ static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
                 }
                 if (t->is_upscale || !note_task_succeeded(t)) {
                         /* Not finished, a failed generation, or an upscale that is not ours. */
-                        list_add(s, &s->ignored, t->id);
+                        list_add(s, &s->ignored, t->id, NULL);
                         w->m->notifications[NOTE_IGNORED]++;
                         struct job_event ev = {.message_id = MSGID_IGNORED,
                                                .source_task_id = t->id};
@@ -292,13 +275,13 @@ static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
                             .job_state = r ? "accepted" : "duplicate",
                         };
                         if (r) {
-                                list_add(s, &s->accepted, cid);
+                                list_add(s, &s->accepted, cid, NULL);
                                 w->m->notifications[NOTE_ACCEPTED]++;
                                 add_event(s, LOG_INFO, &ev,
                                           "Creation %s of task %s accepted for upscaling", cid,
                                           t->id);
                         } else {
-                                list_add(s, &s->duplicate, cid);
+                                list_add(s, &s->duplicate, cid, NULL);
                                 w->m->notifications[NOTE_DUPLICATE]++;
                                 add_event(
                                     s, LOG_INFO, &ev,
@@ -314,8 +297,8 @@ static size_t list_max(const struct id_list *l, bool reasons)
 {
         size_t n = 2;
         for (size_t i = 0; i < l->n; i++)
-                n += jsonw_string_max(l->ids[i]) + 1 +
-                     (reasons ? jsonw_string_max(l->reasons[i]) + sizeof("{\"id\":,\"reason\":}")
+                n += jsonw_string_max(l->v[i].id) + 1 +
+                     (reasons ? jsonw_string_max(l->v[i].reason) + sizeof("{\"id\":,\"reason\":}")
                               : 0);
         return n;
 }
@@ -329,10 +312,10 @@ static void put_list(char *dst, size_t *o, const char *key, const struct id_list
                         jsonw_raw(dst, o, ",");
                 if (reasons)
                         jsonw_raw(dst, o, "{\"id\":");
-                jsonw_string(dst, o, l->ids[i]);
+                jsonw_string(dst, o, l->v[i].id);
                 if (reasons) {
                         jsonw_raw(dst, o, ",\"reason\":");
-                        jsonw_string(dst, o, l->reasons[i]);
+                        jsonw_string(dst, o, l->v[i].reason);
                         jsonw_raw(dst, o, "}");
                 }
         }

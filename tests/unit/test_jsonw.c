@@ -7,17 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json_c_text.h"
 #include "jsonw.h"
-
-/* What json-c writes for s, with the flags the daemon's answers used before jsonw. */
-static char *json_c_text(const char *s)
-{
-        json_object *o = json_object_new_string(s);
-        char *t = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
-                                                               JSON_C_TO_STRING_NOSLASHESCAPE));
-        json_object_put(o);
-        return t;
-}
 
 static void expect_same(const char *s)
 {
@@ -27,7 +18,7 @@ static void expect_same(const char *s)
         jsonw_string(buf, &o, s);
         assert_true(o <= max);
         buf[o] = 0;
-        char *want = json_c_text(s);
+        char *want = json_c_string(s);
         assert_string_equal(buf, want);
         free(want);
         free(buf);

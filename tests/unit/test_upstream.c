@@ -8,6 +8,7 @@
 #include <cmocka.h>
 #include <json-c/json.h>
 
+#include "json_c_text.h"
 #include "upstream.h"
 #include "util.h"
 
@@ -44,16 +45,6 @@ static void test_submit_body_is_the_seeds(void **state)
             "{\"video_creation_id\":\"811935520102486016\",\"upscale_resolution\":\"1080p\"}");
         free(url);
         free(body);
-}
-
-/* What json-c's plain serialization makes of a string, to hold the hand-written body to. */
-static char *json_c_string(const char *s)
-{
-        json_object *o = json_object_new_string(s);
-        char *text = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
-                                                                  JSON_C_TO_STRING_NOSLASHESCAPE));
-        json_object_put(o);
-        return text;
 }
 
 /* Every byte a configured string can hold is escaped as json-c escapes it, and the body parses
