@@ -60,6 +60,7 @@ cmake -S "$root" -B "$root/build-bench" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$root/build-bench" -j"$(nproc)" --target vidu-upscaled fake-upstream >/dev/null
 gcc -std=gnu11 -O2 -Wall -Wextra -Werror -o "$root/build-bench/curl_ceiling" bench/curl_ceiling.c \
         $(pkg-config --cflags --libs libcurl)
+gcc -std=gnu11 -O2 -Wall -Wextra -Werror -o "$root/build-bench/idle_floor" bench/idle_floor.c
 
 # compare.sh only needs what is above.
 if [ "${BENCH_SETUP_ONLY:-0}" = 1 ]; then
