@@ -50,12 +50,11 @@ static ssize_t read_message(int fd, char *buf, size_t cap)
                 char *end = have ? memmem(buf, have, "\r\n\r\n", 4) : NULL;
                 if (end) {
                         size_t head = (size_t)(end - buf) + 4, body = 0;
-                        for (char *l = buf; l && l < end; l = memchr(l, '\n', (size_t)(end - l))) {
-                                if (*l == '\n')
-                                        l++;
-                                if (strncasecmp(l, "content-length:", 15) == 0)
-                                        body = strtoul(l + 15, NULL, 10);
-                        }
+                        *end = '\0'; /* the header block as a string, for a moment */
+                        const char *cl = strcasestr(buf, "\r\ncontent-length:");
+                        if (cl)
+                                body = strtoul(cl + strlen("\r\ncontent-length:"), NULL, 10);
+                        *end = '\r';
                         if (head + body > cap)
                                 return -1;
                         if (have >= head + body)
@@ -172,10 +171,20 @@ int main(int argc, char **argv)
                                             upstream_port, key ? key : "", blen, body);
                         if (rlen <= 0 || (size_t)rlen >= sizeof(req))
                                 return 1;
-                        if (ufd < 0)
-                                ufd = connect_upstream(upstream_port);
-                        if (ufd < 0 || write_all(ufd, req, (size_t)rlen) < 0 ||
-                            read_message(ufd, answer, sizeof(answer)) <= 0) {
+                        /* On the kept connection; once more on a new one if the upstream
+                         * closed it meanwhile. */
+                        bool sent = false;
+                        for (int attempt = 0; attempt < 2 && !sent; attempt++) {
+                                if (ufd < 0)
+                                        ufd = connect_upstream(upstream_port);
+                                sent = ufd >= 0 && write_all(ufd, req, (size_t)rlen) == 0 &&
+                                       read_message(ufd, answer, sizeof(answer)) > 0;
+                                if (!sent && ufd >= 0) {
+                                        close(ufd);
+                                        ufd = -1;
+                                }
+                        }
+                        if (!sent) {
                                 fprintf(stderr, "idle_floor: the upstream did not answer\n");
                                 return 1;
                         }
