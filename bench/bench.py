@@ -829,6 +829,10 @@ def bench_submit(tmp, fake, schema, outdir, journald, conc=None, sync="full"):
             "cpu_pct": round(100 * (c1[0] - c0[0]) / wall, 1),
             "commits_per_s": round(commits / wall, 1),
             "commit_mean_ms": hist_mean_ms(m0, m1, "vidu_upscaled_ledger_commit_seconds") or None,
+            # The fdatasync inside each commit (none with synchronous = normal): the disk's part
+            # of the commit, the rest being the statements.
+            "sync_mean_ms": hist_mean_ms(m0, m1, "vidu_upscaled_ledger_sync_seconds") or None,
+            "syncs_per_s": round(delta("vidu_upscaled_ledger_sync_seconds_count") / wall, 1),
             **cpu_others,
             "submitted": done,
             "seconds": round(wall, 3),
@@ -1018,6 +1022,7 @@ def bench_idle(tmp, fake, schema):
         "ack_ms": {p: round(percentile(ack, p), 3) for p in (50, 90, 99)},
         "to_submit_ms": {p: round(percentile(sub, p), 3) for p in (50, 90, 99)},
         "commit_mean_ms": hist_mean_ms(m0, m1, "vidu_upscaled_ledger_commit_seconds"),
+        "sync_mean_ms": hist_mean_ms(m0, m1, "vidu_upscaled_ledger_sync_seconds"),
         # The daemon's own clock: request line to its 202 queued, and the job's turn to its POST
         # started. The rest of each column is the client, the wake-ups and the kernel's sends.
         "daemon_ack_mean_ms": hist_mean_ms(m0, m1, "vidu_upscaled_webhook_request_seconds"),
@@ -1025,7 +1030,8 @@ def bench_idle(tmp, fake, schema):
     }
     log(f"idle: 202 after {r['ack_ms'][50]} ms (p50), upstream POST after "
         f"{r['to_submit_ms'][50]} ms (p50); "
-        f"a ledger commit took {r['commit_mean_ms']} ms on average, request line to 202 "
+        f"a ledger commit took {r['commit_mean_ms']} ms on average (its fdatasync "
+        f"{r['sync_mean_ms']} ms), request line to 202 "
         f"{r['daemon_ack_mean_ms']} ms and job to POST {r['daemon_wait_mean_ms']} ms")
     return r
 
@@ -1483,20 +1489,27 @@ def report(res, plot_dir):
              "slot takes the next job only once the answer is in the next commit, so each slot's "
              "cycle holds a commit and a round trip. The bound column is that, "
              "slots / (mean commit + slots / ceiling): the rate with nothing else on the loop. "
+             "A commit's time runs from its BEGIN, so it holds the turn's statements; its "
+             "fdatasync alone is the sync column (`vidu_upscaled_ledger_sync_seconds`), and "
+             "loop % in sync is the share of the wall time the loop spent waiting for the disk. "
              "The same backlog with more slots (the ceiling with as many transfers), medians:\n")
     L.append("| in flight | daemon /s | ceiling /s | ratio | commits /s | jobs per commit | "
-             "mean commit ms | bound /s | daemon CPU % | systemd-journald CPU % | "
-             "fake upstream CPU % |")
-    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+             "mean commit ms | its sync ms | loop % in sync | bound /s | daemon CPU % | "
+             "systemd-journald CPU % | fake upstream CPU % |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for c in sorted(by_conc):
         runs = by_conc[c]
         med = {k: median_of(runs, k)
                for k in ("rate", "ceiling_rate", "ratio", "commits_per_s", "commit_mean_ms",
-                         "bound_rate", "cpu_pct", "journald_cpu_pct", "upstream_cpu_pct")}
+                         "sync_mean_ms", "syncs_per_s", "bound_rate", "cpu_pct",
+                         "journald_cpu_pct", "upstream_cpu_pct")}
         per_commit = ratio(med["rate"], med["commits_per_s"])
+        in_sync = (round(med["syncs_per_s"] * med["sync_mean_ms"] / 10, 1)
+                   if med["syncs_per_s"] is not None and med["sync_mean_ms"] is not None else None)
         L.append(f"| {c} | {fmt(med['rate'])} | {fmt(med['ceiling_rate'])} | "
                  f"{fmt(med['ratio'], 3)} | {fmt(med['commits_per_s'])} | {fmt(per_commit)} | "
-                 f"{fmt(med['commit_mean_ms'], 3)} | {fmt(med['bound_rate'])} | "
+                 f"{fmt(med['commit_mean_ms'], 3)} | {fmt(med['sync_mean_ms'], 3)} | "
+                 f"{fmt(in_sync)} | {fmt(med['bound_rate'])} | "
                  f"{fmt(med['cpu_pct'])} | {fmt(med['journald_cpu_pct'])} | "
                  f"{fmt(med['upstream_cpu_pct'])} |")
     L.append("")
@@ -1557,8 +1570,10 @@ def report(res, plot_dir):
     if idle.get("commit_mean_ms"):
         L.append(f"\nThe daemon's ledger commits (BEGIN to durable COMMIT, fdatasync included) "
                  f"took {idle['commit_mean_ms']} ms on average in this run, from its "
-                 "`vidu_upscaled_ledger_commit_seconds` histogram; the notification waits for "
-                 "one of them before its 202 and its POST.")
+                 "`vidu_upscaled_ledger_commit_seconds` histogram"
+                 + (f", their fdatasync alone {idle['sync_mean_ms']} ms "
+                    "(`vidu_upscaled_ledger_sync_seconds`)" if idle.get("sync_mean_ms") else "")
+                 + "; the notification waits for one of them before its 202 and its POST.")
     if idle.get("daemon_wait_mean_ms"):
         L.append(f"By the daemon's own clock, a request took {idle['daemon_ack_mean_ms']} ms on "
                  "average from its request line to its 202 being queued "

@@ -97,6 +97,8 @@ def main():
     row("idle notification to POST p50 ms",
         lambda k: [x["to_submit_ms"][50] for x in res[k]["idle"]], "lower")
     row("mean commit ms (idle)", lambda k: [x["commit_mean_ms"] for x in res[k]["idle"]], "lower")
+    row("its fdatasync ms (idle)", lambda k: [x.get("sync_mean_ms") for x in res[k]["idle"]],
+        "lower")
     print(f"\nbase: {sides['base']}\nnew:  {sides['new']}\n{runs} alternating runs a side, "
           f"medians; raw wrk output in {outdir}\n")
     print("| measure | base | new | new/base | better |")

@@ -4,8 +4,9 @@
 #include "journal.h"
 #include "util.h"
 
-static const double bucket_bounds[METRICS_BUCKETS] = {
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+static const double bucket_bounds[METRICS_BUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                                      0.01,   0.025,   0.05,   0.1,   0.25,   0.5,
+                                                      1,      2.5,     5,      10};
 
 void metrics_observe(struct histogram *h, double seconds)
 {
@@ -115,6 +116,9 @@ void metrics_render(const struct metrics *m, FILE *f)
                 m->ledger_commit_errors);
         render_histogram(f, "vidu_upscaled_ledger_commit_seconds", "Time to make a batch durable.",
                          &m->commit_seconds);
+        render_histogram(f, "vidu_upscaled_ledger_sync_seconds",
+                         "The disk's fdatasync of the ledger's WAL inside a commit.",
+                         &m->sync_seconds);
         render_histogram(f, "vidu_upscaled_upstream_request_seconds", "Upstream request latency.",
                          &m->upstream_seconds);
         render_histogram(f, "vidu_upscaled_webhook_request_seconds",

@@ -7,7 +7,7 @@
 
 #include "job.h"
 
-#define METRICS_BUCKETS 14
+#define METRICS_BUCKETS 16
 
 struct histogram {
         uint64_t buckets[METRICS_BUCKETS]; /* cumulative at render time, per bucket here */
@@ -38,6 +38,7 @@ struct metrics {
         uint64_t ledger_commit_errors;
         uint64_t replays;
         struct histogram commit_seconds;
+        struct histogram sync_seconds; /* the WAL's fdatasync inside a commit */
         struct histogram upstream_seconds;
         struct histogram webhook_seconds;       /* request line to answer, webhook path */
         struct histogram submit_wait_seconds;   /* job recorded to its first POST */

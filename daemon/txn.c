@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "util.h"
+#include "walvfs.h"
 
 /* After every I/O and timer source of the same iteration, so a turn gathers all they staged. The
  * batch stays bounded: requests wait suspended (at most server.max_connections of them) and
@@ -74,6 +75,12 @@ static int on_turn(sd_event_source *src, void *userdata)
         return 0;
 }
 
+static void on_sync(void *userdata, uint64_t usec)
+{
+        struct txn *t = userdata;
+        metrics_observe(&t->m->sync_seconds, (double)usec / 1e6);
+}
+
 int txn_new(sd_event *event, struct ledger *ledger, struct metrics *metrics, struct txn **ret)
 {
         struct txn *t = calloc(1, sizeof(*t));
@@ -90,6 +97,9 @@ int txn_new(sd_event *event, struct ledger *ledger, struct metrics *metrics, str
         sd_event_source_set_priority(t->defer, TXN_PRIORITY);
         sd_event_source_set_enabled(t->defer, SD_EVENT_OFF);
         sd_event_source_set_description(t->defer, "ledger-commit");
+        /* The ledger is written on this thread, the loop's: its commits' syncs, and those of any
+         * other write the loop makes, are timed. */
+        walvfs_observe_syncs(on_sync, t);
         *ret = t;
         return 0;
 }
@@ -98,6 +108,7 @@ struct txn *txn_free(struct txn *t)
 {
         if (!t)
                 return NULL;
+        walvfs_observe_syncs(NULL, NULL);
         sd_event_source_disable_unref(t->defer);
         sd_event_unref(t->event);
         free(t);

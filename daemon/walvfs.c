@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* At most this much is held: the default VFS writes at most 128 KiB - 1 bytes a call (it masks
  * the length to 17 bits, as no page is larger), so a larger commit goes down in several writes. */
@@ -125,10 +126,35 @@ static int w_truncate(sqlite3_file *file, sqlite3_int64 size)
         return rc != SQLITE_OK ? rc : REAL(file)->pMethods->xTruncate(REAL(file), size);
 }
 
+static __thread walvfs_sync_fn sync_fn;
+static __thread void *sync_userdata;
+
+void walvfs_observe_syncs(walvfs_sync_fn fn, void *userdata)
+{
+        sync_fn = fn;
+        sync_userdata = userdata;
+}
+
+static uint64_t monotonic_usec(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 static int w_sync(sqlite3_file *file, int flags)
 {
-        int rc = FLUSH(file);
-        return rc != SQLITE_OK ? rc : REAL(file)->pMethods->xSync(REAL(file), flags);
+        struct wfile *f = (struct wfile *)file;
+        int rc = flush(f);
+        if (rc != SQLITE_OK)
+                return rc;
+        if (!f->wal || !sync_fn)
+                return f->real->pMethods->xSync(f->real, flags);
+        uint64_t t0 = monotonic_usec();
+        rc = f->real->pMethods->xSync(f->real, flags);
+        if (rc == SQLITE_OK)
+                sync_fn(sync_userdata, monotonic_usec() - t0);
+        return rc;
 }
 
 static int w_file_size(sqlite3_file *file, sqlite3_int64 *size)

@@ -12,6 +12,12 @@
  * connection can see the commit. */
 int walvfs_register(void);
 
+/* Calls fn(userdata, microseconds) after every sync of a WAL file that the calling thread makes
+ * (with `synchronous = FULL`, the fdatasync at each commit), until called again; NULL stops. Per
+ * thread: the checkpoint thread's syncs are not the commits'. */
+typedef void (*walvfs_sync_fn)(void *userdata, uint64_t usec);
+void walvfs_observe_syncs(walvfs_sync_fn fn, void *userdata);
+
 /* Process-wide counts, for tests and benchmarks: WAL writes SQLite asked for, and writes made to
  * the file beneath. */
 struct walvfs_stats {

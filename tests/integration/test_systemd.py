@@ -330,6 +330,14 @@ class Metrics(unittest.TestCase):
             self.assertGreaterEqual(m["vidu_upscaled_ledger_commit_seconds_count"], 1)
             self.assertEqual(m['vidu_upscaled_ledger_commit_seconds_bucket{le="+Inf"}'],
                              m["vidu_upscaled_ledger_commit_seconds_count"])
+            # The default store.synchronous (full) syncs the WAL at every commit that wrote
+            # something (two jobs recorded, three submissions marked and answered): each sync
+            # timed on its own.
+            self.assertGreaterEqual(delta("vidu_upscaled_ledger_sync_seconds_count"), 2)
+            self.assertEqual(m['vidu_upscaled_ledger_sync_seconds_bucket{le="+Inf"}'],
+                             m["vidu_upscaled_ledger_sync_seconds_count"])
+            self.assertGreater(delta("vidu_upscaled_ledger_sync_seconds_sum"), 0)
+            self.assertIn('vidu_upscaled_ledger_sync_seconds_bucket{le="0.0001"}', m)
             self.assertIn('vidu_upscaled_build_info{version="', text)
         finally:
             d.stop()

@@ -116,6 +116,9 @@ static void test_one_turn_and_isolation(void **state)
         a.then = &c;    /* asks c into the same turn */
         txn_want(t, &a.writer);
         txn_want(t, &b.writer);
+        /* The setup's commit above, made on this thread, was timed too. */
+        uint64_t syncs = m.sync_seconds.count;
+        double synced = m.sync_seconds.sum;
         run_turns(e);
 
         assert_int_equal(a.applied, 1);
@@ -129,6 +132,10 @@ static void test_one_turn_and_isolation(void **state)
         assert_int_equal(c.done_r, 0);
         /* One commit for the turn; b's part undone alone, its insert included. */
         assert_int_equal(m.commit_seconds.count, 1);
+        /* Its fdatasync timed on its own, within the commit's time. */
+        assert_int_equal(m.sync_seconds.count, syncs + 1);
+        assert_true(m.sync_seconds.sum > synced &&
+                    m.sync_seconds.sum - synced <= m.commit_seconds.sum);
         assert_int_equal(m.ledger_commit_errors, 1);
         assert_int_equal(ledger_get(l, "a", &j), 1);
         assert_int_equal(ledger_get(l, "c", &j), 1);
@@ -138,6 +145,7 @@ static void test_one_turn_and_isolation(void **state)
         run_turns(e);
         assert_int_equal(a.done_calls, 1);
         assert_int_equal(m.commit_seconds.count, 1);
+        assert_int_equal(m.sync_seconds.count, syncs + 1);
 
         txn_remove_writer(t, &a.writer);
         txn_remove_writer(t, &b.writer);

@@ -1,6 +1,6 @@
 /* test_walvfs.c: the WAL-gathering VFS: one write a commit, every commit visible to another
  * connection and durable once committed, large and spilled transactions, and the ledger using it
- * only when it syncs every commit. */
+ * only when it syncs every commit, and the syncs timed for the thread that asked. */
 #include <setjmp.h>
 #include <stdbool.h>
 #include <sqlite3.h>
@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <pthread.h>
 
 #include "ledger.h"
 #include "walvfs.h"
@@ -206,6 +207,53 @@ static void test_ledger_gathers_only_when_syncing_every_commit(void **state)
         assert_int_equal(commit_writes(false), 0);
 }
 
+struct synced {
+        int calls;
+        uint64_t usec;
+};
+
+static void count_sync(void *userdata, uint64_t usec)
+{
+        struct synced *s = userdata;
+        s->calls++;
+        s->usec += usec;
+}
+
+static void *commit_on_other_thread(void *arg)
+{
+        sqlite3 *db = arg;
+        exec_ok(db, "INSERT INTO t VALUES (1000, x'00')");
+        return NULL;
+}
+
+static void test_syncs_timed_for_the_thread_that_asked(void **state)
+{
+        sqlite3 *db = open_db(WALVFS_NAME);
+        exec_ok(db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)");
+        struct synced s = {0};
+        walvfs_observe_syncs(count_sync, &s);
+        for (int round = 0; round < 3; round++) {
+                exec_ok(db, "BEGIN");
+                insert_rows(db, round * 10, 10);
+                exec_ok(db, "COMMIT");
+                assert_int_equal(s.calls, round + 1); /* one fdatasync a commit */
+        }
+        /* A read syncs nothing. */
+        assert_int_equal(one_int(db, "SELECT count(*) FROM t"), 30);
+        assert_int_equal(s.calls, 3);
+        /* Another thread's commit (the checkpointer's syncs, say) is not this thread's. */
+        pthread_t th;
+        assert_int_equal(pthread_create(&th, NULL, commit_on_other_thread, db), 0);
+        assert_int_equal(pthread_join(th, NULL), 0);
+        assert_int_equal(one_int(db, "SELECT count(*) FROM t"), 31);
+        assert_int_equal(s.calls, 3);
+        /* Stopped: no more calls. */
+        walvfs_observe_syncs(NULL, NULL);
+        insert_rows(db, 100, 10);
+        assert_int_equal(s.calls, 3);
+        sqlite3_close(db);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -215,6 +263,8 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_commit_survives_a_crash, setup, teardown),
             cmocka_unit_test_setup_teardown(test_ledger_gathers_only_when_syncing_every_commit,
                                             setup, teardown),
+            cmocka_unit_test_setup_teardown(test_syncs_timed_for_the_thread_that_asked, setup,
+                                            teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
