@@ -1022,7 +1022,8 @@ def bench_idle(tmp, fake, schema):
         "ack_ms": {p: round(percentile(ack, p), 3) for p in (50, 90, 99)},
         "to_submit_ms": {p: round(percentile(sub, p), 3) for p in (50, 90, 99)},
         "commit_mean_ms": hist_mean_ms(m0, m1, "vidu_upscaled_ledger_commit_seconds"),
-        "sync_mean_ms": hist_mean_ms(m0, m1, "vidu_upscaled_ledger_sync_seconds"),
+        # None from a build without the histogram (bench/compare.sh against an older one).
+        "sync_mean_ms": hist_mean_ms(m0, m1, "vidu_upscaled_ledger_sync_seconds") or None,
         # The daemon's own clock: request line to its 202 queued, and the job's turn to its POST
         # started. The rest of each column is the client, the wake-ups and the kernel's sends.
         "daemon_ack_mean_ms": hist_mean_ms(m0, m1, "vidu_upscaled_webhook_request_seconds"),
