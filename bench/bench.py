@@ -971,6 +971,13 @@ def idle_client(port, fake):
     return ack, sub
 
 
+def idle_percentiles(ack, sub):
+    """The p50, p90 and p99 of idle_client's two lists, in ms."""
+    return {"samples": len(sub),
+            "ack_ms": {q: round(percentile(ack, q), 3) for q in (50, 90, 99)},
+            "to_submit_ms": {q: round(percentile(sub, q), 3) for q in (50, 90, 99)}}
+
+
 def bench_idle_floor(tmp, fake):
     """The same client against bench/idle_floor.c: the machine's floor for the chain."""
     d = os.path.join(tmp, "floor")
@@ -994,9 +1001,7 @@ def bench_idle_floor(tmp, fake):
         ack, sub = idle_client(port, fake)
     finally:
         stop(p)
-    r = {"samples": len(sub),
-         "ack_ms": {q: round(percentile(ack, q), 3) for q in (50, 90, 99)},
-         "to_submit_ms": {q: round(percentile(sub, q), 3) for q in (50, 90, 99)}}
+    r = idle_percentiles(ack, sub)
     log(f"idle floor: 202 after {r['ack_ms'][50]} ms (p50), upstream POST after "
         f"{r['to_submit_ms'][50]} ms (p50)")
     return r
@@ -1018,9 +1023,7 @@ def bench_idle(tmp, fake, schema):
     # job with its submission mark, then the upstream's answer), to tell the disk from the rest.
     os.unlink(ledger)
     r = {
-        "samples": len(sub),
-        "ack_ms": {p: round(percentile(ack, p), 3) for p in (50, 90, 99)},
-        "to_submit_ms": {p: round(percentile(sub, p), 3) for p in (50, 90, 99)},
+        **idle_percentiles(ack, sub),
         "commit_mean_ms": hist_mean_ms(m0, m1, "vidu_upscaled_ledger_commit_seconds"),
         # None from a build without the histogram (bench/compare.sh against an older one).
         "sync_mean_ms": hist_mean_ms(m0, m1, "vidu_upscaled_ledger_sync_seconds") or None,

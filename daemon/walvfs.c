@@ -13,7 +13,8 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "util.h"
 
 /* At most this much is held: the default VFS writes at most 128 KiB - 1 bytes a call (it masks
  * the length to 17 bits, as no page is larger), so a larger commit goes down in several writes. */
@@ -135,13 +136,6 @@ void walvfs_observe_syncs(walvfs_sync_fn fn, void *userdata)
         sync_userdata = userdata;
 }
 
-static uint64_t monotonic_usec(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 static int w_sync(sqlite3_file *file, int flags)
 {
         struct wfile *f = (struct wfile *)file;
@@ -150,10 +144,10 @@ static int w_sync(sqlite3_file *file, int flags)
                 return rc;
         if (!f->wal || !sync_fn)
                 return f->real->pMethods->xSync(f->real, flags);
-        uint64_t t0 = monotonic_usec();
+        uint64_t t0 = now_monotonic_usec();
         rc = f->real->pMethods->xSync(f->real, flags);
         if (rc == SQLITE_OK)
-                sync_fn(sync_userdata, monotonic_usec() - t0);
+                sync_fn(sync_userdata, now_monotonic_usec() - t0);
         return rc;
 }
 

@@ -209,14 +209,12 @@ static void test_ledger_gathers_only_when_syncing_every_commit(void **state)
 
 struct synced {
         int calls;
-        uint64_t usec;
 };
 
 static void count_sync(void *userdata, uint64_t usec)
 {
         struct synced *s = userdata;
         s->calls++;
-        s->usec += usec;
 }
 
 static void *commit_on_other_thread(void *arg)
