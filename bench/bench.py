@@ -1234,6 +1234,8 @@ set xtics font 'sans,9'
 plot for [i=2:4] 'latency.dat' using i:xtic(1) title columnheader(i)
 """, outdir)
     top = max(conns)
+    # histograms put the clusters at x = 0, 1, ...; the second axis would otherwise stretch x
+    xmax = len(res["summary"]["by_size"]) - 0.5
     with open(os.path.join(outdir, "ledger.dat"), "w") as f:
         f.write("size rps rss_mib\n")
         for size, s in res["summary"]["by_size"].items():
@@ -1253,7 +1255,9 @@ set y2tics
 set yrange [0:*]
 set y2range [0:*]
 set xlabel 'jobs in the ledger'
-set key outside bottom center horizontal
+set datafile columnheaders
+set xrange [-0.5:{xmax}]
+set key outside top center horizontal
 set grid ytics
 plot 'ledger.dat' using 2:xtic(1) title 'requests/s' axes x1y1, \\
      '' using 3 title 'peak RSS (MiB)' axes x1y2
