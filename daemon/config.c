@@ -28,42 +28,41 @@
 /* auth.c decodes a whsec_ key into a buffer of this many bytes; a longer one could never verify. */
 #define WHSEC_KEY_MAX 128
 
-enum vtype {
-        T_STR,    /* char *; flags say whether it may be empty and whether it is an HTTP token */
-        T_CHOICE, /* char *, one of names */
-        T_PATH,   /* char *, a file path; empty = unset (NULL) */
-        T_PREFIX, /* char *, a URL path prefix: empty = unset, else starts with '/', no trailing '/'
-                   */
-        T_URL,    /* char *, http(s)://host..., trailing '/' stripped */
-        T_LISTEN, /* char *, host:port, [v6]:port or unix:/path */
-        T_WEBPATH, /* char *, starts with '/' */
-        T_CIDRS,   /* char *, address list; empty = everyone (NULL) */
-        T_SIZE,    /* uint64_t bytes in [min, max] */
-        T_DUR,     /* uint64_t usec in [min, max] */
-        T_UINT,    /* uint64_t in [min, max] */
-        T_ENUM,    /* int-sized enum: the index into names, or values[index] */
-        T_SYNC,    /* bool: full (true) | normal (false) */
-        T_SECRET,  /* struct secret; empty = unset */
-        T_SECRETS, /* the auth secret list (repeatable) */
-        T_LOADER,  /* char * kept in the loader (the ..._file keys), read after merging */
-};
-
-enum {
-        K_NONEMPTY = 1 << 0, /* T_STR: an empty value is an error */
-        K_TOKEN = 1 << 1,    /* T_STR: an HTTP token (header name, auth word) */
-};
-
-struct key {
-        const char *section;
-        const char *name;
-        enum vtype type;
-        size_t off; /* offset in struct config, or the loader slot for T_LOADER */
-        uint64_t min, max;
-        const char *const *names; /* T_ENUM, T_CHOICE */
-        const int *values;        /* T_ENUM: the value for each name (else the index) */
-        unsigned flags;
-        const char *dflt;
-};
+/* The value kinds. Each parser reads text into its field; its dumper prints the field back in the
+ * same spelling; its releaser frees what the parser allocated. */
+#define PARSER(fn)                                                                                 \
+        static const char *fn(const struct config_key *key, void *field, const char *v,            \
+                              struct config_loader *L, char *msg, size_t msglen)
+#define DUMPER(fn)                                                                                 \
+        static void fn(const struct config_key *key, const struct config *c, const void *field,    \
+                       FILE *f)
+PARSER(parse_text);
+PARSER(parse_choice);
+PARSER(parse_path);
+PARSER(parse_url_prefix);
+PARSER(parse_url);
+PARSER(parse_listen);
+PARSER(parse_webpath);
+PARSER(parse_cidrs);
+PARSER(parse_size_key);
+PARSER(parse_duration_key);
+PARSER(parse_uint_key);
+PARSER(parse_enum);
+PARSER(parse_synchronous);
+PARSER(parse_secret);
+PARSER(parse_secret_list);
+DUMPER(dump_text);
+DUMPER(dump_size);
+DUMPER(dump_duration);
+DUMPER(dump_uint);
+DUMPER(dump_enum);
+DUMPER(dump_synchronous);
+DUMPER(dump_secret);
+DUMPER(dump_secret_list);
+DUMPER(dump_nothing);
+static void release_text(struct config *c, void *field);
+static void release_secret(struct config *c, void *field);
+static void release_secret_list(struct config *c, void *field);
 
 static const char *const scheme_names[] = {"none", "token", "hmac-sha256", "standard-webhooks",
                                            "vidu", NULL};
@@ -73,114 +72,120 @@ static const char *const level_names[] = {"debug", "info", "notice", "warning", 
 static const int level_values[] = {LOG_DEBUG, LOG_INFO, LOG_NOTICE, LOG_WARNING, LOG_ERR};
 static const char *const resolution_names[] = {"1080p", "2K", "4K", "8K", NULL};
 
-enum { LOADER_API_KEY_FILE, LOADER_SECRET_FILE, _LOADER_MAX };
-
-#define SEC      USEC_PER_SEC
-#define F(field) offsetof(struct config, field)
-#define STR(s, n, field, fl, d)                                                                    \
+/* One row: section, name, the parser (with its dumper and releaser), the field, then the parser's
+ * arguments and the default text. */
+#define ROW(s, n, parser, dumper, releaser, field, ...)                                            \
         {                                                                                          \
-                .section = s, .name = n, .type = T_STR, .off = F(field), .flags = fl, .dflt = d    \
+                .section = s, .name = n, .parse = parser, .dump = dumper, .release = releaser,     \
+                .offset = offsetof(struct config, field), __VA_ARGS__                              \
         }
-#define TYPED(s, n, t, field, d)                                                                   \
-        {                                                                                          \
-                .section = s, .name = n, .type = t, .off = F(field), .dflt = d                     \
-        }
-#define RANGED(s, n, t, field, lo, hi, d)                                                          \
-        {                                                                                          \
-                .section = s, .name = n, .type = t, .off = F(field), .min = lo, .max = hi,         \
-                .dflt = d                                                                          \
-        }
+/* char * field, any text; fl: CONFIG_KEY_NONEMPTY, CONFIG_KEY_TOKEN */
+#define STRING(s, n, field, fl, d)                                                                 \
+        ROW(s, n, parse_text, dump_text, release_text, field, .flags = fl, .default_text = d)
+/* char * field checked by parser: parse_path, parse_url, parse_listen, parse_cidrs, ... */
+#define TEXT(s, n, parser, field, d)                                                               \
+        ROW(s, n, parser, dump_text, release_text, field, .default_text = d)
+/* char * field, one of names (a NULL-terminated array) */
+#define CHOICE(s, n, field, nm, d)                                                                 \
+        ROW(s, n, parse_choice, dump_text, release_text, field, .names = nm, .default_text = d)
+/* A file path read once loading is done; not shown by the dump (what it held is). */
+#define FILE_PATH(s, n, field)                                                                     \
+        ROW(s, n, parse_path, dump_nothing, release_text, field, .default_text = NULL)
+/* uint64_t fields in [lo, hi]: bytes (1M), usec (30s), or a plain number */
+#define SIZE(s, n, field, lo, hi, d)                                                               \
+        ROW(s, n, parse_size_key, dump_size, NULL, field, .min = lo, .max = hi, .default_text = d)
+#define DURATION(s, n, field, lo, hi, d)                                                           \
+        ROW(s, n, parse_duration_key, dump_duration, NULL, field, .min = lo, .max = hi,            \
+            .default_text = d)
+#define UINT(s, n, field, lo, hi, d)                                                               \
+        ROW(s, n, parse_uint_key, dump_uint, NULL, field, .min = lo, .max = hi, .default_text = d)
+/* int-sized field: the index of the name in nm, or vals[index] */
 #define ENUM(s, n, field, nm, vals, d)                                                             \
-        {                                                                                          \
-                .section = s, .name = n, .type = T_ENUM, .off = F(field), .names = nm,             \
-                .values = vals, .dflt = d                                                          \
-        }
-#define LOADER(s, n, slot)                                                                         \
-        {                                                                                          \
-                .section = s, .name = n, .type = T_LOADER, .off = slot                             \
-        }
+        ROW(s, n, parse_enum, dump_enum, NULL, field, .names = nm, .values = vals,                 \
+            .default_text = d)
 
-/* Every key, once: parsing, the environment names, defaults and the dump all read this table. */
-static const struct key keys[] = {
-    TYPED("server", "listen", T_LISTEN, listen, "127.0.0.1:8080"),
-    TYPED("server", "webhook_path", T_WEBPATH, webhook_path, "/hooks/vidu"),
-    RANGED("server", "max_body", T_SIZE, max_body, 1, 1ULL << 30, "1M"),
-    RANGED("server", "max_header", T_SIZE, max_header, 1024, 1 << 20, "16K"),
-    RANGED("server", "max_header_lines", T_UINT, max_header_lines, 8, 10000, "100"),
-    RANGED("server", "max_connections", T_UINT, max_connections, 1, 1000000, "512"),
-    RANGED("server", "max_per_ip", T_UINT, max_per_ip, 0, 1000000, "64"),
-    RANGED("server", "idle_timeout", T_DUR, idle_timeout, SEC, 86400 * SEC, "30s"),
-    RANGED("server", "request_timeout", T_DUR, request_timeout, SEC, 86400 * SEC, "60s"),
-    TYPED("server", "allow_from", T_CIDRS, allow_from, NULL),
-    TYPED("server", "tls_cert", T_PATH, tls_cert, NULL),
-    TYPED("server", "tls_key", T_PATH, tls_key, NULL),
-    RANGED("server", "drain_timeout", T_DUR, drain_timeout, 0, 3600 * SEC, "10s"),
-    RANGED("limits", "max_json_depth", T_UINT, max_json_depth, 2, 1000, "32"),
-    RANGED("limits", "max_tasks", T_UINT, max_tasks, 1, 1000000, "1000"),
-    RANGED("limits", "max_creations", T_UINT, max_creations, 1, 10000000, "10000"),
+#define SEC USEC_PER_SEC
+#define MS  USEC_PER_MSEC
+
+/* Every key, once. Adding a key is one row here plus its field in struct config. */
+static const struct config_key keys[] = {
+    TEXT("server", "listen", parse_listen, listen, "127.0.0.1:8080"),
+    TEXT("server", "webhook_path", parse_webpath, webhook_path, "/hooks/vidu"),
+    SIZE("server", "max_body", max_body, 1, 1ULL << 30, "1M"),
+    SIZE("server", "max_header", max_header, 1024, 1 << 20, "16K"),
+    UINT("server", "max_header_lines", max_header_lines, 8, 10000, "100"),
+    UINT("server", "max_connections", max_connections, 1, 1000000, "512"),
+    UINT("server", "max_per_ip", max_per_ip, 0, 1000000, "64"),
+    DURATION("server", "idle_timeout", idle_timeout, SEC, 86400 * SEC, "30s"),
+    DURATION("server", "request_timeout", request_timeout, SEC, 86400 * SEC, "60s"),
+    TEXT("server", "allow_from", parse_cidrs, allow_from, NULL),
+    TEXT("server", "tls_cert", parse_path, tls_cert, NULL),
+    TEXT("server", "tls_key", parse_path, tls_key, NULL),
+    DURATION("server", "drain_timeout", drain_timeout, 0, 3600 * SEC, "10s"),
+    UINT("limits", "max_json_depth", max_json_depth, 2, 1000, "32"),
+    UINT("limits", "max_tasks", max_tasks, 1, 1000000, "1000"),
+    UINT("limits", "max_creations", max_creations, 1, 10000000, "10000"),
     ENUM("auth", "scheme", auth_scheme, scheme_names, NULL, "none"),
-    {.section = "auth", .name = "secret", .type = T_SECRETS},
-    LOADER("auth", "secret_file", LOADER_SECRET_FILE),
-    STR("auth", "header", auth_header, K_NONEMPTY | K_TOKEN, "X-Hub-Signature-256"),
-    RANGED("auth", "tolerance", T_DUR, auth_tolerance, SEC, 86400 * SEC, "5m"),
-    TYPED("auth", "public_url_prefix", T_PREFIX, public_url_prefix, NULL),
-    TYPED("upstream", "base_url", T_URL, base_url, NULL),
-    TYPED("upstream", "api_key", T_SECRET, api_key, NULL),
-    LOADER("upstream", "api_key_file", LOADER_API_KEY_FILE),
-    STR("upstream", "auth_scheme", auth_word, K_NONEMPTY | K_TOKEN, "Bearer"),
+    ROW("auth", "secret", parse_secret_list, dump_secret_list, release_secret_list, secrets,
+        .flags = CONFIG_KEY_SECRET | CONFIG_KEY_REPEAT),
+    FILE_PATH("auth", "secret_file", secret_file),
+    STRING("auth", "header", auth_header, CONFIG_KEY_NONEMPTY | CONFIG_KEY_TOKEN,
+           "X-Hub-Signature-256"),
+    DURATION("auth", "tolerance", auth_tolerance, SEC, 86400 * SEC, "5m"),
+    TEXT("auth", "public_url_prefix", parse_url_prefix, public_url_prefix, NULL),
+    TEXT("upstream", "base_url", parse_url, base_url, NULL),
+    ROW("upstream", "api_key", parse_secret, dump_secret, release_secret, api_key,
+        .flags = CONFIG_KEY_SECRET),
+    FILE_PATH("upstream", "api_key_file", api_key_file),
+    STRING("upstream", "auth_scheme", auth_word, CONFIG_KEY_NONEMPTY | CONFIG_KEY_TOKEN, "Bearer"),
     ENUM("upstream", "flavor", flavor, flavor_names, NULL, "v1"),
-    RANGED("upstream", "timeout", T_DUR, timeout, 100 * USEC_PER_MSEC, 3600 * SEC, "30s"),
-    RANGED("upstream", "connect_timeout", T_DUR, connect_timeout, 100 * USEC_PER_MSEC, 3600 * SEC,
-           "10s"),
-    RANGED("upstream", "concurrency", T_UINT, concurrency, 1, 1024, "8"),
-    RANGED("upstream", "poll_interval", T_DUR, poll_interval, 100 * USEC_PER_MSEC, 86400 * SEC,
-           "30s"),
-    STR("upscale", "model", model, K_NONEMPTY, "stable"),
-    RANGED("upscale", "duration", T_UINT, duration, 1, 3600, "4"),
-    {.section = "upscale",
-     .name = "resolution",
-     .type = T_CHOICE,
-     .off = F(resolution),
-     .names = resolution_names,
-     .dflt = "1080p"},
-    TYPED("store", "path", T_PATH, store_path, NULL),
-    TYPED("store", "synchronous", T_SYNC, synchronous_full, "full"),
-    RANGED("retry", "max_attempts", T_UINT, max_attempts, 1, 1000, "10"),
-    RANGED("retry", "initial_delay", T_DUR, initial_delay, USEC_PER_MSEC, 86400 * SEC, "5s"),
-    RANGED("retry", "max_delay", T_DUR, max_delay, USEC_PER_MSEC, 7 * 86400 * SEC, "1h"),
+    DURATION("upstream", "timeout", timeout, 100 * MS, 3600 * SEC, "30s"),
+    DURATION("upstream", "connect_timeout", connect_timeout, 100 * MS, 3600 * SEC, "10s"),
+    UINT("upstream", "concurrency", concurrency, 1, 1024, "8"),
+    DURATION("upstream", "poll_interval", poll_interval, 100 * MS, 86400 * SEC, "30s"),
+    STRING("upscale", "model", model, CONFIG_KEY_NONEMPTY, "stable"),
+    UINT("upscale", "duration", duration, 1, 3600, "4"),
+    CHOICE("upscale", "resolution", resolution, resolution_names, "1080p"),
+    TEXT("store", "path", parse_path, store_path, NULL),
+    ROW("store", "synchronous", parse_synchronous, dump_synchronous, NULL, synchronous_full,
+        .default_text = "full"),
+    UINT("retry", "max_attempts", max_attempts, 1, 1000, "10"),
+    DURATION("retry", "initial_delay", initial_delay, MS, 86400 * SEC, "5s"),
+    DURATION("retry", "max_delay", max_delay, MS, 7 * 86400 * SEC, "1h"),
     ENUM("retry", "uncertain", uncertain, uncertain_names, NULL, "hold"),
     ENUM("log", "level", log_level, level_names, level_values, "info"),
 };
 #undef SEC
-#undef F
-#undef STR
-#undef TYPED
-#undef RANGED
-#undef ENUM
-#undef LOADER
+#undef MS
 #define N_KEYS ELEMENTSOF(keys)
 
-struct loader {
+const struct config_key *config_keys(size_t *n)
+{
+        *n = N_KEYS;
+        return keys;
+}
+
+struct config_loader {
         struct config *c;
         struct config_errors *errors;
         bool failed;      /* an error was found (even if it could not be stored) */
         bool oom;         /* an allocation failed */
         const char *file; /* current source, for messages */
-        unsigned source;  /* counts sources, so secret lines know when a new one begins */
+        unsigned source;  /* counts sources, so repeatable keys know when a new one begins */
         unsigned line;    /* current line of the current file */
         int read_errno;   /* a read error inside the current file */
         FILE *stream;
-        bool in_unknown_section; /* its header was reported; its keys need not be */
-        char *files[_LOADER_MAX];
+        bool in_unknown_section;        /* its header was reported; its keys need not be */
         char where[N_KEYS][WHERE_SIZE]; /* where each key was last set; "" = default */
-        unsigned secrets_source;        /* the source whose secret lines are in effect */
-        bool api_key_failed;            /* a key source was named but could not be used */
+        /* CONFIG_KEY_REPEAT: the source whose lines are in effect, for each key */
+        unsigned repeat_source[N_KEYS];
+        bool api_key_failed; /* a key source was named but could not be used */
         bool secrets_failed;
         char secrets_where[WHERE_SIZE]; /* where the auth secrets in effect came from */
 };
 
-static void add_error(struct loader *L, const char *fmt, ...) _printf_(2, 3);
-static void add_error(struct loader *L, const char *fmt, ...)
+static void add_error(struct config_loader *L, const char *fmt, ...) _printf_(2, 3);
+static void add_error(struct config_loader *L, const char *fmt, ...)
 {
         struct config_errors *e = L->errors;
         va_list ap;
@@ -233,24 +238,13 @@ static void secrets_clear(struct config *c)
         c->n_secrets = 0;
 }
 
-static bool is_string_type(enum vtype t)
-{
-        return t == T_STR || t == T_CHOICE || t == T_PATH || t == T_PREFIX || t == T_URL ||
-               t == T_LISTEN || t == T_WEBPATH || t == T_CIDRS;
-}
-
 struct config *config_free(struct config *c)
 {
         if (!c)
                 return NULL;
-        for (size_t i = 0; i < N_KEYS; i++) {
-                void *p = (char *)c + keys[i].off;
-                if (is_string_type(keys[i].type))
-                        free(*(char **)p);
-                else if (keys[i].type == T_SECRET)
-                        secret_clear(p);
-        }
-        secrets_clear(c);
+        for (size_t i = 0; i < N_KEYS; i++)
+                if (keys[i].release)
+                        keys[i].release(c, (char *)c + keys[i].offset);
         free(c);
         return NULL;
 }
@@ -391,288 +385,379 @@ static void describe_names(const char *const *names, char *buf, size_t len)
                 snprintf(buf + o, len - o, ")");
 }
 
-static char *strdup_or_null(const char *v, bool *oom)
+static const char *out_of_memory(struct config_loader *L)
 {
-        char *copy = strdup(v);
-        if (!copy)
-                *oom = true;
-        return copy;
+        L->oom = true;
+        return "out of memory";
 }
 
-static void replace_str(void *field, char *value)
+/* The arguments for "'%.*s%s'": the value, cut to QUOTE_MAX with "..." when longer. */
+#define QUOTED(v) (int)strnlen(v, QUOTE_MAX), v, strlen(v) > QUOTE_MAX ? "..." : ""
+
+/* Stores a copy of v (NULL for an empty v when empty_is_unset) in the char * field. */
+static const char *store_text(struct config_loader *L, void *field, const char *v,
+                              bool empty_is_unset)
 {
+        char *copy = NULL;
+        if (*v || !empty_is_unset) {
+                copy = strdup(v);
+                if (!copy)
+                        return out_of_memory(L);
+        }
         free(*(char **)field);
-        *(char **)field = value;
+        *(char **)field = copy;
+        return NULL;
+}
+
+static void strip_trailing_slashes(char *s)
+{
+        size_t n = strlen(s);
+        while (n > 0 && s[n - 1] == '/')
+                s[--n] = 0;
+}
+
+PARSER(parse_text)
+{
+        if ((key->flags & CONFIG_KEY_NONEMPTY) && !*v)
+                return "must not be empty";
+        if ((key->flags & CONFIG_KEY_TOKEN) && !is_token(v)) {
+                snprintf(msg, msglen,
+                         "'%.*s%s' is not a valid HTTP token (use letters, digits and "
+                         "-_.!#$%%&'*+^`|~, no spaces)",
+                         QUOTED(v));
+                return msg;
+        }
+        return store_text(L, field, v, false);
+}
+
+PARSER(parse_choice)
+{
+        char names[160];
+        for (size_t i = 0; key->names[i]; i++)
+                if (strcmp(v, key->names[i]) == 0)
+                        return store_text(L, field, v, false);
+        describe_names(key->names, names, sizeof(names));
+        snprintf(msg, msglen, "unknown value '%.*s%s' %s", QUOTED(v), names);
+        return msg;
+}
+
+/* A file path; empty = unset. */
+PARSER(parse_path)
+{
+        return store_text(L, field, v, true);
+}
+
+/* A URL path prefix: empty = unset, else starts with '/', kept without trailing '/'. */
+PARSER(parse_url_prefix)
+{
+        if (*v && v[0] != '/') {
+                snprintf(msg, msglen,
+                         "'%.*s%s' must start with '/' (e.g. /api, the part of the "
+                         "callback URL's path before the webhook path)",
+                         QUOTED(v));
+                return msg;
+        }
+        const char *err = store_text(L, field, v, true);
+        char **p = field;
+        if (!err && *p) {
+                /* "/api/" + "/hooks/vidu" would sign "/api//hooks/vidu". */
+                strip_trailing_slashes(*p);
+                if (!**p) {
+                        free(*p);
+                        *p = NULL;
+                }
+        }
+        return err;
+}
+
+/* http(s)://host...; empty = unset; kept without trailing '/'. */
+PARSER(parse_url)
+{
+        size_t scheme = strncmp(v, "http://", 7) == 0 ? 7 : strncmp(v, "https://", 8) == 0 ? 8 : 0;
+        if (*v && scheme == 0) {
+                snprintf(msg, msglen,
+                         "'%.*s%s' must start with http:// or https:// (e.g. "
+                         "https://api.example.com)",
+                         QUOTED(v));
+                return msg;
+        }
+        if (*v && (v[scheme] == 0 || v[scheme] == '/' || strchr(v, ' '))) {
+                snprintf(msg, msglen,
+                         "'%.*s%s' is not a URL with a host (e.g. https://api.example.com)",
+                         QUOTED(v));
+                return msg;
+        }
+        const char *err = store_text(L, field, v, true);
+        if (!err && *(char **)field)
+                strip_trailing_slashes(*(char **)field);
+        return err;
+}
+
+/* host:port, [v6]:port or unix:/path */
+PARSER(parse_listen)
+{
+        if (!valid_listen(v)) {
+                snprintf(msg, msglen,
+                         "invalid address '%.*s%s' (use host:port as in 127.0.0.1:8080, "
+                         "[::1]:8080, or unix:/run/vidu-upscaled.sock)",
+                         QUOTED(v));
+                return msg;
+        }
+        return store_text(L, field, v, false);
+}
+
+/* A URL path starting with '/'. */
+PARSER(parse_webpath)
+{
+        if (v[0] != '/' || strchr(v, ' ') || strchr(v, '?') || strchr(v, '#')) {
+                snprintf(msg, msglen,
+                         "'%.*s%s' must be a URL path starting with '/' (e.g. /hooks/vidu), "
+                         "without spaces, '?' or '#'",
+                         QUOTED(v));
+                return msg;
+        }
+        return store_text(L, field, v, false);
+}
+
+/* An address list, kept as written; one with no entry (empty) = everyone (NULL). */
+PARSER(parse_cidrs)
+{
+        struct cidr_list l = {0};
+        const char *bad = NULL;
+        int r = cidr_list_parse(v, &l, &bad);
+        if (r == -ENOMEM)
+                return out_of_memory(L);
+        if (r < 0) {
+                const char *b = bad ? bad : v;
+                int blen = (int)strcspn(b, ", \t");
+                snprintf(msg, msglen,
+                         "invalid address or CIDR '%.*s' (use e.g. 10.0.0.0/8, "
+                         "192.168.1.7, ::1, fd00::/8, separated by commas or spaces)",
+                         blen > QUOTE_MAX ? QUOTE_MAX : blen, b);
+                return msg;
+        }
+        size_t n = l.n;
+        cidr_list_clear(&l);
+        return store_text(L, field, n > 0 ? v : "", true);
+}
+
+PARSER(parse_size_key)
+{
+        char lo[32], hi[32];
+        uint64_t u;
+        if (parse_size(v, &u) < 0) {
+                snprintf(msg, msglen, "invalid size '%.*s%s' (use e.g. 512K, 1M, 65536)",
+                         QUOTED(v));
+                return msg;
+        }
+        if (u < key->min || u > key->max) {
+                format_size(key->min, lo, sizeof(lo));
+                format_size(key->max, hi, sizeof(hi));
+                snprintf(msg, msglen, "'%.*s%s' is out of range (use %s to %s)", QUOTED(v), lo, hi);
+                return msg;
+        }
+        *(uint64_t *)field = u;
+        return NULL;
+}
+
+PARSER(parse_duration_key)
+{
+        char lo[32], hi[32];
+        uint64_t u;
+        if (parse_duration(v, &u) < 0) {
+                snprintf(msg, msglen, "invalid duration '%.*s%s' (use e.g. 30s, 500ms, 5m, 1h)",
+                         QUOTED(v));
+                return msg;
+        }
+        if (u < key->min || u > key->max) {
+                format_duration(key->min, lo, sizeof(lo));
+                format_duration(key->max, hi, sizeof(hi));
+                snprintf(msg, msglen, "'%.*s%s' is out of range (use %s to %s)", QUOTED(v), lo, hi);
+                return msg;
+        }
+        *(uint64_t *)field = u;
+        return NULL;
+}
+
+PARSER(parse_uint_key)
+{
+        uint64_t u;
+        if (parse_uint(v, 0, UINT64_MAX, &u) == -EINVAL) {
+                snprintf(msg, msglen,
+                         "invalid number '%.*s%s' (use a whole number from %llu to %llu)",
+                         QUOTED(v), (unsigned long long)key->min, (unsigned long long)key->max);
+                return msg;
+        }
+        /* Too large for 64 bits (-ERANGE) is out of range too. */
+        if (parse_uint(v, key->min, key->max, &u) < 0) {
+                snprintf(msg, msglen, "'%.*s%s' is out of range (use %llu to %llu)", QUOTED(v),
+                         (unsigned long long)key->min, (unsigned long long)key->max);
+                return msg;
+        }
+        *(uint64_t *)field = u;
+        return NULL;
+}
+
+/* An int-sized field (the enums, a syslog level): the index of the name, or values[index]. */
+PARSER(parse_enum)
+{
+        char names[160];
+        for (size_t i = 0; key->names[i]; i++)
+                if (strcmp(v, key->names[i]) == 0) {
+                        *(int *)field = key->values ? key->values[i] : (int)i;
+                        return NULL;
+                }
+        describe_names(key->names, names, sizeof(names));
+        snprintf(msg, msglen, "unknown value '%.*s%s' %s", QUOTED(v), names);
+        return msg;
+}
+
+/* bool: full (true) | normal (false) */
+PARSER(parse_synchronous)
+{
+        if (strcmp(v, "full") == 0)
+                *(bool *)field = true;
+        else if (strcmp(v, "normal") == 0)
+                *(bool *)field = false;
+        else {
+                snprintf(msg, msglen, "unknown value '%.*s%s' (use full or normal)", QUOTED(v));
+                return msg;
+        }
+        return NULL;
+}
+
+/* struct secret; empty = unset. Never quoted in a message. */
+PARSER(parse_secret)
+{
+        struct secret *s = field;
+        secret_clear(s);
+        if (*v) {
+                s->value = strdup(v);
+                if (!s->value)
+                        return out_of_memory(L);
+                s->len = strlen(v);
+        }
+        return NULL;
+}
+
+/* The auth secrets (struct config's secrets[] and n_secrets): one more per line. */
+PARSER(parse_secret_list)
+{
+        if (!*v)
+                return "empty secret; remove the line, or put the secret after '='";
+        switch (add_secret(L->c, v, strlen(v))) {
+        case 0:
+                return NULL;
+        case -E2BIG:
+                snprintf(msg, msglen,
+                         "too many secrets (at most %d); remove the oldest once senders use a "
+                         "newer one",
+                         CONFIG_MAX_SECRETS);
+                return msg;
+        default:
+                return out_of_memory(L);
+        }
+}
+
+static void print_value(const struct config_key *key, const char *value, FILE *f)
+{
+        if (isempty(value))
+                fprintf(f, "%s =\n", key->name);
+        else
+                fprintf(f, "%s = %s\n", key->name, value);
+}
+
+DUMPER(dump_text)
+{
+        print_value(key, *(char *const *)field, f);
+}
+
+DUMPER(dump_size)
+{
+        char buf[64];
+        format_size(*(const uint64_t *)field, buf, sizeof(buf));
+        print_value(key, buf, f);
+}
+
+DUMPER(dump_duration)
+{
+        char buf[64];
+        format_duration(*(const uint64_t *)field, buf, sizeof(buf));
+        print_value(key, buf, f);
+}
+
+DUMPER(dump_uint)
+{
+        fprintf(f, "%s = %llu\n", key->name, (unsigned long long)*(const uint64_t *)field);
+}
+
+DUMPER(dump_enum)
+{
+        int v = *(const int *)field;
+        const char *name = "?";
+        for (size_t i = 0; key->names[i]; i++)
+                if ((key->values ? key->values[i] : (int)i) == v)
+                        name = key->names[i];
+        print_value(key, name, f);
+}
+
+DUMPER(dump_synchronous)
+{
+        print_value(key, *(const bool *)field ? "full" : "normal", f);
+}
+
+DUMPER(dump_secret)
+{
+        print_value(key, ((const struct secret *)field)->value ? "(set)" : "(unset)", f);
+}
+
+/* One line per secret, as they are written; never the value. */
+DUMPER(dump_secret_list)
+{
+        if (c->n_secrets == 0)
+                print_value(key, "(unset)", f);
+        for (size_t i = 0; i < c->n_secrets; i++)
+                print_value(key, "(set)", f);
+}
+
+/* For the ..._file keys: what they held is shown as the secret it provided. */
+DUMPER(dump_nothing)
+{
+}
+
+static void release_text(struct config *c, void *field)
+{
+        char **p = field;
+        free(*p);
+        *p = NULL;
+}
+
+static void release_secret(struct config *c, void *field)
+{
+        secret_clear(field);
+}
+
+static void release_secret_list(struct config *c, void *field)
+{
+        secrets_clear(c);
 }
 
 /* Sets key k from text. Returns NULL, or a message (static or in msg) saying what to change. */
-static const char *set_value(struct loader *L, size_t k, const char *v, char *msg, size_t msglen)
+static const char *set_value(struct config_loader *L, size_t k, const char *v, char *msg,
+                             size_t msglen)
 {
-        const struct key *key = &keys[k];
-        struct config *c = L->c;
-        void *p = (char *)c + key->off;
-        bool oom = false;
-        char *copy, lo[32], hi[32], names[160];
-        uint64_t u;
-        int vlen = (int)strnlen(v, QUOTE_MAX);
-        const char *more = strlen(v) > QUOTE_MAX ? "..." : "";
+        const struct config_key *key = &keys[k];
 
-        /* Checked first: the messages below quote the value, and nothing here wants a newline. */
+        /* Checked first: the parsers quote the value, and none of them wants a newline. */
         if (has_control(v, strlen(v)))
                 return "contains a control character (a newline or tab?); remove it";
-
-        switch (key->type) {
-        case T_STR:
-                if ((key->flags & K_NONEMPTY) && !*v)
-                        return "must not be empty";
-                if ((key->flags & K_TOKEN) && !is_token(v)) {
-                        snprintf(msg, msglen,
-                                 "'%.*s%s' is not a valid HTTP token (use letters, digits and "
-                                 "-_.!#$%%&'*+^`|~, no spaces)",
-                                 vlen, v, more);
-                        return msg;
-                }
-                copy = strdup_or_null(v, &oom);
-                if (oom)
-                        break;
-                replace_str(p, copy);
-                return NULL;
-        case T_CHOICE:
-                for (size_t i = 0; key->names[i]; i++)
-                        if (strcmp(v, key->names[i]) == 0) {
-                                copy = strdup_or_null(v, &oom);
-                                if (oom)
-                                        break;
-                                replace_str(p, copy);
-                                return NULL;
-                        }
-                if (oom)
-                        break;
-                describe_names(key->names, names, sizeof(names));
-                snprintf(msg, msglen, "unknown value '%.*s%s' %s", vlen, v, more, names);
-                return msg;
-        case T_PATH:
-                copy = *v ? strdup_or_null(v, &oom) : NULL;
-                if (oom)
-                        break;
-                replace_str(p, copy);
-                return NULL;
-        case T_PREFIX:
-                if (*v && v[0] != '/') {
-                        snprintf(msg, msglen,
-                                 "'%.*s%s' must start with '/' (e.g. /api, the part of the "
-                                 "callback URL's path before the webhook path)",
-                                 vlen, v, more);
-                        return msg;
-                }
-                copy = *v ? strdup_or_null(v, &oom) : NULL;
-                if (oom)
-                        break;
-                if (copy) {
-                        /* "/api/" + "/hooks/vidu" would sign "/api//hooks/vidu". */
-                        size_t n = strlen(copy);
-                        while (n > 0 && copy[n - 1] == '/')
-                                copy[--n] = 0;
-                        if (n == 0) {
-                                free(copy);
-                                copy = NULL;
-                        }
-                }
-                replace_str(p, copy);
-                return NULL;
-        case T_URL: {
-                size_t scheme = strncmp(v, "http://", 7) == 0    ? 7
-                                : strncmp(v, "https://", 8) == 0 ? 8
-                                                                 : 0;
-                if (*v && scheme == 0) {
-                        snprintf(msg, msglen,
-                                 "'%.*s%s' must start with http:// or https:// (e.g. "
-                                 "https://api.example.com)",
-                                 vlen, v, more);
-                        return msg;
-                }
-                if (*v && (v[scheme] == 0 || v[scheme] == '/' || strchr(v, ' '))) {
-                        snprintf(msg, msglen,
-                                 "'%.*s%s' is not a URL with a host (e.g. https://api.example.com)",
-                                 vlen, v, more);
-                        return msg;
-                }
-                copy = *v ? strdup_or_null(v, &oom) : NULL;
-                if (oom)
-                        break;
-                if (copy) {
-                        size_t n = strlen(copy);
-                        while (n > 0 && copy[n - 1] == '/')
-                                copy[--n] = 0;
-                }
-                replace_str(p, copy);
-                return NULL;
+        /* A repeatable key's lines in one source add up; a later source replaces them. */
+        if ((key->flags & CONFIG_KEY_REPEAT) && L->repeat_source[k] != L->source) {
+                if (key->release)
+                        key->release(L->c, (char *)L->c + key->offset);
+                L->repeat_source[k] = L->source;
         }
-        case T_LISTEN:
-                if (!valid_listen(v)) {
-                        snprintf(msg, msglen,
-                                 "invalid address '%.*s%s' (use host:port as in 127.0.0.1:8080, "
-                                 "[::1]:8080, or unix:/run/vidu-upscaled.sock)",
-                                 vlen, v, more);
-                        return msg;
-                }
-                copy = strdup_or_null(v, &oom);
-                if (oom)
-                        break;
-                replace_str(p, copy);
-                return NULL;
-        case T_WEBPATH:
-                if (v[0] != '/' || strchr(v, ' ') || strchr(v, '?') || strchr(v, '#')) {
-                        snprintf(
-                            msg, msglen,
-                            "'%.*s%s' must be a URL path starting with '/' (e.g. /hooks/vidu), "
-                            "without spaces, '?' or '#'",
-                            vlen, v, more);
-                        return msg;
-                }
-                copy = strdup_or_null(v, &oom);
-                if (oom)
-                        break;
-                replace_str(p, copy);
-                return NULL;
-        case T_CIDRS: {
-                struct cidr_list l = {0};
-                const char *bad = NULL;
-                int r = cidr_list_parse(v, &l, &bad);
-                if (r == -ENOMEM) {
-                        oom = true;
-                        break;
-                }
-                if (r < 0) {
-                        const char *b = bad ? bad : v;
-                        int blen = (int)strcspn(b, ", \t");
-                        snprintf(msg, msglen,
-                                 "invalid address or CIDR '%.*s' (use e.g. 10.0.0.0/8, "
-                                 "192.168.1.7, ::1, fd00::/8, separated by commas or spaces)",
-                                 blen > QUOTE_MAX ? QUOTE_MAX : blen, b);
-                        return msg;
-                }
-                size_t n = l.n;
-                cidr_list_clear(&l);
-                /* A list with no entry at all means "no restriction", as an unset key does. */
-                copy = n > 0 ? strdup_or_null(v, &oom) : NULL;
-                if (oom)
-                        break;
-                replace_str(p, copy);
-                return NULL;
-        }
-        case T_SIZE:
-                if (parse_size(v, &u) < 0) {
-                        snprintf(msg, msglen, "invalid size '%.*s%s' (use e.g. 512K, 1M, 65536)",
-                                 vlen, v, more);
-                        return msg;
-                }
-                if (u < key->min || u > key->max) {
-                        format_size(key->min, lo, sizeof(lo));
-                        format_size(key->max, hi, sizeof(hi));
-                        snprintf(msg, msglen, "'%.*s%s' is out of range (use %s to %s)", vlen, v,
-                                 more, lo, hi);
-                        return msg;
-                }
-                *(uint64_t *)p = u;
-                return NULL;
-        case T_DUR:
-                if (parse_duration(v, &u) < 0) {
-                        snprintf(msg, msglen,
-                                 "invalid duration '%.*s%s' (use e.g. 30s, 500ms, 5m, 1h)", vlen, v,
-                                 more);
-                        return msg;
-                }
-                if (u < key->min || u > key->max) {
-                        format_duration(key->min, lo, sizeof(lo));
-                        format_duration(key->max, hi, sizeof(hi));
-                        snprintf(msg, msglen, "'%.*s%s' is out of range (use %s to %s)", vlen, v,
-                                 more, lo, hi);
-                        return msg;
-                }
-                *(uint64_t *)p = u;
-                return NULL;
-        case T_UINT:
-                if (parse_uint(v, 0, UINT64_MAX, &u) == -EINVAL) {
-                        snprintf(msg, msglen,
-                                 "invalid number '%.*s%s' (use a whole number from %llu to %llu)",
-                                 vlen, v, more, (unsigned long long)key->min,
-                                 (unsigned long long)key->max);
-                        return msg;
-                }
-                /* Too large for 64 bits (-ERANGE) is out of range too. */
-                if (parse_uint(v, key->min, key->max, &u) < 0) {
-                        snprintf(msg, msglen, "'%.*s%s' is out of range (use %llu to %llu)", vlen,
-                                 v, more, (unsigned long long)key->min,
-                                 (unsigned long long)key->max);
-                        return msg;
-                }
-                *(uint64_t *)p = u;
-                return NULL;
-        case T_ENUM:
-                for (size_t i = 0; key->names[i]; i++)
-                        if (strcmp(v, key->names[i]) == 0) {
-                                /* The enums and log_level are all int-sized fields. */
-                                *(int *)p = key->values ? key->values[i] : (int)i;
-                                return NULL;
-                        }
-                describe_names(key->names, names, sizeof(names));
-                snprintf(msg, msglen, "unknown value '%.*s%s' %s", vlen, v, more, names);
-                return msg;
-        case T_SYNC:
-                if (strcmp(v, "full") == 0)
-                        *(bool *)p = true;
-                else if (strcmp(v, "normal") == 0)
-                        *(bool *)p = false;
-                else {
-                        snprintf(msg, msglen, "unknown value '%.*s%s' (use full or normal)", vlen,
-                                 v, more);
-                        return msg;
-                }
-                return NULL;
-        case T_SECRET:
-                /* Never quoted in a message: it is a secret. */
-                secret_clear(p);
-                if (*v) {
-                        struct secret *s = p;
-                        s->value = strdup_or_null(v, &oom);
-                        if (oom)
-                                break;
-                        s->len = strlen(v);
-                }
-                return NULL;
-        case T_SECRETS:
-                /* Lines in one source accumulate; a later source replaces the list. */
-                if (L->secrets_source != L->source) {
-                        secrets_clear(c);
-                        L->secrets_source = L->source;
-                }
-                if (!*v)
-                        return "empty secret; remove the line, or put the secret after '='";
-                switch (add_secret(c, v, strlen(v))) {
-                case 0:
-                        return NULL;
-                case -E2BIG:
-                        snprintf(msg, msglen,
-                                 "too many secrets (at most %d); remove the oldest once senders "
-                                 "use a newer one",
-                                 CONFIG_MAX_SECRETS);
-                        return msg;
-                default:
-                        oom = true;
-                        break;
-                }
-                break;
-        case T_LOADER:
-                copy = *v ? strdup_or_null(v, &oom) : NULL;
-                if (oom)
-                        break;
-                free(L->files[key->off]);
-                L->files[key->off] = copy;
-                return NULL;
-        }
-        L->oom = true;
-        return "out of memory";
+        return key->parse(key, (char *)L->c + key->offset, v, L, msg, msglen);
 }
 
 static bool section_known(const char *section, size_t len)
@@ -700,11 +785,25 @@ static const char *home_section(const char *name)
         return NULL;
 }
 
-#define SECTION_LIST "server, limits, auth, upstream, upscale, store, retry or log"
+/* "(use server, limits, ... or log)": every section, in table order. */
+static void describe_sections(char *buf, size_t len)
+{
+        const char *sections[N_KEYS + 1];
+        size_t n = 0;
+        for (size_t i = 0; i < N_KEYS; i++) {
+                size_t j = 0;
+                while (j < n && strcmp(sections[j], keys[i].section) != 0)
+                        j++;
+                if (j == n)
+                        sections[n++] = keys[i].section;
+        }
+        sections[n] = NULL;
+        describe_names(sections, buf, len);
+}
 
 static int on_ini(void *user, const char *section, const char *name, const char *value)
 {
-        struct loader *L = user;
+        struct config_loader *L = user;
         char msg[512];
 
         if (!name)
@@ -717,9 +816,12 @@ static int on_ini(void *user, const char *section, const char *name, const char 
         }
         if (!section_known(section, strlen(section))) {
                 /* Normally reported once, at its header, by read_line. */
-                if (!L->in_unknown_section)
-                        add_error(L, "%s:%u: unknown section [%s] (use " SECTION_LIST ")", L->file,
-                                  L->line, section);
+                if (!L->in_unknown_section) {
+                        char sections[512];
+                        describe_sections(sections, sizeof(sections));
+                        add_error(L, "%s:%u: unknown section [%s] %s", L->file, L->line, section,
+                                  sections);
+                }
                 return 1;
         }
         ssize_t k = find_key(section, name);
@@ -748,7 +850,7 @@ static int on_ini(void *user, const char *section, const char *name, const char 
  * headers are checked here too, so an unknown section is reported once, at its header. */
 static char *read_line(char *str, int num, void *stream)
 {
-        struct loader *L = stream;
+        struct config_loader *L = stream;
 
         if (!fgets(str, num, L->stream)) {
                 if (ferror(L->stream))
@@ -781,15 +883,18 @@ static char *read_line(char *str, int num, void *stream)
                 if (end) {
                         size_t len = (size_t)(end - s - 1);
                         L->in_unknown_section = !section_known(s + 1, len);
-                        if (L->in_unknown_section)
-                                add_error(L, "%s:%u: unknown section [%.*s] (use " SECTION_LIST ")",
-                                          L->file, L->line, (int)(len > 64 ? 64 : len), s + 1);
+                        if (L->in_unknown_section) {
+                                char sections[512];
+                                describe_sections(sections, sizeof(sections));
+                                add_error(L, "%s:%u: unknown section [%.*s] %s", L->file, L->line,
+                                          (int)(len > 64 ? 64 : len), s + 1, sections);
+                        }
                 }
         }
         return str;
 }
 
-static void load_file(struct loader *L, const char *path, bool must_exist)
+static void load_file(struct config_loader *L, const char *path, bool must_exist)
 {
         FILE *f = fopen(path, "re");
         if (!f) {
@@ -825,7 +930,7 @@ static int cmp_str(const void *a, const void *b)
 }
 
 /* Loads every "<dir of main_path>/conf.d/NAME.conf" in name (strcmp) order. */
-static void load_dropins(struct loader *L, const char *main_path)
+static void load_dropins(struct config_loader *L, const char *main_path)
 {
         char *copy = strdup(main_path);
         char *dir = NULL;
@@ -881,7 +986,7 @@ static void load_dropins(struct loader *L, const char *main_path)
         free(names);
 }
 
-static void env_name(const struct key *k, char *buf, size_t len)
+static void env_name(const struct config_key *k, char *buf, size_t len)
 {
         snprintf(buf, len, ENV_PREFIX "%s_%s", k->section, k->name);
         for (char *p = buf; *p; p++)
@@ -890,7 +995,7 @@ static void env_name(const struct key *k, char *buf, size_t len)
 
 extern char **environ;
 
-static void load_environment(struct loader *L)
+static void load_environment(struct config_loader *L)
 {
         char msg[512];
         L->file = "environment";
@@ -924,13 +1029,13 @@ static void load_environment(struct loader *L)
         }
 }
 
-static const char *where_set(struct loader *L, const char *section, const char *name)
+static const char *where_set(struct config_loader *L, const char *section, const char *name)
 {
         ssize_t k = find_key(section, name);
         return k >= 0 && L->where[k][0] ? L->where[k] : NULL;
 }
 
-static const char *where_or_config(struct loader *L, const char *section, const char *name)
+static const char *where_or_config(struct config_loader *L, const char *section, const char *name)
 {
         const char *w = where_set(L, section, name);
         return w ? w : "configuration";
@@ -939,8 +1044,8 @@ static const char *where_or_config(struct loader *L, const char *section, const 
 /* Reads a secret file: its non-empty lines, each without trailing CR, spaces or tabs, become the
  * API key (single: exactly one line) or auth secrets. `where` and `what` name the setting in
  * messages. Returns the number of secrets, 0 if optional and absent, or -errno (reported). */
-static int read_secret_file(struct loader *L, const char *path, const char *where, const char *what,
-                            bool single, bool optional)
+static int read_secret_file(struct config_loader *L, const char *path, const char *where,
+                            const char *what, bool single, bool optional)
 {
         char *text = NULL;
         size_t len = 0, count = 0;
@@ -1009,7 +1114,7 @@ static int read_secret_file(struct loader *L, const char *path, const char *wher
         return r < 0 ? r : (int)count;
 }
 
-static void resolve_secrets(struct loader *L)
+static void resolve_secrets(struct config_loader *L)
 {
         struct config *c = L->c;
         const char *creds = getenv("CREDENTIALS_DIRECTORY");
@@ -1017,7 +1122,7 @@ static void resolve_secrets(struct loader *L)
         char *path = NULL;
 
         if (!c->api_key.value) {
-                file = L->files[LOADER_API_KEY_FILE];
+                file = c->api_key_file;
                 if (file)
                         L->api_key_failed =
                             read_secret_file(L, file,
@@ -1042,7 +1147,7 @@ static void resolve_secrets(struct loader *L)
                          where_or_config(L, "auth", "secret"));
                 return;
         }
-        file = L->files[LOADER_SECRET_FILE];
+        file = c->secret_file;
         if (file) {
                 const char *w = where_or_config(L, "auth", "secret_file");
                 L->secrets_failed =
@@ -1061,7 +1166,7 @@ static void resolve_secrets(struct loader *L)
         }
 }
 
-static void validate(struct loader *L)
+static void validate(struct config_loader *L)
 {
         struct config *c = L->c;
         char a[32], b[32];
@@ -1112,13 +1217,13 @@ static void validate(struct loader *L)
         }
 }
 
-static void set_defaults(struct loader *L)
+static void set_defaults(struct config_loader *L)
 {
         char msg[512];
         L->file = "defaults";
         for (size_t k = 0; k < N_KEYS; k++)
-                if (keys[k].dflt) {
-                        const char *err = set_value(L, k, keys[k].dflt, msg, sizeof(msg));
+                if (keys[k].default_text) {
+                        const char *err = set_value(L, k, keys[k].default_text, msg, sizeof(msg));
                         if (err)
                                 add_error(L, "configuration: default of %s.%s: %s", keys[k].section,
                                           keys[k].name, err);
@@ -1126,7 +1231,7 @@ static void set_defaults(struct loader *L)
 }
 
 /* store.path unset (or set empty): the first of systemd's StateDirectory=, else the cwd. */
-static void default_store_path(struct loader *L)
+static void default_store_path(struct config_loader *L)
 {
         const char *state = getenv("STATE_DIRECTORY");
         size_t n = state ? strcspn(state, ":") : 0;
@@ -1144,7 +1249,7 @@ int config_load_full(const char *path, bool path_is_default, struct config **ret
 {
         int r;
 
-        struct loader *L = calloc(1, sizeof(*L));
+        struct config_loader *L = calloc(1, sizeof(*L));
         if (!L)
                 return -ENOMEM;
         L->errors = errors;
@@ -1171,8 +1276,6 @@ int config_load_full(const char *path, bool path_is_default, struct config **ret
                 r = 0;
         }
         config_free(L->c);
-        for (size_t i = 0; i < _LOADER_MAX; i++)
-                free(L->files[i]);
         free(L);
         return r;
 }
@@ -1186,61 +1289,13 @@ void config_dump(const struct config *c, FILE *f)
 {
         const char *section = "";
         for (size_t k = 0; k < N_KEYS; k++) {
-                const struct key *key = &keys[k];
-                const void *p = (const char *)c + key->off;
-                char buf[64];
-                if (key->type == T_LOADER)
-                        continue; /* their content is shown as the secret they provided */
+                const struct config_key *key = &keys[k];
+                if (key->dump == dump_nothing)
+                        continue;
                 if (strcmp(section, key->section) != 0) {
                         fprintf(f, "%s[%s]\n", *section ? "\n" : "", key->section);
                         section = key->section;
                 }
-                switch (key->type) {
-                case T_SIZE:
-                        format_size(*(const uint64_t *)p, buf, sizeof(buf));
-                        fprintf(f, "%s = %s\n", key->name, buf);
-                        break;
-                case T_DUR:
-                        format_duration(*(const uint64_t *)p, buf, sizeof(buf));
-                        fprintf(f, "%s = %s\n", key->name, buf);
-                        break;
-                case T_UINT:
-                        fprintf(f, "%s = %llu\n", key->name,
-                                (unsigned long long)*(const uint64_t *)p);
-                        break;
-                case T_ENUM: {
-                        int v = *(const int *)p;
-                        const char *name = "?";
-                        for (size_t i = 0; key->names[i]; i++)
-                                if ((key->values ? key->values[i] : (int)i) == v)
-                                        name = key->names[i];
-                        fprintf(f, "%s = %s\n", key->name, name);
-                        break;
-                }
-                case T_SYNC:
-                        fprintf(f, "%s = %s\n", key->name, *(const bool *)p ? "full" : "normal");
-                        break;
-                case T_SECRET:
-                        fprintf(f, "%s = %s\n", key->name,
-                                ((const struct secret *)p)->value ? "(set)" : "(unset)");
-                        break;
-                case T_SECRETS:
-                        /* One line per secret, as they are written; never the value. */
-                        if (c->n_secrets == 0)
-                                fprintf(f, "%s = (unset)\n", key->name);
-                        for (size_t i = 0; i < c->n_secrets; i++)
-                                fprintf(f, "%s = (set)\n", key->name);
-                        break;
-                case T_LOADER:
-                        break;
-                default: {
-                        const char *s = *(char *const *)p;
-                        if (isempty(s))
-                                fprintf(f, "%s =\n", key->name);
-                        else
-                                fprintf(f, "%s = %s\n", key->name, s);
-                        break;
-                }
-                }
+                key->dump(key, c, (const char *)c + key->offset, f);
         }
 }

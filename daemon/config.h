@@ -61,6 +61,7 @@ struct config {
         enum auth_scheme auth_scheme;
         struct secret secrets[CONFIG_MAX_SECRETS]; /* several for rotation, as written */
         size_t n_secrets;
+        char *secret_file;       /* where the secrets were read from, when none was set itself */
         char *auth_header;       /* hmac-sha256 header, default "X-Hub-Signature-256" */
         uint64_t auth_tolerance; /* usec, default 5m: timestamp / Date skew allowed */
         /* vidu scheme: path prefix the sender saw, when a proxy rewrote it; NULL = none, else
@@ -70,7 +71,9 @@ struct config {
         /* [upstream] */
         char *base_url;        /* required */
         struct secret api_key; /* required, never printed */
-        char *auth_word;       /* "Bearer" */
+        /* where api_key was read from, when it was not set itself; NULL = not named */
+        char *api_key_file;
+        char *auth_word; /* "Bearer" */
         enum upstream_flavor flavor;
         uint64_t timeout;         /* usec per request, default 30s */
         uint64_t connect_timeout; /* usec, default 10s */
@@ -126,6 +129,46 @@ void config_errors_clear(struct config_errors *e);
 /* Writes the effective settings as INI to f, every secret masked as "(set)" / "(unset)" (one
  * "secret = (set)" line per auth secret); sizes as bytes or with a K/M/G suffix when exact. */
 void config_dump(const struct config *c, FILE *f);
+
+/* The key table: every key the loader accepts, once, in the order config_dump prints them.
+ * Parsing, the environment names, the defaults, config_free and config_dump all walk it. */
+struct config_loader; /* the loader's state, private to config.c */
+struct config_key;
+
+/* Parses value (control characters already refused) into field, the key's place in the struct
+ * config being loaded. Returns NULL, or what to change: a static message or one written to msg. */
+typedef const char *(*config_parse_fn)(const struct config_key *key, void *field, const char *value,
+                                       struct config_loader *L, char *msg, size_t msglen);
+/* Writes the key's "name = value" line(s) for config_dump: nothing for a key not shown, a mask
+ * for a secret. */
+typedef void (*config_dump_fn)(const struct config_key *key, const struct config *c,
+                               const void *field, FILE *f);
+/* Frees what the parser stored in field and leaves it unset (NULL: nothing to free). */
+typedef void (*config_release_fn)(struct config *c, void *field);
+
+enum {
+        CONFIG_KEY_SECRET = 1 << 0, /* never printed, never quoted in a message */
+        CONFIG_KEY_REPEAT = 1 << 1, /* may repeat: lines of one source add up, the next replaces */
+        CONFIG_KEY_NONEMPTY = 1 << 2, /* text: an empty value is an error */
+        CONFIG_KEY_TOKEN = 1 << 3,    /* text: an HTTP token (header name, auth word) */
+};
+
+struct config_key {
+        const char *section;
+        const char *name;
+        config_parse_fn parse;
+        config_dump_fn dump;
+        config_release_fn release;
+        size_t offset;            /* of the field in struct config */
+        uint64_t min, max;        /* numbers: the accepted range */
+        const char *const *names; /* enums and choices: the accepted words, NULL-terminated */
+        const int *values;        /* enums: the value of each name (NULL: its index) */
+        unsigned flags;           /* CONFIG_KEY_* */
+        const char *default_text; /* parsed like a file's value before any file; NULL = unset */
+};
+
+/* The table, *n rows. */
+const struct config_key *config_keys(size_t *n);
 
 const char *auth_scheme_to_string(enum auth_scheme s);
 const char *upstream_flavor_to_string(enum upstream_flavor f);
