@@ -1,4 +1,5 @@
-/* main.c: the command line: run the daemon, check the configuration, print the version. */
+/* main.c: the command line: run the daemon, check the configuration, list its keys, print the
+ * version. */
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,7 +11,7 @@
 static void help(void)
 {
         printf(
-            "Usage: vidu-upscaled [-c FILE] [--check-config] [--version] [--help]\n"
+            "Usage: vidu-upscaled [-c FILE] [--check-config] [--list-keys] [--version] [--help]\n"
             "       vidu-upscaled [-c FILE] jobs [--store PATH] list|show|retry|abandon|counts "
             "...\n"
             "\n"
@@ -19,10 +20,20 @@ static void help(void)
             "  -c, --config FILE   configuration file (default " CONFIG_DEFAULT_PATH ");\n"
             "                      drop-ins are read from conf.d/ beside it\n"
             "      --check-config  validate, print the effective settings (secrets masked), exit\n"
+            "      --list-keys     print every configuration key as section.key, one per line\n"
             "      --version       print the version\n"
             "  -h, --help          this help\n"
             "\n"
             "Exit codes: 0 normal stop, 78 configuration error, 1 any other failure.\n");
+}
+
+static int list_keys(void)
+{
+        size_t n;
+        const struct config_key *keys = config_keys(&n);
+        for (size_t i = 0; i < n; i++)
+                printf("%s.%s\n", keys[i].section, keys[i].name);
+        return fflush(stdout) == 0 ? 0 : 1;
 }
 
 static int check_config(const char *path)
@@ -45,6 +56,7 @@ int main(int argc, char **argv)
         static const struct option options[] = {
             {"config", required_argument, NULL, 'c'},
             {"check-config", no_argument, NULL, 'C'},
+            {"list-keys", no_argument, NULL, 'L'}, /* what the README and man page must cover */
             {"version", no_argument, NULL, 'V'},
             {"help", no_argument, NULL, 'h'},
             {0},
@@ -60,6 +72,8 @@ int main(int argc, char **argv)
                 case 'C':
                         check = true;
                         break;
+                case 'L':
+                        return list_keys();
                 case 'V':
                         printf("vidu-upscaled %s\n", VIDU_VERSION);
                         return 0;
