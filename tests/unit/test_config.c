@@ -1,6 +1,7 @@
 /* test_config.c: every key parsed, defaults, every kind of error with its FILE:LINE, conf.d
- * order, environment overrides, secrets from files and credentials, and a dump that never shows
- * a secret. */
+ * order, environment overrides, secrets from files and credentials, a dump that never shows
+ * a secret, and the key table behind them all. */
+#include <ctype.h>
 #include <errno.h>
 #include <ftw.h>
 #include <setjmp.h>
@@ -1037,6 +1038,191 @@ static void test_dump(void **state)
         free(hooks);
 }
 
+/* VIDU_UPSCALED_<SECTION>_<KEY> for a row. */
+static void key_env_name(const struct config_key *k, char *buf, size_t len)
+{
+        snprintf(buf, len, "VIDU_UPSCALED_%s_%s", k->section, k->name);
+        for (char *p = buf; *p; p++)
+                *p = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+}
+
+static char *dump_text(const struct config *c)
+{
+        char *out = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&out, &len);
+        assert_non_null(f);
+        config_dump(c, f);
+        assert_int_equal(fclose(f), 0);
+        return out;
+}
+
+/* The table itself: every row complete, no key (or environment name, or field) twice, each
+ * section in one run so the dump prints its header once, and the defaults valid. */
+static void test_key_table(void **state)
+{
+        size_t n = 0;
+        const struct config_key *keys = config_keys(&n);
+        assert_non_null(keys);
+        assert_true(n >= 40);
+        for (size_t i = 0; i < n; i++) {
+                const struct config_key *k = &keys[i];
+                assert_non_null(k->section);
+                assert_non_null(k->name);
+                assert_true(k->section[0] && k->name[0]);
+                assert_true(strspn(k->section, "abcdefghijklmnopqrstuvwxyz0123456789_") ==
+                            strlen(k->section));
+                assert_true(strspn(k->name, "abcdefghijklmnopqrstuvwxyz0123456789_") ==
+                            strlen(k->name));
+                if (!k->parse || !k->dump)
+                        fail_msg("%s.%s has no parser or no dumper", k->section, k->name);
+                assert_true(k->offset < sizeof(struct config));
+                if (k->min > k->max)
+                        fail_msg("%s.%s: min > max", k->section, k->name);
+                if (k->default_text && strchr(k->default_text, '\n'))
+                        fail_msg("%s.%s: the default is not one line", k->section, k->name);
+                for (size_t j = 0; j < i; j++) {
+                        const struct config_key *o = &keys[j];
+                        char a[160], b[160];
+                        if (strcmp(o->section, k->section) == 0 && strcmp(o->name, k->name) == 0)
+                                fail_msg("%s.%s is in the table twice", k->section, k->name);
+                        key_env_name(k, a, sizeof(a));
+                        key_env_name(o, b, sizeof(b));
+                        if (strcmp(a, b) == 0)
+                                fail_msg("%s.%s and %s.%s share the environment name %s",
+                                         o->section, o->name, k->section, k->name, a);
+                        if (o->offset == k->offset)
+                                fail_msg("%s.%s and %s.%s set the same field", o->section, o->name,
+                                         k->section, k->name);
+                        /* A section seen before must be the one just before. */
+                        if (strcmp(o->section, k->section) == 0 &&
+                            strcmp(keys[i - 1].section, k->section) != 0)
+                                fail_msg("[%s] is split: %s comes after [%s]", k->section, k->name,
+                                         keys[i - 1].section);
+                }
+        }
+        /* Every default parses (a bad one is a "configuration: default of" error). */
+        config_free(load_ok(minimal));
+}
+
+/* Every row is a key the file parser and the environment accept: a control character in each is
+ * reported once per key, as a bad value of that key, never as an unknown key or variable. */
+static void test_every_listed_key_is_accepted(void **state)
+{
+        size_t n = 0;
+        const struct config_key *keys = config_keys(&n);
+        char *text = NULL, line[256];
+        size_t len = 0;
+        struct config_errors e = {0};
+
+        FILE *f = open_memstream(&text, &len);
+        assert_non_null(f);
+        for (size_t i = 0; i < n; i++)
+                fprintf(f, "[%s]\n%s = bad\x01value\n", keys[i].section, keys[i].name);
+        assert_int_equal(fclose(f), 0);
+        write_main(text);
+        struct config *c = NULL;
+        assert_int_equal(config_load(main_path, &c, &e), -EINVAL);
+        for (size_t i = 0; i < n; i++) {
+                snprintf(line, sizeof(line), "%s:%zu: %s.%s: contains a control character",
+                         main_path, 2 * i + 2, keys[i].section, keys[i].name);
+                bool found = false;
+                for (size_t j = 0; j < e.n && !found; j++)
+                        found = strncmp(e.lines[j], line, strlen(line)) == 0;
+                if (!found)
+                        fail_msg("no error '%s...'", line);
+        }
+        for (size_t j = 0; j < e.n; j++)
+                assert_null(strstr(e.lines[j], "unknown"));
+        config_errors_clear(&e);
+        free(text);
+
+        write_main(minimal);
+        for (size_t i = 0; i < n; i++) {
+                key_env_name(&keys[i], line, sizeof(line));
+                assert_int_equal(setenv(line, "bad\x01value", 1), 0);
+        }
+        assert_int_equal(config_load(main_path, &c, &e), -EINVAL);
+        for (size_t i = 0; i < n; i++) {
+                char want[300];
+                key_env_name(&keys[i], line, sizeof(line));
+                snprintf(want, sizeof(want), "environment: %s: contains a control character", line);
+                bool found = false;
+                for (size_t j = 0; j < e.n && !found; j++)
+                        found = strncmp(e.lines[j], want, strlen(want)) == 0;
+                if (!found)
+                        fail_msg("no error '%s...'", want);
+        }
+        for (size_t j = 0; j < e.n; j++)
+                assert_null(strstr(e.lines[j], "unknown"));
+        config_errors_clear(&e);
+}
+
+/* The dump walks the table: every row shows as "name = ..." in its section, except the ..._file
+ * keys (what they held shows as the secret it provided); no secret row ever shows its value,
+ * whether it came from the file or the environment. */
+static void test_dump_covers_the_table(void **state)
+{
+        size_t n = 0;
+        const struct config_key *keys = config_keys(&n);
+        struct config *c = load_ok(minimal);
+        char *out = dump_text(c);
+        for (size_t i = 0; i < n; i++) {
+                const struct config_key *k = &keys[i];
+                char header[80], entry[120];
+                char *alone = NULL;
+                size_t len = 0;
+                FILE *f = open_memstream(&alone, &len);
+                assert_non_null(f);
+                k->dump(k, c, (const char *)c + k->offset, f);
+                assert_int_equal(fclose(f), 0);
+                if (len == 0) {
+                        size_t nl = strlen(k->name);
+                        if (nl < 5 || strcmp(k->name + nl - 5, "_file") != 0)
+                                fail_msg("%s.%s is not in the dump", k->section, k->name);
+                        free(alone);
+                        continue;
+                }
+                free(alone);
+                snprintf(header, sizeof(header), "[%s]\n", k->section);
+                snprintf(entry, sizeof(entry), "\n%s =", k->name);
+                const char *sec = strstr(out, header);
+                assert_non_null(sec);
+                const char *end = strstr(sec + 1, "\n[");
+                const char *at = strstr(sec, entry);
+                if (!at || (end && at > end))
+                        fail_msg("%s.%s is not in the dump's [%s]", k->section, k->name,
+                                 k->section);
+        }
+        free(out);
+        config_free(c);
+
+        /* Each secret row set through the file, then through the environment. */
+        for (int env = 0; env <= 1; env++)
+                for (size_t i = 0; i < n; i++) {
+                        const struct config_key *k = &keys[i];
+                        char text[512], name[160];
+                        if (!(k->flags & CONFIG_KEY_SECRET))
+                                continue;
+                        key_env_name(k, name, sizeof(name));
+                        if (env) {
+                                assert_int_equal(setenv(name, "Marker-Value-9", 1), 0);
+                                snprintf(text, sizeof(text), "%s", minimal);
+                        } else
+                                snprintf(text, sizeof(text), "%s[%s]\n%s = Marker-Value-9\n",
+                                         minimal, k->section, k->name);
+                        c = load_ok(text);
+                        out = dump_text(c);
+                        assert_null(strstr(out, "Marker-Value-9"));
+                        snprintf(text, sizeof(text), "\n%s = (set)\n", k->name);
+                        if (!strstr(out, text))
+                                fail_msg("%s.%s is not shown as (set)", k->section, k->name);
+                        free(out);
+                        config_free(c);
+                        unsetenv(name);
+                }
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -1054,6 +1240,9 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_api_key_sources, setup, teardown),
             cmocka_unit_test_setup_teardown(test_secret_rotation, setup, teardown),
             cmocka_unit_test_setup_teardown(test_dump, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_key_table, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_every_listed_key_is_accepted, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_dump_covers_the_table, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
