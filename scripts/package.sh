@@ -36,7 +36,8 @@ trap 'rm -rf "$work"' EXIT
 # no ledgers, no dist/.
 mkdir "$work/vidu-upscaled-$version"
 git ls-files -z --cached --others --exclude-standard |
-        (cd "$root" && xargs -0 cp --parents -t "$work/vidu-upscaled-$version")
+        while IFS= read -r -d '' f; do if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done |
+        xargs -0 cp --parents -t "$work/vidu-upscaled-$version"
 (cd "$work/vidu-upscaled-$version" && dpkg-buildpackage -us -uc -b -j"$(nproc)" >"$work/build.log" 2>&1) || {
         tail -n 60 "$work/build.log" >&2
         echo "package: dpkg-buildpackage failed (the last 60 lines above)" >&2
