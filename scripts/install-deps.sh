@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # install-deps.sh: installs, from Debian 12's packages, what vidu-upscaled needs to build, run and test.
+# The packaging test needs dpkg-dev, debhelper, fakeroot, lintian, mandoc, man-db and promtool
+# (Debian ships it in prometheus; where services start on install, that starts a Prometheus server
+# too, which nothing here uses: stop it if it bothers you).
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config clang clang-format
           libmicrohttpd-dev libcurl4-openssl-dev libjson-c-dev libsystemd-dev libsqlite3-dev libssl-dev
           libinih-dev libcmocka-dev
-          systemd sqlite3 python3 curl valgrind openssl)
+          systemd sqlite3 python3 curl valgrind openssl
+          dpkg-dev debhelper fakeroot lintian mandoc man-db prometheus)
 
 missing=()
 for p in "${packages[@]}"; do

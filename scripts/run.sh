@@ -12,9 +12,16 @@ bash scripts/ensure-journald.sh || echo "run: no journal available; entries go t
 
 # Not VIDU_UPSCALED_*: the daemon treats every variable with that prefix as a setting.
 conf=${VIDU_CONFIG:-/etc/vidu-upscaled/vidu-upscaled.conf}
-if [ -f "$conf" ] || [ -n "${VIDU_UPSCALED_UPSTREAM_BASE_URL:-}" ]; then
+# A file that is there but not complete (the package's, before base_url and the key are set)
+# falls back to the fake upstream.
+if [ -n "${VIDU_UPSCALED_UPSTREAM_BASE_URL:-}" ] ||
+        { [ -f "$conf" ] && "$root/build/vidu-upscaled" -c "$conf" --check-config >/dev/null 2>&1; }; then
         echo "run: using $conf and the real upstream it names"
         exec "$root/build/vidu-upscaled" -c "$conf"
+fi
+if [ -f "$conf" ]; then
+        echo "run: $conf is not complete (vidu-upscaled -c $conf --check-config says why);" \
+                "using the bundled fake upstream"
 fi
 
 state=$root/.run
