@@ -57,9 +57,12 @@ grep -E '^[EW]: ' "$tmp/lintian" && fail "lintian reported the above"
 step "Depends: exactly the packages of the libraries the binary links"
 dpkg-deb -x "$deb" "$tmp/x"
 needed=$(objdump -p "$tmp/x/usr/bin/vidu-upscaled" | awk '$1 == "NEEDED" { print $2 }')
-want=$(for so in $needed; do
-        dpkg -S "*/$so" 2>/dev/null | sed -n 's/^\([^:,]*\)\(:[a-z0-9]*\)\?: .*/\1/p' | head -n 1
-done | sort -u)
+multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
+patterns=()
+for so in $needed; do patterns+=("*/$multiarch/$so"); done
+want=$(dpkg -S "${patterns[@]}" 2>/dev/null | sed -n 's/^\([^:,]*\)\(:[a-z0-9]*\)\?: .*/\1/p' | sort -u)
+[ "$(dpkg -S "${patterns[@]}" 2>/dev/null | sed 's/.*\///' | sort -u | wc -l)" -eq "$(echo $needed | wc -w)" ] ||
+        fail "not every library the binary links belongs to a package: $needed"
 have=$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed 's/^ *//; s/ .*//' | grep -v '^$' | sort -u)
 [ -n "$want" ] && [ "$want" = "$have" ] ||
         fail "Depends is [$(echo $have)], the linked libraries come from [$(echo $want)]"
@@ -109,9 +112,8 @@ for l in /etc/systemd/system/multi-user.target.wants/vidu-upscaled.service \
 done
 ! grep -q 'deb-systemd-invoke.*start' /var/lib/dpkg/info/vidu-upscaled.postinst ||
         fail "postinst starts a unit"
-for p in /proc/[0-9]*; do
-        [ "$(readlink "$p/exe" 2>/dev/null)" != /usr/bin/vidu-upscaled ] || fail "the installed daemon runs (${p#/proc/})"
-done
+running=$(find /proc -mindepth 2 -maxdepth 2 -name exe -lname /usr/bin/vidu-upscaled 2>/dev/null || true)
+[ -z "$running" ] || fail "the installed daemon runs: $running"
 
 step "journal catalog (systemd's trigger ran journalctl --update-catalog)"
 ids=$(grep -c '^-- [0-9a-f]\{32\}' /usr/lib/systemd/catalog/vidu-upscaled.catalog)
