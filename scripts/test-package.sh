@@ -165,6 +165,15 @@ for f in /usr/share/man/man8/vidu-upscaled.8.gz /usr/share/man/man5/vidu-upscale
         zcat "$f" | mandoc -Tlint || fail "mandoc -Tlint $f"
 done
 
+# The installed page documents exactly the keys the installed binary accepts.
+/usr/bin/vidu-upscaled --list-keys | sort >"$tmp/keys"
+zcat /usr/share/man/man5/vidu-upscaled.conf.5.gz | python3 -c '
+import sys
+sys.path.insert(0, "tests/integration")
+from test_docs import man_keys
+print("\n".join(sorted(man_keys(sys.stdin.read()))))' >"$tmp/man-keys"
+diff -u "$tmp/keys" "$tmp/man-keys" || fail "the installed man page and --list-keys differ (above)"
+
 step "alert rules: promtool check rules (installed copy) and promtool test rules"
 cmp /usr/share/doc/vidu-upscaled/examples/vidu-upscaled.rules.yml contrib/prometheus/vidu-upscaled.rules.yml ||
         fail "the installed rules differ from contrib/"
