@@ -166,7 +166,7 @@ for f in /usr/share/man/man8/vidu-upscaled.8.gz /usr/share/man/man5/vidu-upscale
 done
 
 # The installed page documents exactly the keys the installed binary accepts.
-/usr/bin/vidu-upscaled --list-keys | sort >"$tmp/keys"
+/usr/bin/vidu-upscaled --list-keys | LC_ALL=C sort >"$tmp/keys"
 zcat /usr/share/man/man5/vidu-upscaled.conf.5.gz | python3 -c '
 import sys
 sys.path.insert(0, "tests/integration")
