@@ -24,8 +24,12 @@ done
 
 tmp=$(mktemp -d /tmp/vidu-test-package.XXXXXX)
 made_private=
+daemon_pid=
+fake_pid=
 cleanup() {
         # Whatever failed, leave the machine as it was.
+        for pid in $daemon_pid $fake_pid; do kill "$pid" 2>/dev/null || true; done
+        wait 2>/dev/null || true
         if dpkg-query -W -f='${Status}' vidu-upscaled 2>/dev/null | grep -q 'installed\|config-files'; then
                 DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq vidu-upscaled >/dev/null 2>&1 || true
         fi
@@ -143,6 +147,44 @@ set -e
 [ $rc -eq 0 ] || fail "--check-config with base_url and key: exit $rc: $(cat "$tmp/err")"
 grep -q 'https://upstream.example.invalid' "$tmp/out" || fail "the effective settings lack base_url"
 ! grep -q "$secret" "$tmp/out" "$tmp/err" || fail "--check-config printed the API key"
+
+step "the installed daemon, configured: one notification becomes a succeeded upscale"
+# The installed binary (Debian's flags, hardening) against the fake upstream from stage 1's
+# build, on the installed configuration with the base URL, listener and ledger from the
+# environment and the key as a credential, as the unit would hand it over.
+fake=$root/build/fake-upstream
+[ -x "$fake" ] || fail "$fake is missing: build the tree first (stage 1 of scripts/test.sh)"
+# Polls a condition (a command) every 0.1 s for up to $1 seconds.
+poll() {
+        local until=$(($(date +%s) + $1))
+        shift
+        until "$@"; do
+                [ "$(date +%s)" -lt "$until" ] || return 1
+                sleep 0.1
+        done
+}
+key=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+printf '%s' "$key" >"$tmp/creds/api-key"
+VIDU_FAKE_API_KEY=$key "$fake" --listen 127.0.0.1:0 --port-file "$tmp/fake.port" --complete-after 200 --quiet &
+fake_pid=$!
+poll 30 test -s "$tmp/fake.port" || fail "the fake upstream did not start"
+env -i PATH=/usr/bin:/bin CREDENTIALS_DIRECTORY="$tmp/creds" \
+        VIDU_UPSCALED_UPSTREAM_BASE_URL="http://127.0.0.1:$(cat "$tmp/fake.port")" \
+        VIDU_UPSCALED_UPSTREAM_POLL_INTERVAL=200ms VIDU_UPSCALED_SERVER_LISTEN="unix:$tmp/http.sock" \
+        VIDU_UPSCALED_STORE_PATH="$tmp/ledger.db" /usr/bin/vidu-upscaled >"$tmp/daemon.log" 2>&1 &
+daemon_pid=$!
+healthy() { [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$tmp/http.sock" http://x/healthz)" = 200 ]; }
+poll 60 healthy || { cat "$tmp/daemon.log" >&2; fail "the installed daemon did not become healthy"; }
+code=$(curl -s -o "$tmp/answer" -w '%{http_code}' --unix-socket "$tmp/http.sock" -H 'Content-Type: application/json' \
+        --data-binary @tests/fixtures/task-success-v1.json http://x/hooks/vidu)
+[ "$code" = 202 ] || fail "the notification was answered $code: $(cat "$tmp/answer")"
+succeeded() { /usr/bin/vidu-upscaled jobs --store "$tmp/ledger.db" counts | grep -qx 'succeeded  *2'; }
+poll 60 succeeded || { cat "$tmp/daemon.log" >&2; fail "the two creations did not end succeeded"; }
+kill -TERM "$daemon_pid"
+wait "$daemon_pid" || fail "the daemon exited $? after SIGTERM"
+kill "$fake_pid"
+wait "$fake_pid" 2>/dev/null || true
+! grep -q "$key" "$tmp/daemon.log" || fail "the daemon printed the API key"
 
 step "installed units: systemd-analyze verify and security"
 systemd-analyze verify /lib/systemd/system/vidu-upscaled.service /lib/systemd/system/vidu-upscaled.socket \
