@@ -125,7 +125,8 @@ static const char *const migrations[] = {
     /* 3: the upscale duration decided when the job was recorded (upscale.duration, or the
      * source task's with `source`), which its submission sends; NULL for older jobs, which are
      * sent upscale.duration's number. */
-    "ALTER TABLE jobs ADD COLUMN duration INTEGER;",
+    "ALTER TABLE jobs"
+    "  ADD COLUMN duration INTEGER;",
 };
 
 struct ledger {
