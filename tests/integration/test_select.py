@@ -160,7 +160,7 @@ class Select(unittest.TestCase):
                     fake=self.fake) as d:
             ok = task(t_ok, [{"id": c_ok, "grade": "B"}], settings={"model": "vidu2.0"},
                       payload='{"upscale":true}')
-            status, body = self.post(d, [t(1), ok])
+            status, body = self.post(d, [t(1, model="vidu-1"), ok])
             self.assertEqual(status, 202)
             self.assertEqual(body["ignored"], [ids[1]])
             self.assertEqual(body["accepted"], [c_ok])
