@@ -6,6 +6,7 @@ exists); the debug entry naming the rule; --check-config; bad rules refused with
 exit 78; the source's duration in the body the fake received and in `jobs show`."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,7 @@ import harness  # noqa: E402
 from harness import Daemon, FakeUpstream, new_creation_ids, poll  # noqa: E402
 
 SKIPPED = "78af930dc5634721a5db8c06c6432ad4"
+RELOADED = "86ab561882f04ec785c61221c6cbc1e1"
 
 
 def task(task_id, creations, type="text2video", **extra):
@@ -167,6 +169,22 @@ class Select(unittest.TestCase):
             harness.wait_journal(lambda: harness.journal_entries(CREATION_ID=c_ok, _PID=str(d.pid),
                                                                  JOB_STATE="accepted"))
             self.assertEqual(self.skipped_entries(d, SOURCE_TASK_ID=ids[1]), [])
+
+    def test_rules_follow_a_reload(self):
+        (tid,) = new_task_ids(1)
+        (cid,) = new_creation_ids(1)
+        marked = task(tid, [cid], payload='{"upscale": "yes"}')
+        with self.daemon({"match": "/payload/upscale = true"}) as d:
+            status, body = self.post(d, marked)
+            self.assertEqual((status, body["ignored"], body["accepted"]), (200, [tid], []))
+            d.config["select"]["match"] = ["/payload/upscale in true yes"]
+            d.write_config()
+            d.kill(signal.SIGHUP)
+            harness.wait_journal(lambda: harness.journal_entries(MESSAGE_ID=RELOADED, _PID=str(d.pid)))
+            # Nothing was recorded the first time, so the same notification now triggers.
+            status, body = self.post(d, marked)
+            self.assertEqual((status, body["accepted"]), (202, [cid]))
+            self.wait_created([cid])
 
     def test_duration_follows_the_source(self):
         t8, t_none, t_bad = new_task_ids(3)
