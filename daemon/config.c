@@ -51,6 +51,9 @@ PARSER(parse_enum);
 PARSER(parse_synchronous);
 PARSER(parse_secret);
 PARSER(parse_secret_list);
+PARSER(parse_upscale_duration);
+PARSER(parse_types);
+PARSER(parse_rule);
 DUMPER(dump_text);
 DUMPER(dump_size);
 DUMPER(dump_duration);
@@ -60,9 +63,14 @@ DUMPER(dump_synchronous);
 DUMPER(dump_secret);
 DUMPER(dump_secret_list);
 DUMPER(dump_nothing);
+DUMPER(dump_upscale_duration);
+DUMPER(dump_types);
+DUMPER(dump_rules);
 static void release_text(struct config *c, void *field);
 static void release_secret(struct config *c, void *field);
 static void release_secret_list(struct config *c, void *field);
+static void release_types(struct config *c, void *field);
+static void release_rules(struct config *c, void *field);
 
 static const char *const scheme_names[] = {"none", "token", "hmac-sha256", "standard-webhooks",
                                            "vidu", NULL};
@@ -144,8 +152,15 @@ static const struct config_key keys[] = {
     UINT("upstream", "concurrency", concurrency, 1, 1024, "8"),
     DURATION("upstream", "poll_interval", poll_interval, 100 * MS, 86400 * SEC, "30s"),
     STRING("upscale", "model", model, CONFIG_KEY_NONEMPTY, "stable"),
-    UINT("upscale", "duration", duration, 1, 3600, "4"),
+    ROW("upscale", "duration", parse_upscale_duration, dump_upscale_duration, NULL, duration,
+        .min = 1, .max = 3600, .default_text = "4"),
     CHOICE("upscale", "resolution", resolution, resolution_names, "1080p"),
+    ROW("select", "task_types", parse_types, dump_types, release_types, select.task_types,
+        .default_text = SELECT_DEFAULT_TASK_TYPES),
+    ROW("select", "creation_types", parse_types, dump_types, release_types, select.creation_types,
+        .default_text = SELECT_DEFAULT_CREATION_TYPES),
+    ROW("select", "match", parse_rule, dump_rules, release_rules, select.rules,
+        .flags = CONFIG_KEY_REPEAT),
     TEXT("store", "path", parse_path, store_path, NULL),
     ROW("store", "synchronous", parse_synchronous, dump_synchronous, NULL, synchronous_full,
         .default_text = "full"),
@@ -659,6 +674,71 @@ PARSER(parse_secret_list)
         }
 }
 
+/* uint64_t, in [min, max], or `source` (duration_source; the field then holds the fallback). */
+PARSER(parse_upscale_duration)
+{
+        if (strcmp(v, "source") == 0) {
+                L->c->duration_source = true;
+                *(uint64_t *)field = UPSCALE_DURATION_FALLBACK;
+                return NULL;
+        }
+        const char *err = parse_uint_key(key, field, v, L, msg, msglen);
+        if (!err) {
+                L->c->duration_source = false;
+                return NULL;
+        }
+        if (err == msg) {
+                size_t n = strlen(msg);
+                snprintf(msg + n, msglen - n, ", or source (the source task's own duration)");
+        }
+        return err;
+}
+
+/* struct select_types: a space-separated list of type names. */
+PARSER(parse_types)
+{
+        struct select_types t;
+        const char *why = NULL;
+        int r = select_types_parse(v, &t, &why);
+        if (r == -ENOMEM)
+                return out_of_memory(L);
+        if (r < 0) {
+                snprintf(msg, msglen, "'%.*s%s': %s", QUOTED(v), why);
+                return msg;
+        }
+        select_types_clear(field);
+        *(struct select_types *)field = t;
+        return NULL;
+}
+
+/* One more select.match rule into the selection's rules (field is select.rules, beside
+ * n_rules); an empty value removes every rule. */
+PARSER(parse_rule)
+{
+        struct selection *sel = &L->c->select;
+        struct select_rule rule;
+        const char *why = NULL;
+        if (isempty(v)) {
+                release_rules(L->c, field);
+                return NULL;
+        }
+        int r = select_rule_parse(v, &rule, &why);
+        if (r == -ENOMEM)
+                return out_of_memory(L);
+        if (r < 0) {
+                snprintf(msg, msglen, "'%.*s%s': %s", QUOTED(v), why);
+                return msg;
+        }
+        struct select_rule *rules = realloc(sel->rules, (sel->n_rules + 1) * sizeof(*rules));
+        if (!rules) {
+                select_rule_clear(&rule);
+                return out_of_memory(L);
+        }
+        sel->rules = rules;
+        rules[sel->n_rules++] = rule;
+        return NULL;
+}
+
 static void print_value(const struct config_key *key, const char *value, FILE *f)
 {
         if (isempty(value))
@@ -720,6 +800,31 @@ DUMPER(dump_secret_list)
                 print_value(key, "(set)", f);
 }
 
+DUMPER(dump_upscale_duration)
+{
+        if (c->duration_source)
+                print_value(key, "source", f);
+        else
+                dump_uint(key, c, field, f);
+}
+
+DUMPER(dump_types)
+{
+        char *s = select_types_format(field);
+        print_value(key, s ? s : "(out of memory)", f);
+        free(s);
+}
+
+/* One line per rule, as parsed (single spaces); "match =" when there is none. */
+DUMPER(dump_rules)
+{
+        const struct selection *sel = &c->select;
+        if (sel->n_rules == 0)
+                print_value(key, NULL, f);
+        for (size_t i = 0; i < sel->n_rules; i++)
+                print_value(key, sel->rules[i].text, f);
+}
+
 /* For the ..._file keys: what they held is shown as the secret it provided. */
 DUMPER(dump_nothing)
 {
@@ -740,6 +845,21 @@ static void release_secret(struct config *c, void *field)
 static void release_secret_list(struct config *c, void *field)
 {
         secrets_clear(c);
+}
+
+static void release_types(struct config *c, void *field)
+{
+        select_types_clear(field);
+}
+
+static void release_rules(struct config *c, void *field)
+{
+        struct selection *sel = &c->select;
+        for (size_t i = 0; i < sel->n_rules; i++)
+                select_rule_clear(&sel->rules[i]);
+        free(sel->rules);
+        sel->rules = NULL;
+        sel->n_rules = 0;
 }
 
 /* Sets key k from text. Returns NULL, or a message (static or in msg) saying what to change. */

@@ -7,9 +7,13 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "select.h"
+
 #define CONFIG_DEFAULT_PATH "/etc/vidu-upscaled/vidu-upscaled.conf"
 #define CONFIG_MAX_SECRETS  8
 #define EXIT_CONFIG         78
+/* upscale.duration = source, and the source task does not say: the seed's value. */
+#define UPSCALE_DURATION_FALLBACK 4
 
 enum auth_scheme {
         AUTH_SCHEME_NONE,
@@ -81,9 +85,13 @@ struct config {
         uint64_t poll_interval;   /* usec, default 30s */
 
         /* [upscale] */
-        char *model;       /* "stable" */
-        uint64_t duration; /* 4 */
-        char *resolution;  /* ent-v2: "1080p" */
+        char *model;          /* "stable" */
+        uint64_t duration;    /* 4; UPSCALE_DURATION_FALLBACK when duration_source */
+        bool duration_source; /* duration = source: the source task's settings.duration */
+        char *resolution;     /* ent-v2: "1080p" */
+
+        /* [select] which finished tasks and creations trigger an upscale */
+        struct selection select;
 
         /* [store] */
         char *store_path;      /* $STATE_DIRECTORY/ledger.db, else ./ledger.db */

@@ -154,7 +154,7 @@ static int start_call(struct dispatcher *d, struct call *c)
         if (c->poll)
                 r = upstream_build_poll_url(d->cfg, c->job.upscale_task_id, &url);
         else
-                r = upstream_build_submit(d->cfg, c->job.creation_id, &url, &body);
+                r = upstream_build_submit(d->cfg, c->job.creation_id, c->job.duration, &url, &body);
         if (r < 0)
                 return r;
         /* Once per configuration, not per call: httpc keeps its header lines while it stays the

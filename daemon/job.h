@@ -35,6 +35,7 @@ struct job {
         char result_url[JOB_URL_SIZE];
         uint64_t created_at;
         uint64_t updated_at;
+        unsigned duration; /* settings.duration to send; 0: upscale.duration's number */
 };
 
 const char *job_state_to_string(enum job_state s);

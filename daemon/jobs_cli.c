@@ -56,6 +56,9 @@ static json_object *job_to_json(const struct job *j)
         json_object_object_add(o, "http_status", json_object_new_int(j->http_status));
         json_object_object_add(o, "upstream_error", json_object_new_string(j->upstream_error));
         json_object_object_add(o, "result_url", json_object_new_string(j->result_url));
+        /* The settings.duration its submission sends; null for a job recorded before it was. */
+        json_object_object_add(o, "duration",
+                               j->duration ? json_object_new_int((int)j->duration) : NULL);
         json_object_object_add(o, "created_at", json_object_new_string(created));
         json_object_object_add(o, "updated_at", json_object_new_string(updated));
         json_object_object_add(o, "next_at", json_object_new_string(next));

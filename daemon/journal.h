@@ -31,6 +31,7 @@
 #define MSGID_LEDGER_ERROR      "9a383fa5d9f14d20834b031e0a178d2b"
 #define MSGID_RELEASED          "9f00456c16f6472fb5b79b65a30d0946"
 #define MSGID_ABANDONED         "118c6c4ecf9b4f90a1eb93556f3b71a8"
+#define MSGID_SKIPPED           "78af930dc5634721a5db8c06c6432ad4"
 
 /* What a job-transition entry carries; NULL / 0 fields are left out. */
 struct job_event {
@@ -38,12 +39,13 @@ struct job_event {
         const char *creation_id;
         const char *source_task_id;
         const char *upscale_task_id;
-        const char *job_state; /* accepted, duplicate, submitted, retrying, succeeded, failed,
-                                  dead, uncertain */
+        const char *job_state; /* accepted, duplicate, skipped, submitted, retrying, succeeded,
+                                  failed, dead, uncertain */
         unsigned attempt;
         int http_status;
         const char *upstream_error;
         const char *result_url;
+        const char *select_rule; /* the [select] setting or rule that skipped a task/creation */
 };
 
 /* Where entries go: the journal when its socket answers, and readable lines on stderr unless

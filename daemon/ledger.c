@@ -48,14 +48,15 @@ static const char *const stmt_sql[_STMT_MAX] = {
     [STMT_RELEASE] = "RELEASE part",
     [STMT_ROLLBACK_TO] = "ROLLBACK TO part",
     [STMT_INSERT] = "INSERT INTO jobs(creation_id, source_task_id, state, attempt, next_at, "
-                    "created_at, updated_at) VALUES (?1, ?2, 'pending', 0, ?3, ?3, ?3) "
+                    "created_at, updated_at, duration) "
+                    "VALUES (?1, ?2, 'pending', 0, ?3, ?3, ?3, ?4) "
                     "ON CONFLICT(creation_id) DO NOTHING",
     [STMT_GET] = "SELECT creation_id, source_task_id, upscale_task_id, state, attempt, next_at, "
-                 "http_status, upstream_error, result_url, created_at, updated_at "
+                 "http_status, upstream_error, result_url, created_at, updated_at, duration "
                  "FROM jobs WHERE creation_id = ?1",
     [STMT_GET_BY_UPSCALE] = "SELECT creation_id, source_task_id, upscale_task_id, state, "
                             "attempt, next_at, http_status, upstream_error, result_url, "
-                            "created_at, updated_at FROM jobs WHERE upscale_task_id = ?1",
+                            "created_at, updated_at, duration FROM jobs WHERE upscale_task_id = ?1",
     [STMT_SAVE] = "UPDATE jobs SET state = ?2, attempt = ?3, next_at = ?4, upscale_task_id = ?5, "
                   "http_status = ?6, upstream_error = ?7, result_url = ?8, updated_at = ?9 "
                   "WHERE creation_id = ?1",
@@ -64,11 +65,11 @@ static const char *const stmt_sql[_STMT_MAX] = {
                        "result_url = ?8, updated_at = ?9 WHERE creation_id = ?1 AND state = ?10",
     [STMT_DUE_SUBMIT] = "SELECT creation_id, source_task_id, upscale_task_id, state, attempt, "
                         "next_at, http_status, upstream_error, result_url, created_at, "
-                        "updated_at FROM jobs WHERE state IN ('pending', 'waiting') "
+                        "updated_at, duration FROM jobs WHERE state IN ('pending', 'waiting') "
                         "AND next_at <= ?1 ORDER BY next_at LIMIT ?2",
     [STMT_DUE_POLL] = "SELECT creation_id, source_task_id, upscale_task_id, state, attempt, "
                       "next_at, http_status, upstream_error, result_url, created_at, "
-                      "updated_at FROM jobs WHERE state = 'submitted' AND next_at <= ?1 "
+                      "updated_at, duration FROM jobs WHERE state = 'submitted' AND next_at <= ?1 "
                       "ORDER BY next_at LIMIT ?2",
     [STMT_NEXT_SUBMIT] = "SELECT min(next_at) FROM jobs WHERE state IN ('pending', 'waiting')",
     [STMT_NEXT_POLL] = "SELECT min(next_at) FROM jobs WHERE state = 'submitted'",
@@ -121,6 +122,11 @@ static const char *const migrations[] = {
      * is left to the trigger: the daemon never does it. */
     "DROP TRIGGER jobs_count_insert;"
     "DROP TRIGGER jobs_count_update;",
+    /* 3: the upscale duration decided when the job was recorded (upscale.duration, or the
+     * source task's with `source`), which its submission sends; NULL for older jobs, which are
+     * sent upscale.duration's number. */
+    "ALTER TABLE jobs"
+    "  ADD COLUMN duration INTEGER;",
 };
 
 struct ledger {
@@ -634,10 +640,20 @@ static void bind_text_or_null(sqlite3_stmt *s, int i, const char *v)
 int ledger_insert(struct ledger *l, const char *creation_id, const char *source_task_id,
                   uint64_t now_usec)
 {
+        return ledger_insert_job(l, creation_id, source_task_id, 0, now_usec);
+}
+
+int ledger_insert_job(struct ledger *l, const char *creation_id, const char *source_task_id,
+                      unsigned duration, uint64_t now_usec)
+{
         sqlite3_stmt *s = l->stmt[STMT_INSERT];
         sqlite3_bind_text(s, 1, creation_id, -1, SQLITE_STATIC);
         bind_text_or_null(s, 2, source_task_id);
         sqlite3_bind_int64(s, 3, (sqlite3_int64)now_usec);
+        if (duration)
+                sqlite3_bind_int(s, 4, (int)duration);
+        else
+                sqlite3_bind_null(s, 4);
         int r = step_done(l, s, "recording a job");
         if (r < 0)
                 return r;
@@ -667,6 +683,7 @@ static void row_to_job(sqlite3_stmt *s, struct job *j)
         copy_col(s, 8, j->result_url, sizeof(j->result_url));
         j->created_at = (uint64_t)sqlite3_column_int64(s, 9);
         j->updated_at = (uint64_t)sqlite3_column_int64(s, 10);
+        j->duration = (unsigned)sqlite3_column_int(s, 11);
 }
 
 static int get_one(struct ledger *l, sqlite3_stmt *s, const char *key, struct job *ret)
@@ -805,13 +822,14 @@ int ledger_next_due(struct ledger *l, enum ledger_due_kind kind, uint64_t *ret)
 int ledger_foreach(struct ledger *l, int state, ledger_job_cb cb, void *userdata)
 {
         sqlite3_stmt *s = NULL;
-        const char *sql = state < 0 ? "SELECT creation_id, source_task_id, upscale_task_id, state, "
-                                      "attempt, next_at, http_status, upstream_error, result_url, "
-                                      "created_at, updated_at FROM jobs ORDER BY created_at"
-                                    : "SELECT creation_id, source_task_id, upscale_task_id, state, "
-                                      "attempt, next_at, http_status, upstream_error, result_url, "
-                                      "created_at, updated_at FROM jobs WHERE state = ?1 "
-                                      "ORDER BY created_at";
+        const char *sql = state < 0
+                              ? "SELECT creation_id, source_task_id, upscale_task_id, state, "
+                                "attempt, next_at, http_status, upstream_error, result_url, "
+                                "created_at, updated_at, duration FROM jobs ORDER BY created_at"
+                              : "SELECT creation_id, source_task_id, upscale_task_id, state, "
+                                "attempt, next_at, http_status, upstream_error, result_url, "
+                                "created_at, updated_at, duration FROM jobs WHERE state = ?1 "
+                                "ORDER BY created_at";
         int rc = sqlite3_prepare_v2(l->db, sql, -1, &s, NULL);
         if (rc != SQLITE_OK)
                 return fail(l, rc, "listing jobs");

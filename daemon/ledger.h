@@ -50,6 +50,10 @@ int ledger_rollback_to(struct ledger *l);
  * already known (a duplicate), or -errno. */
 int ledger_insert(struct ledger *l, const char *creation_id, const char *source_task_id,
                   uint64_t now_usec);
+/* The same, recording the settings.duration its submission sends (0: none recorded, then
+ * upscale.duration's number is sent). */
+int ledger_insert_job(struct ledger *l, const char *creation_id, const char *source_task_id,
+                      unsigned duration, uint64_t now_usec);
 
 /* Look-ups: 1 found (and *ret filled), 0 not found, or -errno. */
 int ledger_get(struct ledger *l, const char *creation_id, struct job *ret);

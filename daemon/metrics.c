@@ -48,7 +48,7 @@ void metrics_render(const struct metrics *m, FILE *f)
         static const char *const outcome_names[_NOTE_OUTCOME_MAX] = {
             [NOTE_ACCEPTED] = "accepted",       [NOTE_DUPLICATE] = "duplicate",
             [NOTE_IGNORED] = "ignored",         [NOTE_OUTCOME] = "outcome",
-            [NOTE_REJECTED_ID] = "rejected_id",
+            [NOTE_REJECTED_ID] = "rejected_id", [NOTE_SKIPPED] = "skipped",
         };
         fprintf(f,
                 "# HELP vidu_upscaled_build_info Build information.\n"

@@ -21,6 +21,7 @@ enum notification_outcome {
         NOTE_IGNORED,     /* tasks not finished, failed generations, upscale outcomes */
         NOTE_OUTCOME,     /* an upscale's own outcome closed a job */
         NOTE_REJECTED_ID, /* ids that were unusable */
+        NOTE_SKIPPED,     /* tasks or creations not selected ([select]) */
         _NOTE_OUTCOME_MAX,
 };
 

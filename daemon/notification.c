@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "jsonparse.h"
+#include "select.h"
 #include "util.h"
 
 #define PRINTABLE_MAX 64
@@ -56,6 +57,14 @@ static void task_clear(struct note_task *t)
                 free(t->rejected_ids[i]);
         free(t->rejected_ids);
         free(t->rejected_reasons);
+        free(t->skip_reason);
+        free(t->skip_rule);
+        for (size_t i = 0; i < t->n_skipped; i++) {
+                free(t->skipped_ids[i]);
+                free(t->skipped_types[i]);
+        }
+        free(t->skipped_ids);
+        free(t->skipped_types);
 }
 
 struct notification *notification_free(struct notification *n)
@@ -150,7 +159,44 @@ static bool has_creation(const struct note_task *t, const char *s, size_t len)
         return false;
 }
 
-static int parse_creations(json_object *task, struct note_task *t, size_t *budget)
+static int add_skipped(struct note_task *t, const char *s, size_t len, const char *type)
+{
+        char **ids = realloc(t->skipped_ids, (t->n_skipped + 1) * sizeof(*ids));
+        if (!ids)
+                return -ENOMEM;
+        t->skipped_ids = ids;
+        char **types = realloc(t->skipped_types, (t->n_skipped + 1) * sizeof(*types));
+        if (!types)
+                return -ENOMEM;
+        t->skipped_types = types;
+        ids[t->n_skipped] = strndup_safe(s, len);
+        types[t->n_skipped] = strdup(type);
+        if (!ids[t->n_skipped] || !types[t->n_skipped]) {
+                free(ids[t->n_skipped]);
+                free(types[t->n_skipped]);
+                return -ENOMEM;
+        }
+        t->n_skipped++;
+        return 0;
+}
+
+/* A creation whose type is given and not in select.creation_types; NULL when it triggers. */
+static const char *creation_skipped_type(json_object *c, const struct selection *sel)
+{
+        json_object *v;
+        if (!sel || !json_object_object_get_ex(c, "type", &v))
+                return NULL;
+        if (!json_object_is_type(v, json_type_string))
+                return "(not a string)";
+        const char *type = json_object_get_string(v);
+        if ((size_t)json_object_get_string_len(v) != strlen(type))
+                return "(not a string)";
+        return select_types_match(&sel->creation_types, type) ? NULL : type;
+}
+
+/* sel: the selection when this task's creations are to be selected, else NULL. */
+static int parse_creations(json_object *task, struct note_task *t, size_t *budget,
+                           const struct selection *sel)
 {
         json_object *arr;
         if (!json_object_object_get_ex(task, "creations", &arr) ||
@@ -197,6 +243,13 @@ static int parse_creations(json_object *task, struct note_task *t, size_t *budge
                 }
                 if (has_creation(t, s, len))
                         continue;
+                const char *skipped = creation_skipped_type(c, sel);
+                if (skipped) {
+                        int r = add_skipped(t, s, len, skipped);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
                 char **ids = realloc(t->creation_ids, (t->n_creations + 1) * sizeof(*ids));
                 if (!ids)
                         return -ENOMEM;
@@ -247,6 +300,50 @@ static bool looks_like_task(json_object *o)
                json_object_object_get_ex(o, "creations", NULL);
 }
 
+/* settings.duration as a whole number of seconds from 1 to 3600, else 0. */
+static unsigned source_duration(json_object *task)
+{
+        json_object *settings, *v;
+        if (!json_object_object_get_ex(task, "settings", &settings) ||
+            !json_object_is_type(settings, json_type_object) ||
+            !json_object_object_get_ex(settings, "duration", &v) ||
+            !json_object_is_type(v, json_type_int))
+                return 0;
+        int64_t d = json_object_get_int64(v);
+        return d >= 1 && d <= 3600 ? (unsigned)d : 0;
+}
+
+/* The task-level tests: select.task_types, then each select.match rule. Sets t->skip_reason and
+ * t->skip_rule when one fails. */
+static int select_task(json_object *o, struct note_task *t, const struct selection *sel,
+                       size_t max_depth)
+{
+        if (!select_types_match(&sel->task_types, t->type)) {
+                if (asprintf(&t->skip_reason, "task type '%.64s' is not in select.task_types",
+                             t->type) < 0) {
+                        t->skip_reason = NULL;
+                        return -ENOMEM;
+                }
+                t->skip_rule = strdup("select.task_types");
+                return t->skip_rule ? 0 : -ENOMEM;
+        }
+        for (size_t i = 0; i < sel->n_rules; i++) {
+                const struct select_rule *rule = &sel->rules[i];
+                int r = select_rule_eval(rule, o, max_depth ? max_depth : 32);
+                if (r < 0)
+                        return r;
+                if (r > 0)
+                        continue;
+                if (asprintf(&t->skip_reason, "select.match '%s' does not hold", rule->text) < 0) {
+                        t->skip_reason = NULL;
+                        return -ENOMEM;
+                }
+                t->skip_rule = strdup(rule->text);
+                return t->skip_rule ? 0 : -ENOMEM;
+        }
+        return 0;
+}
+
 static int add_task(struct notification *n, json_object *o, const struct notification_limits *lim,
                     size_t *budget)
 {
@@ -281,7 +378,17 @@ static int add_task(struct notification *n, json_object *o, const struct notific
         if (r < 0)
                 return r;
         t->is_upscale = t->type && strcmp(t->type, "upscale") == 0;
-        return parse_creations(o, t, budget);
+        t->source_duration = source_duration(o);
+        const struct selection *sel =
+            lim->select && !t->is_upscale && note_task_succeeded(t) ? lim->select : NULL;
+        if (sel) {
+                r = select_task(o, t, sel, lim->max_depth);
+                if (r < 0)
+                        return r;
+                if (t->skip_reason)
+                        sel = NULL; /* the whole task is skipped: its creations need no test */
+        }
+        return parse_creations(o, t, budget, sel);
 }
 
 static int add_batch(struct notification *n, json_object *arr,

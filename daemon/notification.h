@@ -8,10 +8,14 @@
 
 #define NOTIFICATION_ID_MAX 128
 
+struct selection;
+
 struct notification_limits {
         size_t max_depth;     /* JSON nesting depth */
         size_t max_tasks;     /* task objects in one notification */
         size_t max_creations; /* creations over all tasks */
+        /* Which finished tasks and creations trigger (select.h); NULL: all of them. */
+        const struct selection *select;
 };
 
 struct note_task {
@@ -28,6 +32,16 @@ struct note_task {
             *rejected_ids; /* creation entries whose id was unusable (printable form, truncated) */
         const char **rejected_reasons;
         size_t n_rejected;
+        /* Selection, decided for a succeeded task that is not an upscale: why the whole task is
+         * skipped and the setting or rule that skipped it (NULL when it triggers); creations
+         * skipped by select.creation_types (not in creation_ids) and their types. */
+        char *skip_reason;
+        char *skip_rule;
+        char **skipped_ids;
+        char **skipped_types;
+        size_t n_skipped;
+        /* settings.duration when it is a whole number from 1 to 3600, else 0. */
+        unsigned source_duration;
 };
 
 struct notification {

@@ -47,8 +47,8 @@ int upstream_escape(const char *src, char *dst, size_t size)
 /* The body is written directly rather than built as json-c objects and serialized: that took
  * 14,000 instructions a submission (callgrind), more than libcurl's own work to send it. Same
  * text, same key order as json-c's plain output. */
-int upstream_build_submit(const struct config *cfg, const char *creation_id, char **ret_url,
-                          char **ret_body)
+int upstream_build_submit(const struct config *cfg, const char *creation_id, unsigned duration,
+                          char **ret_url, char **ret_body)
 {
         bool v2 = cfg->flavor == UPSTREAM_FLAVOR_ENT_V2;
         const char *second = v2 ? (cfg->resolution ? cfg->resolution : "1080p") : cfg->model;
@@ -69,7 +69,7 @@ int upstream_build_submit(const struct config *cfg, const char *creation_id, cha
                 jsonw_raw(body, &o, "}");
         } else {
                 char digits[UINT_DEC_SIZE];
-                format_uint(cfg->duration, digits);
+                format_uint(duration ? duration : cfg->duration, digits);
                 jsonw_raw(body, &o, "{\"input\":{\"creation_id\":");
                 jsonw_string(body, &o, creation_id);
                 jsonw_raw(body, &o, "},\"type\":\"upscale\",\"settings\":{\"model\":");

@@ -42,9 +42,11 @@ struct upstream_result {
 
 const char *upstream_verdict_to_string(enum upstream_verdict v);
 
-/* The submission request for creation_id: URL and JSON body (caller frees both). */
-int upstream_build_submit(const struct config *cfg, const char *creation_id, char **ret_url,
-                          char **ret_body);
+/* The submission request for creation_id: URL and JSON body (caller frees both). v1 sends
+ * settings.duration = duration, or upscale.duration's number when it is 0; ent-v2's upscale-new
+ * takes no duration. */
+int upstream_build_submit(const struct config *cfg, const char *creation_id, unsigned duration,
+                          char **ret_url, char **ret_body);
 /* The URL that reports the state of an upscale task, its id percent-escaped. */
 int upstream_build_poll_url(const struct config *cfg, const char *task_id, char **ret_url);
 

@@ -263,9 +263,39 @@ static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
                                           t->state ? t->state : "without a state");
                         continue;
                 }
+                if (t->skip_reason) {
+                        /* Not selected: no job, so another notification under other rules may
+                         * still trigger it. */
+                        list_add(s, &s->ignored, t->id, NULL);
+                        w->m->notifications[NOTE_SKIPPED]++;
+                        struct job_event ev = {.message_id = MSGID_SKIPPED,
+                                               .source_task_id = t->id,
+                                               .job_state = "skipped",
+                                               .select_rule = t->skip_rule};
+                        add_event(s, LOG_DEBUG, &ev, "Task %s not upscaled: %s", t->id,
+                                  t->skip_reason);
+                        continue;
+                }
+                for (size_t k = 0; k < t->n_skipped; k++) {
+                        list_add(s, &s->ignored, t->skipped_ids[k], NULL);
+                        w->m->notifications[NOTE_SKIPPED]++;
+                        struct job_event ev = {.message_id = MSGID_SKIPPED,
+                                               .creation_id = t->skipped_ids[k],
+                                               .source_task_id = t->id,
+                                               .job_state = "skipped",
+                                               .select_rule = "select.creation_types"};
+                        add_event(s, LOG_DEBUG, &ev,
+                                  "Creation %s of task %s not upscaled: creation type '%.64s' is "
+                                  "not in select.creation_types",
+                                  t->skipped_ids[k], t->id, t->skipped_types[k]);
+                }
+                unsigned duration =
+                    w->cfg->duration_source
+                        ? (t->source_duration ? t->source_duration : UPSCALE_DURATION_FALLBACK)
+                        : (unsigned)w->cfg->duration;
                 for (size_t k = 0; k < t->n_creations; k++) {
                         const char *cid = t->creation_ids[k];
-                        r = ledger_insert(w->ledger, cid, t->id, now);
+                        r = ledger_insert_job(w->ledger, cid, t->id, duration, now);
                         if (r < 0)
                                 return r;
                         struct job_event ev = {
@@ -516,6 +546,7 @@ void webhook_handle(struct http_request *req, void *userdata)
             .max_depth = cfg->max_json_depth,
             .max_tasks = cfg->max_tasks,
             .max_creations = cfg->max_creations,
+            .select = &cfg->select,
         };
         struct notification *note = NULL;
         const char *why = NULL;

@@ -1,6 +1,11 @@
 # run-fuzzer.cmake: replays the regression inputs, then fuzzes for SECONDS from the seed corpus.
 file(MAKE_DIRECTORY ${CORPUS})
 file(GLOB seeds ${SEEDS}/*.json)
+# Seeds of this fuzzer's own (fuzz/seeds/<name>: configuration files for fuzz_config, say).
+if(EXTRA_SEEDS)
+  file(GLOB extra ${EXTRA_SEEDS}/*)
+  list(APPEND seeds ${extra})
+endif()
 foreach(s ${seeds})
   file(COPY ${s} DESTINATION ${CORPUS})
 endforeach()

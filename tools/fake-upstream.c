@@ -1,6 +1,7 @@
 /* fake-upstream.c: a fake of the Vidu task API (POST /vidu/v1/tasks, GET /vidu/v1/tasks/{id})
  * for tests, benchmarks and the README's try-it command. Tasks complete on their own; faults are
- * injected on demand through POST /_fake/faults; GET /_fake/stats counts what arrived,
+ * injected on demand through POST /_fake/faults; GET /_fake/stats counts what arrived (and the
+ * settings.duration each creation was last submitted with),
  * GET /_fake/arrivals?creation_id=ID says when each submission for ID arrived, and
  * GET /_fake/wait?submits=N answers once N submissions have arrived (a measuring client waits
  * without polling, so it takes no CPU from what it measures). */
@@ -57,6 +58,7 @@ struct count {
          * attempts where the wait happens. */
         long long arrival_ns[MAX_ARRIVALS];
         long n_arrivals;
+        long duration; /* settings.duration of the last submission, for GET /_fake/stats */
         struct count *next;
 };
 
@@ -377,6 +379,8 @@ static enum MHD_Result handle_submit(struct MHD_Connection *c, struct req *rq)
         struct count *arrived = count_of(cid, true);
         if (arrived && arrived->n_arrivals < MAX_ARRIVALS)
                 arrived->arrival_ns[arrived->n_arrivals++] = arrival_ns;
+        if (arrived)
+                arrived->duration = (long)json_object_get_int64(v);
         bool faulted = take_fault(ON_SUBMIT, cid, &f);
         bool create = !faulted || f.create;
         struct task *t = create ? create_task(cid, arrived) : NULL;
@@ -536,13 +540,19 @@ static enum MHD_Result handle_control(struct MHD_Connection *c, const char *meth
         if (strcmp(url, "/_fake/health") == 0)
                 return reply(c, 200, "ok", "text/plain", NULL);
         if (strcmp(url, "/_fake/stats") == 0 && strcmp(method, "GET") == 0) {
-                json_object *o = json_object_new_object(), *created = json_object_new_object();
+                json_object *o = json_object_new_object(), *created = json_object_new_object(),
+                            *durations = json_object_new_object();
                 pthread_mutex_lock(&lock);
                 for (size_t i = 0; i < TABLE_SIZE; i++)
-                        for (struct count *cnt = counts[i]; cnt; cnt = cnt->next)
+                        for (struct count *cnt = counts[i]; cnt; cnt = cnt->next) {
                                 if (cnt->created)
                                         json_object_object_add(created, cnt->creation_id,
                                                                json_object_new_int64(cnt->created));
+                                if (cnt->n_arrivals)
+                                        json_object_object_add(
+                                            durations, cnt->creation_id,
+                                            json_object_new_int64(cnt->duration));
+                        }
                 json_object_object_add(o, "submit_requests",
                                        json_object_new_int64(submit_requests));
                 json_object_object_add(o, "reused_submit_requests",
@@ -550,6 +560,7 @@ static enum MHD_Result handle_control(struct MHD_Connection *c, const char *meth
                 json_object_object_add(o, "last_submit_mono_ns",
                                        json_object_new_int64(last_submit_mono_ns));
                 json_object_object_add(o, "created", created);
+                json_object_object_add(o, "durations", durations);
                 json_object_object_add(o, "tasks_created", json_object_new_int64(tasks_created));
                 json_object_object_add(o, "polls", json_object_new_int64(polls));
                 json_object_object_add(o, "unauthorized", json_object_new_int64(unauthorized));

@@ -273,7 +273,9 @@ class Daemon:
             for section, values in self.config.items():
                 f.write("[%s]\n" % section)
                 for k, v in values.items():
-                    f.write("%s = %s\n" % (k, v))
+                    # A list is a key that may repeat: one line per value.
+                    for one in (v if isinstance(v, list) else [v]):
+                        f.write("%s = %s\n" % (k, one))
                 f.write("\n")
 
     def environment(self):

@@ -583,7 +583,7 @@ static void test_unknown_section_once(void **state)
                  2, &e);
         snprintf(want, sizeof(want),
                  "%s:4: unknown section [  Upstream ] (use server, limits, auth, upstream, "
-                 "upscale, store, retry or log)",
+                 "upscale, select, store, retry or log)",
                  main_path);
         assert_string_equal(e.lines[0], want);
         assert_error(&e, 1, 7, "unknown section [empty]");
@@ -1223,9 +1223,106 @@ static void test_dump_covers_the_table(void **state)
                 }
 }
 
+/* [select] and upscale.duration = source: defaults, values, repeats across sources, the
+ * environment, the dump, and a FILE:LINE error for every malformed form. */
+static void test_select_keys(void **state)
+{
+        struct config *c = load_ok(minimal);
+        assert_true(select_types_match(&c->select.task_types, "text2video"));
+        assert_true(select_types_match(&c->select.task_types, "new2video"));
+        assert_false(select_types_match(&c->select.task_types, "text2image"));
+        assert_true(select_types_match(&c->select.creation_types, "video"));
+        assert_false(select_types_match(&c->select.creation_types, "image"));
+        assert_int_equal(c->select.n_rules, 0);
+        assert_false(c->duration_source);
+        assert_int_equal(c->duration, 4);
+        char *out = dump_text(c);
+        assert_non_null(strstr(out, "\n[select]\ntask_types = text2video img2video "
+                                    "reference2video character2video start-end2video *2video\n"
+                                    "creation_types = video\nmatch =\n"));
+        assert_non_null(strstr(out, "\nduration = 4\n"));
+        free(out);
+        config_free(c);
+
+        char text[1024];
+        snprintf(text, sizeof(text),
+                 "%s[upscale]\nduration = source\n[select]\ntask_types = *\n"
+                 "creation_types = video image\nmatch = /settings/model  in a b\n"
+                 "match = /payload/upscale = true\n",
+                 minimal);
+        c = load_ok(text);
+        assert_true(c->duration_source);
+        assert_int_equal(c->duration, 4);
+        assert_true(select_types_match(&c->select.task_types, "text2image"));
+        assert_true(select_types_match(&c->select.creation_types, "image"));
+        assert_int_equal(c->select.n_rules, 2);
+        assert_string_equal(c->select.rules[0].text, "/settings/model in a b");
+        out = dump_text(c);
+        assert_non_null(strstr(out, "\nduration = source\n"));
+        assert_non_null(strstr(out, "\ntask_types = *\ncreation_types = video image\n"
+                                    "match = /settings/model in a b\n"
+                                    "match = /payload/upscale = true\n"));
+        free(out);
+        config_free(c);
+
+        /* A drop-in's rules replace the main file's; an empty match removes them all. */
+        free(write_file("conf.d/50-select.conf", "[select]\nmatch = /x exists\n"));
+        c = load_ok(text);
+        assert_int_equal(c->select.n_rules, 1);
+        assert_string_equal(c->select.rules[0].text, "/x exists");
+        config_free(c);
+        free(write_file("conf.d/50-select.conf", "[select]\nmatch =\n"));
+        c = load_ok(text);
+        assert_int_equal(c->select.n_rules, 0);
+        config_free(c);
+        free(write_file("conf.d/50-select.conf", "\n"));
+
+        /* The environment sets one rule, and the duration. */
+        setenv("VIDU_UPSCALED_SELECT_MATCH", "/payload/skip !exists", 1);
+        setenv("VIDU_UPSCALED_UPSCALE_DURATION", "8", 1);
+        c = load_ok(text);
+        assert_int_equal(c->select.n_rules, 1);
+        assert_int_equal(c->select.rules[0].op, SELECT_NOT_EXISTS);
+        assert_false(c->duration_source);
+        assert_int_equal(c->duration, 8);
+        config_free(c);
+        unsetenv("VIDU_UPSCALED_SELECT_MATCH");
+        unsetenv("VIDU_UPSCALED_UPSCALE_DURATION");
+
+        struct config_errors e = {0};
+        snprintf(text, sizeof(text),
+                 "%s[select]\n"
+                 "match = /settings/model == viduq1\n"
+                 "match = settings/model = viduq1\n"
+                 "match = /a~2 exists\n"
+                 "match = /settings/model in\n"
+                 "match = /settings/model\n"
+                 "match = /x exists y\n"
+                 "match = /x =\n"
+                 "task_types = vi*deo\n"
+                 "creation_types =\n"
+                 "[upscale]\nduration = sauce\n",
+                 minimal);
+        load_bad(text, 10, &e);
+        assert_error(&e, 0, 5, "select.match: '/settings/model == viduq1': unknown operator");
+        assert_error(&e, 1, 6, "starts with '/'");
+        assert_error(&e, 2, 7, "'~' in a pointer must be followed by 0 or 1");
+        assert_error(&e, 3, 8, "in needs at least one value");
+        assert_error(&e, 4, 9, "missing operator");
+        assert_error(&e, 5, 10, "exists and !exists take no value");
+        assert_error(&e, 6, 11, "missing value");
+        assert_error(&e, 7, 12, "select.task_types: 'vi*deo': '*' goes only at the start");
+        assert_error(&e, 8, 13, "select.creation_types: '': empty list");
+        assert_error(&e, 9, 15, "upscale.duration: invalid number 'sauce'");
+        assert_non_null(strstr(e.lines[9], "or source"));
+        config_errors_clear(&e);
+        expect_one_error("[upscale]\nduration = 0\n", 5, "(use 1 to 3600), or source");
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
+            cmocka_unit_test_setup_teardown(test_select_keys, setup, teardown),
             cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
             cmocka_unit_test_setup_teardown(test_every_key, setup, teardown),
             cmocka_unit_test_setup_teardown(test_to_string, setup, teardown),

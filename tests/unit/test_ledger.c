@@ -291,6 +291,8 @@ static void test_migration_from_version_1_keeps_counts(void **state)
         assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
         assert_int_equal(
             sqlite3_exec(db,
+                         /* the columns later migrations add */
+                         "ALTER TABLE jobs DROP COLUMN duration;"
                          "CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN"
                          "  UPDATE job_counts SET n = n + 1 WHERE state = NEW.state; END;"
                          "CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs"
@@ -305,7 +307,7 @@ static void test_migration_from_version_1_keeps_counts(void **state)
             SQLITE_OK);
         sqlite3_close(db);
         l = open_ok();
-        assert_int_equal(ledger_schema_version(l), 2);
+        assert_int_equal(ledger_schema_version(l), 3);
         expect_counts(l, 1, 0, 0, 1);
         struct job j;
         assert_int_equal(ledger_begin(l), 0);
@@ -315,6 +317,29 @@ static void test_migration_from_version_1_keeps_counts(void **state)
         assert_int_equal(ledger_save(l, &j, 2), 0);
         assert_int_equal(ledger_commit(l), 0);
         expect_counts(l, 1, 0, 1, 1);
+        ledger_close(l);
+}
+
+/* The duration a job is recorded with comes back with it; one recorded without has none. */
+static void test_duration_is_recorded(void **state)
+{
+        struct ledger *l = open_ok();
+        struct job j;
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_insert_job(l, "c8", "src", 8, 1), 1);
+        assert_int_equal(ledger_insert_job(l, "c8", "src", 4, 2), 0); /* a duplicate keeps its own */
+        assert_int_equal(ledger_insert(l, "c0", "src", 1), 1);
+        assert_int_equal(ledger_commit(l), 0);
+        ledger_close(l);
+        l = open_ok();
+        assert_int_equal(ledger_get(l, "c8", &j), 1);
+        assert_int_equal(j.duration, 8);
+        j.state = JOB_SUBMITTED;
+        assert_int_equal(ledger_save(l, &j, 3), 0);
+        assert_int_equal(ledger_get(l, "c8", &j), 1);
+        assert_int_equal(j.duration, 8);
+        assert_int_equal(ledger_get(l, "c0", &j), 1);
+        assert_int_equal(j.duration, 0);
         ledger_close(l);
 }
 
@@ -340,7 +365,7 @@ static void test_replay_memory(void **state)
 static void test_migration_from_empty_and_version(void **state)
 {
         struct ledger *l = open_ok();
-        assert_int_equal(ledger_schema_version(l), 2);
+        assert_int_equal(ledger_schema_version(l), 3);
         ledger_close(l);
         /* A ledger from a newer daemon is refused, not downgraded. */
         sqlite3 *db;
@@ -472,6 +497,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_due_and_counts, setup, teardown),
             cmocka_unit_test_setup_teardown(test_replay_memory, setup, teardown),
             cmocka_unit_test_setup_teardown(test_migration_from_empty_and_version, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_duration_is_recorded, setup, teardown),
             cmocka_unit_test_setup_teardown(test_counts_follow_commits_savepoints_and_rollbacks,
                                             setup, teardown),
             cmocka_unit_test_setup_teardown(test_save_from_a_known_state, setup, teardown),

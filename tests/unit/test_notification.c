@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "notification.h"
+#include "select.h"
 #include "util.h"
 
 static const struct notification_limits lim = {
@@ -219,9 +220,131 @@ static void test_limits_at_the_edge(void **state)
                          -E2BIG);
 }
 
+/* The defaults of [select], plus rules: parsed as the configuration parses them. */
+static void selection_make(struct selection *sel, const char *task_types, const char *rule)
+{
+        const char *why = NULL;
+        memset(sel, 0, sizeof(*sel));
+        assert_int_equal(select_types_parse(task_types, &sel->task_types, &why), 0);
+        assert_int_equal(
+            select_types_parse(SELECT_DEFAULT_CREATION_TYPES, &sel->creation_types, &why), 0);
+        if (rule) {
+                sel->rules = calloc(1, sizeof(*sel->rules));
+                assert_non_null(sel->rules);
+                assert_int_equal(select_rule_parse(rule, &sel->rules[0], &why), 0);
+                sel->n_rules = 1;
+        }
+}
+
+static struct notification *parse_selected(const char *body, const struct selection *sel)
+{
+        struct notification_limits l = lim;
+        l.select = sel;
+        struct notification *n = NULL;
+        const char *why = NULL;
+        if (notification_parse(body, strlen(body), &l, &n, &why) < 0)
+                fail_msg("parse failed: %s for %s", why, body);
+        return n;
+}
+
+static void test_selection_by_type(void **state)
+{
+        struct selection sel;
+        selection_make(&sel, SELECT_DEFAULT_TASK_TYPES, NULL);
+        struct notification *n = parse_selected(
+            "[{\"id\":\"t1\",\"type\":\"text2image\",\"state\":\"success\","
+            "\"creations\":[{\"id\":\"c1\"}]},"
+            "{\"id\":\"t2\",\"type\":\"text2audio\",\"state\":\"success\","
+            "\"creations\":[{\"id\":\"c2\"}]},"
+            "{\"id\":\"t3\",\"type\":\"img2video\",\"state\":\"success\","
+            "\"creations\":[{\"id\":\"c3\",\"type\":\"video\"},{\"id\":\"c4\","
+            "\"type\":\"image\"},{\"id\":\"c5\"},{\"id\":\"c6\",\"type\":7}]},"
+            "{\"task_id\":\"t4\",\"state\":\"success\",\"creations\":[{\"id\":\"c7\"}]},"
+            "{\"id\":\"t5\",\"type\":\"text2image\",\"state\":\"processing\"},"
+            "{\"id\":\"t6\",\"type\":\"upscale\",\"state\":\"success\","
+            "\"creations\":[{\"id\":\"c8\",\"type\":\"image\"}]}]",
+            &sel);
+        assert_int_equal(n->n_tasks, 6);
+        assert_non_null(n->tasks[0].skip_reason);
+        assert_string_equal(n->tasks[0].skip_rule, "select.task_types");
+        assert_non_null(strstr(n->tasks[0].skip_reason, "text2image"));
+        assert_string_equal(n->tasks[1].skip_rule, "select.task_types");
+        /* Only some creations of t3: c4 (image) and c6 (a type that is not a string). */
+        assert_null(n->tasks[2].skip_reason);
+        assert_int_equal(n->tasks[2].n_creations, 2);
+        assert_string_equal(n->tasks[2].creation_ids[0], "c3");
+        assert_string_equal(n->tasks[2].creation_ids[1], "c5");
+        assert_int_equal(n->tasks[2].n_skipped, 2);
+        assert_string_equal(n->tasks[2].skipped_ids[0], "c4");
+        assert_string_equal(n->tasks[2].skipped_types[0], "image");
+        assert_string_equal(n->tasks[2].skipped_ids[1], "c6");
+        /* No type at all (the official callback): passes. */
+        assert_null(n->tasks[3].skip_reason);
+        assert_int_equal(n->tasks[3].n_creations, 1);
+        /* Unfinished tasks and upscales are not selected: they are ignored or outcomes. */
+        assert_null(n->tasks[4].skip_reason);
+        assert_null(n->tasks[5].skip_reason);
+        assert_int_equal(n->tasks[5].n_skipped, 0);
+        notification_free(n);
+        selection_clear(&sel);
+
+        /* "*": any type; upscales still are not selected. */
+        selection_make(&sel, "*", NULL);
+        n = parse_selected("{\"id\":\"t1\",\"type\":\"text2image\",\"state\":\"success\","
+                           "\"creations\":[{\"id\":\"c1\"}]}",
+                           &sel);
+        assert_null(n->tasks[0].skip_reason);
+        assert_int_equal(n->tasks[0].n_creations, 1);
+        notification_free(n);
+        selection_clear(&sel);
+}
+
+static void test_selection_by_rule(void **state)
+{
+        struct selection sel;
+        selection_make(&sel, "*", "/payload/upscale = true");
+        struct notification *n = parse_selected(
+            "[{\"id\":\"t1\",\"state\":\"success\",\"payload\":\"{\\\"upscale\\\":true}\","
+            "\"creations\":[{\"id\":\"c1\"}]},"
+            "{\"id\":\"t2\",\"state\":\"success\",\"payload\":\"{\\\"upscale\\\":false}\","
+            "\"creations\":[{\"id\":\"c2\"}]},"
+            "{\"id\":\"t3\",\"state\":\"success\",\"payload\":{\"upscale\":[true]},"
+            "\"creations\":[{\"id\":\"c3\"}]},"
+            "{\"id\":\"t4\",\"state\":\"success\",\"creations\":[{\"id\":\"c4\"}]}]",
+            &sel);
+        assert_null(n->tasks[0].skip_reason);
+        assert_string_equal(n->tasks[1].skip_rule, "/payload/upscale = true");
+        assert_non_null(strstr(n->tasks[1].skip_reason, "/payload/upscale = true"));
+        assert_non_null(n->tasks[2].skip_reason); /* an array where a value was expected */
+        assert_non_null(n->tasks[3].skip_reason); /* no payload */
+        notification_free(n);
+        selection_clear(&sel);
+}
+
+static void test_source_duration(void **state)
+{
+        struct notification *n =
+            parse_ok("[{\"id\":\"t1\",\"state\":\"success\",\"settings\":{\"duration\":8}},"
+                     "{\"id\":\"t2\",\"state\":\"success\",\"settings\":{\"duration\":\"8\"}},"
+                     "{\"id\":\"t3\",\"state\":\"success\",\"settings\":{\"duration\":0}},"
+                     "{\"id\":\"t4\",\"state\":\"success\",\"settings\":{\"duration\":-4}},"
+                     "{\"id\":\"t5\",\"state\":\"success\",\"settings\":{\"duration\":8.5}},"
+                     "{\"id\":\"t6\",\"state\":\"success\",\"settings\":8},"
+                     "{\"id\":\"t7\",\"state\":\"success\",\"settings\":{\"duration\":99999}},"
+                     "{\"id\":\"t8\",\"state\":\"success\"}]");
+        const unsigned want[] = {8, 0, 0, 0, 0, 0, 0, 0};
+        assert_int_equal(n->n_tasks, 8);
+        for (size_t i = 0; i < 8; i++)
+                assert_int_equal(n->tasks[i].source_duration, want[i]);
+        notification_free(n);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_selection_by_type),
+            cmocka_unit_test(test_selection_by_rule),
+            cmocka_unit_test(test_source_duration),
             cmocka_unit_test(test_fixture_bare_task),
             cmocka_unit_test(test_fixture_official_callback),
             cmocka_unit_test(test_fixture_envelope),

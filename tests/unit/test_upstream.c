@@ -30,7 +30,7 @@ static void test_submit_body_is_the_seeds(void **state)
 {
         struct config c = cfg_v1();
         char *url = NULL, *body = NULL;
-        assert_int_equal(upstream_build_submit(&c, "2370483030340581", &url, &body), 0);
+        assert_int_equal(upstream_build_submit(&c, "2370483030340581", 0, &url, &body), 0);
         assert_string_equal(url, "http://127.0.0.1:9/vidu/v1/tasks");
         assert_string_equal(
             body, "{\"input\":{\"creation_id\":\"2370483030340581\"},\"type\":\"upscale\","
@@ -38,11 +38,28 @@ static void test_submit_body_is_the_seeds(void **state)
         free(url);
         free(body);
         c.flavor = UPSTREAM_FLAVOR_ENT_V2;
-        assert_int_equal(upstream_build_submit(&c, "811935520102486016", &url, &body), 0);
+        assert_int_equal(upstream_build_submit(&c, "811935520102486016", 0, &url, &body), 0);
         assert_string_equal(url, "http://127.0.0.1:9/ent/v2/upscale-new");
         assert_string_equal(
             body,
             "{\"video_creation_id\":\"811935520102486016\",\"upscale_resolution\":\"1080p\"}");
+        free(url);
+        free(body);
+}
+
+/* A job's recorded duration (upscale.duration = source) is what v1 sends; ent-v2 sends none. */
+static void test_submit_body_takes_the_jobs_duration(void **state)
+{
+        struct config c = cfg_v1();
+        char *url = NULL, *body = NULL;
+        assert_int_equal(upstream_build_submit(&c, "c1", 8, &url, &body), 0);
+        assert_string_equal(body, "{\"input\":{\"creation_id\":\"c1\"},\"type\":\"upscale\","
+                                  "\"settings\":{\"model\":\"stable\",\"duration\":8}}");
+        free(url);
+        free(body);
+        c.flavor = UPSTREAM_FLAVOR_ENT_V2;
+        assert_int_equal(upstream_build_submit(&c, "c1", 8, &url, &body), 0);
+        assert_null(strstr(body, "duration"));
         free(url);
         free(body);
 }
@@ -56,7 +73,7 @@ static void test_submit_body_escapes_like_json_c(void **state)
         c.model = model;
         c.duration = 18446744073709551615ull;
         char *url = NULL, *body = NULL;
-        assert_int_equal(upstream_build_submit(&c, "id\"1", &url, &body), 0);
+        assert_int_equal(upstream_build_submit(&c, "id\"1", 0, &url, &body), 0);
         char *m = json_c_string(model), *id = json_c_string("id\"1");
         char want[512];
         snprintf(want, sizeof(want),
@@ -75,7 +92,7 @@ static void test_submit_body_escapes_like_json_c(void **state)
 
         c.flavor = UPSTREAM_FLAVOR_ENT_V2;
         c.resolution = model;
-        assert_int_equal(upstream_build_submit(&c, "id\"1", &url, &body), 0);
+        assert_int_equal(upstream_build_submit(&c, "id\"1", 0, &url, &body), 0);
         snprintf(want, sizeof(want), "{\"video_creation_id\":%s,\"upscale_resolution\":%s}", id, m);
         assert_string_equal(body, want);
         free(url);
@@ -235,6 +252,7 @@ int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_submit_body_is_the_seeds),
+            cmocka_unit_test(test_submit_body_takes_the_jobs_duration),
             cmocka_unit_test(test_submit_body_escapes_like_json_c),
             cmocka_unit_test(test_poll_url_escapes),
             cmocka_unit_test(test_classification),
