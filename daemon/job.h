@@ -35,6 +35,8 @@ struct job {
         char result_url[JOB_URL_SIZE];
         uint64_t created_at;
         uint64_t updated_at;
+        int64_t credits; /* the upscale's cost as the upstream reported it; -1 unknown. Written
+                            only by ledger_set_credits, never by a save. */
 };
 
 const char *job_state_to_string(enum job_state s);

@@ -247,6 +247,23 @@ static bool looks_like_task(json_object *o)
                json_object_object_get_ex(o, "creations", NULL);
 }
 
+/* "credits": a non-negative integer or its decimal text; anything else is no cost reported. */
+static int64_t task_credits(json_object *o)
+{
+        json_object *v;
+        uint64_t c;
+        if (!json_object_object_get_ex(o, "credits", &v))
+                return -1;
+        if (json_object_is_type(v, json_type_int)) {
+                int64_t i = json_object_get_int64(v);
+                return i >= 0 && i < INT64_MAX ? i : -1;
+        }
+        if (json_object_is_type(v, json_type_string) &&
+            parse_uint(json_object_get_string(v), 0, INT64_MAX - 1, &c) >= 0)
+                return (int64_t)c;
+        return -1;
+}
+
 static int add_task(struct notification *n, json_object *o, const struct notification_limits *lim,
                     size_t *budget)
 {
@@ -281,6 +298,7 @@ static int add_task(struct notification *n, json_object *o, const struct notific
         if (r < 0)
                 return r;
         t->is_upscale = t->type && strcmp(t->type, "upscale") == 0;
+        t->credits = task_credits(o);
         return parse_creations(o, t, budget);
 }
 

@@ -234,3 +234,13 @@ int read_small_file(const char *path, size_t max, bool strip_newline, char **ret
                 *ret_len = len;
         return 0;
 }
+
+void format_clock(uint64_t usec, char *buf, size_t len)
+{
+        time_t t = (time_t)(usec / USEC_PER_SEC), now = time(NULL);
+        struct tm tm;
+        bool soon = t >= now - 60 && t < now + 86400;
+        if (!localtime_r(&t, &tm) ||
+            strftime(buf, len, soon ? "%H:%M" : "%Y-%m-%d %H:%M", &tm) == 0)
+                snprintf(buf, len, "?");
+}

@@ -300,12 +300,14 @@ static void test_migration_from_version_1_keeps_counts(void **state)
                          "INSERT INTO jobs(creation_id, state, next_at, created_at, updated_at)"
                          "  VALUES ('old1', 'pending', 1, 1, 1), ('old2', 'pending', 1, 1, 1);"
                          "UPDATE jobs SET state = 'dead' WHERE creation_id = 'old2';"
+                         /* what version 3 added */
+                         "DROP TABLE submissions; ALTER TABLE jobs DROP COLUMN credits;"
                          "PRAGMA user_version = 1;",
                          NULL, NULL, NULL),
             SQLITE_OK);
         sqlite3_close(db);
         l = open_ok();
-        assert_int_equal(ledger_schema_version(l), 2);
+        assert_int_equal(ledger_schema_version(l), 3);
         expect_counts(l, 1, 0, 0, 1);
         struct job j;
         assert_int_equal(ledger_begin(l), 0);
@@ -340,7 +342,7 @@ static void test_replay_memory(void **state)
 static void test_migration_from_empty_and_version(void **state)
 {
         struct ledger *l = open_ok();
-        assert_int_equal(ledger_schema_version(l), 2);
+        assert_int_equal(ledger_schema_version(l), 3);
         ledger_close(l);
         /* A ledger from a newer daemon is refused, not downgraded. */
         sqlite3 *db;
