@@ -223,6 +223,16 @@ static void note_ledger_failure(struct dispatcher *d, const char *what)
         sd_event_source_set_enabled(d->timer, SD_EVENT_ONESHOT);
 }
 
+/* The spend windows' counts, from the ledger. Each costs about 0.1 us of CPU per submission in
+ * the window it reads (README: Spend guard), so the day's is read only when a limit needs it. */
+static int read_spend(struct dispatcher *d, const struct budget_limits *lim, uint64_t now,
+                      struct ledger_spend *ret)
+{
+        bool day = lim->per_day > 0 || lim->credits_per_day > 0;
+        return ledger_spend_usage(d->ledger, now - (day ? lim->day_usec : lim->hour_usec),
+                                  now - lim->hour_usec, lim->assumed_credits, ret);
+}
+
 void dispatcher_budget_limits(const struct config *cfg, struct budget_limits *ret)
 {
         *ret = (struct budget_limits){
@@ -280,8 +290,7 @@ static int gate(struct dispatcher *d, uint64_t now, size_t n, size_t *ret_allowe
                 return budget_change(d, false);
         }
         struct ledger_spend used;
-        r = ledger_spend_usage(d->ledger, now - lim.day_usec, now - lim.hour_usec,
-                               lim.assumed_credits, &used);
+        r = read_spend(d, &lim, now, &used);
         if (r < 0)
                 return r;
         enum budget_window full = BUDGET_WINDOW_HOUR;
@@ -292,7 +301,9 @@ static int gate(struct dispatcher *d, uint64_t now, size_t n, size_t *ret_allowe
         }
         struct budget_scan scan;
         budget_scan_init(&scan, &lim, &used, now);
-        r = ledger_spend_foreach(d->ledger, now - lim.day_usec, scan_feed, &scan);
+        bool day = lim.per_day > 0 || lim.credits_per_day > 0;
+        r = ledger_spend_foreach(d->ledger, now - (day ? lim.day_usec : lim.hour_usec), scan_feed,
+                                 &scan);
         if (r < 0)
                 return r;
         d->budget = (struct control_budget){.full = full, .free_at = budget_scan_result(&scan)};
@@ -1001,8 +1012,7 @@ int dispatcher_control(struct dispatcher *d, struct dispatcher_control *ret)
         dispatcher_budget_limits(d->cfg, &lim);
         if (budget_enabled(&lim)) {
                 struct ledger_spend used;
-                r = ledger_spend_usage(d->ledger, now - lim.day_usec, now - lim.hour_usec,
-                                       lim.assumed_credits, &used);
+                r = read_spend(d, &lim, now, &used);
                 if (r < 0)
                         return r;
                 for (int w = 0; w < _BUDGET_WINDOW_MAX; w++) {
