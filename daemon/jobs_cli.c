@@ -67,6 +67,9 @@ static json_object *job_to_json(const struct job *j)
         json_object_object_add(o, "created_at", json_object_new_string(created));
         json_object_object_add(o, "updated_at", json_object_new_string(updated));
         json_object_object_add(o, "next_at", json_object_new_string(next));
+        /* The upscale's cost as the upstream reported it; null while unknown. */
+        json_object_object_add(o, "credits",
+                               j->credits >= 0 ? json_object_new_int64(j->credits) : NULL);
         return o;
 }
 

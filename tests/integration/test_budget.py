@@ -113,6 +113,7 @@ class Budget(unittest.TestCase):
                     poll(lambda: (d.ledger_row(c) or {}).get("state") == "succeeded", timeout=20,
                          what="the upscale of %s to succeed" % c)
                     poll(lambda: (d.ledger_row(c) or {}).get("credits") == 4, what="its credits recorded")
+                    self.assertIn('"credits":4', d.jobs("show", c).stdout.replace(" ", ""))
                 # 12 credits spent in the day, over the 10 allowed: the fourth waits.
                 self.assertEqual(d.metrics_value('vidu_upscaled_budget_remaining{window="credits_day"}'), 0)
                 self.assertEqual(d.post(body=make_task("9410000000000099", [cids[3]]))[0], 202)
