@@ -45,6 +45,7 @@ enum {
         STMT_META_GET,
         STMT_META_PUT,
         STMT_META_DEL,
+        STMT_SPEND_PURGE,
         _STMT_MAX,
 };
 
@@ -99,6 +100,7 @@ static const char *const stmt_sql[_STMT_MAX] = {
     [STMT_META_GET] = "SELECT value FROM meta WHERE key = ?1",
     [STMT_META_PUT] = "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
     [STMT_META_DEL] = "DELETE FROM meta WHERE key = ?1",
+    [STMT_SPEND_PURGE] = "DELETE FROM submissions WHERE at < ?1",
 };
 
 /* Each migration moves the schema from version i to i+1; never edit one that has shipped. */
@@ -1022,4 +1024,11 @@ int ledger_meta_set(struct ledger *l, const char *key, const char *value)
                 sqlite3_bind_text(s, 2, value, -1, SQLITE_STATIC);
         int r = step_done(l, s, "writing the ledger's settings");
         return r < 0 ? r : sqlite3_changes(l->db) > 0;
+}
+
+int ledger_spend_purge(struct ledger *l, uint64_t before_usec)
+{
+        sqlite3_stmt *s = l->stmt[STMT_SPEND_PURGE];
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)before_usec);
+        return step_done(l, s, "purging old submissions");
 }

@@ -112,6 +112,9 @@ int ledger_spend_usage(struct ledger *l, uint64_t day_since_usec, uint64_t hour_
 typedef int (*ledger_spend_cb)(uint64_t at_usec, int64_t credits, void *userdata);
 int ledger_spend_foreach(struct ledger *l, uint64_t since_usec, ledger_spend_cb cb, void *userdata);
 
+/* Forgets submissions older than before (no window reaches them any more). */
+int ledger_spend_purge(struct ledger *l, uint64_t before_usec);
+
 /* Small shared settings (the operator's pause, the budget's state): 1 and the value copied into
  * buf (may be NULL), 0 when unset, or -errno. Setting NULL removes the key; returns 1 when
  * something changed, else 0. */

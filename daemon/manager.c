@@ -91,8 +91,12 @@ static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata)
 static int on_purge_timer(sd_event_source *s, uint64_t usec, void *userdata)
 {
         struct manager *m = userdata;
-        if (ledger_purge_replay(m->ledger, now_realtime_usec()) < 0)
+        uint64_t now = now_realtime_usec();
+        if (ledger_purge_replay(m->ledger, now) < 0)
                 log_warning("Cannot purge expired replay memory: %s", ledger_errmsg(m->ledger));
+        /* The budget's windows reach back a day; a second day is kept for whoever looks. */
+        if (ledger_spend_purge(m->ledger, now - 2 * BUDGET_DAY_USEC) < 0)
+                log_warning("Cannot purge old submissions: %s", ledger_errmsg(m->ledger));
         sd_event_source_set_time(s, usec + PURGE_INTERVAL_USEC);
         return 0;
 }

@@ -547,6 +547,10 @@ static void test_spend_and_switches(void **state)
         assert_int_equal(control_operator_paused(l, NULL), 0);
         assert_int_equal(control_set_budget_blocked(l, NULL), 1);
         assert_int_equal(control_budget_blocked(l, NULL), 0);
+        /* Purged: what no window reaches any more. */
+        assert_int_equal(ledger_spend_purge(l, 250), 0);
+        assert_int_equal(ledger_spend_usage(l, 0, 0, 0, &u), 0);
+        assert_int_equal(u.day, 1);
         ledger_close(l);
 }
 
