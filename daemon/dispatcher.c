@@ -336,6 +336,10 @@ static int take_due(struct dispatcher *d, enum ledger_due_kind kind, size_t slot
         if (kind == LEDGER_DUE_SUBMIT && holding(d, now))
                 return 0;
         int n = ledger_due(d->ledger, kind, now, jobs, slots);
+        /* Nothing due: the switch is read again when something is, so the timer is armed for
+         * the next due job as if nothing held it. */
+        if (n == 0 && kind == LEDGER_DUE_SUBMIT)
+                d->operator_paused = false;
         if (n > 0 && kind == LEDGER_DUE_SUBMIT) {
                 size_t allowed;
                 int r = gate(d, now, (size_t)n, &allowed);
