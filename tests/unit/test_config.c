@@ -583,7 +583,7 @@ static void test_unknown_section_once(void **state)
                  2, &e);
         snprintf(want, sizeof(want),
                  "%s:4: unknown section [  Upstream ] (use server, limits, auth, upstream, "
-                 "upscale, store, retry or log)",
+                 "upscale, store, retry, budget or log)",
                  main_path);
         assert_string_equal(e.lines[0], want);
         assert_error(&e, 1, 7, "unknown section [empty]");
@@ -1048,27 +1048,6 @@ static void key_env_name(const struct config_key *k, char *buf, size_t len)
 
 static char *dump_text(const struct config *c)
 {
-/* [budget]: 0 (no limit) by default, whole numbers, FILE:LINE for negative or non-numeric values,
- * the environment, the dump. */
-static void test_budget_keys(void **state)
-{
-        struct config *c = load_ok(minimal);
-        assert_int_equal(c->budget_per_hour, 0);
-        assert_int_equal(c->budget_per_day, 0);
-        assert_int_equal(c->budget_credits_per_day, 0);
-        assert_int_equal(c->budget_assumed_credits, 0);
-        config_free(c);
-
-        char text[1024];
-        snprintf(text, sizeof(text),
-                 "%s[budget]\nmax_submissions_per_hour = 3\nmax_submissions_per_day = 50\n"
-                 "max_credits_per_day = 400\nassumed_credits = 4\n",
-                 minimal);
-        c = load_ok(text);
-        assert_int_equal(c->budget_per_hour, 3);
-        assert_int_equal(c->budget_per_day, 50);
-        assert_int_equal(c->budget_credits_per_day, 400);
-        assert_int_equal(c->budget_assumed_credits, 4);
         char *out = NULL;
         size_t len = 0;
         FILE *f = open_memstream(&out, &len);
@@ -1242,6 +1221,35 @@ static void test_dump_covers_the_table(void **state)
                         config_free(c);
                         unsetenv(name);
                 }
+}
+
+/* [budget]: 0 (no limit) by default, whole numbers, FILE:LINE for negative or non-numeric values,
+ * the environment, the dump. */
+static void test_budget_keys(void **state)
+{
+        struct config *c = load_ok(minimal);
+        assert_int_equal(c->budget_per_hour, 0);
+        assert_int_equal(c->budget_per_day, 0);
+        assert_int_equal(c->budget_credits_per_day, 0);
+        assert_int_equal(c->budget_assumed_credits, 0);
+        config_free(c);
+
+        char text[1024];
+        snprintf(text, sizeof(text),
+                 "%s[budget]\nmax_submissions_per_hour = 3\nmax_submissions_per_day = 50\n"
+                 "max_credits_per_day = 400\nassumed_credits = 4\n",
+                 minimal);
+        c = load_ok(text);
+        assert_int_equal(c->budget_per_hour, 3);
+        assert_int_equal(c->budget_per_day, 50);
+        assert_int_equal(c->budget_credits_per_day, 400);
+        assert_int_equal(c->budget_assumed_credits, 4);
+        char *out = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&out, &len);
+        assert_non_null(f);
+        config_dump(c, f);
+        assert_int_equal(fclose(f), 0);
         assert_non_null(strstr(out, "\n[budget]\nmax_submissions_per_hour = 3\n"
                                     "max_submissions_per_day = 50\nmax_credits_per_day = 400\n"
                                     "assumed_credits = 4\n"));
