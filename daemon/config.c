@@ -168,6 +168,10 @@ static const struct config_key keys[] = {
     DURATION("retry", "initial_delay", initial_delay, MS, 86400 * SEC, "5s"),
     DURATION("retry", "max_delay", max_delay, MS, 7 * 86400 * SEC, "1h"),
     ENUM("retry", "uncertain", uncertain, uncertain_names, NULL, "hold"),
+    UINT("budget", "max_submissions_per_hour", budget_per_hour, 0, 1000000000, "0"),
+    UINT("budget", "max_submissions_per_day", budget_per_day, 0, 1000000000, "0"),
+    UINT("budget", "max_credits_per_day", budget_credits_per_day, 0, 1000000000000ULL, "0"),
+    UINT("budget", "assumed_credits", budget_assumed_credits, 0, 1000000000, "0"),
     ENUM("log", "level", log_level, level_names, level_values, "info"),
 };
 #undef SEC

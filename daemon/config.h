@@ -103,6 +103,12 @@ struct config {
         uint64_t max_delay;     /* usec, default 1h */
         enum uncertain_policy uncertain;
 
+        /* [budget]: the spend guard; 0 = no limit */
+        uint64_t budget_per_hour;        /* submissions in the last 60 minutes */
+        uint64_t budget_per_day;         /* submissions in the last 24 hours */
+        uint64_t budget_credits_per_day; /* credits of the last 24 hours' submissions */
+        uint64_t budget_assumed_credits; /* what a submission of unknown cost counts as */
+
         /* [log] */
         int log_level; /* syslog priority, default LOG_INFO */
 };

@@ -10,6 +10,8 @@
 #include <sys/random.h>
 
 #include "backoff.h"
+#include "budget.h"
+#include "control.h"
 #include "httpc.h"
 #include "journal.h"
 #include "txn.h"
@@ -18,6 +20,10 @@
 
 #define BATCH_MAX         64
 #define LEDGER_RETRY_USEC (1 * USEC_PER_SEC)
+/* While the operator's pause or the budget holds jobs back, the ledger is asked again at most
+ * this often (a flood of notifications does not recount each turn); the manager's status timer
+ * kicks every 2 s, so a `jobs resume` is seen within about that. */
+#define HOLD_RECHECK_USEC (1 * USEC_PER_SEC)
 
 struct call {
         struct dispatcher *d;
@@ -67,6 +73,17 @@ struct dispatcher {
         void *idle_userdata;
         sd_event_source *drain_timer;
         char last_error[JOB_ERROR_SIZE];
+        /* What the ledger's switches said at the last dispatch decision (control.h); the ledger
+         * holds the truth, these only spare rereading it while jobs are held back. */
+        bool operator_paused;
+        bool budget_known;   /* budget_blocked was read from the ledger once */
+        bool budget_blocked; /* the budget holds due jobs back until budget.free_at */
+        struct control_budget budget;
+        struct ledger_spend budget_used; /* at the decision that found it full */
+        uint64_t hold_checked;           /* when the switches were last read while holding */
+        /* The budget's journal entry to write after the commit that recorded its change. */
+        enum { BUDGET_LOG_NONE, BUDGET_LOG_REACHED, BUDGET_LOG_RESUMED } budget_log;
+        size_t budget_waiting; /* due jobs found waiting at that decision (at least) */
 };
 
 static uint32_t random_u32(void)
@@ -206,6 +223,107 @@ static void note_ledger_failure(struct dispatcher *d, const char *what)
         sd_event_source_set_enabled(d->timer, SD_EVENT_ONESHOT);
 }
 
+/* The spend windows' counts, from the ledger. Each costs about 0.1 us of CPU per submission in
+ * the window it reads (README: Spend guard), so the day's is read only when a limit needs it. */
+static int read_spend(struct dispatcher *d, const struct budget_limits *lim, uint64_t now,
+                      struct ledger_spend *ret)
+{
+        bool day = lim->per_day > 0 || lim->credits_per_day > 0;
+        return ledger_spend_usage(d->ledger, now - (day ? lim->day_usec : lim->hour_usec),
+                                  now - lim->hour_usec, lim->assumed_credits, ret);
+}
+
+void dispatcher_budget_limits(const struct config *cfg, struct budget_limits *ret)
+{
+        *ret = (struct budget_limits){
+            .per_hour = cfg->budget_per_hour,
+            .per_day = cfg->budget_per_day,
+            .credits_per_day = cfg->budget_credits_per_day,
+            .assumed_credits = cfg->budget_assumed_credits,
+            .hour_usec = BUDGET_HOUR_USEC,
+            .day_usec = BUDGET_DAY_USEC,
+        };
+}
+
+static int scan_feed(uint64_t at, int64_t credits, void *userdata)
+{
+        return budget_scan_feed(userdata, at, credits) ? 1 : 0;
+}
+
+/* The budget's state changed (or was first learnt): recorded in the ledger in this turn's
+ * transaction, and journaled after its commit only when the ledger's record changed, so a restart
+ * or a second instance does not say it again. */
+static int budget_change(struct dispatcher *d, bool blocked)
+{
+        if (d->budget_known && blocked == d->budget_blocked)
+                return 0;
+        int r = control_set_budget_blocked(d->ledger, blocked ? &d->budget : NULL);
+        if (r < 0)
+                return r;
+        d->budget_known = true;
+        d->budget_blocked = blocked;
+        d->m->budget_blocked = blocked;
+        if (r > 0)
+                d->budget_log = blocked ? BUDGET_LOG_REACHED : BUDGET_LOG_RESUMED;
+        return 0;
+}
+
+/* How many of the n due jobs may leave now: none while an operator has paused submissions, and no
+ * more than the budget's windows allow. Read in the turn's transaction, from the ledger, so every
+ * instance sharing it decides from the same counts. */
+static int gate(struct dispatcher *d, uint64_t now, size_t n, size_t *ret_allowed)
+{
+        int r = control_operator_paused(d->ledger, NULL);
+        if (r < 0)
+                return r;
+        d->operator_paused = r > 0;
+        d->m->operator_paused = d->operator_paused;
+        d->hold_checked = now;
+        if (d->operator_paused) {
+                *ret_allowed = 0;
+                return 0;
+        }
+        struct budget_limits lim;
+        dispatcher_budget_limits(d->cfg, &lim);
+        if (!budget_enabled(&lim)) {
+                *ret_allowed = n;
+                return budget_change(d, false);
+        }
+        struct ledger_spend used;
+        r = read_spend(d, &lim, now, &used);
+        if (r < 0)
+                return r;
+        enum budget_window full = BUDGET_WINDOW_HOUR;
+        uint64_t room = budget_room(&lim, &used, &full);
+        if (room > 0) {
+                *ret_allowed = room < n ? (size_t)room : n;
+                return budget_change(d, false);
+        }
+        struct budget_scan scan;
+        budget_scan_init(&scan, &lim, &used, now);
+        bool day = lim.per_day > 0 || lim.credits_per_day > 0;
+        r = ledger_spend_foreach(d->ledger, now - (day ? lim.day_usec : lim.hour_usec), scan_feed,
+                                 &scan);
+        if (r < 0)
+                return r;
+        d->budget = (struct control_budget){.full = full, .free_at = budget_scan_result(&scan)};
+        d->budget_used = used;
+        d->budget_waiting = n;
+        *ret_allowed = 0;
+        return budget_change(d, true);
+}
+
+/* Jobs are held back and the switches were read recently: do not ask the ledger again yet. */
+static bool holding(const struct dispatcher *d, uint64_t now)
+{
+        if (!d->operator_paused && !d->budget_blocked)
+                return false;
+        uint64_t until = d->hold_checked + HOLD_RECHECK_USEC;
+        if (!d->operator_paused && d->budget.free_at < until)
+                until = d->budget.free_at;
+        return now < until;
+}
+
 /* Marks due jobs `submitting` (or pushes polls forward) inside the turn's transaction; their
  * calls start once it is durable. */
 static int take_due(struct dispatcher *d, enum ledger_due_kind kind, size_t slots, uint64_t now)
@@ -215,7 +333,20 @@ static int take_due(struct dispatcher *d, enum ledger_due_kind kind, size_t slot
                 slots = BATCH_MAX;
         if (slots == 0)
                 return 0;
+        if (kind == LEDGER_DUE_SUBMIT && holding(d, now))
+                return 0;
         int n = ledger_due(d->ledger, kind, now, jobs, slots);
+        /* Nothing due: the switch is read again when something is, so the timer is armed for
+         * the next due job as if nothing held it. */
+        if (n == 0 && kind == LEDGER_DUE_SUBMIT)
+                d->operator_paused = false;
+        if (n > 0 && kind == LEDGER_DUE_SUBMIT) {
+                size_t allowed;
+                int r = gate(d, now, (size_t)n, &allowed);
+                if (r < 0)
+                        return r;
+                n = (int)allowed;
+        }
         for (int i = 0; i < n; i++) {
                 struct call *c = calloc(1, sizeof(*c));
                 if (!c)
@@ -237,6 +368,11 @@ static int take_due(struct dispatcher *d, enum ledger_due_kind kind, size_t slot
                 if (c->probe)
                         d->probe_in_flight = true;
                 int r = ledger_save_from(d->ledger, &jobs[i], from, now);
+                /* Every POST that may leave is spent, whatever its answer: the budget counts
+                 * it (a job's last known cost stands for its cost until an answer says). */
+                if (r >= 0 && kind == LEDGER_DUE_SUBMIT)
+                        r = ledger_spend_record(d->ledger, jobs[i].creation_id, now,
+                                                jobs[i].credits);
                 if (r < 0)
                         return r;
         }
@@ -278,6 +414,43 @@ static int writer_apply(void *userdata, uint64_t now)
         return 0;
 }
 
+static void log_budget(struct dispatcher *d)
+{
+        char at[32];
+        struct budget_limits lim;
+        if (d->budget_log == BUDGET_LOG_NONE)
+                return;
+        dispatcher_budget_limits(d->cfg, &lim);
+        format_clock(d->budget.free_at, at, sizeof(at));
+        if (d->budget_log == BUDGET_LOG_REACHED) {
+                static const char *const what[] = {
+                    [BUDGET_WINDOW_HOUR] = "submissions in the last hour",
+                    [BUDGET_WINDOW_DAY] = "submissions in the last 24 hours",
+                    [BUDGET_WINDOW_CREDITS_DAY] = "credits in the last 24 hours",
+                };
+                static const char *const key[] = {
+                    [BUDGET_WINDOW_HOUR] = "max_submissions_per_hour",
+                    [BUDGET_WINDOW_DAY] = "max_submissions_per_day",
+                    [BUDGET_WINDOW_CREDITS_DAY] = "max_credits_per_day",
+                };
+                enum budget_window w = d->budget.full;
+                uint64_t used = w == BUDGET_WINDOW_HOUR  ? d->budget_used.hour
+                                : w == BUDGET_WINDOW_DAY ? d->budget_used.day
+                                                         : d->budget_used.day_credits;
+                log_full(LOG_WARNING, MSGID_BUDGET_REACHED,
+                         "Spend budget reached: %llu %s (budget.%s = %llu); due jobs wait, "
+                         "none loses an attempt; next submission at %s",
+                         (unsigned long long)used, what[w], key[w],
+                         (unsigned long long)(w == BUDGET_WINDOW_HOUR  ? lim.per_hour
+                                              : w == BUDGET_WINDOW_DAY ? lim.per_day
+                                                                       : lim.credits_per_day),
+                         at);
+        } else
+                log_full(LOG_NOTICE, MSGID_BUDGET_RESUMED,
+                         "Spend budget has room again: submissions resume");
+        d->budget_log = BUDGET_LOG_NONE;
+}
+
 static void free_calls(struct call *c)
 {
         while (c) {
@@ -293,6 +466,9 @@ static void writer_done(void *userdata, int r)
         struct call *fresh = d->turn_new;
         d->turn_new = NULL;
         if (r < 0) {
+                /* What the switches said may have been undone with the rest: read them again. */
+                d->budget_known = false;
+                d->budget_log = BUDGET_LOG_NONE;
                 /* Rolled back: the answers stay for the next turn, the marked jobs were never
                  * marked. */
                 for (struct call *c = fresh; c; c = c->next)
@@ -304,6 +480,7 @@ static void writer_done(void *userdata, int r)
                 return;
         }
         d->ledger_failing = false;
+        log_budget(d);
         struct call *done = d->done_head;
         d->done_head = d->done_tail = NULL;
         while (done) {
@@ -352,9 +529,15 @@ static void arm_timer(struct dispatcher *d)
         uint64_t now = now_realtime_usec();
         if (d->paused && !d->probe_in_flight)
                 next = d->pause_until;
-        else if (!d->paused && d->submits < d->cfg->concurrency &&
-                 ledger_next_due(d->ledger, LEDGER_DUE_SUBMIT, &t) > 0)
+        else if (!d->paused && !d->operator_paused && d->submits < d->cfg->concurrency &&
+                 ledger_next_due(d->ledger, LEDGER_DUE_SUBMIT, &t) > 0) {
                 next = t;
+                /* Held by the budget: wake when its window frees room, not before. (An
+                 * operator's pause has no end to wait for: the manager's status timer kicks the
+                 * dispatcher every 2 s, which reads the switch again.) */
+                if (d->budget_blocked && next < d->budget.free_at)
+                        next = d->budget.free_at;
+        }
         if (d->polls < d->cfg->concurrency && ledger_next_due(d->ledger, LEDGER_DUE_POLL, &t) > 0 &&
             t < next)
                 next = t;
@@ -429,6 +612,8 @@ static int apply_accepted(struct dispatcher *d, struct call *c, uint64_t now)
         int r = ledger_save_if(d->ledger, &j, JOB_SUBMITTING, now);
         if (r == -EEXIST)
                 return 0;
+        if (r > 0 && res->credits >= 0)
+                r = ledger_set_credits(d->ledger, j.creation_id, res->credits);
         if (r < 0)
                 return r;
         if (c->probe) {
@@ -597,6 +782,10 @@ static int apply_poll(struct dispatcher *d, struct call *c, uint64_t now)
         struct job j = c->job;
         int r;
         const struct upstream_poll *p = &c->poll_result;
+        /* The official API's answers carry the upscale's cost: the spend guard counts it. */
+        if (p->credits >= 0 && p->credits != j.credits &&
+            (r = ledger_set_credits(d->ledger, j.creation_id, p->credits)) < 0)
+                return r;
         switch (p->state) {
         case UPSTREAM_TASK_RUNNING:
                 return poll_again(d, &j, now);
@@ -813,4 +1002,39 @@ bool dispatcher_paused(const struct dispatcher *d)
 const char *dispatcher_last_error(const struct dispatcher *d)
 {
         return d ? d->last_error : "";
+}
+
+int dispatcher_control(struct dispatcher *d, struct dispatcher_control *ret)
+{
+        struct dispatcher_control c = {0};
+        struct budget_limits lim;
+        uint64_t now = now_realtime_usec();
+        int r = control_operator_paused(d->ledger, &c.paused_since);
+        if (r < 0)
+                return r;
+        c.operator_paused = r > 0;
+        dispatcher_budget_limits(d->cfg, &lim);
+        if (budget_enabled(&lim)) {
+                struct ledger_spend used;
+                r = read_spend(d, &lim, now, &used);
+                if (r < 0)
+                        return r;
+                for (int w = 0; w < _BUDGET_WINDOW_MAX; w++) {
+                        uint64_t left = budget_remaining(&lim, &used, (enum budget_window)w);
+                        c.has_budget[w] = left != BUDGET_UNLIMITED;
+                        c.budget_remaining[w] = c.has_budget[w] ? left : 0;
+                }
+                r = control_budget_blocked(d->ledger, &c.budget);
+                if (r < 0)
+                        return r;
+                c.budget_blocked = r > 0;
+        }
+        d->m->operator_paused = c.operator_paused;
+        d->m->budget_blocked = c.budget_blocked;
+        for (int w = 0; w < _BUDGET_WINDOW_MAX; w++) {
+                d->m->has_budget[w] = c.has_budget[w];
+                d->m->budget_remaining[w] = c.budget_remaining[w];
+        }
+        *ret = c;
+        return 0;
 }

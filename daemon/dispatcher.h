@@ -5,7 +5,9 @@
 #include <stdbool.h>
 #include <systemd/sd-event.h>
 
+#include "budget.h"
 #include "config.h"
+#include "control.h"
 #include "ledger.h"
 #include "metrics.h"
 #include "txn.h"
@@ -33,6 +35,18 @@ void dispatcher_drain(struct dispatcher *d, uint64_t timeout_usec, dispatcher_id
 
 size_t dispatcher_in_flight(const struct dispatcher *d);
 bool dispatcher_paused(const struct dispatcher *d);
+/* The spend guard's limits as configured. */
+void dispatcher_budget_limits(const struct config *cfg, struct budget_limits *ret);
+/* The ledger's switches and budget, for STATUS= and the metrics (read outside any turn). */
+struct dispatcher_control {
+        bool operator_paused;
+        uint64_t paused_since;
+        bool budget_blocked;
+        struct control_budget budget; /* while blocked */
+        bool has_budget[_BUDGET_WINDOW_MAX];
+        uint64_t budget_remaining[_BUDGET_WINDOW_MAX];
+};
+int dispatcher_control(struct dispatcher *d, struct dispatcher_control *ret);
 /* The last upstream error, for STATUS=; empty when none. */
 const char *dispatcher_last_error(const struct dispatcher *d);
 

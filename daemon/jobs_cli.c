@@ -1,5 +1,6 @@
-/* jobs_cli.c: lists jobs by state and releases (retry) or abandons them by creation id. Every
- * change is one short transaction; the running daemon sees it on its next scheduling pass. */
+/* jobs_cli.c: lists jobs by state, releases (retry) or abandons them by creation id or by state,
+ * and pauses or resumes every submission. Every change is one short transaction; the running
+ * daemon sees it on its next scheduling pass. */
 #include "jobs_cli.h"
 
 #include <errno.h>
@@ -10,6 +11,7 @@
 #include <time.h>
 
 #include "config.h"
+#include "control.h"
 #include "journal.h"
 #include "ledger.h"
 #include "util.h"
@@ -28,7 +30,13 @@ static void usage(FILE *f)
             "                          with a fresh set of attempts\n"
             "  abandon CREATION_ID...  give up pending, waiting or uncertain jobs: never "
             "submitted\n"
-            "  counts                  jobs per state\n"
+            "  retry --state STATE [--since DURATION]\n"
+            "                          release every dead, uncertain or failed job (changed in\n"
+            "                          the last DURATION, e.g. 2h); prints how many\n"
+            "  counts                  jobs per state, and whether submissions are paused\n"
+            "  pause                   stop every submission (notifications are still taken,\n"
+            "                          submitted upscales still followed), kept in the ledger\n"
+            "  resume                  lift the pause\n"
             "\n"
             "The ledger comes from store.path in the configuration, or --store PATH.\n");
 }
@@ -62,6 +70,9 @@ static json_object *job_to_json(const struct job *j)
         json_object_object_add(o, "created_at", json_object_new_string(created));
         json_object_object_add(o, "updated_at", json_object_new_string(updated));
         json_object_object_add(o, "next_at", json_object_new_string(next));
+        /* The upscale's cost as the upstream reported it; null while unknown. */
+        json_object_object_add(o, "credits",
+                               j->credits >= 0 ? json_object_new_int64(j->credits) : NULL);
         return o;
 }
 
@@ -117,7 +128,8 @@ static int cmd_list(struct ledger *l, int argc, char **argv)
 
 static int cmd_counts(struct ledger *l)
 {
-        uint64_t counts[_JOB_STATE_MAX];
+        uint64_t counts[_JOB_STATE_MAX], since = 0;
+        char when[32];
         if (ledger_count_states(l, counts) < 0) {
                 fprintf(stderr, "jobs counts: %s\n", ledger_errmsg(l));
                 return 1;
@@ -125,6 +137,77 @@ static int cmd_counts(struct ledger *l)
         for (size_t i = 0; i < _JOB_STATE_MAX; i++)
                 printf("%-10s %llu\n", job_state_to_string((enum job_state)i),
                        (unsigned long long)counts[i]);
+        int r = control_operator_paused(l, &since);
+        if (r < 0) {
+                fprintf(stderr, "jobs counts: %s\n", ledger_errmsg(l));
+                return 1;
+        }
+        format_time(since, when, sizeof(when));
+        if (r > 0)
+                printf("submissions paused by an operator since %s (vidu-upscaled jobs resume)\n",
+                       when);
+        struct control_budget b;
+        r = control_budget_blocked(l, &b);
+        if (r > 0) {
+                format_time(b.free_at, when, sizeof(when));
+                printf("budget reached (%s), next submission at %s\n",
+                       budget_window_to_string(b.full), when);
+        }
+        return 0;
+}
+
+/* The operator's switch: written in the ledger (the daemon reads it at each dispatch decision);
+ * the journal entry comes from here, the one who acted, once per change. */
+static int cmd_pause(struct ledger *l, bool pause)
+{
+        uint64_t now = now_realtime_usec();
+        int r = ledger_begin(l);
+        if (r >= 0)
+                r = control_set_operator_pause(l, pause, now);
+        int changed = r;
+        if (r >= 0)
+                r = ledger_commit(l);
+        if (r < 0) {
+                ledger_rollback(l);
+                fprintf(stderr, "jobs %s: %s\n", pause ? "pause" : "resume", ledger_errmsg(l));
+                return 1;
+        }
+        if (changed == 0) {
+                printf("submissions were already %s\n", pause ? "paused" : "running");
+                return 0;
+        }
+        if (pause)
+                log_full(LOG_WARNING, MSGID_OPERATOR_PAUSED,
+                         "Submissions paused by an operator (vidu-upscaled jobs pause): "
+                         "notifications are still accepted and submitted upscales followed; "
+                         "nothing is submitted until vidu-upscaled jobs resume");
+        else
+                log_full(LOG_NOTICE, MSGID_OPERATOR_RESUMED,
+                         "Submissions resumed by an operator (vidu-upscaled jobs resume)");
+        printf("submissions %s\n", pause ? "paused" : "resumed");
+        return 0;
+}
+
+struct bulk_ctx {
+        uint64_t since; /* changed at or after (0: any time) */
+        char (*ids)[JOB_ID_SIZE];
+        size_t n, cap;
+};
+
+static int collect_id(const struct job *j, void *userdata)
+{
+        struct bulk_ctx *ctx = userdata;
+        if (j->updated_at < ctx->since)
+                return 0;
+        if (ctx->n == ctx->cap) {
+                size_t cap = ctx->cap ? ctx->cap * 2 : 64;
+                char(*ids)[JOB_ID_SIZE] = realloc(ctx->ids, cap * sizeof(*ids));
+                if (!ids)
+                        return -ENOMEM;
+                ctx->ids = ids;
+                ctx->cap = cap;
+        }
+        memcpy(ctx->ids[ctx->n++], j->creation_id, JOB_ID_SIZE);
         return 0;
 }
 
@@ -148,16 +231,13 @@ static int cmd_show(struct ledger *l, int argc, char **argv)
         return ret;
 }
 
-/* Changes each named job in its own transaction, so one bad id does not hold back the rest. */
-static int cmd_change(struct ledger *l, bool retry, int argc, char **argv)
+/* Changes each named job in its own transaction, so one bad id does not hold back the rest.
+ * *ret_changed counts the jobs changed. */
+static int change_jobs(struct ledger *l, bool retry, size_t argc, char **argv, size_t *ret_changed)
 {
         int ret = 0;
-        if (argc == 0) {
-                fprintf(stderr, "jobs %s: name at least one creation id\n",
-                        retry ? "retry" : "abandon");
-                return EXIT_CONFIG;
-        }
-        for (int i = 0; i < argc; i++) {
+        *ret_changed = 0;
+        for (size_t i = 0; i < argc; i++) {
                 struct job j;
                 uint64_t now = now_realtime_usec();
                 int r = ledger_begin(l);
@@ -221,8 +301,85 @@ static int cmd_change(struct ledger *l, bool retry, int argc, char **argv)
                         job_state_to_string(before));
                 printf("%s: %s -> %s\n", j.creation_id, job_state_to_string(before),
                        job_state_to_string(j.state));
+                (*ret_changed)++;
         }
         return ret;
+}
+
+/* jobs retry --state STATE [--since DURATION]: every job in that state (changed within the
+ * duration), each released as `jobs retry ID` would. */
+static int cmd_retry_bulk(struct ledger *l, int argc, char **argv)
+{
+        int state = -1;
+        uint64_t since = 0;
+        bool has_since = false;
+        for (int i = 0; i < argc; i++) {
+                bool has_value = i + 1 < argc;
+                if (strcmp(argv[i], "--state") == 0 && has_value) {
+                        state = job_state_from_string(argv[++i]);
+                        if (state != JOB_DEAD && state != JOB_UNCERTAIN && state != JOB_FAILED) {
+                                fprintf(stderr,
+                                        "jobs retry: --state '%s': use dead, uncertain or failed\n",
+                                        argv[i]);
+                                return EXIT_CONFIG;
+                        }
+                } else if (strcmp(argv[i], "--since") == 0 && has_value) {
+                        if (parse_duration(argv[++i], &since) < 0 || since == 0) {
+                                fprintf(stderr,
+                                        "jobs retry: --since '%s' is not a duration (use e.g. "
+                                        "30m, 2h, 86400s)\n",
+                                        argv[i]);
+                                return EXIT_CONFIG;
+                        }
+                        has_since = true;
+                } else {
+                        fprintf(stderr,
+                                "jobs retry: unexpected '%s' (use --state STATE [--since "
+                                "DURATION], or creation ids alone)\n",
+                                argv[i]);
+                        return EXIT_CONFIG;
+                }
+        }
+        if (state < 0) {
+                fprintf(stderr, "jobs retry: --since needs --state dead, uncertain or failed\n");
+                return EXIT_CONFIG;
+        }
+        uint64_t now = now_realtime_usec();
+        struct bulk_ctx ctx = {.since = has_since && since < now ? now - since : 0};
+        int r = ledger_foreach(l, state, collect_id, &ctx);
+        if (r < 0) {
+                fprintf(stderr, "jobs retry: %s\n",
+                        r == -ENOMEM ? "out of memory" : ledger_errmsg(l));
+                free(ctx.ids);
+                return 1;
+        }
+        char **ids = calloc(ctx.n ? ctx.n : 1, sizeof(*ids));
+        if (!ids) {
+                free(ctx.ids);
+                return 1;
+        }
+        for (size_t i = 0; i < ctx.n; i++)
+                ids[i] = ctx.ids[i];
+        size_t changed = 0;
+        int ret = change_jobs(l, true, ctx.n, ids, &changed);
+        printf("released %zu %s job%s\n", changed, job_state_to_string((enum job_state)state),
+               changed == 1 ? "" : "s");
+        free(ids);
+        free(ctx.ids);
+        return ret;
+}
+
+static int cmd_change(struct ledger *l, bool retry, int argc, char **argv)
+{
+        size_t changed;
+        if (argc > 0 && strncmp(argv[0], "--", 2) == 0 && retry)
+                return cmd_retry_bulk(l, argc, argv);
+        if (argc == 0) {
+                fprintf(stderr, "jobs %s: name at least one creation id%s\n",
+                        retry ? "retry" : "abandon", retry ? ", or --state STATE" : "");
+                return EXIT_CONFIG;
+        }
+        return change_jobs(l, retry, (size_t)argc, argv, &changed);
 }
 
 int jobs_cli_main(int argc, char **argv, const char *config_path)
@@ -270,7 +427,8 @@ int jobs_cli_main(int argc, char **argv, const char *config_path)
                 store = cfg->store_path;
         }
         journal_setup(LOG_INFO);
-        bool writes = strcmp(cmd, "retry") == 0 || strcmp(cmd, "abandon") == 0;
+        bool writes = strcmp(cmd, "retry") == 0 || strcmp(cmd, "abandon") == 0 ||
+                      strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0;
         struct ledger_options lo = {
             .synchronous_full = true, .busy_timeout_ms = 5000, .read_only = !writes};
         struct ledger *l = NULL;
@@ -288,6 +446,11 @@ int jobs_cli_main(int argc, char **argv, const char *config_path)
                 ret = cmd_counts(l);
         else if (strcmp(cmd, "show") == 0)
                 ret = cmd_show(l, sub_argc, sub_argv);
+        else if ((strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0) && sub_argc > 0) {
+                fprintf(stderr, "jobs %s takes no arguments\n", cmd);
+                ret = EXIT_CONFIG;
+        } else if (strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0)
+                ret = cmd_pause(l, strcmp(cmd, "pause") == 0);
         else if (writes)
                 ret = cmd_change(l, strcmp(cmd, "retry") == 0, sub_argc, sub_argv);
         else {

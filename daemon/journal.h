@@ -32,6 +32,10 @@
 #define MSGID_RELEASED          "9f00456c16f6472fb5b79b65a30d0946"
 #define MSGID_ABANDONED         "118c6c4ecf9b4f90a1eb93556f3b71a8"
 #define MSGID_SKIPPED           "78af930dc5634721a5db8c06c6432ad4"
+#define MSGID_BUDGET_REACHED    "ef028423073a48e584fd3846d1b65531"
+#define MSGID_BUDGET_RESUMED    "2e685d26100844dcb5f8b6125e4f749c"
+#define MSGID_OPERATOR_PAUSED   "d747f6be114d46b8b1cc0c5eb21600fe"
+#define MSGID_OPERATOR_RESUMED  "a63f193cd63944cb84892399ca82cb30"
 
 /* What a job-transition entry carries; NULL / 0 fields are left out. */
 struct job_event {

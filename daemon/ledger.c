@@ -37,8 +37,22 @@ enum {
         STMT_PROBE,
         STMT_STATE,
         STMT_COUNT_ADD,
+        STMT_SPEND_ADD,
+        STMT_SPEND_CREDITS,
+        STMT_JOB_CREDITS,
+        STMT_SPEND_USAGE,
+        STMT_SPEND_LIST,
+        STMT_META_GET,
+        STMT_META_PUT,
+        STMT_META_DEL,
+        STMT_SPEND_PURGE,
         _STMT_MAX,
 };
+
+/* The columns row_to_job reads, in its order. */
+#define JOB_SELECT                                                                                 \
+        "SELECT creation_id, source_task_id, upscale_task_id, state, attempt, next_at, "           \
+        "http_status, upstream_error, result_url, created_at, updated_at, duration, credits "
 
 static const char *const stmt_sql[_STMT_MAX] = {
     [STMT_BEGIN] = "BEGIN IMMEDIATE",
@@ -51,26 +65,18 @@ static const char *const stmt_sql[_STMT_MAX] = {
                     "created_at, updated_at, duration) "
                     "VALUES (?1, ?2, 'pending', 0, ?3, ?3, ?3, ?4) "
                     "ON CONFLICT(creation_id) DO NOTHING",
-    [STMT_GET] = "SELECT creation_id, source_task_id, upscale_task_id, state, attempt, next_at, "
-                 "http_status, upstream_error, result_url, created_at, updated_at, duration "
-                 "FROM jobs WHERE creation_id = ?1",
-    [STMT_GET_BY_UPSCALE] = "SELECT creation_id, source_task_id, upscale_task_id, state, "
-                            "attempt, next_at, http_status, upstream_error, result_url, "
-                            "created_at, updated_at, duration FROM jobs WHERE upscale_task_id = ?1",
+    [STMT_GET] = JOB_SELECT "FROM jobs WHERE creation_id = ?1",
+    [STMT_GET_BY_UPSCALE] = JOB_SELECT "FROM jobs WHERE upscale_task_id = ?1",
     [STMT_SAVE] = "UPDATE jobs SET state = ?2, attempt = ?3, next_at = ?4, upscale_task_id = ?5, "
                   "http_status = ?6, upstream_error = ?7, result_url = ?8, updated_at = ?9 "
                   "WHERE creation_id = ?1",
     [STMT_SAVE_FROM] = "UPDATE jobs SET state = ?2, attempt = ?3, next_at = ?4, "
                        "upscale_task_id = ?5, http_status = ?6, upstream_error = ?7, "
                        "result_url = ?8, updated_at = ?9 WHERE creation_id = ?1 AND state = ?10",
-    [STMT_DUE_SUBMIT] = "SELECT creation_id, source_task_id, upscale_task_id, state, attempt, "
-                        "next_at, http_status, upstream_error, result_url, created_at, "
-                        "updated_at, duration FROM jobs WHERE state IN ('pending', 'waiting') "
-                        "AND next_at <= ?1 ORDER BY next_at LIMIT ?2",
-    [STMT_DUE_POLL] = "SELECT creation_id, source_task_id, upscale_task_id, state, attempt, "
-                      "next_at, http_status, upstream_error, result_url, created_at, "
-                      "updated_at, duration FROM jobs WHERE state = 'submitted' AND next_at <= ?1 "
-                      "ORDER BY next_at LIMIT ?2",
+    [STMT_DUE_SUBMIT] = JOB_SELECT "FROM jobs WHERE state IN ('pending', 'waiting') "
+                                   "AND next_at <= ?1 ORDER BY next_at LIMIT ?2",
+    [STMT_DUE_POLL] = JOB_SELECT "FROM jobs WHERE state = 'submitted' AND next_at <= ?1 "
+                                 "ORDER BY next_at LIMIT ?2",
     [STMT_NEXT_SUBMIT] = "SELECT min(next_at) FROM jobs WHERE state IN ('pending', 'waiting')",
     [STMT_NEXT_POLL] = "SELECT min(next_at) FROM jobs WHERE state = 'submitted'",
     [STMT_COUNTS] = "SELECT state, n FROM job_counts",
@@ -80,6 +86,19 @@ static const char *const stmt_sql[_STMT_MAX] = {
     [STMT_PROBE] = "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_probe', ?1)",
     [STMT_STATE] = "SELECT state FROM jobs WHERE creation_id = ?1",
     [STMT_COUNT_ADD] = "UPDATE job_counts SET n = n + ?2 WHERE state = ?1",
+    [STMT_SPEND_ADD] = "INSERT OR IGNORE INTO submissions(creation_id, at, credits) "
+                       "VALUES (?1, ?2, ?3)",
+    [STMT_SPEND_CREDITS] = "UPDATE submissions SET credits = ?2 WHERE creation_id = ?1 AND at = "
+                           "(SELECT max(at) FROM submissions WHERE creation_id = ?1)",
+    [STMT_JOB_CREDITS] = "UPDATE jobs SET credits = ?2 WHERE creation_id = ?1",
+    /* Both windows in one pass over the day's part of the index (covering: at, credits). */
+    [STMT_SPEND_USAGE] = "SELECT count(*), total(at > ?2), total(coalesce(credits, ?3)) "
+                         "FROM submissions WHERE at > ?1",
+    [STMT_SPEND_LIST] = "SELECT at, credits FROM submissions WHERE at > ?1 ORDER BY at",
+    [STMT_META_GET] = "SELECT value FROM meta WHERE key = ?1",
+    [STMT_META_PUT] = "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+    [STMT_META_DEL] = "DELETE FROM meta WHERE key = ?1",
+    [STMT_SPEND_PURGE] = "DELETE FROM submissions WHERE at < ?1",
 };
 
 /* Each migration moves the schema from version i to i+1; never edit one that has shipped. */
@@ -127,6 +146,18 @@ static const char *const migrations[] = {
      * sent upscale.duration's number. */
     "ALTER TABLE jobs"
     "  ADD COLUMN duration INTEGER;",
+    /* 4: the spend guard. One row per submission that may have left (marked `submitting`), kept
+     * so the rolling budget windows are counted from the ledger across restarts and instances;
+     * the index on (at, credits) answers a window's count and credit sum without the table.
+     * jobs.credits: the upscale's cost when the upstream reports it. */
+    "CREATE TABLE submissions ("
+    "  creation_id TEXT NOT NULL,"
+    "  at INTEGER NOT NULL,"
+    "  credits INTEGER,"
+    "  PRIMARY KEY (creation_id, at)"
+    ") WITHOUT ROWID;"
+    "CREATE INDEX submissions_at ON submissions(at, credits);"
+    "ALTER TABLE jobs ADD COLUMN credits INTEGER;",
 };
 
 struct ledger {
@@ -684,6 +715,7 @@ static void row_to_job(sqlite3_stmt *s, struct job *j)
         j->created_at = (uint64_t)sqlite3_column_int64(s, 9);
         j->updated_at = (uint64_t)sqlite3_column_int64(s, 10);
         j->duration = (unsigned)sqlite3_column_int(s, 11);
+        j->credits = sqlite3_column_type(s, 12) == SQLITE_NULL ? -1 : sqlite3_column_int64(s, 12);
 }
 
 static int get_one(struct ledger *l, sqlite3_stmt *s, const char *key, struct job *ret)
@@ -822,14 +854,9 @@ int ledger_next_due(struct ledger *l, enum ledger_due_kind kind, uint64_t *ret)
 int ledger_foreach(struct ledger *l, int state, ledger_job_cb cb, void *userdata)
 {
         sqlite3_stmt *s = NULL;
-        const char *sql = state < 0
-                              ? "SELECT creation_id, source_task_id, upscale_task_id, state, "
-                                "attempt, next_at, http_status, upstream_error, result_url, "
-                                "created_at, updated_at, duration FROM jobs ORDER BY created_at"
-                              : "SELECT creation_id, source_task_id, upscale_task_id, state, "
-                                "attempt, next_at, http_status, upstream_error, result_url, "
-                                "created_at, updated_at, duration FROM jobs WHERE state = ?1 "
-                                "ORDER BY created_at";
+        const char *sql = state < 0 ? JOB_SELECT "FROM jobs ORDER BY created_at"
+                                    : JOB_SELECT "FROM jobs WHERE state = ?1 "
+                                                 "ORDER BY created_at";
         int rc = sqlite3_prepare_v2(l->db, sql, -1, &s, NULL);
         if (rc != SQLITE_OK)
                 return fail(l, rc, "listing jobs");
@@ -908,4 +935,109 @@ int ledger_probe_writable(struct ledger *l, uint64_t now_usec)
         if (r < 0)
                 ledger_rollback(l);
         return r;
+}
+
+int ledger_spend_record(struct ledger *l, const char *creation_id, uint64_t at_usec,
+                        int64_t credits)
+{
+        sqlite3_stmt *s = l->stmt[STMT_SPEND_ADD];
+        sqlite3_bind_text(s, 1, creation_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)at_usec);
+        if (credits >= 0)
+                sqlite3_bind_int64(s, 3, (sqlite3_int64)credits);
+        else
+                sqlite3_bind_null(s, 3);
+        return step_done(l, s, "recording a submission");
+}
+
+int ledger_set_credits(struct ledger *l, const char *creation_id, int64_t credits)
+{
+        if (credits < 0)
+                return 0;
+        sqlite3_stmt *s = l->stmt[STMT_JOB_CREDITS];
+        sqlite3_bind_text(s, 1, creation_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)credits);
+        int r = step_done(l, s, "recording an upscale's credits");
+        if (r < 0)
+                return r;
+        s = l->stmt[STMT_SPEND_CREDITS];
+        sqlite3_bind_text(s, 1, creation_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)credits);
+        return step_done(l, s, "recording a submission's credits");
+}
+
+int ledger_spend_usage(struct ledger *l, uint64_t day_since_usec, uint64_t hour_since_usec,
+                       uint64_t assumed_credits, struct ledger_spend *ret)
+{
+        sqlite3_stmt *s = l->stmt[STMT_SPEND_USAGE];
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)day_since_usec);
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)hour_since_usec);
+        sqlite3_bind_int64(s, 3, (sqlite3_int64)assumed_credits);
+        int rc = sqlite3_step(s);
+        int r = 0;
+        if (rc == SQLITE_ROW) {
+                double credits = sqlite3_column_double(s, 2);
+                *ret = (struct ledger_spend){
+                    .day = (uint64_t)sqlite3_column_int64(s, 0),
+                    .hour = (uint64_t)sqlite3_column_double(s, 1),
+                    .day_credits = credits > 0 ? (uint64_t)credits : 0,
+                };
+        } else
+                r = fail(l, rc, "counting submissions");
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        return r;
+}
+
+int ledger_spend_foreach(struct ledger *l, uint64_t since_usec, ledger_spend_cb cb, void *userdata)
+{
+        sqlite3_stmt *s = l->stmt[STMT_SPEND_LIST];
+        int rc, r = 0;
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)since_usec);
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+                int64_t credits =
+                    sqlite3_column_type(s, 1) == SQLITE_NULL ? -1 : sqlite3_column_int64(s, 1);
+                r = cb((uint64_t)sqlite3_column_int64(s, 0), credits, userdata);
+                if (r != 0)
+                        break;
+        }
+        if (r == 0 && rc != SQLITE_DONE)
+                r = fail(l, rc, "listing submissions");
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        return r;
+}
+
+int ledger_meta_get(struct ledger *l, const char *key, char *buf, size_t size)
+{
+        sqlite3_stmt *s = l->stmt[STMT_META_GET];
+        sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(s);
+        int r = 0;
+        if (rc == SQLITE_ROW) {
+                if (buf && size > 0)
+                        job_set_field(buf, size, (const char *)sqlite3_column_text(s, 0));
+                r = 1;
+        } else if (rc != SQLITE_DONE)
+                r = fail(l, rc, "reading the ledger's settings");
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        return r;
+}
+
+int ledger_meta_set(struct ledger *l, const char *key, const char *value)
+{
+        sqlite3_stmt *s = l->stmt[value ? STMT_META_PUT : STMT_META_DEL];
+        sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+        if (value)
+                sqlite3_bind_text(s, 2, value, -1, SQLITE_STATIC);
+        int r = step_done(l, s, "writing the ledger's settings");
+        return r < 0 ? r : sqlite3_changes(l->db) > 0;
+}
+
+int ledger_spend_purge(struct ledger *l, uint64_t before_usec)
+{
+        sqlite3_stmt *s = l->stmt[STMT_SPEND_PURGE];
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)before_usec);
+        return step_done(l, s, "purging old submissions");
 }

@@ -96,3 +96,31 @@ int ledger_purge_replay(struct ledger *l, uint64_t now_usec);
 
 /* A cheap write in its own transaction, to learn whether the ledger can commit again. */
 int ledger_probe_writable(struct ledger *l, uint64_t now_usec);
+
+/* The spend guard's record (budget.c decides from it): one row per submission that may have
+ * left, at the time it was marked `submitting`, with its cost when known (-1 unknown). */
+int ledger_spend_record(struct ledger *l, const char *creation_id, uint64_t at_usec,
+                        int64_t credits);
+/* The upstream reported an upscale's cost: kept on the job and on its latest submission. */
+int ledger_set_credits(struct ledger *l, const char *creation_id, int64_t credits);
+
+struct ledger_spend {
+        uint64_t hour;        /* submissions after hour_since */
+        uint64_t day;         /* submissions after day_since */
+        uint64_t day_credits; /* their credits, an unknown cost counted as assumed_credits */
+};
+int ledger_spend_usage(struct ledger *l, uint64_t day_since_usec, uint64_t hour_since_usec,
+                       uint64_t assumed_credits, struct ledger_spend *ret);
+/* Calls cb for each submission after since, oldest first (credits -1 when unknown); stops when
+ * cb returns non-zero and returns that. */
+typedef int (*ledger_spend_cb)(uint64_t at_usec, int64_t credits, void *userdata);
+int ledger_spend_foreach(struct ledger *l, uint64_t since_usec, ledger_spend_cb cb, void *userdata);
+
+/* Forgets submissions older than before (no window reaches them any more). */
+int ledger_spend_purge(struct ledger *l, uint64_t before_usec);
+
+/* Small shared settings (the operator's pause, the budget's state): 1 and the value copied into
+ * buf (may be NULL), 0 when unset, or -errno. Setting NULL removes the key; returns 1 when
+ * something changed, else 0. */
+int ledger_meta_get(struct ledger *l, const char *key, char *buf, size_t size);
+int ledger_meta_set(struct ledger *l, const char *key, const char *value);

@@ -50,6 +50,18 @@ static void update_status(struct manager *m)
         if (ledger_count_states(m->ledger, counts) < 0)
                 return;
         const char *err = dispatcher_last_error(m->dispatcher);
+        struct dispatcher_control ctl = {0};
+        char held[96] = "";
+        if (dispatcher_control(m->dispatcher, &ctl) >= 0) {
+                if (ctl.operator_paused)
+                        snprintf(held, sizeof(held),
+                                 "; submissions paused by an operator (jobs resume)");
+                else if (ctl.budget_blocked) {
+                        char at[32];
+                        format_clock(ctl.budget.free_at, at, sizeof(at));
+                        snprintf(held, sizeof(held), "; budget reached, next submission at %s", at);
+                }
+        }
         snprintf(status, sizeof(status),
                  "%s%llu pending, %zu in flight, %llu submitted, %llu succeeded, %llu dead, %llu "
                  "uncertain%s%s%s",
@@ -58,8 +70,8 @@ static void update_status(struct manager *m)
                                       counts[JOB_SUBMITTING]),
                  dispatcher_in_flight(m->dispatcher), (unsigned long long)counts[JOB_SUBMITTED],
                  (unsigned long long)counts[JOB_SUCCEEDED], (unsigned long long)counts[JOB_DEAD],
-                 (unsigned long long)counts[JOB_UNCERTAIN],
-                 isempty(err) ? "" : "; last upstream error: ", isempty(err) ? "" : err, "");
+                 (unsigned long long)counts[JOB_UNCERTAIN], held,
+                 isempty(err) ? "" : "; last upstream error: ", isempty(err) ? "" : err);
         if (strcmp(status, m->last_status) != 0) {
                 sd_notifyf(0, "STATUS=%s", status);
                 snprintf(m->last_status, sizeof(m->last_status), "%s", status);
@@ -79,8 +91,12 @@ static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata)
 static int on_purge_timer(sd_event_source *s, uint64_t usec, void *userdata)
 {
         struct manager *m = userdata;
-        if (ledger_purge_replay(m->ledger, now_realtime_usec()) < 0)
+        uint64_t now = now_realtime_usec();
+        if (ledger_purge_replay(m->ledger, now) < 0)
                 log_warning("Cannot purge expired replay memory: %s", ledger_errmsg(m->ledger));
+        /* The budget's windows reach back a day; a second day is kept for whoever looks. */
+        if (ledger_spend_purge(m->ledger, now - 2 * BUDGET_DAY_USEC) < 0)
+                log_warning("Cannot purge old submissions: %s", ledger_errmsg(m->ledger));
         sd_event_source_set_time(s, usec + PURGE_INTERVAL_USEC);
         return 0;
 }
@@ -101,6 +117,8 @@ static void on_metrics(FILE *f, void *userdata)
                     counts[JOB_PENDING] + counts[JOB_WAITING] + counts[JOB_SUBMITTING];
         }
         m->metrics.in_flight = dispatcher_in_flight(m->dispatcher);
+        struct dispatcher_control ctl;
+        (void)dispatcher_control(m->dispatcher, &ctl); /* refreshes the switches' gauges */
         metrics_render(&m->metrics, f);
 }
 

@@ -91,9 +91,30 @@ void metrics_render(const struct metrics *m, FILE *f)
         gauge(f, "vidu_upscaled_journal_queue_bytes",
               "Journal entries waiting for systemd-journald, in bytes.",
               (double)journal_queued_bytes());
-        gauge(f, "vidu_upscaled_dispatch_paused",
-              "1 while dispatch is paused for an account-wide error or an outage.",
-              m->paused ? 1 : 0);
+        fprintf(f,
+                "# HELP vidu_upscaled_dispatch_paused 1 while submissions are paused: "
+                "reason=\"account\" for an account-wide error or an outage, "
+                "reason=\"operator\" by vidu-upscaled jobs pause.\n"
+                "# TYPE vidu_upscaled_dispatch_paused gauge\n"
+                "vidu_upscaled_dispatch_paused{reason=\"account\"} %d\n"
+                "vidu_upscaled_dispatch_paused{reason=\"operator\"} %d\n",
+                m->paused ? 1 : 0, m->operator_paused ? 1 : 0);
+        gauge(f, "vidu_upscaled_budget_blocked",
+              "1 while the spend guard ([budget]) holds due jobs back.", m->budget_blocked ? 1 : 0);
+        static const char *const windows[3] = {"hour", "day", "credits_day"};
+        bool header = false;
+        for (size_t i = 0; i < 3; i++) {
+                if (!m->has_budget[i])
+                        continue;
+                if (!header)
+                        fprintf(f, "# HELP vidu_upscaled_budget_remaining What each configured "
+                                   "budget window still allows (submissions; credits for "
+                                   "credits_day).\n"
+                                   "# TYPE vidu_upscaled_budget_remaining gauge\n");
+                header = true;
+                fprintf(f, "vidu_upscaled_budget_remaining{window=\"%s\"} %llu\n", windows[i],
+                        (unsigned long long)m->budget_remaining[i]);
+        }
 
         fprintf(f,
                 "# HELP vidu_upscaled_upstream_requests_total Upstream requests by status class.\n"

@@ -46,7 +46,13 @@ struct metrics {
         uint64_t jobs_by_state[_JOB_STATE_MAX]; /* refreshed from the ledger before rendering */
         uint64_t backlog;                       /* pending + waiting + submitting */
         uint64_t in_flight;
-        int paused;
+        int paused;          /* account-wide pause (dispatcher) */
+        int operator_paused; /* `vidu-upscaled jobs pause` (the ledger's switch) */
+        int budget_blocked;  /* the spend guard holds due jobs back */
+        /* What each budget window still allows, read from the ledger before rendering;
+         * has_budget[w] false for a window without a limit (not rendered). */
+        uint64_t budget_remaining[3];
+        int has_budget[3];
         uint64_t start_time_usec;
 };
 

@@ -344,6 +344,23 @@ static int select_task(json_object *o, struct note_task *t, const struct selecti
         return 0;
 }
 
+/* "credits": a non-negative integer or its decimal text; anything else is no cost reported. */
+static int64_t task_credits(json_object *o)
+{
+        json_object *v;
+        uint64_t c;
+        if (!json_object_object_get_ex(o, "credits", &v))
+                return -1;
+        if (json_object_is_type(v, json_type_int)) {
+                int64_t i = json_object_get_int64(v);
+                return i >= 0 && i < INT64_MAX ? i : -1;
+        }
+        if (json_object_is_type(v, json_type_string) &&
+            parse_uint(json_object_get_string(v), 0, INT64_MAX - 1, &c) >= 0)
+                return (int64_t)c;
+        return -1;
+}
+
 static int add_task(struct notification *n, json_object *o, const struct notification_limits *lim,
                     size_t *budget)
 {
@@ -388,6 +405,7 @@ static int add_task(struct notification *n, json_object *o, const struct notific
                 if (t->skip_reason)
                         sel = NULL; /* the whole task is skipped: its creations need no test */
         }
+        t->credits = task_credits(o);
         return parse_creations(o, t, budget, sel);
 }
 

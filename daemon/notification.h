@@ -26,6 +26,7 @@ struct note_task {
         char *err_code;       /* NULL when absent or empty */
         char *result_url;     /* "uri", else "url", of the first creation; NULL when none */
         bool is_upscale;      /* type == "upscale" */
+        int64_t credits;      /* "credits" (the official callback's cost), -1 when absent */
         char **creation_ids;  /* valid creation ids, in order */
         size_t n_creations;
         char *

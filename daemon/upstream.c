@@ -175,10 +175,28 @@ static void set_error(struct upstream_result *ret, const char *fmt_reason, long 
                 snprintf(ret->error, sizeof(ret->error), "HTTP %ld", status);
 }
 
+int64_t upstream_task_credits(json_object *task)
+{
+        json_object *v;
+        if (!task || !json_object_object_get_ex(task, "credits", &v))
+                return -1;
+        if (json_object_get_type(v) == json_type_int) {
+                int64_t c = json_object_get_int64(v);
+                return c >= 0 && c < INT64_MAX ? c : -1;
+        }
+        if (json_object_get_type(v) == json_type_string) {
+                uint64_t c;
+                if (parse_uint(json_object_get_string(v), 0, INT64_MAX - 1, &c) >= 0)
+                        return (int64_t)c;
+        }
+        return -1;
+}
+
 void upstream_classify_submit(enum upstream_flavor flavor, const struct upstream_answer *a,
                               struct upstream_result *ret)
 {
         memset(ret, 0, sizeof(*ret));
+        ret->credits = -1;
         switch (a->transport) {
         case UPSTREAM_TRANSPORT_NOT_SENT:
                 ret->verdict = UPSTREAM_OUTAGE;
@@ -208,9 +226,10 @@ void upstream_classify_submit(enum upstream_flavor flavor, const struct upstream
                 const char *key = flavor == UPSTREAM_FLAVOR_ENT_V2 ? "task_id" : "id";
                 if (o && (take_id(o, key, ret->task_id, sizeof(ret->task_id)) ||
                           take_id(o, flavor == UPSTREAM_FLAVOR_ENT_V2 ? "id" : "task_id",
-                                  ret->task_id, sizeof(ret->task_id))))
+                                  ret->task_id, sizeof(ret->task_id)))) {
                         ret->verdict = UPSTREAM_ACCEPTED;
-                else {
+                        ret->credits = upstream_task_credits(o);
+                } else {
                         ret->verdict = UPSTREAM_UNCERTAIN;
                         snprintf(ret->error, sizeof(ret->error), "%s",
                                  o ? "HTTP 2xx answer without a task id"
@@ -245,6 +264,7 @@ void upstream_parse_poll(enum upstream_flavor flavor, const struct upstream_answ
 {
         memset(ret, 0, sizeof(*ret));
         ret->state = UPSTREAM_TASK_UNREADABLE;
+        ret->credits = -1;
         if (a->transport != UPSTREAM_TRANSPORT_OK) {
                 snprintf(ret->error, sizeof(ret->error), "%s",
                          a->transport_error ? a->transport_error : "no answer");
@@ -267,6 +287,7 @@ void upstream_parse_poll(enum upstream_flavor flavor, const struct upstream_answ
             json_object_get_type(data) == json_type_object)
                 task = data;
         const char *state = get_string(task, "state");
+        ret->credits = upstream_task_credits(task);
         if (!state) {
                 snprintf(ret->error, sizeof(ret->error), "answer without a state");
         } else if (strcmp(state, "success") == 0) {

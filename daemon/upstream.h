@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 #include "job.h"
@@ -38,6 +39,7 @@ struct upstream_result {
         enum upstream_verdict verdict;
         char task_id[JOB_ID_SIZE];  /* ACCEPTED */
         char error[JOB_ERROR_SIZE]; /* a short reason: the upstream's reason word or ours */
+        int64_t credits;            /* the upscale's cost when the answer carries it, else -1 */
 };
 
 const char *upstream_verdict_to_string(enum upstream_verdict v);
@@ -65,11 +67,16 @@ struct upstream_poll {
         enum upstream_task_state state;
         char result_url[JOB_URL_SIZE];
         char error[JOB_ERROR_SIZE];
+        int64_t credits; /* "credits" of the task (the official API's answers), else -1 */
 };
 
 /* Reads the answer to a state query. */
 void upstream_parse_poll(enum upstream_flavor flavor, const struct upstream_answer *a,
                          struct upstream_poll *ret);
+
+/* A task object's "credits": a non-negative integer (or its decimal text), else -1. */
+struct json_object;
+int64_t upstream_task_credits(struct json_object *task);
 
 /* Appends src percent-escaped (RFC 3986 unreserved kept) into dst of size; -ENOBUFS if short. */
 int upstream_escape(const char *src, char *dst, size_t size);

@@ -234,3 +234,13 @@ int read_small_file(const char *path, size_t max, bool strip_newline, char **ret
                 *ret_len = len;
         return 0;
 }
+
+void format_clock(uint64_t usec, char *buf, size_t len)
+{
+        time_t t = (time_t)(usec / USEC_PER_SEC), now = time(NULL);
+        struct tm tm, today;
+        bool ok = localtime_r(&t, &tm) && localtime_r(&now, &today);
+        bool same_day = ok && tm.tm_year == today.tm_year && tm.tm_yday == today.tm_yday;
+        if (!ok || strftime(buf, len, same_day ? "%H:%M" : "%Y-%m-%d %H:%M", &tm) == 0)
+                snprintf(buf, len, "?");
+}

@@ -48,6 +48,10 @@ int parse_duration(const char *s, uint64_t *ret_usec);
 /* Formats a duration back into the shortest exact unit ("1h", "30s", "250ms"). */
 void format_duration(uint64_t usec, char *buf, size_t len);
 
+/* A CLOCK_REALTIME time as the local "HH:MM" when it is today, else "YYYY-MM-DD HH:MM" (for
+ * STATUS= and messages). */
+void format_clock(uint64_t usec, char *buf, size_t len);
+
 /* Writes v in decimal and a NUL into buf (UINT_DEC_SIZE bytes at least); returns the digits'
  * count. For hot paths where snprintf's format parsing costs more than the digits. */
 #define UINT_DEC_SIZE 21

@@ -171,10 +171,15 @@ static int stage_outcome(struct webhook *w, struct staged *s, const struct note_
                          struct job *j, uint64_t now)
 {
         bool ok = note_task_succeeded(t);
+        int r;
         list_add(s, &s->ignored, t->id, NULL);
+        /* The official callback carries the upscale's cost: the spend guard counts it. */
+        if (t->credits >= 0 && t->credits != j->credits &&
+            (r = ledger_set_credits(w->ledger, j->creation_id, t->credits)) < 0)
+                return r;
         if (!ok && !note_task_failed(t))
                 return 0; /* still running: nothing to record */
-        int r = dispatcher_apply_outcome(w->ledger, j, ok, t->result_url, t->err_code, now);
+        r = dispatcher_apply_outcome(w->ledger, j, ok, t->result_url, t->err_code, now);
         if (r <= 0)
                 return r;
         w->m->notifications[NOTE_OUTCOME]++;

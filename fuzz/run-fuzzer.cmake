@@ -10,6 +10,11 @@ foreach(s ${seeds})
   file(COPY ${s} DESTINATION ${CORPUS})
 endforeach()
 file(GLOB regressions ${REGRESSIONS}/*)
+# The regressions seed the corpus too: the configuration fuzzer starts from INI text that names
+# the keys (the JSON fixtures teach it nothing about them).
+foreach(s ${regressions})
+  file(COPY ${s} DESTINATION ${CORPUS})
+endforeach()
 if(regressions)
   execute_process(COMMAND ${FUZZER} ${regressions} RESULT_VARIABLE rc)
   if(NOT rc EQUAL 0)

@@ -4,7 +4,8 @@
  * settings.duration each creation was last submitted with),
  * GET /_fake/arrivals?creation_id=ID says when each submission for ID arrived, and
  * GET /_fake/wait?submits=N answers once N submissions have arrived (a measuring client waits
- * without polling, so it takes no CPU from what it measures). */
+ * without polling, so it takes no CPU from what it measures). State answers carry "credits" when
+ * --credits N or POST /_fake/credits {"credits": N} sets it (-1: none). */
 #include <errno.h>
 #include <json-c/json.h>
 #include <microhttpd.h>
@@ -77,6 +78,8 @@ static long long last_submit_mono_ns;
 static char *last_submit_body;
 static bool last_auth_ok;
 static long complete_after_ms = 1000;
+/* "credits" in every state answer (as the official API's query answers carry it); -1: none. */
+static long long credits = -1;
 static const char *api_key, *auth_word = "Bearer";
 static char host_port[128];
 static volatile sig_atomic_t stop;
@@ -433,6 +436,9 @@ static enum MHD_Result handle_poll(struct MHD_Connection *c, const char *id)
         }
         if (!t)
                 return reply_error(c, 404, "TaskNotFound");
+        pthread_mutex_lock(&lock);
+        long long cost = credits;
+        pthread_mutex_unlock(&lock);
         uint64_t age = now_ms() - copy.created_ms;
         json_object *o;
         if ((long)age < complete_after_ms)
@@ -442,6 +448,8 @@ static enum MHD_Result handle_poll(struct MHD_Connection *c, const char *id)
                 o = task_json(&copy, "failed", fail, false);
         else
                 o = task_json(&copy, "success", NULL, true);
+        if (cost >= 0)
+                json_object_object_add(o, "credits", json_object_new_int64(cost));
         free(copy.creation_id);
         free(fail);
         return reply_json(c, 200, o);
@@ -625,6 +633,13 @@ static enum MHD_Result handle_control(struct MHD_Connection *c, const char *meth
                             strdup(get_str(o, "err_code") ? get_str(o, "err_code") : "failed");
                 } else
                         ok = false;
+        } else if (strcmp(url, "/_fake/credits") == 0) {
+                json_object *v;
+                if (json_object_object_get_ex(o, "credits", &v) &&
+                    json_object_is_type(v, json_type_int))
+                        credits = json_object_get_int64(v);
+                else
+                        ok = false;
         } else if (strcmp(url, "/_fake/reset") == 0)
                 reset_all();
         else {
@@ -740,13 +755,17 @@ int main(int argc, char **argv)
                         auth_word = argv[++i];
                 else if (strcmp(argv[i], "--complete-after") == 0 && i + 1 < argc)
                         complete_after_ms = atol(argv[++i]);
+                else if (strcmp(argv[i], "--credits") == 0 && i + 1 < argc)
+                        credits = atoll(argv[++i]);
                 else if (strcmp(argv[i], "--quiet") == 0)
                         quiet = true;
                 else {
-                        fprintf(stderr, "Usage: fake-upstream [--listen HOST:PORT] [--port-file "
-                                        "FILE] [--auth-word WORD]\n"
-                                        "                     [--complete-after MS] [--quiet]\n"
-                                        "The expected API key comes from $VIDU_FAKE_API_KEY.\n");
+                        fprintf(
+                            stderr,
+                            "Usage: fake-upstream [--listen HOST:PORT] [--port-file "
+                            "FILE] [--auth-word WORD]\n"
+                            "                     [--complete-after MS] [--credits N] [--quiet]\n"
+                            "The expected API key comes from $VIDU_FAKE_API_KEY.\n");
                         return 2;
                 }
         }

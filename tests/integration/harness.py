@@ -157,8 +157,9 @@ def _request(host, port, method, path, body=None, headers=None, timeout=10):
 
 
 class FakeUpstream:
-    def __init__(self, complete_after_ms=1000, port=None, api_key=None):
+    def __init__(self, complete_after_ms=1000, port=None, api_key=None, credits=None):
         self.complete_after_ms = complete_after_ms
+        self.credits = credits  # "credits" in every state answer (the official API's cost)
         self.port = port
         self.api_key = api_key or "test-key-%016x" % random.getrandbits(64)
         self.proc = None
@@ -168,6 +169,8 @@ class FakeUpstream:
         port_file = os.path.join(self.tmp, "port")
         args = [FAKE, "--listen", "127.0.0.1:%d" % (self.port or 0), "--port-file", port_file,
                 "--complete-after", str(self.complete_after_ms), "--quiet"]
+        if self.credits is not None:
+            args += ["--credits", str(self.credits)]
         env = dict(os.environ, VIDU_FAKE_API_KEY=self.api_key)
         with open(os.path.join(self.tmp, "stderr"), "ab") as err:
             self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -194,6 +197,10 @@ class FakeUpstream:
 
     def outcome(self, creation_id, state="failed", err_code="failed"):
         self._post("/_fake/outcome", {"creation_id": creation_id, "state": state, "err_code": err_code})
+
+    def set_credits(self, credits):
+        """What the state answers report as an upscale's cost from now on (-1: nothing)."""
+        self._post("/_fake/credits", {"credits": credits})
 
     def stats(self):
         return json.loads(_request("127.0.0.1", self.port, "GET", "/_fake/stats")[2])
@@ -446,6 +453,21 @@ class Daemon:
         try:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute("SELECT * FROM jobs")]
+        finally:
+            db.close()
+
+    def jobs(self, *args):
+        """Runs `vidu-upscaled -c CONFIG jobs ARGS...`; the CompletedProcess (text)."""
+        return subprocess.run([self.binary, "-c", self.config_path, "jobs"] + list(args),
+                              capture_output=True, text=True, env=self.environment(),
+                              timeout=30 * TIMEOUT_SCALE)
+
+    def ledger_execute(self, sql, params=()):
+        """A write beside the running daemon (the tests move the budget's clock this way)."""
+        db = sqlite3.connect(self.config["store"]["path"], timeout=10)
+        try:
+            with db:
+                db.execute(sql, params)
         finally:
             db.close()
 

@@ -583,7 +583,7 @@ static void test_unknown_section_once(void **state)
                  2, &e);
         snprintf(want, sizeof(want),
                  "%s:4: unknown section [  Upstream ] (use server, limits, auth, upstream, "
-                 "upscale, select, store, retry or log)",
+                 "upscale, select, store, retry, budget or log)",
                  main_path);
         assert_string_equal(e.lines[0], want);
         assert_error(&e, 1, 7, "unknown section [empty]");
@@ -1319,10 +1319,65 @@ static void test_select_keys(void **state)
         expect_one_error("[upscale]\nduration = 0\n", 5, "(use 1 to 3600), or source");
 }
 
+/* [budget]: 0 (no limit) by default, whole numbers, FILE:LINE for negative or non-numeric values,
+ * the environment, the dump. */
+static void test_budget_keys(void **state)
+{
+        struct config *c = load_ok(minimal);
+        assert_int_equal(c->budget_per_hour, 0);
+        assert_int_equal(c->budget_per_day, 0);
+        assert_int_equal(c->budget_credits_per_day, 0);
+        assert_int_equal(c->budget_assumed_credits, 0);
+        config_free(c);
+
+        char text[1024];
+        snprintf(text, sizeof(text),
+                 "%s[budget]\nmax_submissions_per_hour = 3\nmax_submissions_per_day = 50\n"
+                 "max_credits_per_day = 400\nassumed_credits = 4\n",
+                 minimal);
+        c = load_ok(text);
+        assert_int_equal(c->budget_per_hour, 3);
+        assert_int_equal(c->budget_per_day, 50);
+        assert_int_equal(c->budget_credits_per_day, 400);
+        assert_int_equal(c->budget_assumed_credits, 4);
+        char *out = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&out, &len);
+        assert_non_null(f);
+        config_dump(c, f);
+        assert_int_equal(fclose(f), 0);
+        assert_non_null(strstr(out, "\n[budget]\nmax_submissions_per_hour = 3\n"
+                                    "max_submissions_per_day = 50\nmax_credits_per_day = 400\n"
+                                    "assumed_credits = 4\n"));
+        free(out);
+        config_free(c);
+
+        expect_one_error("[budget]\nmax_submissions_per_hour = -1\n", 5,
+                         "budget.max_submissions_per_hour");
+        expect_one_error("[budget]\nmax_submissions_per_day = ten\n", 5, "invalid number 'ten'");
+        expect_one_error("[budget]\n\nmax_credits_per_day = 1.5\n", 6, "invalid number");
+        expect_one_error("[budget]\nassumed_credits = -4\n", 5, "invalid number '-4'");
+        expect_one_error("[budget]\nmax_per_hour = 3\n", 5, "max_per_hour");
+
+        setenv("VIDU_UPSCALED_BUDGET_MAX_SUBMISSIONS_PER_HOUR", "7", 1);
+        c = load_ok(minimal);
+        assert_int_equal(c->budget_per_hour, 7);
+        config_free(c);
+        setenv("VIDU_UPSCALED_BUDGET_MAX_CREDITS_PER_DAY", "-1", 1);
+        struct config *bad = NULL;
+        struct config_errors e = {0};
+        write_main(minimal);
+        assert_int_equal(config_load(main_path, &bad, &e), -EINVAL);
+        assert_int_equal(e.n, 1);
+        assert_non_null(strstr(e.lines[0], "VIDU_UPSCALED_BUDGET_MAX_CREDITS_PER_DAY"));
+        config_errors_clear(&e);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_select_keys, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_budget_keys, setup, teardown),
             cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
             cmocka_unit_test_setup_teardown(test_every_key, setup, teardown),
             cmocka_unit_test_setup_teardown(test_to_string, setup, teardown),

@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "control.h"
 #include "ledger.h"
 #include "util.h"
 
@@ -302,12 +303,14 @@ static void test_migration_from_version_1_keeps_counts(void **state)
                          "INSERT INTO jobs(creation_id, state, next_at, created_at, updated_at)"
                          "  VALUES ('old1', 'pending', 1, 1, 1), ('old2', 'pending', 1, 1, 1);"
                          "UPDATE jobs SET state = 'dead' WHERE creation_id = 'old2';"
+                         /* what version 3 added */
+                         "DROP TABLE submissions; ALTER TABLE jobs DROP COLUMN credits;"
                          "PRAGMA user_version = 1;",
                          NULL, NULL, NULL),
             SQLITE_OK);
         sqlite3_close(db);
         l = open_ok();
-        assert_int_equal(ledger_schema_version(l), 3);
+        assert_int_equal(ledger_schema_version(l), 4);
         expect_counts(l, 1, 0, 0, 1);
         struct job j;
         assert_int_equal(ledger_begin(l), 0);
@@ -365,7 +368,7 @@ static void test_replay_memory(void **state)
 static void test_migration_from_empty_and_version(void **state)
 {
         struct ledger *l = open_ok();
-        assert_int_equal(ledger_schema_version(l), 3);
+        assert_int_equal(ledger_schema_version(l), 4);
         ledger_close(l);
         /* A ledger from a newer daemon is refused, not downgraded. */
         sqlite3 *db;
@@ -488,6 +491,94 @@ static void test_preallocated_wal_keeps_every_commit(void **state)
         ledger_close(r);
 }
 
+/* Keeps each submission's time; stops after the second when asked to. */
+struct seen {
+        uint64_t at[4];
+        size_t n;
+        bool stop_at_two;
+};
+
+static int collect(uint64_t at, int64_t credits, void *userdata)
+{
+        struct seen *s = userdata;
+        s->at[s->n++] = at;
+        return s->stop_at_two && s->n == 2 ? 7 : 0;
+}
+
+/* The spend guard's record: submissions counted per window with unknown costs assumed, a
+ * reported cost landing on the job and its latest submission, and the meta switches; all kept
+ * across a restart. */
+static void test_spend_and_switches(void **state)
+{
+        struct ledger *l = open_ok();
+        struct ledger_spend u;
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_insert(l, "a", "src", 1), 1);
+        assert_int_equal(ledger_insert(l, "b", "src", 1), 1);
+        assert_int_equal(ledger_spend_record(l, "a", 100, -1), 0);
+        assert_int_equal(ledger_spend_record(l, "a", 200, -1), 0); /* a retry: spent again */
+        assert_int_equal(ledger_spend_record(l, "b", 300, 6), 0);  /* its last known cost */
+        assert_int_equal(ledger_commit(l), 0);
+        /* Day window after 50, hour window after 150; unknown costs as 2. */
+        assert_int_equal(ledger_spend_usage(l, 50, 150, 2, &u), 0);
+        assert_int_equal(u.day, 3);
+        assert_int_equal(u.hour, 2);
+        assert_int_equal(u.day_credits, 2 + 2 + 6);
+        assert_int_equal(ledger_spend_usage(l, 250, 250, 0, &u), 0);
+        assert_int_equal(u.day, 1);
+        assert_int_equal(u.day_credits, 6);
+
+        /* A reported cost: the job and only its latest submission. */
+        assert_int_equal(ledger_set_credits(l, "a", 5), 0);
+        struct job j;
+        assert_int_equal(ledger_get(l, "a", &j), 1);
+        assert_int_equal(j.credits, 5);
+        assert_int_equal(ledger_get(l, "b", &j), 1);
+        assert_int_equal(j.credits, -1); /* the job's own column: nothing reported for it */
+        assert_int_equal(ledger_spend_usage(l, 50, 50, 1, &u), 0);
+        assert_int_equal(u.day_credits, 1 + 5 + 6);
+
+        /* Oldest first, stopping when asked. */
+        struct seen seen = {0};
+        assert_int_equal(ledger_spend_foreach(l, 50, collect, &seen), 0);
+        assert_int_equal(seen.n, 3);
+        assert_int_equal(seen.at[0], 100);
+        assert_int_equal(seen.at[1], 200);
+        assert_int_equal(seen.at[2], 300);
+        seen = (struct seen){.stop_at_two = true};
+        assert_int_equal(ledger_spend_foreach(l, 50, collect, &seen), 7);
+        assert_int_equal(seen.n, 2);
+
+        /* Switches. */
+        assert_int_equal(control_operator_paused(l, NULL), 0);
+        assert_int_equal(control_set_operator_pause(l, true, 777), 1);
+        assert_int_equal(control_set_operator_pause(l, true, 888), 0);
+        struct control_budget b = {.full = BUDGET_WINDOW_CREDITS_DAY, .free_at = 12345};
+        assert_int_equal(control_set_budget_blocked(l, &b), 1);
+        assert_int_equal(control_set_budget_blocked(l, &b), 0);
+        ledger_close(l);
+
+        l = open_ok();
+        uint64_t since = 0;
+        assert_int_equal(control_operator_paused(l, &since), 1);
+        assert_int_equal(since, 777);
+        struct control_budget got;
+        assert_int_equal(control_budget_blocked(l, &got), 1);
+        assert_int_equal(got.full, BUDGET_WINDOW_CREDITS_DAY);
+        assert_int_equal(got.free_at, 12345);
+        assert_int_equal(ledger_spend_usage(l, 0, 0, 0, &u), 0);
+        assert_int_equal(u.day, 3);
+        assert_int_equal(control_set_operator_pause(l, false, 999), 1);
+        assert_int_equal(control_operator_paused(l, NULL), 0);
+        assert_int_equal(control_set_budget_blocked(l, NULL), 1);
+        assert_int_equal(control_budget_blocked(l, NULL), 0);
+        /* Purged: what no window reaches any more. */
+        assert_int_equal(ledger_spend_purge(l, 250), 0);
+        assert_int_equal(ledger_spend_usage(l, 0, 0, 0, &u), 0);
+        assert_int_equal(u.day, 1);
+        ledger_close(l);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -503,6 +594,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_save_from_a_known_state, setup, teardown),
             cmocka_unit_test_setup_teardown(test_save_if_leaves_a_changed_job_alone, setup,
                                             teardown),
+            cmocka_unit_test_setup_teardown(test_spend_and_switches, setup, teardown),
             cmocka_unit_test_setup_teardown(test_migration_from_version_1_keeps_counts, setup,
                                             teardown),
             cmocka_unit_test_setup_teardown(test_damaged_file_is_refused, setup, teardown),

@@ -79,6 +79,7 @@ static void test_fixture_official_callback(void **state)
         assert_int_equal(n->tasks[0].n_creations, 1);
         assert_string_equal(n->tasks[0].creation_ids[0], "811935520102486016");
         assert_string_equal(n->tasks[0].result_url, "https://media.example.invalid/c/video.mp4");
+        assert_int_equal(n->tasks[0].credits, 4); /* the upscale's cost, for the spend guard */
         notification_free(n);
 }
 

@@ -248,6 +248,56 @@ static void test_poll_parsing(void **state)
         assert_int_equal(p.state, UPSTREAM_TASK_UNREADABLE);
 }
 
+/* The cost the official API reports ("credits"): a non-negative integer or its text, else
+ * unknown (-1), in state answers and submission answers alike. */
+static void test_credits(void **state)
+{
+        static const struct {
+                const char *body;
+                int64_t credits;
+        } cases[] = {
+            {"{\"state\":\"success\",\"credits\":4,\"creations\":[]}", 4},
+            {"{\"state\":\"processing\",\"credits\":\"12\"}", 12},
+            {"{\"state\":\"success\",\"credits\":0}", 0},
+            {"{\"state\":\"success\"}", -1},
+            {"{\"state\":\"success\",\"credits\":-3}", -1},
+            {"{\"state\":\"success\",\"credits\":2.5}", -1},
+            {"{\"state\":\"success\",\"credits\":\"lots\"}", -1},
+            {"{\"state\":\"success\",\"credits\":null}", -1},
+            {"{\"code\":0,\"data\":{\"state\":\"success\",\"credits\":7}}", 7},
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                struct upstream_poll p;
+                struct upstream_answer a = {.transport = UPSTREAM_TRANSPORT_OK,
+                                            .status = 200,
+                                            .body = cases[i].body,
+                                            .body_len = strlen(cases[i].body)};
+                upstream_parse_poll(UPSTREAM_FLAVOR_ENT_V2, &a, &p);
+                if (p.credits != cases[i].credits)
+                        fail_msg("%s: credits %lld, expected %lld", cases[i].body,
+                                 (long long)p.credits, (long long)cases[i].credits);
+        }
+        struct upstream_poll p;
+        struct upstream_answer a = {.transport = UPSTREAM_TRANSPORT_CUT};
+        upstream_parse_poll(UPSTREAM_FLAVOR_V1, &a, &p);
+        assert_int_equal(p.credits, -1);
+
+        const char *body = "{\"task_id\":\"81\",\"state\":\"created\",\"credits\":9}";
+        struct upstream_result r;
+        a = (struct upstream_answer){.transport = UPSTREAM_TRANSPORT_OK,
+                                     .status = 200,
+                                     .body = body,
+                                     .body_len = strlen(body)};
+        upstream_classify_submit(UPSTREAM_FLAVOR_ENT_V2, &a, &r);
+        assert_int_equal(r.verdict, UPSTREAM_ACCEPTED);
+        assert_int_equal(r.credits, 9);
+        body = "{\"id\":\"81\",\"state\":\"queueing\"}";
+        a.body = body;
+        a.body_len = strlen(body);
+        upstream_classify_submit(UPSTREAM_FLAVOR_V1, &a, &r);
+        assert_int_equal(r.credits, -1);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -256,6 +306,7 @@ int main(void)
             cmocka_unit_test(test_submit_body_escapes_like_json_c),
             cmocka_unit_test(test_poll_url_escapes),
             cmocka_unit_test(test_classification),
+            cmocka_unit_test(test_credits),
             cmocka_unit_test(test_ent_v2_task_id),
             cmocka_unit_test(test_poll_parsing),
         };
