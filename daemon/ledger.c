@@ -37,6 +37,7 @@ enum {
         STMT_PROBE,
         STMT_STATE,
         STMT_COUNT_ADD,
+        STMT_GET_PAYLOAD,
         _STMT_MAX,
 };
 
@@ -47,9 +48,10 @@ static const char *const stmt_sql[_STMT_MAX] = {
     [STMT_SAVEPOINT] = "SAVEPOINT part",
     [STMT_RELEASE] = "RELEASE part",
     [STMT_ROLLBACK_TO] = "ROLLBACK TO part",
-    [STMT_INSERT] = "INSERT INTO jobs(creation_id, source_task_id, state, attempt, next_at, "
-                    "created_at, updated_at) VALUES (?1, ?2, 'pending', 0, ?3, ?3, ?3) "
-                    "ON CONFLICT(creation_id) DO NOTHING",
+    [STMT_INSERT] =
+        "INSERT INTO jobs(creation_id, source_task_id, state, attempt, next_at, "
+        "created_at, updated_at, payload) VALUES (?1, ?2, 'pending', 0, ?3, ?3, ?3, ?4) "
+        "ON CONFLICT(creation_id) DO NOTHING",
     [STMT_GET] = "SELECT creation_id, source_task_id, upscale_task_id, state, attempt, next_at, "
                  "http_status, upstream_error, result_url, created_at, updated_at "
                  "FROM jobs WHERE creation_id = ?1",
@@ -79,6 +81,7 @@ static const char *const stmt_sql[_STMT_MAX] = {
     [STMT_PROBE] = "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_probe', ?1)",
     [STMT_STATE] = "SELECT state FROM jobs WHERE creation_id = ?1",
     [STMT_COUNT_ADD] = "UPDATE job_counts SET n = n + ?2 WHERE state = ?1",
+    [STMT_GET_PAYLOAD] = "SELECT payload FROM jobs WHERE creation_id = ?1",
 };
 
 /* Each migration moves the schema from version i to i+1; never edit one that has shipped. */
@@ -121,6 +124,10 @@ static const char *const migrations[] = {
      * is left to the trigger: the daemon never does it. */
     "DROP TRIGGER jobs_count_insert;"
     "DROP TRIGGER jobs_count_update;",
+    /* 3: the source notification's `payload`, kept as it came so that an ent-v2 submission (and
+     * an event about the job) can pass it on. Read on demand (ledger_get_payload), never with
+     * the rest of the job: it may be up to 1 MiB. */
+    "ALTER TABLE jobs ADD COLUMN payload TEXT;",
 };
 
 struct ledger {
@@ -634,10 +641,23 @@ static void bind_text_or_null(sqlite3_stmt *s, int i, const char *v)
 int ledger_insert(struct ledger *l, const char *creation_id, const char *source_task_id,
                   uint64_t now_usec)
 {
+        return ledger_insert_with_payload(l, creation_id, source_task_id, NULL, now_usec);
+}
+
+int ledger_insert_with_payload(struct ledger *l, const char *creation_id,
+                               const char *source_task_id, const char *payload, uint64_t now_usec)
+{
+        if (payload && strlen(payload) > LEDGER_PAYLOAD_MAX)
+                return -E2BIG;
         sqlite3_stmt *s = l->stmt[STMT_INSERT];
         sqlite3_bind_text(s, 1, creation_id, -1, SQLITE_STATIC);
         bind_text_or_null(s, 2, source_task_id);
         sqlite3_bind_int64(s, 3, (sqlite3_int64)now_usec);
+        /* An empty payload is kept as one: it was sent, and is passed on as sent. */
+        if (payload)
+                sqlite3_bind_text(s, 4, payload, -1, SQLITE_STATIC);
+        else
+                sqlite3_bind_null(s, 4);
         int r = step_done(l, s, "recording a job");
         if (r < 0)
                 return r;
@@ -692,6 +712,27 @@ int ledger_get(struct ledger *l, const char *creation_id, struct job *ret)
 int ledger_get_by_upscale(struct ledger *l, const char *upscale_task_id, struct job *ret)
 {
         return get_one(l, l->stmt[STMT_GET_BY_UPSCALE], upscale_task_id, ret);
+}
+
+int ledger_get_payload(struct ledger *l, const char *creation_id, char **ret_payload)
+{
+        sqlite3_stmt *s = l->stmt[STMT_GET_PAYLOAD];
+        sqlite3_bind_text(s, 1, creation_id, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(s);
+        int r = 0;
+        char *copy = NULL;
+        if (rc == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) {
+                const char *text = (const char *)sqlite3_column_text(s, 0);
+                int n = sqlite3_column_bytes(s, 0);
+                copy = text ? strndup(text, (size_t)n) : NULL;
+                r = copy ? 1 : -ENOMEM;
+        } else if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+                r = fail(l, rc, "reading a job's payload");
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        if (r > 0)
+                *ret_payload = copy;
+        return r;
 }
 
 static void bind_save(sqlite3_stmt *s, const struct job *j, uint64_t now_usec)

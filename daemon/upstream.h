@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 #include "job.h"
@@ -42,9 +43,21 @@ struct upstream_result {
 
 const char *upstream_verdict_to_string(enum upstream_verdict v);
 
-/* The submission request for creation_id: URL and JSON body (caller frees both). */
-int upstream_build_submit(const struct config *cfg, const char *creation_id, char **ret_url,
-                          char **ret_body);
+/* The query parameter added to upstream.callback_url in submissions, by which a callback is told
+ * from a generation's notification arriving at the same URL. */
+#define UPSTREAM_CALLBACK_MARK "vidu_upscaled=callback"
+
+/* The submission request for creation_id: URL and JSON body (caller frees both). With
+ * cfg->callback_url, the body carries it (marked, see UPSTREAM_CALLBACK_MARK); ent-v2 bodies
+ * also carry `payload`: the source's payload (NULL: none) untouched, else a JSON text naming the
+ * creation id. */
+int upstream_build_submit(const struct config *cfg, const char *creation_id, const char *payload,
+                          char **ret_url, char **ret_body);
+/* The callback URL a submission carries: cfg->callback_url with UPSTREAM_CALLBACK_MARK added to
+ * its query (caller frees); -ENOENT when callbacks are off. */
+int upstream_callback_url(const struct config *cfg, char **ret_url);
+/* True when a webhook request's raw query (NULL: none) holds UPSTREAM_CALLBACK_MARK. */
+bool upstream_is_callback(const char *query);
 /* The URL that reports the state of an upscale task, its id percent-escaped. */
 int upstream_build_poll_url(const struct config *cfg, const char *task_id, char **ret_url);
 
@@ -59,11 +72,17 @@ enum upstream_task_state {
         UPSTREAM_TASK_UNREADABLE, /* not an answer we understand; ask again later */
 };
 
+/* An upscale's state, from a poll's answer or a callback. */
 struct upstream_poll {
         enum upstream_task_state state;
         char result_url[JOB_URL_SIZE];
         char error[JOB_ERROR_SIZE];
+        bool has_credits; /* the official API says what the task cost */
+        int64_t credits;
 };
+
+/* An upscale's outcome as a notification (a callback) reported it, in a poll's terms. */
+void upstream_outcome_from_note(const struct note_task *t, struct upstream_poll *ret);
 
 /* Reads the answer to a state query. */
 void upstream_parse_poll(enum upstream_flavor flavor, const struct upstream_answer *a,

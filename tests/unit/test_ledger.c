@@ -300,12 +300,14 @@ static void test_migration_from_version_1_keeps_counts(void **state)
                          "INSERT INTO jobs(creation_id, state, next_at, created_at, updated_at)"
                          "  VALUES ('old1', 'pending', 1, 1, 1), ('old2', 'pending', 1, 1, 1);"
                          "UPDATE jobs SET state = 'dead' WHERE creation_id = 'old2';"
+                         /* what later migrations add */
+                         "ALTER TABLE jobs DROP COLUMN payload;"
                          "PRAGMA user_version = 1;",
                          NULL, NULL, NULL),
             SQLITE_OK);
         sqlite3_close(db);
         l = open_ok();
-        assert_int_equal(ledger_schema_version(l), 2);
+        assert_int_equal(ledger_schema_version(l), 3);
         expect_counts(l, 1, 0, 0, 1);
         struct job j;
         assert_int_equal(ledger_begin(l), 0);
@@ -315,6 +317,46 @@ static void test_migration_from_version_1_keeps_counts(void **state)
         assert_int_equal(ledger_save(l, &j, 2), 0);
         assert_int_equal(ledger_commit(l), 0);
         expect_counts(l, 1, 0, 1, 1);
+        ledger_close(l);
+}
+
+/* The source payload is kept as sent, read on demand, untouched by a duplicate, bounded. */
+static void test_payload_kept_and_read_on_demand(void **state)
+{
+        struct ledger *l = open_ok();
+        char *big = malloc(LEDGER_PAYLOAD_MAX + 2);
+        assert_non_null(big);
+        memset(big, 'x', LEDGER_PAYLOAD_MAX + 1);
+        big[LEDGER_PAYLOAD_MAX + 1] = 0;
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_insert_with_payload(l, "p1", "src", "{\"batch\": 7}\n\u00e9", 1),
+                         1);
+        assert_int_equal(ledger_insert_with_payload(l, "p1", "src", "other", 2), 0);
+        assert_int_equal(ledger_insert_with_payload(l, "p2", "src", "", 1), 1);
+        assert_int_equal(ledger_insert(l, "p3", "src", 1), 1);
+        assert_int_equal(ledger_insert_with_payload(l, "p4", "src", big, 1), -E2BIG);
+        big[LEDGER_PAYLOAD_MAX] = 0;
+        assert_int_equal(ledger_insert_with_payload(l, "p5", "src", big, 1), 1);
+        assert_int_equal(ledger_commit(l), 0);
+        ledger_close(l);
+        l = open_ok();
+        char *p = NULL;
+        assert_int_equal(ledger_get_payload(l, "p1", &p), 1);
+        assert_string_equal(p, "{\"batch\": 7}\n\u00e9");
+        free(p);
+        p = NULL;
+        assert_int_equal(ledger_get_payload(l, "p2", &p), 1);
+        assert_string_equal(p, "");
+        free(p);
+        p = NULL;
+        assert_int_equal(ledger_get_payload(l, "p3", &p), 0);
+        assert_null(p);
+        assert_int_equal(ledger_get_payload(l, "p4", &p), 0);
+        assert_int_equal(ledger_get_payload(l, "nope", &p), 0);
+        assert_int_equal(ledger_get_payload(l, "p5", &p), 1);
+        assert_int_equal(strlen(p), LEDGER_PAYLOAD_MAX);
+        free(p);
+        free(big);
         ledger_close(l);
 }
 
@@ -340,7 +382,7 @@ static void test_replay_memory(void **state)
 static void test_migration_from_empty_and_version(void **state)
 {
         struct ledger *l = open_ok();
-        assert_int_equal(ledger_schema_version(l), 2);
+        assert_int_equal(ledger_schema_version(l), 3);
         ledger_close(l);
         /* A ledger from a newer daemon is refused, not downgraded. */
         sqlite3 *db;
@@ -481,6 +523,7 @@ int main(void)
                                             teardown),
             cmocka_unit_test_setup_teardown(test_damaged_file_is_refused, setup, teardown),
             cmocka_unit_test_setup_teardown(test_background_checkpoint, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_payload_kept_and_read_on_demand, setup, teardown),
             cmocka_unit_test_setup_teardown(test_preallocated_wal_keeps_every_commit, setup,
                                             teardown),
         };
