@@ -58,6 +58,9 @@ struct task {
         char *callback_url; /* from the body; NULL: no callback */
         char *payload;      /* ent-v2: the body's payload, returned by polls and callbacks */
         long polls;
+        /* CLOCK_REALTIME (ns) when it was created and first polled (0: never), so a test can
+         * tell how long the daemon waited before its first poll. */
+        long long created_real_ns, first_poll_real_ns;
         /* Callbacks sent: the state each reported and the status it was answered with (0: no
          * answer). */
         int n_callbacks;
@@ -114,6 +117,13 @@ static uint64_t now_ms(void)
         return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static long long realtime_ns(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 static unsigned hash(const char *s)
 {
         unsigned h = 2166136261u;
@@ -159,6 +169,7 @@ static struct task *create_task(const char *cid, struct count *cnt, bool v2, con
         }
         snprintf(t->id, sizeof(t->id), "%llu", (unsigned long long)next_id++);
         t->created_ms = now_ms();
+        t->created_real_ns = realtime_ns();
         t->v2 = v2;
         t->body = body ? strdup(body) : NULL;
         t->callback_url = callback_url ? strdup(callback_url) : NULL;
@@ -500,8 +511,8 @@ static enum MHD_Result handle_poll(struct MHD_Connection *c, const char *id, boo
         pthread_mutex_lock(&lock);
         polls++;
         struct task *t = task_of(id);
-        if (t)
-                t->polls++;
+        if (t && t->polls++ == 0)
+                t->first_poll_real_ns = realtime_ns();
         struct task copy = t ? *t : (struct task){0};
         char *fail = NULL;
         if (t) {
@@ -701,6 +712,11 @@ static enum MHD_Result handle_control(struct MHD_Connection *c, const char *meth
                                 json_object_object_add(
                                     o, "body", t->body ? json_object_new_string(t->body) : NULL);
                                 json_object_object_add(o, "polls", json_object_new_int64(t->polls));
+                                json_object_object_add(o, "created_ns",
+                                                       json_object_new_int64(t->created_real_ns));
+                                json_object_object_add(
+                                    o, "first_poll_ns",
+                                    json_object_new_int64(t->first_poll_real_ns));
                                 for (int k = 0; k < t->n_callbacks; k++) {
                                         json_object *cb = json_object_new_object();
                                         json_object_object_add(
