@@ -41,6 +41,7 @@ PARSER(parse_choice);
 PARSER(parse_path);
 PARSER(parse_url_prefix);
 PARSER(parse_url);
+PARSER(parse_callback_url);
 PARSER(parse_listen);
 PARSER(parse_webpath);
 PARSER(parse_cidrs);
@@ -151,6 +152,8 @@ static const struct config_key keys[] = {
     DURATION("upstream", "connect_timeout", connect_timeout, 100 * MS, 3600 * SEC, "10s"),
     UINT("upstream", "concurrency", concurrency, 1, 1024, "8"),
     DURATION("upstream", "poll_interval", poll_interval, 100 * MS, 86400 * SEC, "30s"),
+    TEXT("upstream", "callback_url", parse_callback_url, callback_url, NULL),
+    DURATION("upstream", "callback_grace", callback_grace, 0, 7 * 86400 * SEC, "10m"),
     STRING("upscale", "model", model, CONFIG_KEY_NONEMPTY, "stable"),
     ROW("upscale", "duration", parse_upscale_duration, dump_upscale_duration, NULL, duration,
         .min = 1, .max = 3600, .default_text = "4"),
@@ -510,6 +513,33 @@ PARSER(parse_url)
         if (!err && *(char **)field)
                 strip_trailing_slashes(*(char **)field);
         return err;
+}
+
+/* The URL the upstream calls back: http(s)://host..., kept exactly as written (a trailing '/' is
+ * part of the path it calls); no fragment, nothing a URL cannot hold unescaped; empty = unset. */
+PARSER(parse_callback_url)
+{
+        size_t scheme = strncmp(v, "http://", 7) == 0 ? 7 : strncmp(v, "https://", 8) == 0 ? 8 : 0;
+        const char *why = NULL;
+        if (!*v)
+                return store_text(L, field, v, true); /* callbacks off */
+        if (scheme == 0)
+                why = "must start with http:// or https:// (e.g. "
+                      "https://hooks.example.com/hooks/vidu)";
+        else if (v[scheme] == 0 || v[scheme] == '/' || v[scheme] == '?')
+                why = "is not a URL with a host (e.g. https://hooks.example.com/hooks/vidu)";
+        else if (strchr(v, '#'))
+                why = "has a fragment (#...), which is never sent to a server";
+        else if (strlen(v) > 2048)
+                why = "is longer than 2048 bytes";
+        for (const unsigned char *p = (const unsigned char *)v; !why && *p; p++)
+                if (*p <= ' ' || *p == 0x7f || *p == '"' || *p == '<' || *p == '>' || *p == '\\')
+                        why = "holds a space or a character a URL cannot hold unescaped";
+        if (why) {
+                snprintf(msg, msglen, "'%.*s%s' %s", QUOTED(v), why);
+                return msg;
+        }
+        return store_text(L, field, v, true);
 }
 
 /* host:port, [v6]:port or unix:/path */

@@ -83,6 +83,10 @@ struct config {
         uint64_t connect_timeout; /* usec, default 10s */
         uint64_t concurrency;     /* default 8, 1..1024 */
         uint64_t poll_interval;   /* usec, default 30s */
+        /* Where the upstream calls back with an upscale's outcome (this daemon's public webhook
+         * URL); NULL = no callbacks, outcomes are polled for. */
+        char *callback_url;
+        uint64_t callback_grace; /* usec, default 10m: with callback_url, the first poll waits */
 
         /* [upscale] */
         char *model;          /* "stable" */

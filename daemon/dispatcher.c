@@ -38,13 +38,7 @@ struct call {
         uint64_t retry_after_usec;
         bool has_retry_after;
         /* Filled when the transition is decided, logged after the commit. */
-        bool log;
-        int priority;
-        int code_line; /* where the transition was decided, for CODE_LINE/CODE_FUNC */
-        const char *code_func;
-        struct job_event ev;
-        char message[3072];
-        struct job after;
+        struct job_entry entry;
         struct call *next;
 };
 
@@ -103,25 +97,33 @@ void dispatcher_kick(struct dispatcher *d)
                 txn_want(d->txn, &d->writer);
 }
 
-#define fill_event(c, j, msgid, state) fill_event_at(c, j, msgid, state, __LINE__, __func__)
-static void fill_event_at(struct call *c, const struct job *j, const char *msgid, const char *state,
-                          int line, const char *func)
+#define fill_entry(e, j, msgid, state) fill_entry_at(e, j, msgid, state, __LINE__, __func__)
+#define fill_event(c, j, msgid, state) fill_entry(&(c)->entry, j, msgid, state)
+static void fill_entry_at(struct job_entry *e, const struct job *j, const char *msgid,
+                          const char *state, int line, const char *func)
 {
-        c->code_line = line;
-        c->code_func = func;
-        c->after = *j;
-        c->log = true;
-        c->ev = (struct job_event){
+        e->code_line = line;
+        e->code_func = func;
+        e->after = *j;
+        e->log = true;
+        e->ev = (struct job_event){
             .message_id = msgid,
-            .creation_id = c->after.creation_id,
-            .source_task_id = c->after.source_task_id,
-            .upscale_task_id = c->after.upscale_task_id,
+            .creation_id = e->after.creation_id,
+            .source_task_id = e->after.source_task_id,
+            .upscale_task_id = e->after.upscale_task_id,
             .job_state = state,
-            .attempt = c->after.attempt,
-            .http_status = c->after.http_status,
-            .upstream_error = c->after.upstream_error,
-            .result_url = c->after.result_url,
+            .attempt = e->after.attempt,
+            .http_status = e->after.http_status,
+            .upstream_error = e->after.upstream_error,
+            .result_url = e->after.result_url,
         };
+}
+
+void dispatcher_write_entry(const struct job_entry *e)
+{
+        if (e->log)
+                journal_job_internal(e->priority, __FILE__, e->code_line, e->code_func, &e->ev,
+                                     "%s", e->message);
 }
 
 static void call_done(const struct httpc_response *resp, void *userdata)
@@ -166,12 +168,20 @@ static void drop_auth(struct dispatcher *d)
 
 static int start_call(struct dispatcher *d, struct call *c)
 {
-        _cleanup_free_ char *url = NULL, *body = NULL;
+        _cleanup_free_ char *url = NULL, *body = NULL, *payload = NULL;
         int r;
         if (c->poll)
                 r = upstream_build_poll_url(d->cfg, c->job.upscale_task_id, &url);
-        else
-                r = upstream_build_submit(d->cfg, c->job.creation_id, c->job.duration, &url, &body);
+        else {
+                /* Only ent-v2 passes the source's payload on; read when it is needed, never
+                 * carried with the job (it may be 1 MiB). */
+                r = 0;
+                if (d->cfg->flavor == UPSTREAM_FLAVOR_ENT_V2)
+                        r = ledger_get_payload(d->ledger, c->job.creation_id, &payload);
+                if (r >= 0)
+                        r = upstream_build_submit(d->cfg, c->job.creation_id, c->job.duration,
+                                                  payload, &url, &body);
+        }
         if (r < 0)
                 return r;
         /* Once per configuration, not per call: httpc keeps its header lines while it stays the
@@ -387,7 +397,7 @@ static int writer_apply(void *userdata, uint64_t now)
         struct dispatcher *d = userdata;
         /* The list stays put until writer_done: nothing can answer in between (txn.h). */
         for (struct call *c = d->done_head; c; c = c->next) {
-                c->log = false;
+                c->entry.log = false;
                 int r = c->poll ? apply_poll(d, c, now) : apply_submit(d, c, now);
                 if (r < 0)
                         return r;
@@ -485,9 +495,7 @@ static void writer_done(void *userdata, int r)
         d->done_head = d->done_tail = NULL;
         while (done) {
                 struct call *next = done->next;
-                if (done->log)
-                        journal_job_internal(done->priority, __FILE__, done->code_line,
-                                             done->code_func, &done->ev, "%s", done->message);
+                dispatcher_write_entry(&done->entry);
                 free(done);
                 done = next;
         }
@@ -596,6 +604,13 @@ static void leave_pause(struct dispatcher *d)
                  d->pause_reason);
 }
 
+/* With callbacks on, the outcome should come to us: the first poll, the safety net, waits for
+ * upstream.callback_grace; then every poll_interval. */
+static uint64_t first_poll_delay(const struct config *cfg)
+{
+        return isempty(cfg->callback_url) ? cfg->poll_interval : cfg->callback_grace;
+}
+
 /* An accepted submission, the common answer, saved from the call's copy of the job as it was
  * marked: one statement, no read. The copy is the ledger's row unless an operator changed the job
  * meanwhile, which the save's state guard sees. 1 done, 0 to be decided by apply_submit (the id
@@ -608,7 +623,7 @@ static int apply_accepted(struct dispatcher *d, struct call *c, uint64_t now)
         j.http_status = (int)c->status;
         job_set_field(j.upscale_task_id, sizeof(j.upscale_task_id), res->task_id);
         j.upstream_error[0] = 0;
-        j.next_at = now + d->cfg->poll_interval;
+        j.next_at = now + first_poll_delay(d->cfg);
         int r = ledger_save_if(d->ledger, &j, JOB_SUBMITTING, now);
         if (r == -EEXIST)
                 return 0;
@@ -623,9 +638,10 @@ static int apply_accepted(struct dispatcher *d, struct call *c, uint64_t now)
         if (r == 0)
                 return 1; /* an operator changed it meanwhile */
         fill_event(c, &j, MSGID_SUBMITTED, "submitted");
-        c->priority = LOG_INFO;
-        snprintf(c->message, sizeof(c->message), "Upscale of %s submitted as task %s (attempt %u)",
-                 j.creation_id, j.upscale_task_id, j.attempt);
+        c->entry.priority = LOG_INFO;
+        snprintf(c->entry.message, sizeof(c->entry.message),
+                 "Upscale of %s submitted as task %s (attempt %u)", j.creation_id,
+                 j.upscale_task_id, j.attempt);
         return 1;
 }
 
@@ -672,10 +688,10 @@ static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now)
                 j.state = JOB_SUBMITTED;
                 job_set_field(j.upscale_task_id, sizeof(j.upscale_task_id), res->task_id);
                 j.upstream_error[0] = 0;
-                j.next_at = now + d->cfg->poll_interval;
+                j.next_at = now + first_poll_delay(d->cfg);
                 fill_event(c, &j, MSGID_SUBMITTED, "submitted");
-                c->priority = LOG_INFO;
-                snprintf(c->message, sizeof(c->message),
+                c->entry.priority = LOG_INFO;
+                snprintf(c->entry.message, sizeof(c->entry.message),
                          "Upscale of %s submitted as task %s (attempt %u)", j.creation_id,
                          j.upscale_task_id, j.attempt);
                 break;
@@ -688,8 +704,8 @@ static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now)
                 if (d->cfg->uncertain == UNCERTAIN_HOLD) {
                         j.state = JOB_UNCERTAIN;
                         fill_event(c, &j, MSGID_UNCERTAIN, "uncertain");
-                        c->priority = LOG_WARNING;
-                        snprintf(c->message, sizeof(c->message),
+                        c->entry.priority = LOG_WARNING;
+                        snprintf(c->entry.message, sizeof(c->entry.message),
                                  "Upscale of %s is uncertain (%s); held until an operator retries "
                                  "or abandons it",
                                  j.creation_id, res->error);
@@ -702,8 +718,8 @@ static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now)
                         j.state = JOB_DEAD;
                         d->m->dead++;
                         fill_event(c, &j, MSGID_DEAD, "dead");
-                        c->priority = LOG_ERR;
-                        snprintf(c->message, sizeof(c->message),
+                        c->entry.priority = LOG_ERR;
+                        snprintf(c->entry.message, sizeof(c->entry.message),
                                  "Upscale of %s given up after %u attempts: %s", j.creation_id,
                                  j.attempt, res->error);
                 } else {
@@ -715,10 +731,10 @@ static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now)
                         j.next_at = now + delay;
                         d->m->retries++;
                         fill_event(c, &j, MSGID_RETRYING, "retrying");
-                        c->priority = LOG_WARNING;
+                        c->entry.priority = LOG_WARNING;
                         char buf[32];
                         format_duration(delay / USEC_PER_MSEC * USEC_PER_MSEC, buf, sizeof(buf));
-                        snprintf(c->message, sizeof(c->message),
+                        snprintf(c->entry.message, sizeof(c->entry.message),
                                  "Upscale of %s failed (%s), attempt %u; retrying in %s",
                                  j.creation_id, res->error, j.attempt, buf);
                 }
@@ -727,8 +743,8 @@ static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now)
                 j.state = JOB_DEAD;
                 d->m->dead++;
                 fill_event(c, &j, MSGID_DEAD, "dead");
-                c->priority = LOG_ERR;
-                snprintf(c->message, sizeof(c->message),
+                c->entry.priority = LOG_ERR;
+                snprintf(c->entry.message, sizeof(c->entry.message),
                          "Upscale of %s refused by the upstream: %s (HTTP %ld)", j.creation_id,
                          res->error, c->status);
                 break;
@@ -747,22 +763,56 @@ static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now)
         return ledger_save_from(d->ledger, &j, JOB_SUBMITTING, now);
 }
 
-int dispatcher_apply_outcome(struct ledger *ledger, struct job *j, bool succeeded,
-                             const char *result_url, const char *err_code, uint64_t now)
+/* Records a final outcome: a job changed since j was read (an operator, the other way of
+ * learning the outcome) is left alone. 1 saved, 0 left alone, -errno. */
+static int record_outcome(struct ledger *ledger, struct job *j, const struct upstream_poll *p,
+                          uint64_t now)
 {
         if (j->state != JOB_SUBMITTED && j->state != JOB_UNCERTAIN && j->state != JOB_SUBMITTING)
                 return 0;
         enum job_state from = j->state;
-        j->state = succeeded ? JOB_SUCCEEDED : JOB_FAILED;
-        if (succeeded) {
-                job_set_field(j->result_url, sizeof(j->result_url), result_url);
+        bool ok = p->state == UPSTREAM_TASK_SUCCESS;
+        j->state = ok ? JOB_SUCCEEDED : JOB_FAILED;
+        if (ok) {
+                job_set_field(j->result_url, sizeof(j->result_url), p->result_url);
                 j->upstream_error[0] = 0;
         } else
                 job_set_field(j->upstream_error, sizeof(j->upstream_error),
-                              isempty(err_code) ? "failed" : err_code);
-        /* A job changed since j was read (an operator, a notification) is left alone. */
-        int r = ledger_save_if(ledger, j, from, now);
-        return r <= 0 ? r : (int)j->state;
+                              isempty(p->error) ? "failed" : p->error);
+        return ledger_save_if(ledger, j, from, now);
+}
+
+int dispatcher_note_credits(struct ledger *ledger, const struct job *j, int64_t credits)
+{
+        if (credits < 0 || credits == j->credits)
+                return 0;
+        return ledger_set_credits(ledger, j->creation_id, credits);
+}
+
+int dispatcher_close_job(struct dispatcher *d, const struct job *job, const struct upstream_poll *p,
+                         enum outcome_via via, int http_status, uint64_t now, struct job_entry *ret)
+{
+        if (p->state != UPSTREAM_TASK_SUCCESS && p->state != UPSTREAM_TASK_FAILED)
+                return 0;
+        struct job j = *job;
+        int r = record_outcome(d->ledger, &j, p, now);
+        if (r <= 0)
+                return r;
+        bool ok = j.state == JOB_SUCCEEDED;
+        d->m->outcomes[via][ok ? 0 : 1]++;
+        if (http_status > 0)
+                j.http_status = http_status;
+        fill_entry(ret, &j, ok ? MSGID_SUCCEEDED : MSGID_FAILED, ok ? "succeeded" : "failed");
+        ret->priority = ok ? LOG_INFO : LOG_WARNING;
+        const char *how = via == OUTCOME_VIA_CALLBACK ? " (callback)" : "";
+        if (ok)
+                snprintf(ret->message, sizeof(ret->message), "Upscale of %s succeeded%s: %s",
+                         j.creation_id, how,
+                         isempty(j.result_url) ? "(no result URL)" : j.result_url);
+        else
+                snprintf(ret->message, sizeof(ret->message), "Upscale of %s failed upstream%s: %s",
+                         j.creation_id, how, j.upstream_error);
+        return (int)j.state;
 }
 
 /* The poll pushed next_at out while it was in flight; ask again on the cadence. */
@@ -783,8 +833,8 @@ static int apply_poll(struct dispatcher *d, struct call *c, uint64_t now)
         int r;
         const struct upstream_poll *p = &c->poll_result;
         /* The official API's answers carry the upscale's cost: the spend guard counts it. */
-        if (p->credits >= 0 && p->credits != j.credits &&
-            (r = ledger_set_credits(d->ledger, j.creation_id, p->credits)) < 0)
+        r = dispatcher_note_credits(d->ledger, &j, p->credits);
+        if (r < 0)
                 return r;
         switch (p->state) {
         case UPSTREAM_TASK_RUNNING:
@@ -803,20 +853,8 @@ static int apply_poll(struct dispatcher *d, struct call *c, uint64_t now)
         case UPSTREAM_TASK_FAILED:
                 break;
         }
-        bool ok = p->state == UPSTREAM_TASK_SUCCESS;
-        r = dispatcher_apply_outcome(d->ledger, &j, ok, p->result_url, p->error, now);
-        if (r <= 0)
-                return r;
-        j.http_status = (int)c->status;
-        fill_event(c, &j, ok ? MSGID_SUCCEEDED : MSGID_FAILED, ok ? "succeeded" : "failed");
-        c->priority = ok ? LOG_INFO : LOG_WARNING;
-        if (ok)
-                snprintf(c->message, sizeof(c->message), "Upscale of %s succeeded: %s",
-                         j.creation_id, isempty(j.result_url) ? "(no result URL)" : j.result_url);
-        else
-                snprintf(c->message, sizeof(c->message), "Upscale of %s failed upstream: %s",
-                         j.creation_id, j.upstream_error);
-        return 0;
+        r = dispatcher_close_job(d, &j, p, OUTCOME_VIA_POLL, (int)c->status, now, &c->entry);
+        return r < 0 ? r : 0;
 }
 
 int dispatcher_new(sd_event *event, struct ledger *ledger, struct txn *txn,

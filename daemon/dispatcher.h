@@ -8,9 +8,11 @@
 #include "budget.h"
 #include "config.h"
 #include "control.h"
+#include "journal.h"
 #include "ledger.h"
 #include "metrics.h"
 #include "txn.h"
+#include "upstream.h"
 
 struct dispatcher;
 
@@ -50,8 +52,35 @@ int dispatcher_control(struct dispatcher *d, struct dispatcher_control *ret);
 /* The last upstream error, for STATUS=; empty when none. */
 const char *dispatcher_last_error(const struct dispatcher *d);
 
-/* Closes a submitted job from an upscale outcome seen in a notification. Runs inside the caller's
- * transaction; returns the new state (JOB_SUCCEEDED / JOB_FAILED) or -errno, 0 when nothing
- * changed. The journal entry is the caller's to write after the commit. */
-int dispatcher_apply_outcome(struct ledger *ledger, struct job *j, bool succeeded,
-                             const char *result_url, const char *err_code, uint64_t now);
+/* A journal entry about a job's transition, decided inside the transaction and written after its
+ * commit (dispatcher_write_entry). */
+struct job_entry {
+        bool log;
+        int priority;
+        int code_line; /* where the transition was decided, for CODE_LINE/CODE_FUNC */
+        const char *code_func;
+        struct job_event ev; /* its strings point into `after` */
+        char message[3072];
+        struct job after;
+};
+void dispatcher_write_entry(const struct job_entry *e);
+
+/* How an upscale's outcome was learnt (vidu_upscaled_outcomes_total{via}). */
+enum outcome_via {
+        OUTCOME_VIA_POLL,
+        OUTCOME_VIA_CALLBACK, /* pushed to the webhook: the upstream's callback, a notification */
+        _OUTCOME_VIA_MAX,
+};
+
+/* Records the credits an upscale cost as an answer or a callback reported them (-1: not said)
+ * on its job and latest submission, for the spend guard; nothing when already known. */
+int dispatcher_note_credits(struct ledger *ledger, const struct job *j, int64_t credits);
+
+/* Closes a job from its upscale's outcome, a poll's answer or a callback alike: records it inside
+ * the caller's transaction, counts it under `via`, and fills *ret for the journal entry the
+ * caller writes after the commit (http_status > 0: the answer's status, for the entry). Returns
+ * the new state (JOB_SUCCEEDED / JOB_FAILED), 0 when nothing changed (still running, or the job
+ * is no longer one an outcome closes), or -errno. */
+int dispatcher_close_job(struct dispatcher *d, const struct job *j, const struct upstream_poll *p,
+                         enum outcome_via via, int http_status, uint64_t now,
+                         struct job_entry *ret);

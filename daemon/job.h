@@ -36,8 +36,8 @@ struct job {
         uint64_t created_at;
         uint64_t updated_at;
         unsigned duration; /* settings.duration to send; 0: upscale.duration's number */
-        int64_t credits; /* the upscale's cost as the upstream reported it; -1 unknown. Written
-                            only by ledger_set_credits, never by a save. */
+        int64_t credits;   /* the upscale's cost as the upstream reported it; -1 unknown. Written
+                              only by ledger_set_credits, never by a save. */
 };
 
 const char *job_state_to_string(enum job_state s);

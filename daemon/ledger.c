@@ -46,6 +46,7 @@ enum {
         STMT_META_PUT,
         STMT_META_DEL,
         STMT_SPEND_PURGE,
+        STMT_GET_PAYLOAD,
         _STMT_MAX,
 };
 
@@ -62,8 +63,8 @@ static const char *const stmt_sql[_STMT_MAX] = {
     [STMT_RELEASE] = "RELEASE part",
     [STMT_ROLLBACK_TO] = "ROLLBACK TO part",
     [STMT_INSERT] = "INSERT INTO jobs(creation_id, source_task_id, state, attempt, next_at, "
-                    "created_at, updated_at, duration) "
-                    "VALUES (?1, ?2, 'pending', 0, ?3, ?3, ?3, ?4) "
+                    "created_at, updated_at, duration, payload) "
+                    "VALUES (?1, ?2, 'pending', 0, ?3, ?3, ?3, ?4, ?5) "
                     "ON CONFLICT(creation_id) DO NOTHING",
     [STMT_GET] = JOB_SELECT "FROM jobs WHERE creation_id = ?1",
     [STMT_GET_BY_UPSCALE] = JOB_SELECT "FROM jobs WHERE upscale_task_id = ?1",
@@ -99,6 +100,7 @@ static const char *const stmt_sql[_STMT_MAX] = {
     [STMT_META_PUT] = "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
     [STMT_META_DEL] = "DELETE FROM meta WHERE key = ?1",
     [STMT_SPEND_PURGE] = "DELETE FROM submissions WHERE at < ?1",
+    [STMT_GET_PAYLOAD] = "SELECT payload FROM jobs WHERE creation_id = ?1",
 };
 
 /* Each migration moves the schema from version i to i+1; never edit one that has shipped. */
@@ -138,9 +140,10 @@ static const char *const migrations[] = {
     /* 2: the counters follow inserts and state changes from ledger.c, once per commit, instead
      * of from triggers: a trigger's two UPDATEs cost more than the job's own statement (under
      * callgrind and in a bare SQLite loop: ~8 us a job of ~60 us a notification). Deleting jobs
-     * is left to the trigger: the daemon never does it. */
-    "DROP TRIGGER jobs_count_insert;"
-    "DROP TRIGGER jobs_count_update;",
+     * is left to the trigger: the daemon never does it. (Parenthesised, the same text, so that
+     * clang does not take the two literals for a missing comma.) */
+    ("DROP TRIGGER jobs_count_insert;"
+     "DROP TRIGGER jobs_count_update;"),
     /* 3: the upscale duration decided when the job was recorded (upscale.duration, or the
      * source task's with `source`), which its submission sends; NULL for older jobs, which are
      * sent upscale.duration's number. */
@@ -158,6 +161,10 @@ static const char *const migrations[] = {
     ") WITHOUT ROWID;"
     "CREATE INDEX submissions_at ON submissions(at, credits);"
     "ALTER TABLE jobs ADD COLUMN credits INTEGER;",
+    /* 5: the source notification's `payload`, kept as it came so that an ent-v2 submission (and
+     * an event about the job) can pass it on. Read on demand (ledger_get_payload), never with
+     * the rest of the job: it may be up to 1 MiB. */
+    "ALTER TABLE jobs ADD COLUMN payload TEXT;",
 };
 
 struct ledger {
@@ -671,12 +678,14 @@ static void bind_text_or_null(sqlite3_stmt *s, int i, const char *v)
 int ledger_insert(struct ledger *l, const char *creation_id, const char *source_task_id,
                   uint64_t now_usec)
 {
-        return ledger_insert_job(l, creation_id, source_task_id, 0, now_usec);
+        return ledger_insert_job(l, creation_id, source_task_id, 0, NULL, now_usec);
 }
 
 int ledger_insert_job(struct ledger *l, const char *creation_id, const char *source_task_id,
-                      unsigned duration, uint64_t now_usec)
+                      unsigned duration, const char *payload, uint64_t now_usec)
 {
+        if (payload && strlen(payload) > LEDGER_PAYLOAD_MAX)
+                return -E2BIG;
         sqlite3_stmt *s = l->stmt[STMT_INSERT];
         sqlite3_bind_text(s, 1, creation_id, -1, SQLITE_STATIC);
         bind_text_or_null(s, 2, source_task_id);
@@ -685,6 +694,11 @@ int ledger_insert_job(struct ledger *l, const char *creation_id, const char *sou
                 sqlite3_bind_int(s, 4, (int)duration);
         else
                 sqlite3_bind_null(s, 4);
+        /* An empty payload is kept as one: it was sent, and is passed on as sent. */
+        if (payload)
+                sqlite3_bind_text(s, 5, payload, -1, SQLITE_STATIC);
+        else
+                sqlite3_bind_null(s, 5);
         int r = step_done(l, s, "recording a job");
         if (r < 0)
                 return r;
@@ -741,6 +755,27 @@ int ledger_get(struct ledger *l, const char *creation_id, struct job *ret)
 int ledger_get_by_upscale(struct ledger *l, const char *upscale_task_id, struct job *ret)
 {
         return get_one(l, l->stmt[STMT_GET_BY_UPSCALE], upscale_task_id, ret);
+}
+
+int ledger_get_payload(struct ledger *l, const char *creation_id, char **ret_payload)
+{
+        sqlite3_stmt *s = l->stmt[STMT_GET_PAYLOAD];
+        sqlite3_bind_text(s, 1, creation_id, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(s);
+        int r = 0;
+        char *copy = NULL;
+        if (rc == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) {
+                const char *text = (const char *)sqlite3_column_text(s, 0);
+                int n = sqlite3_column_bytes(s, 0);
+                copy = text ? strndup(text, (size_t)n) : NULL;
+                r = copy ? 1 : -ENOMEM;
+        } else if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+                r = fail(l, rc, "reading a job's payload");
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        if (r > 0)
+                *ret_payload = copy;
+        return r;
 }
 
 static void bind_save(sqlite3_stmt *s, const struct job *j, uint64_t now_usec)

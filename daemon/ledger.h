@@ -50,10 +50,20 @@ int ledger_rollback_to(struct ledger *l);
  * already known (a duplicate), or -errno. */
 int ledger_insert(struct ledger *l, const char *creation_id, const char *source_task_id,
                   uint64_t now_usec);
+/* The largest source payload kept (the official API's limit for what it passes through). */
+#define LEDGER_PAYLOAD_MAX (1024 * 1024)
+
 /* The same, recording the settings.duration its submission sends (0: none recorded, then
- * upscale.duration's number is sent). */
+ * upscale.duration's number is sent) and the source notification's `payload` string (NULL: none;
+ * an empty string is kept as one) for ledger_get_payload. -E2BIG past LEDGER_PAYLOAD_MAX (nothing
+ * written). A duplicate keeps what it was first recorded with. */
 int ledger_insert_job(struct ledger *l, const char *creation_id, const char *source_task_id,
-                      unsigned duration, uint64_t now_usec);
+                      unsigned duration, const char *payload, uint64_t now_usec);
+
+/* The source payload recorded with the job, read on demand (it is not part of struct job: up to
+ * LEDGER_PAYLOAD_MAX bytes): 1 and *ret_payload (a NUL-terminated copy; free it), 0 when the job
+ * has none or is unknown (*ret_payload untouched), or -errno. */
+int ledger_get_payload(struct ledger *l, const char *creation_id, char **ret_payload);
 
 /* Look-ups: 1 found (and *ret filled), 0 not found, or -errno. */
 int ledger_get(struct ledger *l, const char *creation_id, struct job *ret);

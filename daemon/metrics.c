@@ -131,6 +131,16 @@ void metrics_render(const struct metrics *m, FILE *f)
                 "Submissions whose outcome upstream is unknown.", m->uncertain);
         counter(f, "vidu_upscaled_dead_total", "Jobs given up.", m->dead);
         counter(f, "vidu_upscaled_polls_total", "State queries sent upstream.", m->polls);
+        fprintf(f, "# HELP vidu_upscaled_outcomes_total Jobs closed by their upscale's outcome, by "
+                   "how it was learnt and the state it left.\n"
+                   "# TYPE vidu_upscaled_outcomes_total counter\n");
+        static const char *const via_names[2] = {"poll", "callback"};
+        static const char *const outcome_states[2] = {"succeeded", "failed"};
+        for (size_t v = 0; v < 2; v++)
+                for (size_t st = 0; st < 2; st++)
+                        fprintf(f, "vidu_upscaled_outcomes_total{via=\"%s\",state=\"%s\"} %llu\n",
+                                via_names[v], outcome_states[st],
+                                (unsigned long long)m->outcomes[v][st]);
         counter(f, "vidu_upscaled_dispatch_pauses_total", "Times all dispatch was paused.",
                 m->account_pauses);
         counter(f, "vidu_upscaled_ledger_commit_errors_total", "Ledger commits that failed.",

@@ -35,6 +35,7 @@ struct metrics {
         uint64_t uncertain;
         uint64_t dead;
         uint64_t polls;
+        uint64_t outcomes[2][2]; /* [enum outcome_via][succeeded, failed]: jobs closed */
         uint64_t account_pauses;
         uint64_t ledger_commit_errors;
         uint64_t replays;

@@ -50,6 +50,7 @@ static void task_clear(struct note_task *t)
         free(t->state);
         free(t->err_code);
         free(t->result_url);
+        free(t->payload);
         for (size_t i = 0; i < t->n_creations; i++)
                 free(t->creation_ids[i]);
         free(t->creation_ids);
@@ -292,6 +293,31 @@ static size_t container_depth(json_object *o, size_t stop)
         return 0;
 }
 
+/* The task's payload, passed on untouched: only a string can be (it is what the official API
+ * takes and gives back), and only one the ledger can hold as text. */
+static int take_payload(json_object *o, struct note_task *t)
+{
+        json_object *v;
+        if (!json_object_object_get_ex(o, "payload", &v) || json_object_is_type(v, json_type_null))
+                return 0;
+        if (!json_object_is_type(v, json_type_string)) {
+                t->payload_error = "payload is not a string";
+                return 0;
+        }
+        size_t len = (size_t)json_object_get_string_len(v);
+        const char *s = json_object_get_string(v);
+        if (len > NOTIFICATION_PAYLOAD_MAX) {
+                t->payload_error = "payload longer than 1 MiB";
+                return 0;
+        }
+        if (memchr(s, 0, len)) {
+                t->payload_error = "payload contains a NUL character";
+                return 0;
+        }
+        t->payload = strndup_safe(s, len);
+        return t->payload ? 0 : -ENOMEM;
+}
+
 static bool looks_like_task(json_object *o)
 {
         return json_object_object_get_ex(o, "id", NULL) ||
@@ -392,6 +418,8 @@ static int add_task(struct notification *n, json_object *o, const struct notific
                 r = dup_string(o, "state", false, &t->state);
         if (r >= 0)
                 r = dup_string(o, "err_code", true, &t->err_code);
+        if (r >= 0)
+                r = take_payload(o, t);
         if (r < 0)
                 return r;
         t->is_upscale = t->type && strcmp(t->type, "upscale") == 0;

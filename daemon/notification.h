@@ -7,6 +7,8 @@
 #include <stdint.h>
 
 #define NOTIFICATION_ID_MAX 128
+/* The longest `payload` kept: what the official API passes through. */
+#define NOTIFICATION_PAYLOAD_MAX (1024 * 1024)
 
 struct selection;
 
@@ -26,8 +28,13 @@ struct note_task {
         char *err_code;       /* NULL when absent or empty */
         char *result_url;     /* "uri", else "url", of the first creation; NULL when none */
         bool is_upscale;      /* type == "upscale" */
-        int64_t credits;      /* "credits" (the official callback's cost), -1 when absent */
-        char **creation_ids;  /* valid creation ids, in order */
+        /* The task's `payload` string as sent (JSON escapes decoded), kept for its creations;
+         * NULL when absent, not a string, holding a NUL byte or longer than
+         * NOTIFICATION_PAYLOAD_MAX (payload_error then says which of the last three). */
+        char *payload;
+        const char *payload_error;
+        int64_t credits;     /* "credits" (the official callback's cost), -1 when absent */
+        char **creation_ids; /* valid creation ids, in order */
         size_t n_creations;
         char *
             *rejected_ids; /* creation entries whose id was unusable (printable form, truncated) */

@@ -44,18 +44,65 @@ int upstream_escape(const char *src, char *dst, size_t size)
         return 0;
 }
 
+int upstream_callback_url(const struct config *cfg, char **ret_url)
+{
+        if (isempty(cfg->callback_url))
+                return -ENOENT;
+        /* The configuration refuses a fragment, so the mark goes at the end. */
+        if (asprintf(ret_url, "%s%s%s", cfg->callback_url,
+                     strchr(cfg->callback_url, '?') ? "&" : "?", UPSTREAM_CALLBACK_MARK) < 0)
+                return -ENOMEM;
+        return 0;
+}
+
+bool upstream_is_callback(const char *query)
+{
+        size_t n = strlen(UPSTREAM_CALLBACK_MARK);
+        for (const char *p = query; p && *p;) {
+                size_t len = strcspn(p, "&");
+                if (len == n && memcmp(p, UPSTREAM_CALLBACK_MARK, n) == 0)
+                        return true;
+                p += len;
+                if (*p == '&')
+                        p++;
+        }
+        return false;
+}
+
 /* The body is written directly rather than built as json-c objects and serialized: that took
  * 14,000 instructions a submission (callgrind), more than libcurl's own work to send it. Same
  * text, same key order as json-c's plain output. */
 int upstream_build_submit(const struct config *cfg, const char *creation_id, unsigned duration,
-                          char **ret_url, char **ret_body)
+                          const char *payload, char **ret_url, char **ret_body)
 {
         bool v2 = cfg->flavor == UPSTREAM_FLAVOR_ENT_V2;
         const char *second = v2 ? (cfg->resolution ? cfg->resolution : "1080p") : cfg->model;
+        _cleanup_free_ char *callback = NULL, *generated = NULL;
+        int r;
         if (!second)
                 second = "";
-        /* Both strings escaped at worst, the keys and the duration's digits. */
-        size_t cap = jsonw_string_max(creation_id) + jsonw_string_max(second) + 128 + UINT_DEC_SIZE;
+        r = upstream_callback_url(cfg, &callback);
+        if (r < 0 && r != -ENOENT)
+                return r;
+        if (v2 && !payload) {
+                /* No payload from the source: one that names the creation, so whoever reads the
+                 * upscale (its callback, its task) knows what it was for. */
+                generated = malloc(jsonw_string_max(creation_id) + sizeof("{\"creation_id\":}"));
+                if (!generated)
+                        return -ENOMEM;
+                size_t g = 0;
+                jsonw_raw(generated, &g, "{\"creation_id\":");
+                jsonw_string(generated, &g, creation_id);
+                jsonw_raw(generated, &g, "}");
+                generated[g] = 0;
+                payload = generated;
+        }
+        /* Every string escaped at worst, the keys and the duration's digits. */
+        size_t cap = jsonw_string_max(creation_id) + jsonw_string_max(second) + 192 + UINT_DEC_SIZE;
+        if (callback)
+                cap += jsonw_string_max(callback);
+        if (v2)
+                cap += jsonw_string_max(payload);
         char *body = malloc(cap);
         char *url = NULL;
         if (!body)
@@ -66,6 +113,12 @@ int upstream_build_submit(const struct config *cfg, const char *creation_id, uns
                 jsonw_string(body, &o, creation_id);
                 jsonw_raw(body, &o, ",\"upscale_resolution\":");
                 jsonw_string(body, &o, second);
+                if (callback) {
+                        jsonw_raw(body, &o, ",\"callback_url\":");
+                        jsonw_string(body, &o, callback);
+                }
+                jsonw_raw(body, &o, ",\"payload\":");
+                jsonw_string(body, &o, payload);
                 jsonw_raw(body, &o, "}");
         } else {
                 char digits[UINT_DEC_SIZE];
@@ -76,7 +129,13 @@ int upstream_build_submit(const struct config *cfg, const char *creation_id, uns
                 jsonw_string(body, &o, second);
                 jsonw_raw(body, &o, ",\"duration\":");
                 jsonw_raw(body, &o, digits);
-                jsonw_raw(body, &o, "}}");
+                jsonw_raw(body, &o, "}");
+                if (callback) {
+                        /* Not documented for the gateway: a top-level field, as ent-v2 has it. */
+                        jsonw_raw(body, &o, ",\"callback_url\":");
+                        jsonw_string(body, &o, callback);
+                }
+                jsonw_raw(body, &o, "}");
         }
         body[o] = '\0';
         if (asprintf(&url, v2 ? "%s/ent/v2/upscale-new" : "%s/vidu/v1/tasks", cfg->base_url) < 0) {
@@ -257,6 +316,21 @@ void upstream_classify_submit(enum upstream_flavor flavor, const struct upstream
                 set_error(ret, reason, s);
         }
         json_object_put(o);
+}
+
+void upstream_outcome_from_note(const struct note_task *t, struct upstream_poll *ret)
+{
+        memset(ret, 0, sizeof(*ret));
+        if (note_task_succeeded(t)) {
+                ret->state = UPSTREAM_TASK_SUCCESS;
+                job_set_field(ret->result_url, sizeof(ret->result_url), t->result_url);
+        } else if (note_task_failed(t)) {
+                ret->state = UPSTREAM_TASK_FAILED;
+                snprintf(ret->error, sizeof(ret->error), "%s",
+                         isempty(t->err_code) ? "failed" : t->err_code);
+        } else
+                ret->state = UPSTREAM_TASK_RUNNING;
+        ret->credits = t->credits;
 }
 
 void upstream_parse_poll(enum upstream_flavor flavor, const struct upstream_answer *a,

@@ -44,11 +44,22 @@ struct upstream_result {
 
 const char *upstream_verdict_to_string(enum upstream_verdict v);
 
+/* The query parameter added to upstream.callback_url in submissions, by which a callback is told
+ * from a generation's notification arriving at the same URL. */
+#define UPSTREAM_CALLBACK_MARK "vidu_upscaled=callback"
+
 /* The submission request for creation_id: URL and JSON body (caller frees both). v1 sends
  * settings.duration = duration, or upscale.duration's number when it is 0; ent-v2's upscale-new
- * takes no duration. */
+ * takes no duration. With cfg->callback_url, the body carries it (marked, see
+ * UPSTREAM_CALLBACK_MARK); ent-v2 bodies also carry `payload`: the source's payload (NULL: none)
+ * untouched, else a JSON text naming the creation id. */
 int upstream_build_submit(const struct config *cfg, const char *creation_id, unsigned duration,
-                          char **ret_url, char **ret_body);
+                          const char *payload, char **ret_url, char **ret_body);
+/* The callback URL a submission carries: cfg->callback_url with UPSTREAM_CALLBACK_MARK added to
+ * its query (caller frees); -ENOENT when callbacks are off. */
+int upstream_callback_url(const struct config *cfg, char **ret_url);
+/* True when a webhook request's raw query (NULL: none) holds UPSTREAM_CALLBACK_MARK. */
+bool upstream_is_callback(const char *query);
 /* The URL that reports the state of an upscale task, its id percent-escaped. */
 int upstream_build_poll_url(const struct config *cfg, const char *task_id, char **ret_url);
 
@@ -63,12 +74,16 @@ enum upstream_task_state {
         UPSTREAM_TASK_UNREADABLE, /* not an answer we understand; ask again later */
 };
 
+/* An upscale's state, from a poll's answer or a callback. */
 struct upstream_poll {
         enum upstream_task_state state;
         char result_url[JOB_URL_SIZE];
         char error[JOB_ERROR_SIZE];
         int64_t credits; /* "credits" of the task (the official API's answers), else -1 */
 };
+
+/* An upscale's outcome as a notification (a callback) reported it, in a poll's terms. */
+void upstream_outcome_from_note(const struct note_task *t, struct upstream_poll *ret);
 
 /* Reads the answer to a state query. */
 void upstream_parse_poll(enum upstream_flavor flavor, const struct upstream_answer *a,

@@ -12,6 +12,7 @@
 #include "jsonw.h"
 #include "notification.h"
 #include "txn.h"
+#include "upstream.h"
 #include "util.h"
 
 #define AUTH_LOG_INTERVAL_USEC (10 * USEC_PER_SEC)
@@ -33,6 +34,9 @@ struct staged {
         /* Decided inside the transaction, answered and logged after it. The ids point into the
          * notification, which lives as long as this. */
         struct id_list accepted, duplicate, ignored, rejected;
+        bool callback; /* sent to upstream.callback_url: every task in it is an upscale's */
+        struct job_entry **closed; /* jobs an outcome closed, journaled after the commit */
+        size_t n_closed;
         struct job_event *events;
         char **messages;
         char **owned; /* a copy an event points into, freed with the request */
@@ -77,6 +81,9 @@ static void staged_free(struct staged *s)
                 free(s->messages[i]);
                 free(s->owned[i]);
         }
+        for (size_t i = 0; i < s->n_closed; i++)
+                free(s->closed[i]);
+        free(s->closed);
         free(s->events);
         free(s->messages);
         free(s->owned);
@@ -166,46 +173,36 @@ static void list_add(struct staged *s, struct id_list *l, const char *id, const 
         l->v[l->n++] = (struct id_entry){.id = id ? id : "", .reason = reason ? reason : "invalid"};
 }
 
-/* An upscale's outcome: close the job it belongs to. Returns <0 only on ledger errors. */
+/* An upscale's outcome (a callback): closes the job it belongs to exactly as a poll's answer
+ * would (dispatcher_close_job); a task still running changes nothing. Returns <0 only on ledger
+ * errors or when out of memory. */
 static int stage_outcome(struct webhook *w, struct staged *s, const struct note_task *t,
-                         struct job *j, uint64_t now)
+                         const struct job *j, uint64_t now)
 {
-        bool ok = note_task_succeeded(t);
-        int r;
         list_add(s, &s->ignored, t->id, NULL);
-        /* The official callback carries the upscale's cost: the spend guard counts it. */
-        if (t->credits >= 0 && t->credits != j->credits &&
-            (r = ledger_set_credits(w->ledger, j->creation_id, t->credits)) < 0)
+        struct upstream_poll p;
+        upstream_outcome_from_note(t, &p);
+        /* The official callback carries the upscale's cost: the spend guard counts it, even while
+         * the task still runs. */
+        int r = dispatcher_note_credits(w->ledger, j, p.credits);
+        if (r < 0)
                 return r;
-        if (!ok && !note_task_failed(t))
+        if (p.state != UPSTREAM_TASK_SUCCESS && p.state != UPSTREAM_TASK_FAILED)
                 return 0; /* still running: nothing to record */
-        r = dispatcher_apply_outcome(w->ledger, j, ok, t->result_url, t->err_code, now);
-        if (r <= 0)
-                return r;
-        w->m->notifications[NOTE_OUTCOME]++;
-        /* The job lives on the caller's stack; the entry keeps its own copy of the creation id. */
-        char *cid = strdup(j->creation_id);
-        if (!cid)
+        struct job_entry **closed = realloc(s->closed, (s->n_closed + 1) * sizeof(*closed));
+        if (!closed)
                 return -ENOMEM;
-        struct job_event ev = {
-            .message_id = ok ? MSGID_SUCCEEDED : MSGID_FAILED,
-            .creation_id = cid,
-            .upscale_task_id = t->id,
-            .job_state = ok ? "succeeded" : "failed",
-            .attempt = j->attempt,
-            .result_url = ok ? t->result_url : NULL,
-            .upstream_error = ok ? NULL : (t->err_code ? t->err_code : "failed"),
-        };
-        size_t before = s->n_events;
-        add_event(s, ok ? LOG_INFO : LOG_WARNING, &ev,
-                  ok ? "Upscale of %s succeeded (notified): %s"
-                     : "Upscale of %s failed upstream (notified): %s",
-                  cid,
-                  ok ? (t->result_url ? t->result_url : "(no result URL)") : ev.upstream_error);
-        if (s->n_events > before)
-                s->owned[before] = cid;
-        else
-                free(cid);
+        s->closed = closed;
+        struct job_entry *e = calloc(1, sizeof(*e));
+        if (!e)
+                return -ENOMEM;
+        r = dispatcher_close_job(w->dispatcher, j, &p, OUTCOME_VIA_CALLBACK, 0, now, e);
+        if (r <= 0) {
+                free(e);
+                return r;
+        }
+        s->closed[s->n_closed++] = e;
+        w->m->notifications[NOTE_OUTCOME]++;
         return 0;
 }
 
@@ -247,13 +244,19 @@ static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
                                 return r;
                         continue;
                 }
-                if (t->is_upscale || !note_task_succeeded(t)) {
-                        /* Not finished, a failed generation, or an upscale that is not ours. */
+                if (t->is_upscale || s->callback || !note_task_succeeded(t)) {
+                        /* Not finished, a failed generation, or an upscale that is not ours (a
+                         * callback's task is an upscale whatever it says: never a new job). */
                         list_add(s, &s->ignored, t->id, NULL);
                         w->m->notifications[NOTE_IGNORED]++;
                         struct job_event ev = {.message_id = MSGID_IGNORED,
                                                .source_task_id = t->id};
-                        if (note_task_failed(t))
+                        if (s->callback)
+                                add_event(s, LOG_NOTICE, &ev,
+                                          "Callback for upscale task %s (%s), which this daemon "
+                                          "does not know; ignored",
+                                          t->id, t->state ? t->state : "no state");
+                        else if (note_task_failed(t))
                                 add_event(s, LOG_NOTICE, &ev,
                                           "Task %s failed upstream (%s); nothing to upscale", t->id,
                                           t->err_code ? t->err_code : "no error code");
@@ -294,13 +297,20 @@ static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
                                   "not in select.creation_types",
                                   t->skipped_ids[k], t->id, t->skipped_types[k]);
                 }
+                if (t->payload_error && t->n_creations > 0) {
+                        struct job_event ev = {.source_task_id = t->id};
+                        add_event(s, LOG_NOTICE, &ev,
+                                  "The payload of task %s is not kept (%s); its upscales carry "
+                                  "one naming their creation instead",
+                                  t->id, t->payload_error);
+                }
                 unsigned duration =
                     w->cfg->duration_source
                         ? (t->source_duration ? t->source_duration : UPSCALE_DURATION_FALLBACK)
                         : (unsigned)w->cfg->duration;
                 for (size_t k = 0; k < t->n_creations; k++) {
                         const char *cid = t->creation_ids[k];
-                        r = ledger_insert_job(w->ledger, cid, t->id, duration, now);
+                        r = ledger_insert_job(w->ledger, cid, t->id, duration, t->payload, now);
                         if (r < 0)
                                 return r;
                         struct job_event ev = {
@@ -495,6 +505,8 @@ static void writer_done(void *userdata, int r)
                 for (size_t i = 0; i < s->n_events; i++)
                         journal_job_internal(s->priorities[i], __FILE__, s->lines[i], s->funcs[i],
                                              &s->events[i], "%s", s->messages[i]);
+                for (size_t i = 0; i < s->n_closed; i++)
+                        dispatcher_write_entry(s->closed[i]);
                 staged_free(s);
         }
         http_server_flush(server);
@@ -587,6 +599,7 @@ void webhook_handle(struct http_request *req, void *userdata)
         }
         s->req = req;
         s->note = note;
+        s->callback = upstream_is_callback(http_request_query(req));
         s->replay_key = TAKE_PTR(ao.replay_key);
         s->replay_until = ao.replay_until_usec;
         auth_outcome_clear(&ao);

@@ -205,6 +205,21 @@ class FakeUpstream:
     def stats(self):
         return json.loads(_request("127.0.0.1", self.port, "GET", "/_fake/stats")[2])
 
+    def callbacks(self, sign=None, processing=None, withhold=None, creation_id=None):
+        """How the fake calls back a submission's callback_url: signed with the vidu scheme (the
+        key is the API key), with a `processing` callback first, or withheld (for creation_id's
+        tasks, or for every task)."""
+        body = {k: v for k, v in (("sign", sign), ("processing", processing), ("withhold", withhold),
+                                  ("creation_id", creation_id)) if v is not None}
+        self._post("/_fake/callbacks", body)
+
+    def tasks(self, creation_id):
+        """The tasks made for creation_id: id, flavor, body (as submitted), polls, created_ns and
+        first_poll_ns (CLOCK_REALTIME), and the callbacks sent with the status each was answered
+        with."""
+        path = "/_fake/tasks?creation_id=" + urllib.parse.quote(creation_id, safe="")
+        return json.loads(_request("127.0.0.1", self.port, "GET", path)[2])
+
     def arrivals(self, creation_id):
         """When each submission for creation_id reached the fake: seconds of CLOCK_REALTIME,
         the clock the daemon schedules retries on."""

@@ -718,6 +718,55 @@ static void test_dropins(void **state)
         config_free(c);
 }
 
+/* upstream.callback_url and callback_grace: off by default, checked where they are set, overridden
+ * from the environment, shown by the dump. */
+static void test_callback_keys(void **state)
+{
+        struct config *c = load_ok(minimal);
+        assert_null(c->callback_url);
+        assert_int_equal(c->callback_grace, 600 * USEC_PER_SEC);
+        config_free(c);
+        c = load_ok("[upstream]\nbase_url = http://127.0.0.1:9/\napi_key = k3y\n"
+                    "callback_url = https://hooks.example.com/hooks/vidu?x=1\n"
+                    "callback_grace = 1s\n");
+        assert_string_equal(c->callback_url, "https://hooks.example.com/hooks/vidu?x=1");
+        assert_int_equal(c->callback_grace, USEC_PER_SEC);
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        config_dump(c, f);
+        fclose(f);
+        assert_non_null(strstr(text, "callback_url = https://hooks.example.com/hooks/vidu?x=1\n"));
+        assert_non_null(strstr(text, "callback_grace = 1s\n"));
+        free(text);
+        config_free(c);
+        expect_ok("callback_url = http://10.0.0.1:8080/hooks/vidu\n");
+        expect_one_error("callback_url = ftp://h/x\n", 4,
+                         "upstream.callback_url: 'ftp://h/x' must start with http:// or https://");
+        expect_one_error("callback_url = hooks.example.com/x\n", 4, "must start with http://");
+        expect_one_error("callback_url = https:///x\n", 4, "is not a URL with a host");
+        expect_one_error("callback_url = https://h/x#top\n", 4, "has a fragment");
+        expect_one_error("callback_url = https://h/a b\n", 4, "holds a space or a character");
+        expect_one_error("callback_grace = soon\n", 4,
+                         "upstream.callback_grace: invalid duration 'soon'");
+        expect_one_error("callback_grace = 8d\n", 4,
+                         "upstream.callback_grace: '8d' is out of range");
+        setenv("VIDU_UPSCALED_UPSTREAM_CALLBACK_URL", "https://env.example/hooks/vidu", 1);
+        setenv("VIDU_UPSCALED_UPSTREAM_CALLBACK_GRACE", "30s", 1);
+        c = load_ok(minimal);
+        assert_string_equal(c->callback_url, "https://env.example/hooks/vidu");
+        assert_int_equal(c->callback_grace, 30 * USEC_PER_SEC);
+        config_free(c);
+        setenv("VIDU_UPSCALED_UPSTREAM_CALLBACK_URL", "javascript:alert(1)", 1);
+        struct config_errors e = {0};
+        load_bad(minimal, 1, &e);
+        assert_non_null(strstr(e.lines[0], "VIDU_UPSCALED_UPSTREAM_CALLBACK_URL"));
+        assert_non_null(strstr(e.lines[0], "must start with http://"));
+        config_errors_clear(&e);
+        unsetenv("VIDU_UPSCALED_UPSTREAM_CALLBACK_URL");
+        unsetenv("VIDU_UPSCALED_UPSTREAM_CALLBACK_GRACE");
+}
+
 static void test_environment(void **state)
 {
         struct config_errors e = {0};
@@ -1395,6 +1444,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_key_table, setup, teardown),
             cmocka_unit_test_setup_teardown(test_every_listed_key_is_accepted, setup, teardown),
             cmocka_unit_test_setup_teardown(test_dump_covers_the_table, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_callback_keys, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -303,14 +303,15 @@ static void test_migration_from_version_1_keeps_counts(void **state)
                          "INSERT INTO jobs(creation_id, state, next_at, created_at, updated_at)"
                          "  VALUES ('old1', 'pending', 1, 1, 1), ('old2', 'pending', 1, 1, 1);"
                          "UPDATE jobs SET state = 'dead' WHERE creation_id = 'old2';"
-                         /* what version 3 added */
+                         /* what later migrations add */
                          "DROP TABLE submissions; ALTER TABLE jobs DROP COLUMN credits;"
+                         "ALTER TABLE jobs DROP COLUMN payload;"
                          "PRAGMA user_version = 1;",
                          NULL, NULL, NULL),
             SQLITE_OK);
         sqlite3_close(db);
         l = open_ok();
-        assert_int_equal(ledger_schema_version(l), 4);
+        assert_int_equal(ledger_schema_version(l), 5);
         expect_counts(l, 1, 0, 0, 1);
         struct job j;
         assert_int_equal(ledger_begin(l), 0);
@@ -329,8 +330,9 @@ static void test_duration_is_recorded(void **state)
         struct ledger *l = open_ok();
         struct job j;
         assert_int_equal(ledger_begin(l), 0);
-        assert_int_equal(ledger_insert_job(l, "c8", "src", 8, 1), 1);
-        assert_int_equal(ledger_insert_job(l, "c8", "src", 4, 2), 0); /* a duplicate keeps its own */
+        assert_int_equal(ledger_insert_job(l, "c8", "src", 8, NULL, 1), 1);
+        assert_int_equal(ledger_insert_job(l, "c8", "src", 4, NULL, 2),
+                         0); /* a duplicate keeps its own */
         assert_int_equal(ledger_insert(l, "c0", "src", 1), 1);
         assert_int_equal(ledger_commit(l), 0);
         ledger_close(l);
@@ -343,6 +345,45 @@ static void test_duration_is_recorded(void **state)
         assert_int_equal(j.duration, 8);
         assert_int_equal(ledger_get(l, "c0", &j), 1);
         assert_int_equal(j.duration, 0);
+        ledger_close(l);
+}
+
+/* The source payload is kept as sent, read on demand, untouched by a duplicate, bounded. */
+static void test_payload_kept_and_read_on_demand(void **state)
+{
+        struct ledger *l = open_ok();
+        char *big = malloc(LEDGER_PAYLOAD_MAX + 2);
+        assert_non_null(big);
+        memset(big, 'x', LEDGER_PAYLOAD_MAX + 1);
+        big[LEDGER_PAYLOAD_MAX + 1] = 0;
+        assert_int_equal(ledger_begin(l), 0);
+        assert_int_equal(ledger_insert_job(l, "p1", "src", 0, "{\"batch\": 7}\n\u00e9", 1), 1);
+        assert_int_equal(ledger_insert_job(l, "p1", "src", 0, "other", 2), 0);
+        assert_int_equal(ledger_insert_job(l, "p2", "src", 0, "", 1), 1);
+        assert_int_equal(ledger_insert(l, "p3", "src", 1), 1);
+        assert_int_equal(ledger_insert_job(l, "p4", "src", 0, big, 1), -E2BIG);
+        big[LEDGER_PAYLOAD_MAX] = 0;
+        assert_int_equal(ledger_insert_job(l, "p5", "src", 0, big, 1), 1);
+        assert_int_equal(ledger_commit(l), 0);
+        ledger_close(l);
+        l = open_ok();
+        char *p = NULL;
+        assert_int_equal(ledger_get_payload(l, "p1", &p), 1);
+        assert_string_equal(p, "{\"batch\": 7}\n\u00e9");
+        free(p);
+        p = NULL;
+        assert_int_equal(ledger_get_payload(l, "p2", &p), 1);
+        assert_string_equal(p, "");
+        free(p);
+        p = NULL;
+        assert_int_equal(ledger_get_payload(l, "p3", &p), 0);
+        assert_null(p);
+        assert_int_equal(ledger_get_payload(l, "p4", &p), 0);
+        assert_int_equal(ledger_get_payload(l, "nope", &p), 0);
+        assert_int_equal(ledger_get_payload(l, "p5", &p), 1);
+        assert_int_equal(strlen(p), LEDGER_PAYLOAD_MAX);
+        free(p);
+        free(big);
         ledger_close(l);
 }
 
@@ -368,7 +409,7 @@ static void test_replay_memory(void **state)
 static void test_migration_from_empty_and_version(void **state)
 {
         struct ledger *l = open_ok();
-        assert_int_equal(ledger_schema_version(l), 4);
+        assert_int_equal(ledger_schema_version(l), 5);
         ledger_close(l);
         /* A ledger from a newer daemon is refused, not downgraded. */
         sqlite3 *db;
@@ -599,6 +640,7 @@ int main(void)
                                             teardown),
             cmocka_unit_test_setup_teardown(test_damaged_file_is_refused, setup, teardown),
             cmocka_unit_test_setup_teardown(test_background_checkpoint, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_payload_kept_and_read_on_demand, setup, teardown),
             cmocka_unit_test_setup_teardown(test_preallocated_wal_keeps_every_commit, setup,
                                             teardown),
         };

@@ -79,8 +79,52 @@ static void test_fixture_official_callback(void **state)
         assert_int_equal(n->tasks[0].n_creations, 1);
         assert_string_equal(n->tasks[0].creation_ids[0], "811935520102486016");
         assert_string_equal(n->tasks[0].result_url, "https://media.example.invalid/c/video.mp4");
-        assert_int_equal(n->tasks[0].credits, 4); /* the upscale's cost, for the spend guard */
+        /* The pipeline's context and what the upscale cost are kept. */
+        assert_string_equal(n->tasks[0].payload, "batch-7");
+        assert_int_equal(n->tasks[0].credits, 4);
         notification_free(n);
+}
+
+/* A payload is kept as the string it decodes to; what cannot be passed on untouched is dropped
+ * with a reason, never failing the notification. */
+static void test_payload(void **state)
+{
+        struct notification *n =
+            parse_ok("{\"id\":\"t\",\"state\":\"success\",\"payload\":"
+                     "\"{\\\"k\\\": \\\"\\u00e9\\n\\\"}\",\"creations\":[{\"id\":\"c\"}]}");
+        assert_string_equal(n->tasks[0].payload, "{\"k\": \"\u00e9\n\"}");
+        assert_null(n->tasks[0].payload_error);
+        assert_int_equal(n->tasks[0].credits, -1);
+        notification_free(n);
+        n = parse_ok("{\"id\":\"t\",\"payload\":{\"k\":1}}");
+        assert_null(n->tasks[0].payload);
+        assert_string_equal(n->tasks[0].payload_error, "payload is not a string");
+        notification_free(n);
+        n = parse_ok("{\"id\":\"t\",\"payload\":\"a\\u0000b\"}");
+        assert_null(n->tasks[0].payload);
+        assert_non_null(n->tasks[0].payload_error);
+        notification_free(n);
+        /* Credits as decimal text count too (the spend guard reads what it can); other text does
+         * not. */
+        n = parse_ok("{\"id\":\"t\",\"payload\":null,\"credits\":\"4\"}");
+        assert_null(n->tasks[0].payload);
+        assert_null(n->tasks[0].payload_error);
+        assert_int_equal(n->tasks[0].credits, 4);
+        notification_free(n);
+        n = parse_ok("{\"id\":\"t\",\"credits\":\"four\"}");
+        assert_int_equal(n->tasks[0].credits, -1);
+        notification_free(n);
+        size_t big = NOTIFICATION_PAYLOAD_MAX + 1;
+        char *body = malloc(big + 64);
+        assert_non_null(body);
+        int o = sprintf(body, "{\"id\":\"t\",\"payload\":\"");
+        memset(body + o, 'x', big);
+        strcpy(body + o + big, "\"}");
+        n = parse_ok(body);
+        assert_null(n->tasks[0].payload);
+        assert_string_equal(n->tasks[0].payload_error, "payload longer than 1 MiB");
+        notification_free(n);
+        free(body);
 }
 
 static void test_fixture_envelope(void **state)
@@ -354,6 +398,7 @@ int main(void)
             cmocka_unit_test(test_ids),
             cmocka_unit_test(test_malformed),
             cmocka_unit_test(test_limits_at_the_edge),
+            cmocka_unit_test(test_payload),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -30,7 +30,7 @@ static void test_submit_body_is_the_seeds(void **state)
 {
         struct config c = cfg_v1();
         char *url = NULL, *body = NULL;
-        assert_int_equal(upstream_build_submit(&c, "2370483030340581", 0, &url, &body), 0);
+        assert_int_equal(upstream_build_submit(&c, "2370483030340581", 0, NULL, &url, &body), 0);
         assert_string_equal(url, "http://127.0.0.1:9/vidu/v1/tasks");
         assert_string_equal(
             body, "{\"input\":{\"creation_id\":\"2370483030340581\"},\"type\":\"upscale\","
@@ -38,11 +38,12 @@ static void test_submit_body_is_the_seeds(void **state)
         free(url);
         free(body);
         c.flavor = UPSTREAM_FLAVOR_ENT_V2;
-        assert_int_equal(upstream_build_submit(&c, "811935520102486016", 0, &url, &body), 0);
+        assert_int_equal(upstream_build_submit(&c, "811935520102486016", 0, NULL, &url, &body), 0);
         assert_string_equal(url, "http://127.0.0.1:9/ent/v2/upscale-new");
+        /* Without a source payload, one naming the creation. */
         assert_string_equal(
-            body,
-            "{\"video_creation_id\":\"811935520102486016\",\"upscale_resolution\":\"1080p\"}");
+            body, "{\"video_creation_id\":\"811935520102486016\",\"upscale_resolution\":\"1080p\","
+                  "\"payload\":\"{\\\"creation_id\\\":\\\"811935520102486016\\\"}\"}");
         free(url);
         free(body);
 }
@@ -52,13 +53,13 @@ static void test_submit_body_takes_the_jobs_duration(void **state)
 {
         struct config c = cfg_v1();
         char *url = NULL, *body = NULL;
-        assert_int_equal(upstream_build_submit(&c, "c1", 8, &url, &body), 0);
+        assert_int_equal(upstream_build_submit(&c, "c1", 8, NULL, &url, &body), 0);
         assert_string_equal(body, "{\"input\":{\"creation_id\":\"c1\"},\"type\":\"upscale\","
                                   "\"settings\":{\"model\":\"stable\",\"duration\":8}}");
         free(url);
         free(body);
         c.flavor = UPSTREAM_FLAVOR_ENT_V2;
-        assert_int_equal(upstream_build_submit(&c, "c1", 8, &url, &body), 0);
+        assert_int_equal(upstream_build_submit(&c, "c1", 8, NULL, &url, &body), 0);
         assert_null(strstr(body, "duration"));
         free(url);
         free(body);
@@ -73,7 +74,7 @@ static void test_submit_body_escapes_like_json_c(void **state)
         c.model = model;
         c.duration = 18446744073709551615ull;
         char *url = NULL, *body = NULL;
-        assert_int_equal(upstream_build_submit(&c, "id\"1", 0, &url, &body), 0);
+        assert_int_equal(upstream_build_submit(&c, "id\"1", 0, NULL, &url, &body), 0);
         char *m = json_c_string(model), *id = json_c_string("id\"1");
         char want[512];
         snprintf(want, sizeof(want),
@@ -92,13 +93,62 @@ static void test_submit_body_escapes_like_json_c(void **state)
 
         c.flavor = UPSTREAM_FLAVOR_ENT_V2;
         c.resolution = model;
-        assert_int_equal(upstream_build_submit(&c, "id\"1", 0, &url, &body), 0);
-        snprintf(want, sizeof(want), "{\"video_creation_id\":%s,\"upscale_resolution\":%s}", id, m);
+        assert_int_equal(upstream_build_submit(&c, "id\"1", 0, model, &url, &body), 0);
+        snprintf(want, sizeof(want),
+                 "{\"video_creation_id\":%s,\"upscale_resolution\":%s,\"payload\":%s}", id, m, m);
         assert_string_equal(body, want);
         free(url);
         free(body);
         free(m);
         free(id);
+}
+
+/* With callback_url: both flavours carry it, marked; ent-v2 passes the source payload on as sent,
+ * or generates one naming the creation. */
+static void test_submit_body_with_callback(void **state)
+{
+        static char cb[] = "https://hooks.example.com/hooks/vidu", cbq[] = "https://h/x?k=1";
+        struct config c = cfg_v1();
+        c.callback_url = cb;
+        char *url = NULL, *body = NULL;
+        assert_int_equal(upstream_build_submit(&c, "c1", 0, "ignored for v1", &url, &body), 0);
+        assert_string_equal(
+            body,
+            "{\"input\":{\"creation_id\":\"c1\"},\"type\":\"upscale\",\"settings\":"
+            "{\"model\":\"stable\",\"duration\":4},"
+            "\"callback_url\":\"https://hooks.example.com/hooks/vidu?vidu_upscaled=callback\"}");
+        free(url);
+        free(body);
+        c.flavor = UPSTREAM_FLAVOR_ENT_V2;
+        c.callback_url = cbq;
+        const char *payload = "{\"batch\": \"7\"}\n\u00e9";
+        assert_int_equal(upstream_build_submit(&c, "c1", 0, payload, &url, &body), 0);
+        json_object *o = json_tokener_parse(body), *v;
+        assert_non_null(o);
+        assert_true(json_object_object_get_ex(o, "callback_url", &v));
+        assert_string_equal(json_object_get_string(v), "https://h/x?k=1&vidu_upscaled=callback");
+        assert_true(json_object_object_get_ex(o, "payload", &v));
+        assert_string_equal(json_object_get_string(v), payload);
+        json_object_put(o);
+        free(url);
+        free(body);
+        /* A large payload: the buffer is sized for it escaped at worst. */
+        char *big = malloc(1024 * 1024 + 1);
+        assert_non_null(big);
+        memset(big, '\x01', 1024 * 1024);
+        big[1024 * 1024] = 0;
+        assert_int_equal(upstream_build_submit(&c, "c1", 0, big, &url, &body), 0);
+        assert_true(strlen(body) > 6 * 1024 * 1024);
+        free(big);
+        free(url);
+        free(body);
+
+        assert_true(upstream_is_callback("vidu_upscaled=callback"));
+        assert_true(upstream_is_callback("k=1&vidu_upscaled=callback"));
+        assert_false(upstream_is_callback("k=1&vidu_upscaled=callbacks"));
+        assert_false(upstream_is_callback("xvidu_upscaled=callback"));
+        assert_false(upstream_is_callback(NULL));
+        assert_false(upstream_is_callback(""));
 }
 
 static void test_poll_url_escapes(void **state)
@@ -308,6 +358,7 @@ int main(void)
             cmocka_unit_test(test_classification),
             cmocka_unit_test(test_credits),
             cmocka_unit_test(test_ent_v2_task_id),
+            cmocka_unit_test(test_submit_body_with_callback),
             cmocka_unit_test(test_poll_parsing),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
