@@ -95,6 +95,16 @@ struct config {
         uint64_t max_delay;     /* usec, default 1h */
         enum uncertain_policy uncertain;
 
+        /* [events] */
+        char *events_url;       /* http(s)://... or unix:/path; NULL = no events */
+        unsigned events_states; /* job states that make an event, mask of (1u << state) */
+        struct secret events_secrets[CONFIG_MAX_SECRETS]; /* whsec_...; the first signs */
+        size_t n_events_secrets;
+        uint64_t events_concurrency; /* deliveries in flight at once, default 4 */
+        uint64_t events_timeout;     /* usec, one delivery attempt, default 10s */
+        uint64_t events_max_age;     /* usec, default 24h: then an undelivered event is dead */
+        uint64_t events_keep;        /* usec, default 7d: delivered events purged after */
+
         /* [log] */
         int log_level; /* syslog priority, default LOG_INFO */
 };

@@ -93,3 +93,12 @@ int event_body(const struct job *j, const char *payload, uint64_t at_usec, char 
         *ret = b;
         return 0;
 }
+
+enum event_verdict event_classify(long status)
+{
+        if (status >= 200 && status <= 299)
+                return EVENT_DELIVERED;
+        if (status >= 400 && status <= 499 && status != 408 && status != 429)
+                return EVENT_REFUSED;
+        return EVENT_RETRY;
+}

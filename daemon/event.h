@@ -24,3 +24,12 @@ void event_format_time(uint64_t usec, char *buf, size_t size);
  * out. payload is the source notification's payload (a string) or NULL. Returns 0 and a string
  * the caller frees, -EINVAL for a state that makes no event, or -ENOMEM. */
 int event_body(const struct job *j, const char *payload, uint64_t at_usec, char **ret);
+
+enum event_verdict {
+        EVENT_DELIVERED, /* any 2xx */
+        EVENT_RETRY,     /* no answer, 5xx, 408, 429, 3xx (not followed), anything else */
+        EVENT_REFUSED,   /* another 4xx: final */
+};
+
+/* What an attempt's answer means: status 0 when there was none (timeout, refused, cut). */
+enum event_verdict event_classify(long status);

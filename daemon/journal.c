@@ -349,7 +349,7 @@ static void put_uint(struct entry *e, const char *name, uint64_t v)
 
 /* The job fields an entry carries, in the contract's order; empty ones are left out. */
 struct job_fields {
-        const char *name[8], *value[8];
+        const char *name[10], *value[10];
         size_t n;
         char attempt[UINT_DEC_SIZE], status[UINT_DEC_SIZE];
 };
@@ -364,9 +364,9 @@ static void job_fields(const struct job_event *ev, struct job_fields *f)
                 format_uint(ev->attempt, f->attempt);
         if (ev->http_status > 0)
                 format_uint((uint64_t)ev->http_status, f->status);
-        const char *const names[] = {"CREATION_ID",    "SOURCE_TASK_ID", "UPSCALE_TASK_ID",
-                                     "JOB_STATE",      "ATTEMPT",        "HTTP_STATUS",
-                                     "UPSTREAM_ERROR", "RESULT_URL"};
+        const char *const names[] = {
+            "CREATION_ID", "SOURCE_TASK_ID", "UPSCALE_TASK_ID", "JOB_STATE", "ATTEMPT",
+            "HTTP_STATUS", "UPSTREAM_ERROR", "RESULT_URL",      "EVENT_ID",  "EVENT_TYPE"};
         const char *const values[] = {ev->creation_id,
                                       ev->source_task_id,
                                       ev->upscale_task_id,
@@ -374,7 +374,9 @@ static void job_fields(const struct job_event *ev, struct job_fields *f)
                                       ev->attempt ? f->attempt : NULL,
                                       ev->http_status > 0 ? f->status : NULL,
                                       ev->upstream_error,
-                                      ev->result_url};
+                                      ev->result_url,
+                                      ev->event_id,
+                                      ev->event_type};
         for (size_t i = 0; i < ELEMENTSOF(names); i++)
                 if (!isempty(values[i])) {
                         f->name[f->n] = names[i];

@@ -31,6 +31,8 @@
 #define MSGID_LEDGER_ERROR      "9a383fa5d9f14d20834b031e0a178d2b"
 #define MSGID_RELEASED          "9f00456c16f6472fb5b79b65a30d0946"
 #define MSGID_ABANDONED         "118c6c4ecf9b4f90a1eb93556f3b71a8"
+#define MSGID_EVENT_DELIVERED   "aa7488e057974680992a8981d0b91885"
+#define MSGID_EVENT_DEAD        "7a3d7749a58b45ac9d15a2964c9bf240"
 
 /* What a job-transition entry carries; NULL / 0 fields are left out. */
 struct job_event {
@@ -44,6 +46,8 @@ struct job_event {
         int http_status;
         const char *upstream_error;
         const char *result_url;
+        const char *event_id;   /* an outcome event sent downstream ([events]) */
+        const char *event_type; /* upscale.succeeded, ... */
 };
 
 /* Where entries go: the journal when its socket answers, and readable lines on stderr unless
