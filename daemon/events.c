@@ -364,7 +364,8 @@ static void writer_done(void *userdata, int r)
 /* events.concurrency is fixed at start (the curl multi's limit); the rest follows a reload. */
 static void apply_config(struct events *ev)
 {
-        ledger_set_event_states(ev->ledger, enabled(ev) ? ev->cfg->events_states : 0);
+        if (ledger_set_event_states(ev->ledger, enabled(ev) ? ev->cfg->events_states : 0) < 0)
+                log_warning("Cannot record which events to write: %s", ledger_errmsg(ev->ledger));
 }
 
 int events_new(sd_event *event, struct ledger *ledger, struct txn *txn, const struct config *cfg,

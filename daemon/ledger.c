@@ -191,6 +191,7 @@ struct ledger {
 #define CHECKPOINT_PAGES 1000 /* as SQLite's own automatic checkpoint */
 
 static int fail(struct ledger *l, int rc, const char *what);
+static void load_event_states(struct ledger *l);
 
 struct checkpointer {
         pthread_t thread;
@@ -539,6 +540,7 @@ int ledger_open(const char *path, const struct ledger_options *opts, struct ledg
                         goto fail;
                 }
         }
+        load_event_states(l);
         if (opts->preallocate_wal && !opts->read_only)
                 preallocate_wal(l);
         if (opts->checkpoint_in_background && !opts->read_only) {
@@ -971,9 +973,36 @@ int ledger_probe_writable(struct ledger *l, uint64_t now_usec)
 
 /* --- outbox ------------------------------------------------------------------------------- */
 
-void ledger_set_event_states(struct ledger *l, unsigned state_mask)
+int ledger_set_event_states(struct ledger *l, unsigned state_mask)
 {
         l->event_states = state_mask;
+        char v[UINT_DEC_SIZE];
+        format_uint(state_mask, v);
+        sqlite3_stmt *s = NULL;
+        int rc = sqlite3_prepare_v2(
+            l->db, "INSERT OR REPLACE INTO meta(key, value) VALUES ('event_states', ?1)", -1, &s,
+            NULL);
+        if (rc == SQLITE_OK) {
+                sqlite3_bind_text(s, 1, v, -1, SQLITE_STATIC);
+                rc = sqlite3_step(s);
+        }
+        sqlite3_finalize(s);
+        return rc == SQLITE_OK || rc == SQLITE_DONE ? 0 : fail(l, rc, "remembering event types");
+}
+
+/* What the daemon last set, so that an operator's command (vidu-upscaled jobs abandon) writes
+ * the events the daemon would, whatever configuration it was given. */
+static void load_event_states(struct ledger *l)
+{
+        sqlite3_stmt *s = NULL;
+        if (sqlite3_prepare_v2(l->db, "SELECT value FROM meta WHERE key = 'event_states'", -1, &s,
+                               NULL) == SQLITE_OK &&
+            sqlite3_step(s) == SQLITE_ROW) {
+                uint64_t v = 0;
+                if (parse_uint((const char *)sqlite3_column_text(s, 0), 0, UINT32_MAX, &v) >= 0)
+                        l->event_states = (unsigned)v;
+        }
+        sqlite3_finalize(s);
 }
 
 void ledger_set_event_hook(struct ledger *l, void (*hook)(void *userdata), void *userdata)

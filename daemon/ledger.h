@@ -96,8 +96,10 @@ int ledger_probe_writable(struct ledger *l, uint64_t now_usec);
 /* --- the outbox of outcome events ([events]) --------------------------------------------- */
 
 /* Which job states write an event when a save moves a job into them: a mask of (1u << state),
- * 0 (the default) for none. The event is written by that save, in its transaction. */
-void ledger_set_event_states(struct ledger *l, unsigned state_mask);
+ * 0 for none. The event is written by that save, in its transaction. Remembered in the ledger
+ * (outside a transaction: at once), so every later opening of it, an operator's command
+ * included, writes the same events; until set once, none. */
+int ledger_set_event_states(struct ledger *l, unsigned state_mask);
 /* Called inside the transaction each time an event is written (to wake the sender). */
 void ledger_set_event_hook(struct ledger *l, void (*hook)(void *userdata), void *userdata);
 
