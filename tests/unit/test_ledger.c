@@ -291,6 +291,8 @@ static void test_migration_from_version_1_keeps_counts(void **state)
         assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
         assert_int_equal(
             sqlite3_exec(db,
+                         /* What later migrations added goes, so they run again. */
+                         "DROP TABLE events;"
                          "CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN"
                          "  UPDATE job_counts SET n = n + 1 WHERE state = NEW.state; END;"
                          "CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs"
@@ -305,7 +307,7 @@ static void test_migration_from_version_1_keeps_counts(void **state)
             SQLITE_OK);
         sqlite3_close(db);
         l = open_ok();
-        assert_int_equal(ledger_schema_version(l), 2);
+        assert_int_equal(ledger_schema_version(l), 3);
         expect_counts(l, 1, 0, 0, 1);
         struct job j;
         assert_int_equal(ledger_begin(l), 0);
@@ -340,7 +342,7 @@ static void test_replay_memory(void **state)
 static void test_migration_from_empty_and_version(void **state)
 {
         struct ledger *l = open_ok();
-        assert_int_equal(ledger_schema_version(l), 2);
+        assert_int_equal(ledger_schema_version(l), 3);
         ledger_close(l);
         /* A ledger from a newer daemon is refused, not downgraded. */
         sqlite3 *db;
