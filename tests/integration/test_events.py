@@ -195,6 +195,16 @@ class Outcomes(unittest.TestCase):
             self.assertEqual(sorted(e["creation_id"] for e in listed), sorted(expect))
             self.assertTrue(all(e["state"] == "delivered" and e["attempts"] == 1 for e in listed))
             self.assertNotIn(SECRET[6:], d.stderr_text())
+            # An operator abandons the held job (another process, another path): its event too.
+            out = subprocess.run([d.binary, "-c", d.config_path, "jobs", "abandon", held],
+                                 capture_output=True, text=True, timeout=30)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            poll(lambda: any(r["json"]["type"] == "upscale.dead" for r in rx.for_creation(held)),
+                 timeout=20, what="the abandoned job's event")
+            got = rx.for_creation(held)
+            self.assertEqual([r["json"]["type"] for r in got], ["upscale.uncertain", "upscale.dead"])
+            self.assertEqual(got[1]["json"]["data"]["error"], "abandoned by an operator")
+            self.assertNotEqual(got[0]["headers"]["webhook-id"], got[1]["headers"]["webhook-id"])
         finally:
             d.stop()
             fake.stop()
@@ -299,6 +309,25 @@ class Receivers(unittest.TestCase):
         finally:
             d.stop()
             rx.stop()
+
+    def test_too_old_is_dead(self):
+        port = harness.free_port()  # refused, for good
+        (cid,) = new_creation_ids(1)
+        d = Daemon(merge({"upstream": {"base_url": self.fake.url}, "retry": {"max_attempts": "1"}},
+                         events_config("http://127.0.0.1:%d/" % port, max_age="2s")), fake=self.fake)
+        try:
+            d.start()
+            self.assertEqual(d.post(body=make_task("9500000000000008", [cid]))[0], 202)
+            dead = wait_journal(lambda: harness.journal_entries(MESSAGE_ID=MSGID_DEAD, CREATION_ID=cid), timeout=20)
+            self.assertIn("events.max_age", dead[0]["MESSAGE"])
+            (ev,) = ledger_events(d)
+            self.assertEqual(ev["state"], "dead")
+            self.assertGreater(ev["attempts"], 1)  # retried until then, not capped by retry.max_attempts
+            self.assertGreaterEqual(ev["updated_at"] - ev["created_at"], 2_000_000)
+            self.assertEqual(
+                d.metrics_value('vidu_upscaled_events_total{type="upscale.succeeded",outcome="dead"}'), 1)
+        finally:
+            d.stop()
 
     def test_kill_during_deliveries_loses_nothing(self):
         rx = Receiver()
