@@ -100,8 +100,8 @@ static const char *const stmt_sql[_STMT_MAX] = {
     [STMT_EVENT_UPDATE] = "UPDATE events SET state = ?2, attempts = ?3, next_at = ?4, "
                           "http_status = ?5, error = ?6, updated_at = ?7 WHERE id = ?1 "
                           "AND state = 'pending'",
-    [STMT_EVENTS_PURGE] = "DELETE FROM events WHERE seq IN (SELECT seq FROM events "
-                          "WHERE state = 'delivered' AND updated_at < ?1 LIMIT ?2)",
+    [STMT_EVENTS_PURGE] = ("DELETE FROM events WHERE seq IN (SELECT seq FROM events "
+                           "WHERE state = 'delivered' AND updated_at < ?1 LIMIT ?2)"),
     [STMT_EVENTS_BACKLOG] = "SELECT count(*) FROM events WHERE state = 'pending'",
 };
 

@@ -113,6 +113,19 @@ def ledger_events(d):
         db.close()
 
 
+def wait_event(d, cid, state, type_=None, timeout=30):
+    """Waits for the ledger to hold cid's event (of type_) in state; the journal is checked after,
+    as an outcome, not used to wait on (a loaded journald may take its time)."""
+    def find():
+        return [e for e in ledger_events(d) if e["creation_id"] == cid and e["state"] == state
+                and (type_ is None or e["type"] == type_)]
+    return poll(find, timeout=timeout, what="%s's event %s" % (cid, state))
+
+
+def journal_of(msgid, cid, timeout=30):
+    return wait_journal(lambda: harness.journal_entries(MESSAGE_ID=msgid, CREATION_ID=cid), timeout=timeout)
+
+
 def events_config(url, **extra):
     cfg = {"url": url, "secret": SECRET, "timeout": "2s"}
     cfg.update(extra)
@@ -145,14 +158,14 @@ class Outcomes(unittest.TestCase):
             for cid in (ok, failed, dead):
                 self.assertEqual(d.post(body=make_task("9500000000000001", [cid]))[0], 202)
             for cid in (ok, failed, dead):
-                wait_journal(lambda: harness.journal_entries(MESSAGE_ID=MSGID_DELIVERED, CREATION_ID=cid), timeout=20)
+                wait_event(d, cid, "delivered")
             # Uncertain: killed mid-submission, held at the next start (retry.uncertain=hold).
             self.assertEqual(d.post(body=make_task("9500000000000002", [held]))[0], 202)
             poll(lambda: fake.stats()["submit_requests"] >= 4, what="the held job's submission in flight")
             d.kill(signal.SIGKILL)
             d.wait_exit(timeout=10)
             d.start()
-            wait_journal(lambda: harness.journal_entries(MESSAGE_ID=MSGID_DELIVERED, CREATION_ID=held), timeout=20)
+            wait_event(d, held, "delivered")
 
             expect = {ok: ("upscale.succeeded", "succeeded"), failed: ("upscale.failed", "failed"),
                       dead: ("upscale.dead", "dead"), held: ("upscale.uncertain", "uncertain")}
@@ -175,7 +188,7 @@ class Outcomes(unittest.TestCase):
                 self.assertIsInstance(data["attempt"], int)
                 self.assertNotIn(None, data.values())
                 # The journal names the event and the creation.
-                j = harness.journal_entries(MESSAGE_ID=MSGID_DELIVERED, CREATION_ID=cid)
+                j = journal_of(MSGID_DELIVERED, cid)
                 self.assertEqual(j[-1]["EVENT_ID"], h["webhook-id"])
                 self.assertEqual(j[-1]["EVENT_TYPE"], type_)
             self.assertTrue(rx.for_creation(ok)[0]["json"]["data"]["result_url"].startswith("http"))
@@ -223,7 +236,7 @@ class Outcomes(unittest.TestCase):
         try:
             d.start()
             self.assertEqual(d.post(body=make_task("9500000000000003", [ok, failed]))[0], 202)
-            wait_journal(lambda: harness.journal_entries(MESSAGE_ID=MSGID_DELIVERED, CREATION_ID=ok), timeout=20)
+            wait_event(d, ok, "delivered")
             poll(lambda: (d.ledger_row(failed) or {}).get("state") == "failed", timeout=20, what="the failed job")
             got = rx.for_creation(ok)
             self.assertEqual(len(got), 1)
@@ -269,7 +282,7 @@ class Receivers(unittest.TestCase):
                 self.assertGreaterEqual(len(got), 1)
                 self.assertEqual({r["headers"]["webhook-id"] for r in got}, {stored[cid]})
                 self.assertTrue(all(verify(SECRET, r["headers"], r["body"]) for r in got))
-                self.assertEqual(len(harness.journal_entries(MESSAGE_ID=MSGID_DELIVERED, CREATION_ID=cid)), 1)
+                self.assertEqual(len(journal_of(MSGID_DELIVERED, cid)), 1)
             self.assertEqual(len(rx.events()), 6)  # three 503s, three 200s
             self.assertEqual(d.metrics_value("vidu_upscaled_events_backlog"), 0)
         finally:
@@ -286,7 +299,8 @@ class Receivers(unittest.TestCase):
         try:
             d.start()
             self.assertEqual(d.post(body=make_task("9500000000000005", [cid]))[0], 202)
-            dead = wait_journal(lambda: harness.journal_entries(MESSAGE_ID=MSGID_DEAD, CREATION_ID=cid), timeout=20)
+            wait_event(d, cid, "dead")
+            dead = journal_of(MSGID_DEAD, cid)
             self.assertEqual(dead[0]["PRIORITY"], "3")
             (ev,) = ledger_events(d)
             self.assertEqual((ev["state"], ev["attempts"], ev["http_status"]), ("dead", 1, 400))
@@ -302,7 +316,8 @@ class Receivers(unittest.TestCase):
             out = subprocess.run([d.binary, "-c", d.config_path, "events", "retry", "--dead"],
                                  capture_output=True, text=True, timeout=30)
             self.assertEqual(out.returncode, 0, out.stderr)
-            wait_journal(lambda: harness.journal_entries(MESSAGE_ID=MSGID_DELIVERED, CREATION_ID=cid), timeout=30)
+            wait_event(d, cid, "delivered")
+            journal_of(MSGID_DELIVERED, cid)
             got = rx.for_creation(cid)
             self.assertEqual(len(got), 2)
             self.assertEqual({r["headers"]["webhook-id"] for r in got}, {ev["id"]})
@@ -318,7 +333,8 @@ class Receivers(unittest.TestCase):
         try:
             d.start()
             self.assertEqual(d.post(body=make_task("9500000000000008", [cid]))[0], 202)
-            dead = wait_journal(lambda: harness.journal_entries(MESSAGE_ID=MSGID_DEAD, CREATION_ID=cid), timeout=20)
+            wait_event(d, cid, "dead")
+            dead = journal_of(MSGID_DEAD, cid)
             self.assertIn("events.max_age", dead[0]["MESSAGE"])
             (ev,) = ledger_events(d)
             self.assertEqual(ev["state"], "dead")
