@@ -325,6 +325,63 @@ class Receivers(unittest.TestCase):
             d.stop()
             rx.stop()
 
+    def test_redirect_not_followed_garbage_and_trickle_retried(self):
+        elsewhere = Receiver()
+        rx = Receiver()
+        rx.answer = lambda n: (302, {"Location": "http://127.0.0.1:%d/" % elsewhere.port}) if n == 1 else (200, {})
+        # Answers bytes that are not HTTP, or trickles them, then hangs up.
+        bad = socket.socket()
+        bad.bind(("127.0.0.1", 0))
+        bad.listen(16)
+        stop = threading.Event()
+
+        def serve():
+            n = 0
+            while not stop.is_set():
+                try:
+                    conn, _ = bad.accept()
+                except OSError:
+                    return
+                n += 1
+                try:
+                    conn.recv(65536)
+                    if n % 2:
+                        conn.sendall(b"NOT HTTP AT ALL\r\n\r\n\x00\xff")
+                    else:
+                        for ch in b"HTTP/1.1 200 OK\r\n":  # one byte every 0.2 s: past events.timeout
+                            conn.sendall(bytes([ch]))
+                            if stop.wait(0.2):
+                                break
+                except OSError:
+                    pass
+                conn.close()
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        a, b = new_creation_ids(2)
+        try:
+            with Daemon(merge({"upstream": {"base_url": self.fake.url}},
+                              events_config("http://127.0.0.1:%d/" % rx.port)), fake=self.fake) as d:
+                self.assertEqual(d.post(body=make_task("9500000000000009", [a]))[0], 202)
+                (ev,) = wait_event(d, a, "delivered")
+                self.assertEqual(ev["attempts"], 2)
+                self.assertEqual(elsewhere.events(), [])
+                self.assertEqual({r["headers"]["webhook-id"] for r in rx.for_creation(a)}, {ev["id"]})
+            with Daemon(merge({"upstream": {"base_url": self.fake.url}},
+                              events_config("http://127.0.0.1:%d/" % bad.getsockname()[1], timeout="1s")),
+                        fake=self.fake) as d:
+                self.assertEqual(d.post(body=make_task("9500000000000010", [b]))[0], 202)
+                poll(lambda: [e for e in ledger_events(d) if e["attempts"] >= 3], timeout=30,
+                     what="three failed attempts")
+                (ev,) = ledger_events(d)
+                self.assertEqual(ev["state"], "pending")
+                self.assertTrue(ev["error"])
+                self.assertEqual(d.get("/healthz")[0], 200)
+        finally:
+            stop.set()
+            bad.close()
+            rx.stop()
+            elsewhere.stop()
+
     def test_too_old_is_dead(self):
         port = harness.free_port()  # refused, for good
         (cid,) = new_creation_ids(1)
