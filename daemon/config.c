@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "cidr.h"
+#include "event.h"
 #include "util.h"
 
 #define ENV_PREFIX "VIDU_UPSCALED_"
@@ -55,6 +56,8 @@ PARSER(parse_secret_list);
 PARSER(parse_upscale_duration);
 PARSER(parse_types);
 PARSER(parse_rule);
+PARSER(parse_events_url);
+PARSER(parse_event_types);
 DUMPER(dump_text);
 DUMPER(dump_size);
 DUMPER(dump_duration);
@@ -67,6 +70,7 @@ DUMPER(dump_nothing);
 DUMPER(dump_upscale_duration);
 DUMPER(dump_types);
 DUMPER(dump_rules);
+DUMPER(dump_event_types);
 static void release_text(struct config *c, void *field);
 static void release_secret(struct config *c, void *field);
 static void release_secret_list(struct config *c, void *field);
@@ -176,6 +180,16 @@ static const struct config_key keys[] = {
     UINT("budget", "max_credits_per_day", budget_credits_per_day, 0, 1000000000000ULL, "0"),
     UINT("budget", "assumed_credits", budget_assumed_credits, 0, 1000000000, "0"),
     ENUM("log", "level", log_level, level_names, level_values, "info"),
+    TEXT("events", "url", parse_events_url, events_url, NULL),
+    ROW("events", "types", parse_event_types, dump_event_types, NULL, events_states,
+        .default_text = "upscale.succeeded upscale.failed upscale.dead upscale.uncertain"),
+    ROW("events", "secret", parse_secret_list, dump_secret_list, release_secret_list,
+        events_secrets, .flags = CONFIG_KEY_SECRET | CONFIG_KEY_REPEAT),
+    FILE_PATH("events", "secret_file", events_secret_file),
+    UINT("events", "concurrency", events_concurrency, 1, 256, "4"),
+    DURATION("events", "timeout", events_timeout, 100 * MS, 3600 * SEC, "10s"),
+    DURATION("events", "max_age", events_max_age, SEC, 3650 * 86400 * SEC, "24h"),
+    DURATION("events", "keep", events_keep, 0, 3650 * 86400 * SEC, "7d"),
 };
 #undef SEC
 #undef MS
@@ -204,6 +218,8 @@ struct config_loader {
         bool api_key_failed; /* a key source was named but could not be used */
         bool secrets_failed;
         char secrets_where[WHERE_SIZE]; /* where the auth secrets in effect came from */
+        bool events_secrets_failed;
+        char events_secrets_where[WHERE_SIZE];
 };
 
 static void add_error(struct config_loader *L, const char *fmt, ...) _printf_(2, 3);
@@ -253,11 +269,18 @@ static void secret_clear(struct secret *s)
         s->len = 0;
 }
 
-static void secrets_clear(struct config *c)
+/* The count that goes with a list of secrets in struct config (auth's or events'). */
+static size_t *secrets_count(struct config *c, struct secret *list)
 {
-        for (size_t i = 0; i < c->n_secrets; i++)
-                secret_clear(&c->secrets[i]);
-        c->n_secrets = 0;
+        return list == c->events_secrets ? &c->n_events_secrets : &c->n_secrets;
+}
+
+static void secrets_clear(struct config *c, struct secret *list)
+{
+        size_t *n = secrets_count(c, list);
+        for (size_t i = 0; i < *n; i++)
+                secret_clear(&list[i]);
+        *n = 0;
 }
 
 struct config *config_free(struct config *c)
@@ -375,16 +398,17 @@ static ssize_t base64_decoded_len(const char *s)
         return (ssize_t)(n / 4 * 3 - pad);
 }
 
-static int add_secret(struct config *c, const char *v, size_t len)
+static int add_secret(struct config *c, struct secret *list, const char *v, size_t len)
 {
-        if (c->n_secrets >= CONFIG_MAX_SECRETS)
+        size_t *n = secrets_count(c, list);
+        if (*n >= CONFIG_MAX_SECRETS)
                 return -E2BIG;
         char *copy = strndup_safe(v, len);
         if (!copy)
                 return -ENOMEM;
-        c->secrets[c->n_secrets].value = copy;
-        c->secrets[c->n_secrets].len = len;
-        c->n_secrets++;
+        list[*n].value = copy;
+        list[*n].len = len;
+        (*n)++;
         return 0;
 }
 
@@ -493,22 +517,28 @@ PARSER(parse_url_prefix)
 }
 
 /* http(s)://host...; empty = unset; kept without trailing '/'. */
-PARSER(parse_url)
+/* What is wrong with an http(s) URL (or NULL): a scheme, a host, no space. */
+static const char *url_problem(const char *v, const char *example, char *msg, size_t msglen)
 {
         size_t scheme = strncmp(v, "http://", 7) == 0 ? 7 : strncmp(v, "https://", 8) == 0 ? 8 : 0;
         if (*v && scheme == 0) {
-                snprintf(msg, msglen,
-                         "'%.*s%s' must start with http:// or https:// (e.g. "
-                         "https://api.example.com)",
-                         QUOTED(v));
+                snprintf(msg, msglen, "'%.*s%s' must start with http:// or https:// (e.g. %s)",
+                         QUOTED(v), example);
                 return msg;
         }
         if (*v && (v[scheme] == 0 || v[scheme] == '/' || strchr(v, ' '))) {
-                snprintf(msg, msglen,
-                         "'%.*s%s' is not a URL with a host (e.g. https://api.example.com)",
-                         QUOTED(v));
+                snprintf(msg, msglen, "'%.*s%s' is not a URL with a host (e.g. %s)", QUOTED(v),
+                         example);
                 return msg;
         }
+        return NULL;
+}
+
+PARSER(parse_url)
+{
+        const char *bad = url_problem(v, "https://api.example.com", msg, msglen);
+        if (bad)
+                return bad;
         const char *err = store_text(L, field, v, true);
         if (!err && *(char **)field)
                 strip_trailing_slashes(*(char **)field);
@@ -540,6 +570,58 @@ PARSER(parse_callback_url)
                 return msg;
         }
         return store_text(L, field, v, true);
+}
+
+/* Where events go: an http(s) URL as written, or unix:/absolute/path. */
+PARSER(parse_events_url)
+{
+        if (strncmp(v, "unix:", 5) == 0) {
+                const char *path = v + 5;
+                if (path[0] != '/' || strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+                        snprintf(msg, msglen,
+                                 "'%.*s%s' needs an absolute socket path shorter than %zu bytes "
+                                 "(e.g. unix:/run/pipeline/events.sock)",
+                                 QUOTED(v), sizeof(((struct sockaddr_un *)0)->sun_path));
+                        return msg;
+                }
+        } else {
+                const char *bad = url_problem(v,
+                                              "https://pipeline.example.com/hooks/upscaled or "
+                                              "unix:/run/pipeline/events.sock",
+                                              msg, msglen);
+                if (bad)
+                        return bad;
+        }
+        return store_text(L, field, v, true);
+}
+
+/* A mask of the job states whose events are sent: type names, space or comma separated. */
+PARSER(parse_event_types)
+{
+        unsigned mask = 0;
+        char word[64];
+        for (const char *p = v; *p;) {
+                size_t n = strcspn(p, " ,");
+                if (n > 0) {
+                        snprintf(word, sizeof(word), "%.*s", (int)(n < sizeof(word) ? n : 0), p);
+                        int st = n < sizeof(word) ? event_state_for_type(word) : -EINVAL;
+                        if (st < 0) {
+                                snprintf(msg, msglen,
+                                         "unknown event type '%.*s' (use upscale.succeeded, "
+                                         "upscale.failed, upscale.dead or upscale.uncertain)",
+                                         (int)(n < QUOTE_MAX ? n : QUOTE_MAX), p);
+                                return msg;
+                        }
+                        mask |= 1u << st;
+                }
+                p += n;
+                p += strspn(p, " ,");
+        }
+        if (mask == 0)
+                return "name at least one event type (upscale.succeeded, upscale.failed, "
+                       "upscale.dead, upscale.uncertain), or leave events.url unset";
+        *(unsigned *)field = mask;
+        return NULL;
 }
 
 /* host:port, [v6]:port or unix:/path */
@@ -689,12 +771,13 @@ PARSER(parse_secret)
         return NULL;
 }
 
-/* The auth secrets (struct config's secrets[] and n_secrets): one more per line. */
+/* A list of secrets (auth's secrets[] or events' events_secrets[], with their count): one more
+ * per line. */
 PARSER(parse_secret_list)
 {
         if (!*v)
                 return "empty secret; remove the line, or put the secret after '='";
-        switch (add_secret(L->c, v, strlen(v))) {
+        switch (add_secret(L->c, field, v, strlen(v))) {
         case 0:
                 return NULL;
         case -E2BIG:
@@ -828,9 +911,10 @@ DUMPER(dump_secret)
 /* One line per secret, as they are written; never the value. */
 DUMPER(dump_secret_list)
 {
-        if (c->n_secrets == 0)
+        size_t n = *secrets_count((struct config *)c, (struct secret *)field);
+        if (n == 0)
                 print_value(key, "(unset)", f);
-        for (size_t i = 0; i < c->n_secrets; i++)
+        for (size_t i = 0; i < n; i++)
                 print_value(key, "(set)", f);
 }
 
@@ -859,6 +943,16 @@ DUMPER(dump_rules)
                 print_value(key, sel->rules[i].text, f);
 }
 
+DUMPER(dump_event_types)
+{
+        unsigned mask = *(const unsigned *)field;
+        fprintf(f, "%s =", key->name);
+        for (int st = 0; st < _JOB_STATE_MAX; st++)
+                if ((mask & (1u << st)) && event_type_for_state((enum job_state)st))
+                        fprintf(f, " %s", event_type_for_state((enum job_state)st));
+        fprintf(f, "\n");
+}
+
 /* For the ..._file keys: what they held is shown as the secret it provided. */
 DUMPER(dump_nothing)
 {
@@ -878,7 +972,7 @@ static void release_secret(struct config *c, void *field)
 
 static void release_secret_list(struct config *c, void *field)
 {
-        secrets_clear(c);
+        secrets_clear(c, field);
 }
 
 static void release_types(struct config *c, void *field)
@@ -1199,8 +1293,9 @@ static const char *where_or_config(struct config_loader *L, const char *section,
  * API key (single: exactly one line) or auth secrets. `where` and `what` name the setting in
  * messages. Returns the number of secrets, 0 if optional and absent, or -errno (reported). */
 static int read_secret_file(struct config_loader *L, const char *path, const char *where,
-                            const char *what, bool single, bool optional)
+                            const char *what, struct secret *list, bool optional)
 {
+        bool single = list == NULL; /* the API key */
         char *text = NULL;
         size_t len = 0, count = 0;
         int r = read_small_file(path, SECRET_MAX, false, &text, &len);
@@ -1245,7 +1340,7 @@ static int read_secret_file(struct config_loader *L, const char *path, const cha
                                 if (!L->c->api_key.value)
                                         r = -ENOMEM;
                         } else
-                                r = add_secret(L->c, p, m);
+                                r = add_secret(L->c, list, p, m);
                         if (r == -E2BIG)
                                 add_error(L,
                                           "%s: %s: '%s' has more than %d secrets; remove the "
@@ -1268,6 +1363,38 @@ static int read_secret_file(struct config_loader *L, const char *path, const cha
         return r < 0 ? r : (int)count;
 }
 
+/* A list of secrets (section.secret, may repeat), else section.secret_file (one per line), else
+ * the systemd credential `credential` when present. Records where they came from, for messages,
+ * and whether a source was named but could not be used. */
+static void resolve_secret_list(struct config_loader *L, const char *section, struct secret *list,
+                                const char *file, const char *credential, char *where, bool *failed)
+{
+        const char *creds = getenv("CREDENTIALS_DIRECTORY");
+        char what[64];
+        if (*secrets_count(L->c, list) > 0) {
+                snprintf(where, WHERE_SIZE, "%s: %s.secret", where_or_config(L, section, "secret"),
+                         section);
+                return;
+        }
+        if (file) {
+                const char *w = where_or_config(L, section, "secret_file");
+                snprintf(what, sizeof(what), "%s.secret_file", section);
+                *failed = read_secret_file(L, file, w, what, list, false) < 0;
+                snprintf(where, WHERE_SIZE, "%s: %s", w, what);
+        } else if (!isempty(creds)) {
+                char *path = NULL;
+                if (asprintf(&path, "%s/%s", creds, credential) < 0) {
+                        L->oom = *failed = true;
+                        add_error(L, "configuration: out of memory");
+                        return;
+                }
+                snprintf(what, sizeof(what), "credential %s", credential);
+                *failed = read_secret_file(L, path, "configuration", what, list, true) < 0;
+                snprintf(where, WHERE_SIZE, "configuration: %s", what);
+                free(path);
+        }
+}
+
 static void resolve_secrets(struct config_loader *L)
 {
         struct config *c = L->c;
@@ -1281,7 +1408,7 @@ static void resolve_secrets(struct config_loader *L)
                         L->api_key_failed =
                             read_secret_file(L, file,
                                              where_or_config(L, "upstream", "api_key_file"),
-                                             "upstream.api_key_file", true, false) < 0;
+                                             "upstream.api_key_file", NULL, false) < 0;
                 else if (!isempty(creds)) {
                         if (asprintf(&path, "%s/api-key", creds) < 0) {
                                 L->oom = L->api_key_failed = true;
@@ -1289,34 +1416,34 @@ static void resolve_secrets(struct config_loader *L)
                         } else {
                                 L->api_key_failed =
                                     read_secret_file(L, path, "configuration", "credential api-key",
-                                                     true, true) < 0;
+                                                     NULL, true) < 0;
                                 free(path);
                                 path = NULL;
                         }
                 }
         }
 
-        if (c->n_secrets > 0) {
-                snprintf(L->secrets_where, WHERE_SIZE, "%s: auth.secret",
-                         where_or_config(L, "auth", "secret"));
-                return;
-        }
-        file = c->secret_file;
-        if (file) {
-                const char *w = where_or_config(L, "auth", "secret_file");
-                L->secrets_failed =
-                    read_secret_file(L, file, w, "auth.secret_file", false, false) < 0;
-                snprintf(L->secrets_where, WHERE_SIZE, "%s: auth.secret_file", w);
-        } else if (!isempty(creds)) {
-                if (asprintf(&path, "%s/webhook-secret", creds) < 0) {
-                        L->oom = L->secrets_failed = true;
-                        add_error(L, "configuration: out of memory");
-                        return;
-                }
-                L->secrets_failed = read_secret_file(L, path, "configuration",
-                                                     "credential webhook-secret", false, true) < 0;
-                snprintf(L->secrets_where, WHERE_SIZE, "configuration: credential webhook-secret");
-                free(path);
+        resolve_secret_list(L, "auth", c->secrets, c->secret_file, "webhook-secret",
+                            L->secrets_where, &L->secrets_failed);
+        resolve_secret_list(L, "events", c->events_secrets, c->events_secret_file, "events-secret",
+                            L->events_secrets_where, &L->events_secrets_failed);
+}
+
+/* Standard Webhooks secrets: "whsec_" and base64 that auth.c can decode. */
+static void check_whsec(struct config_loader *L, const struct secret *list, size_t n_list,
+                        const char *where, const char *user)
+{
+        for (size_t i = 0; i < n_list; i++) {
+                const char *v = list[i].value;
+                ssize_t n = strncmp(v, "whsec_", 6) == 0 ? base64_decoded_len(v + 6) : -EINVAL;
+                if (n <= 0)
+                        add_error(L,
+                                  "%s: secret %zu is not whsec_ followed by base64, as %s needs "
+                                  "(e.g. whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw)",
+                                  where, i + 1, user);
+                else if (n > WHSEC_KEY_MAX)
+                        add_error(L, "%s: secret %zu is longer than %d bytes once decoded", where,
+                                  i + 1, WHSEC_KEY_MAX);
         }
 }
 
@@ -1341,20 +1468,15 @@ static void validate(struct config_loader *L)
                           where_or_config(L, "auth", "scheme"),
                           auth_scheme_to_string(c->auth_scheme));
         if (c->auth_scheme == AUTH_SCHEME_STANDARD_WEBHOOKS)
-                for (size_t i = 0; i < c->n_secrets; i++) {
-                        const char *v = c->secrets[i].value;
-                        ssize_t n =
-                            strncmp(v, "whsec_", 6) == 0 ? base64_decoded_len(v + 6) : -EINVAL;
-                        if (n <= 0)
-                                add_error(L,
-                                          "%s: secret %zu is not whsec_ followed by base64, as "
-                                          "standard-webhooks needs (e.g. "
-                                          "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw)",
-                                          L->secrets_where, i + 1);
-                        else if (n > WHSEC_KEY_MAX)
-                                add_error(L, "%s: secret %zu is longer than %d bytes once decoded",
-                                          L->secrets_where, i + 1, WHSEC_KEY_MAX);
-                }
+                check_whsec(L, c->secrets, c->n_secrets, L->secrets_where, "standard-webhooks");
+        check_whsec(L, c->events_secrets, c->n_events_secrets, L->events_secrets_where,
+                    "events (Standard Webhooks)");
+        if (c->events_url && c->n_events_secrets == 0 && !L->events_secrets_failed)
+                add_error(L,
+                          "%s: events.url needs a secret to sign the events with: set "
+                          "secret_file (or secret) in [events] to a whsec_ secret, or provide the "
+                          "systemd credential events-secret",
+                          where_or_config(L, "events", "url"));
         if (!c->tls_cert != !c->tls_key)
                 add_error(L,
                           "%s: server.tls_cert and server.tls_key go together: set both or "

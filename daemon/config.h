@@ -112,6 +112,16 @@ struct config {
         uint64_t budget_per_day;         /* submissions in the last 24 hours */
         uint64_t budget_credits_per_day; /* credits of the last 24 hours' submissions */
         uint64_t budget_assumed_credits; /* what a submission of unknown cost counts as */
+        /* [events] */
+        char *events_url;       /* http(s)://... or unix:/path; NULL = no events */
+        unsigned events_states; /* job states that make an event, mask of (1u << state) */
+        struct secret events_secrets[CONFIG_MAX_SECRETS]; /* whsec_...; the first signs */
+        size_t n_events_secrets;
+        char *events_secret_file;    /* where they were read from, when none was set itself */
+        uint64_t events_concurrency; /* deliveries in flight at once, default 4 */
+        uint64_t events_timeout;     /* usec, one delivery attempt, default 10s */
+        uint64_t events_max_age;     /* usec, default 24h: then an undelivered event is dead */
+        uint64_t events_keep;        /* usec, default 7d: delivered events purged after */
 
         /* [log] */
         int log_level; /* syslog priority, default LOG_INFO */
@@ -130,7 +140,8 @@ struct config_errors {
  * Then the environment: VIDU_UPSCALED_<SECTION>_<KEY> (upper case) overrides a key; an unknown
  * variable with that prefix is an error.
  * Secrets: api_key, else api_key_file, else $CREDENTIALS_DIRECTORY/api-key; auth secret(s) from
- * secret (may repeat), secret_file (one per line), else $CREDENTIALS_DIRECTORY/webhook-secret.
+ * secret (may repeat), secret_file (one per line), else $CREDENTIALS_DIRECTORY/webhook-secret;
+ * the events secret(s) the same way from [events] and the credential events-secret.
  * Errors are appended to *errors as "FILE:LINE: message", "PATH: message", "environment: VAR:
  * message" or "configuration: message" (a rule across keys set nowhere in particular).
  * Returns 0 with *ret set, or -EINVAL with every error in *errors (also on I/O errors), or -ENOMEM

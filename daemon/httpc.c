@@ -127,6 +127,20 @@ static struct headers *headers_for(struct httpc *h, const struct httpc_request *
         return hs;
 }
 
+/* A list of the request's own, with its extra lines: not shared. */
+static struct headers *headers_with(const struct httpc_request *req)
+{
+        struct headers *hs = headers_new(req->authorization, req->body != NULL);
+        if (!hs)
+                return NULL;
+        for (const char *const *l = req->extra_headers; *l; l++)
+                if (!headers_add(hs, *l)) {
+                        headers_unref(hs);
+                        return NULL;
+                }
+        return hs;
+}
+
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
 {
         struct transfer *t = userdata;
@@ -478,7 +492,9 @@ int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn 
                 curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, (long)HTTPC_ONCE_MAX_IDLE_SEC);
         }
         curl_easy_setopt(e, CURLOPT_USERAGENT, "vidu-upscaled/" VIDU_VERSION);
-        t->headers = headers_for(h, req);
+        if (req->unix_socket)
+                curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, req->unix_socket);
+        t->headers = req->extra_headers ? headers_with(req) : headers_for(h, req);
         if (!t->headers) {
                 transfer_free(t);
                 return -ENOMEM;

@@ -46,6 +46,11 @@ struct httpc_request {
          * HTTPC_ONCE_MAX_IDLE_SEC are not reused for it, well inside any upstream's keep-alive
          * timeout, so that case stays rare. */
         bool once;
+        /* More header lines ("Name: value"), NULL-terminated, for this request alone; or NULL. */
+        const char *const *extra_headers;
+        /* Connect to this AF_UNIX socket instead of the URL's host (the URL still names the
+         * path and Host); or NULL. */
+        const char *unix_socket;
 };
 
 int httpc_start(struct httpc *h, const struct httpc_request *req, httpc_done_fn done,

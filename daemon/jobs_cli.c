@@ -382,6 +382,40 @@ static int cmd_change(struct ledger *l, bool retry, int argc, char **argv)
         return change_jobs(l, retry, (size_t)argc, argv, &changed);
 }
 
+int cli_open_ledger(const char *what, const char *config_path, const char *store, bool writes,
+                    struct ledger **ret_ledger, struct config **ret_config)
+{
+        struct config *cfg = NULL;
+        if (!store) {
+                struct config_errors errors = {0};
+                if (config_load(config_path, &cfg, &errors) < 0) {
+                        for (size_t i = 0; i < errors.n; i++)
+                                fprintf(stderr, "%s\n", errors.lines[i]);
+                        fprintf(stderr,
+                                "%s: cannot read the configuration; name the ledger with "
+                                "--store PATH\n",
+                                what);
+                        config_errors_clear(&errors);
+                        return EXIT_CONFIG;
+                }
+                store = cfg->store_path;
+        }
+        journal_setup(LOG_INFO);
+        struct ledger_options lo = {
+            .synchronous_full = true, .busy_timeout_ms = 5000, .read_only = !writes};
+        struct ledger *l = NULL;
+        char *err = NULL;
+        if (ledger_open(store, &lo, &l, &err) < 0) {
+                fprintf(stderr, "%s: %s\n", what, err ? err : "cannot open the ledger");
+                free(err);
+                config_free(cfg);
+                return 1;
+        }
+        *ret_ledger = l;
+        *ret_config = cfg;
+        return 0;
+}
+
 int jobs_cli_main(int argc, char **argv, const char *config_path)
 {
         static const struct option options[] = {
@@ -413,33 +447,13 @@ int jobs_cli_main(int argc, char **argv, const char *config_path)
         int sub_argc = argc - optind - 1;
         char **sub_argv = argv + optind + 1;
 
-        struct config *cfg = NULL;
-        if (!store) {
-                struct config_errors errors = {0};
-                if (config_load(config_path, &cfg, &errors) < 0) {
-                        for (size_t i = 0; i < errors.n; i++)
-                                fprintf(stderr, "%s\n", errors.lines[i]);
-                        fprintf(stderr, "jobs: cannot read the configuration; name the ledger with "
-                                        "--store PATH\n");
-                        config_errors_clear(&errors);
-                        return EXIT_CONFIG;
-                }
-                store = cfg->store_path;
-        }
-        journal_setup(LOG_INFO);
         bool writes = strcmp(cmd, "retry") == 0 || strcmp(cmd, "abandon") == 0 ||
                       strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0;
-        struct ledger_options lo = {
-            .synchronous_full = true, .busy_timeout_ms = 5000, .read_only = !writes};
+        struct config *cfg = NULL;
         struct ledger *l = NULL;
-        char *err = NULL;
-        int ret;
-        if (ledger_open(store, &lo, &l, &err) < 0) {
-                fprintf(stderr, "jobs: %s\n", err ? err : "cannot open the ledger");
-                free(err);
-                config_free(cfg);
-                return 1;
-        }
+        int ret = cli_open_ledger("jobs", config_path, store, writes, &l, &cfg);
+        if (ret != 0)
+                return ret;
         if (strcmp(cmd, "list") == 0)
                 ret = cmd_list(l, sub_argc, sub_argv);
         else if (strcmp(cmd, "counts") == 0)

@@ -349,7 +349,7 @@ static void put_uint(struct entry *e, const char *name, uint64_t v)
 
 /* The job fields an entry carries, in the contract's order; empty ones are left out. */
 struct job_fields {
-        const char *name[9], *value[9];
+        const char *name[11], *value[11];
         size_t n;
         char attempt[UINT_DEC_SIZE], status[UINT_DEC_SIZE];
 };
@@ -366,7 +366,8 @@ static void job_fields(const struct job_event *ev, struct job_fields *f)
                 format_uint((uint64_t)ev->http_status, f->status);
         const char *const names[] = {"CREATION_ID",    "SOURCE_TASK_ID", "UPSCALE_TASK_ID",
                                      "JOB_STATE",      "ATTEMPT",        "HTTP_STATUS",
-                                     "UPSTREAM_ERROR", "RESULT_URL",     "SELECT_RULE"};
+                                     "UPSTREAM_ERROR", "RESULT_URL",     "SELECT_RULE",
+                                     "EVENT_ID",       "EVENT_TYPE"};
         const char *const values[] = {ev->creation_id,
                                       ev->source_task_id,
                                       ev->upscale_task_id,
@@ -375,7 +376,9 @@ static void job_fields(const struct job_event *ev, struct job_fields *f)
                                       ev->http_status > 0 ? f->status : NULL,
                                       ev->upstream_error,
                                       ev->result_url,
-                                      ev->select_rule};
+                                      ev->select_rule,
+                                      ev->event_id,
+                                      ev->event_type};
         for (size_t i = 0; i < ELEMENTSOF(names); i++)
                 if (!isempty(values[i])) {
                         f->name[f->n] = names[i];

@@ -36,6 +36,8 @@
 #define MSGID_BUDGET_RESUMED    "2e685d26100844dcb5f8b6125e4f749c"
 #define MSGID_OPERATOR_PAUSED   "d747f6be114d46b8b1cc0c5eb21600fe"
 #define MSGID_OPERATOR_RESUMED  "a63f193cd63944cb84892399ca82cb30"
+#define MSGID_EVENT_DELIVERED   "aa7488e057974680992a8981d0b91885"
+#define MSGID_EVENT_DEAD        "7a3d7749a58b45ac9d15a2964c9bf240"
 
 /* What a job-transition entry carries; NULL / 0 fields are left out. */
 struct job_event {
@@ -50,6 +52,8 @@ struct job_event {
         const char *upstream_error;
         const char *result_url;
         const char *select_rule; /* the [select] setting or rule that skipped a task/creation */
+        const char *event_id;    /* an outcome event sent downstream ([events]) */
+        const char *event_type;  /* upscale.succeeded, ... */
 };
 
 /* Where entries go: the journal when its socket answers, and readable lines on stderr unless

@@ -11,6 +11,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "event.h"
 #include "util.h"
 #include "walvfs.h"
 
@@ -47,6 +48,12 @@ enum {
         STMT_META_DEL,
         STMT_SPEND_PURGE,
         STMT_GET_PAYLOAD,
+        STMT_EVENT_ADD,
+        STMT_EVENTS_DUE,
+        STMT_EVENTS_NEXT,
+        STMT_EVENT_UPDATE,
+        STMT_EVENTS_PURGE,
+        STMT_EVENTS_BACKLOG,
         _STMT_MAX,
 };
 
@@ -54,6 +61,10 @@ enum {
 #define JOB_SELECT                                                                                 \
         "SELECT creation_id, source_task_id, upscale_task_id, state, attempt, next_at, "           \
         "http_status, upstream_error, result_url, created_at, updated_at, duration, credits "
+
+#define EVENT_COLUMNS                                                                              \
+        "id, type, creation_id, state, attempts, next_at, since, created_at, updated_at, "         \
+        "http_status, error"
 
 static const char *const stmt_sql[_STMT_MAX] = {
     [STMT_BEGIN] = "BEGIN IMMEDIATE",
@@ -101,6 +112,19 @@ static const char *const stmt_sql[_STMT_MAX] = {
     [STMT_META_DEL] = "DELETE FROM meta WHERE key = ?1",
     [STMT_SPEND_PURGE] = "DELETE FROM submissions WHERE at < ?1",
     [STMT_GET_PAYLOAD] = "SELECT payload FROM jobs WHERE creation_id = ?1",
+    [STMT_EVENT_ADD] =
+        "INSERT INTO events(id, type, creation_id, state, attempts, next_at, since, "
+        "created_at, updated_at, body) VALUES ('evt_' || lower(hex(randomblob(12))), "
+        "?1, ?2, 'pending', 0, ?3, ?3, ?3, ?3, ?4)",
+    [STMT_EVENTS_DUE] = "SELECT " EVENT_COLUMNS ", body FROM events WHERE state = 'pending' "
+                        "AND next_at <= ?1 ORDER BY next_at, seq LIMIT ?2",
+    [STMT_EVENTS_NEXT] = "SELECT min(next_at) FROM events WHERE state = 'pending'",
+    [STMT_EVENT_UPDATE] = "UPDATE events SET state = ?2, attempts = ?3, next_at = ?4, "
+                          "http_status = ?5, error = ?6, updated_at = ?7 WHERE id = ?1 "
+                          "AND state = 'pending'",
+    [STMT_EVENTS_PURGE] = ("DELETE FROM events WHERE seq IN (SELECT seq FROM events "
+                           "WHERE state = 'delivered' AND updated_at < ?1 LIMIT ?2)"),
+    [STMT_EVENTS_BACKLOG] = "SELECT count(*) FROM events WHERE state = 'pending'",
 };
 
 /* Each migration moves the schema from version i to i+1; never edit one that has shipped. */
@@ -165,6 +189,27 @@ static const char *const migrations[] = {
      * an event about the job) can pass it on. Read on demand (ledger_get_payload), never with
      * the rest of the job: it may be up to 1 MiB. */
     "ALTER TABLE jobs ADD COLUMN payload TEXT;",
+    /* 6: the outbox of outcome events ([events]): written with the job transition that makes
+     * each, sent from it until delivered or dead. `since` is when its current run of attempts
+     * began (events.max_age counts from it; an operator's retry starts a new run). */
+    "CREATE TABLE events ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  type TEXT NOT NULL,"
+    "  creation_id TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  next_at INTEGER NOT NULL,"
+    "  since INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL,"
+    "  http_status INTEGER,"
+    "  error TEXT,"
+    "  body TEXT NOT NULL"
+    ");"
+    "CREATE INDEX events_due ON events(next_at) WHERE state = 'pending';"
+    "CREATE INDEX events_delivered ON events(updated_at) WHERE state = 'delivered';"
+    "CREATE INDEX events_creation ON events(creation_id);",
 };
 
 struct ledger {
@@ -178,6 +223,9 @@ struct ledger {
          * before COMMIT; what a savepoint undoes is taken back with it. */
         int64_t count_delta[_JOB_STATE_MAX];
         int64_t count_delta_savepoint[_JOB_STATE_MAX];
+        unsigned event_states; /* job states whose transitions write an event */
+        void (*event_hook)(void *userdata);
+        void *event_hook_userdata;
 };
 
 /* WAL checkpoints in a thread of their own, on a connection of their own: a checkpoint copies the
@@ -187,6 +235,7 @@ struct ledger {
 #define CHECKPOINT_PAGES 1000 /* as SQLite's own automatic checkpoint */
 
 static int fail(struct ledger *l, int rc, const char *what);
+static void load_event_states(struct ledger *l);
 
 struct checkpointer {
         pthread_t thread;
@@ -525,7 +574,8 @@ int ledger_open(const char *path, const struct ledger_options *opts, struct ledg
                 goto fail;
         }
         for (size_t i = 0; i < _STMT_MAX; i++) {
-                if (opts->read_only && (i == STMT_PROBE))
+                if (opts->read_only && (i == STMT_PROBE || i == STMT_EVENT_ADD ||
+                                        i == STMT_EVENT_UPDATE || i == STMT_EVENTS_PURGE))
                         continue;
                 rc = sqlite3_prepare_v3(l->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
                                         &l->stmt[i], NULL);
@@ -534,6 +584,7 @@ int ledger_open(const char *path, const struct ledger_options *opts, struct ledg
                         goto fail;
                 }
         }
+        load_event_states(l);
         if (opts->preallocate_wal && !opts->read_only)
                 preallocate_wal(l);
         if (opts->checkpoint_in_background && !opts->read_only) {
@@ -794,6 +845,36 @@ static void bind_save(sqlite3_stmt *s, const struct job *j, uint64_t now_usec)
         sqlite3_bind_int64(s, 9, (sqlite3_int64)now_usec);
 }
 
+/* The one place an outcome event is written: every save that moves a job into a state in
+ * event_states calls it, in that save's transaction, so the event and the transition are
+ * committed (or rolled back) together whoever made the transition. */
+static int add_event(struct ledger *l, const struct job *j, uint64_t now_usec)
+{
+        if (!(l->event_states & (1u << j->state)))
+                return 0;
+        /* The source's payload goes with the event, so the pipeline gets its own context back. */
+        char *payload = NULL, *body = NULL;
+        int r = ledger_get_payload(l, j->creation_id, &payload);
+        if (r < 0)
+                return r;
+        r = event_body(j, payload, now_usec, &body);
+        free(payload);
+        if (r < 0) {
+                snprintf(l->errbuf, sizeof(l->errbuf), "writing an event: %s", strerror(-r));
+                return r;
+        }
+        sqlite3_stmt *s = l->stmt[STMT_EVENT_ADD];
+        sqlite3_bind_text(s, 1, event_type_for_state(j->state), -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, j->creation_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 3, (sqlite3_int64)now_usec);
+        sqlite3_bind_text(s, 4, body, -1, SQLITE_STATIC);
+        r = step_done(l, s, "writing an event");
+        free(body);
+        if (r >= 0 && l->event_hook)
+                l->event_hook(l->event_hook_userdata);
+        return r;
+}
+
 int ledger_save(struct ledger *l, struct job *j, uint64_t now_usec)
 {
         /* The state it leaves, as the ledger has it (not as the caller last saw it). */
@@ -813,7 +894,8 @@ int ledger_save(struct ledger *l, struct job *j, uint64_t now_usec)
         int r = step_done(l, s, "updating a job");
         if (r < 0 || !found || from == (int)j->state)
                 return r; /* no such job, or no change of state: no change of count */
-        return count_change(l, from, (int)j->state);
+        r = count_change(l, from, (int)j->state);
+        return r < 0 ? r : add_event(l, j, now_usec);
 }
 
 int ledger_save_if(struct ledger *l, struct job *j, enum job_state from, uint64_t now_usec)
@@ -837,6 +919,8 @@ int ledger_save_if(struct ledger *l, struct job *j, enum job_state from, uint64_
         if (sqlite3_changes(l->db) == 0)
                 return 0;
         if (from != j->state && (r = count_change(l, (int)from, (int)j->state)) < 0)
+                return r;
+        if (from != j->state && (r = add_event(l, j, now_usec)) < 0)
                 return r;
         return 1;
 }
@@ -1075,4 +1159,236 @@ int ledger_spend_purge(struct ledger *l, uint64_t before_usec)
         sqlite3_stmt *s = l->stmt[STMT_SPEND_PURGE];
         sqlite3_bind_int64(s, 1, (sqlite3_int64)before_usec);
         return step_done(l, s, "purging old submissions");
+}
+
+/* --- outbox ------------------------------------------------------------------------------- */
+
+int ledger_set_event_states(struct ledger *l, unsigned state_mask)
+{
+        l->event_states = state_mask;
+        char v[UINT_DEC_SIZE];
+        format_uint(state_mask, v);
+        sqlite3_stmt *s = NULL;
+        int rc = sqlite3_prepare_v2(
+            l->db, "INSERT OR REPLACE INTO meta(key, value) VALUES ('event_states', ?1)", -1, &s,
+            NULL);
+        if (rc == SQLITE_OK) {
+                sqlite3_bind_text(s, 1, v, -1, SQLITE_STATIC);
+                rc = sqlite3_step(s);
+        }
+        sqlite3_finalize(s);
+        return rc == SQLITE_OK || rc == SQLITE_DONE ? 0 : fail(l, rc, "remembering event types");
+}
+
+/* What the daemon last set, so that an operator's command (vidu-upscaled jobs abandon) writes
+ * the events the daemon would, whatever configuration it was given. */
+static void load_event_states(struct ledger *l)
+{
+        sqlite3_stmt *s = NULL;
+        if (sqlite3_prepare_v2(l->db, "SELECT value FROM meta WHERE key = 'event_states'", -1, &s,
+                               NULL) == SQLITE_OK &&
+            sqlite3_step(s) == SQLITE_ROW) {
+                uint64_t v = 0;
+                if (parse_uint((const char *)sqlite3_column_text(s, 0), 0, UINT32_MAX, &v) >= 0)
+                        l->event_states = (unsigned)v;
+        }
+        sqlite3_finalize(s);
+}
+
+void ledger_set_event_hook(struct ledger *l, void (*hook)(void *userdata), void *userdata)
+{
+        l->event_hook = hook;
+        l->event_hook_userdata = userdata;
+}
+
+static const char *const event_state_names[_LEDGER_EVENT_STATE_MAX] = {
+    [LEDGER_EVENT_PENDING] = "pending",
+    [LEDGER_EVENT_DELIVERED] = "delivered",
+    [LEDGER_EVENT_DEAD] = "dead",
+};
+
+const char *ledger_event_state_to_string(enum ledger_event_state s)
+{
+        return (unsigned)s < _LEDGER_EVENT_STATE_MAX ? event_state_names[s] : "unknown";
+}
+
+int ledger_event_state_from_string(const char *s)
+{
+        for (int i = 0; s && i < _LEDGER_EVENT_STATE_MAX; i++)
+                if (strcmp(event_state_names[i], s) == 0)
+                        return i;
+        return -EINVAL;
+}
+
+void ledger_event_clear(struct ledger_event *e)
+{
+        if (!e)
+                return;
+        free(e->body);
+        e->body = NULL;
+}
+
+/* Reads the EVENT_COLUMNS of a row (and the body after them when with_body). */
+static int row_to_event(sqlite3_stmt *s, struct ledger_event *e, bool with_body)
+{
+        memset(e, 0, sizeof(*e));
+        copy_col(s, 0, e->id, sizeof(e->id));
+        copy_col(s, 1, e->type, sizeof(e->type));
+        copy_col(s, 2, e->creation_id, sizeof(e->creation_id));
+        int st = ledger_event_state_from_string((const char *)sqlite3_column_text(s, 3));
+        e->state = st < 0 ? LEDGER_EVENT_DEAD : (enum ledger_event_state)st;
+        e->attempts = (unsigned)sqlite3_column_int(s, 4);
+        e->next_at = (uint64_t)sqlite3_column_int64(s, 5);
+        e->since = (uint64_t)sqlite3_column_int64(s, 6);
+        e->created_at = (uint64_t)sqlite3_column_int64(s, 7);
+        e->updated_at = (uint64_t)sqlite3_column_int64(s, 8);
+        e->http_status = sqlite3_column_int(s, 9);
+        copy_col(s, 10, e->error, sizeof(e->error));
+        if (with_body) {
+                const char *b = (const char *)sqlite3_column_text(s, 11);
+                e->body = strdup(b ? b : "");
+                if (!e->body)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+int ledger_events_due(struct ledger *l, uint64_t now_usec, struct ledger_event *out, size_t max)
+{
+        sqlite3_stmt *s = l->stmt[STMT_EVENTS_DUE];
+        size_t n = 0;
+        int rc = SQLITE_DONE, r = 0;
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)now_usec);
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)max);
+        while (n < max && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+                r = row_to_event(s, &out[n], true);
+                if (r < 0)
+                        break;
+                n++;
+        }
+        if (r >= 0 && n < max && rc != SQLITE_DONE)
+                r = fail(l, rc, "finding due events");
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        if (r < 0) {
+                for (size_t i = 0; i < n; i++)
+                        ledger_event_clear(&out[i]);
+                return r;
+        }
+        return (int)n;
+}
+
+int ledger_events_next_due(struct ledger *l, uint64_t *ret)
+{
+        sqlite3_stmt *s = l->stmt[STMT_EVENTS_NEXT];
+        int rc = sqlite3_step(s);
+        int r = 0;
+        if (rc == SQLITE_ROW) {
+                if (sqlite3_column_type(s, 0) != SQLITE_NULL) {
+                        *ret = (uint64_t)sqlite3_column_int64(s, 0);
+                        r = 1;
+                }
+        } else
+                r = fail(l, rc, "finding the next due event");
+        sqlite3_reset(s);
+        return r;
+}
+
+int ledger_event_update(struct ledger *l, const struct ledger_event *e, uint64_t now_usec)
+{
+        sqlite3_stmt *s = l->stmt[STMT_EVENT_UPDATE];
+        sqlite3_bind_text(s, 1, e->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, ledger_event_state_to_string(e->state), -1, SQLITE_STATIC);
+        sqlite3_bind_int(s, 3, (int)e->attempts);
+        sqlite3_bind_int64(s, 4, (sqlite3_int64)e->next_at);
+        if (e->http_status)
+                sqlite3_bind_int(s, 5, e->http_status);
+        else
+                sqlite3_bind_null(s, 5);
+        bind_text_or_null(s, 6, e->error);
+        sqlite3_bind_int64(s, 7, (sqlite3_int64)now_usec);
+        int r = step_done(l, s, "recording an event's delivery");
+        if (r < 0)
+                return r;
+        return sqlite3_changes(l->db) > 0 ? 1 : 0;
+}
+
+int ledger_events_purge(struct ledger *l, uint64_t before_usec, unsigned limit)
+{
+        sqlite3_stmt *s = l->stmt[STMT_EVENTS_PURGE];
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)before_usec);
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)limit);
+        int r = step_done(l, s, "purging delivered events");
+        return r < 0 ? r : sqlite3_changes(l->db);
+}
+
+int ledger_events_backlog(struct ledger *l, uint64_t *ret)
+{
+        sqlite3_stmt *s = l->stmt[STMT_EVENTS_BACKLOG];
+        int rc = sqlite3_step(s);
+        int r = 0;
+        if (rc == SQLITE_ROW)
+                *ret = (uint64_t)sqlite3_column_int64(s, 0);
+        else
+                r = fail(l, rc, "counting pending events");
+        sqlite3_reset(s);
+        return r;
+}
+
+int ledger_events_foreach(struct ledger *l, int state, ledger_event_cb cb, void *userdata)
+{
+        sqlite3_stmt *s = NULL;
+        const char *sql = state < 0 ? "SELECT " EVENT_COLUMNS " FROM events ORDER BY seq"
+                                    : "SELECT " EVENT_COLUMNS " FROM events WHERE state = ?1 "
+                                      "ORDER BY seq";
+        int rc = sqlite3_prepare_v2(l->db, sql, -1, &s, NULL);
+        if (rc != SQLITE_OK)
+                return fail(l, rc, "listing events");
+        if (state >= 0)
+                sqlite3_bind_text(s, 1,
+                                  ledger_event_state_to_string((enum ledger_event_state)state), -1,
+                                  SQLITE_STATIC);
+        int r = 0;
+        struct ledger_event e;
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+                row_to_event(s, &e, false);
+                r = cb(&e, userdata);
+                if (r != 0)
+                        break;
+        }
+        if (r == 0 && rc != SQLITE_DONE)
+                r = fail(l, rc, "listing events");
+        sqlite3_finalize(s);
+        return r;
+}
+
+static int retry_where(struct ledger *l, const char *where, const char *id, uint64_t now_usec)
+{
+        char sql[256];
+        snprintf(sql, sizeof(sql),
+                 "UPDATE events SET state = 'pending', next_at = ?1, since = ?1, updated_at = ?1 "
+                 "WHERE %s",
+                 where);
+        sqlite3_stmt *s = NULL;
+        int rc = sqlite3_prepare_v2(l->db, sql, -1, &s, NULL);
+        if (rc != SQLITE_OK)
+                return fail(l, rc, "retrying events");
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)now_usec);
+        if (id)
+                sqlite3_bind_text(s, 2, id, -1, SQLITE_STATIC);
+        rc = sqlite3_step(s);
+        sqlite3_finalize(s);
+        if (rc != SQLITE_DONE)
+                return fail(l, rc, "retrying events");
+        return sqlite3_changes(l->db);
+}
+
+int ledger_event_retry(struct ledger *l, const char *id, uint64_t now_usec)
+{
+        return retry_where(l, "id = ?2 AND state <> 'pending'", id, now_usec);
+}
+
+int ledger_events_retry_dead(struct ledger *l, uint64_t now_usec)
+{
+        return retry_where(l, "state = 'dead'", NULL, now_usec);
 }

@@ -134,3 +134,62 @@ int ledger_spend_purge(struct ledger *l, uint64_t before_usec);
  * something changed, else 0. */
 int ledger_meta_get(struct ledger *l, const char *key, char *buf, size_t size);
 int ledger_meta_set(struct ledger *l, const char *key, const char *value);
+/* --- the outbox of outcome events ([events]) --------------------------------------------- */
+
+/* Which job states write an event when a save moves a job into them: a mask of (1u << state),
+ * 0 for none. The event is written by that save, in its transaction. Remembered in the ledger
+ * (outside a transaction: at once), so every later opening of it, an operator's command
+ * included, writes the same events; until set once, none. */
+int ledger_set_event_states(struct ledger *l, unsigned state_mask);
+/* Called inside the transaction each time an event is written (to wake the sender). */
+void ledger_set_event_hook(struct ledger *l, void (*hook)(void *userdata), void *userdata);
+
+enum ledger_event_state {
+        LEDGER_EVENT_PENDING, /* to be sent (again) at next_at */
+        LEDGER_EVENT_DELIVERED,
+        LEDGER_EVENT_DEAD, /* refused for good, or older than events.max_age */
+        _LEDGER_EVENT_STATE_MAX,
+};
+
+#define LEDGER_EVENT_ID_SIZE 64
+
+struct ledger_event {
+        char id[LEDGER_EVENT_ID_SIZE]; /* "evt_...": the webhook-id of every delivery */
+        char type[32];
+        char creation_id[JOB_ID_SIZE];
+        enum ledger_event_state state;
+        unsigned attempts;
+        uint64_t next_at;
+        uint64_t since; /* start of its current run of attempts (creation, or an operator retry) */
+        uint64_t created_at;
+        uint64_t updated_at;
+        int http_status; /* of the last attempt, 0 if none */
+        char error[JOB_ERROR_SIZE];
+        char *body; /* filled by ledger_events_due only; ledger_event_clear frees it */
+};
+
+const char *ledger_event_state_to_string(enum ledger_event_state s);
+int ledger_event_state_from_string(const char *s); /* -EINVAL if unknown */
+void ledger_event_clear(struct ledger_event *e);
+
+/* Up to max pending events due at now, oldest first, with their bodies. Count or -errno. */
+int ledger_events_due(struct ledger *l, uint64_t now_usec, struct ledger_event *out, size_t max);
+/* Earliest next_at of a pending event: 1 and *ret, 0 when none, or -errno. */
+int ledger_events_next_due(struct ledger *l, uint64_t *ret);
+/* Records an attempt's outcome for a pending event (state, attempts, next_at, http_status,
+ * error from e). 1 saved, 0 when it is no longer pending (an operator acted), or -errno. */
+int ledger_event_update(struct ledger *l, const struct ledger_event *e, uint64_t now_usec);
+/* Deletes at most limit events delivered before before_usec. Count deleted or -errno. */
+int ledger_events_purge(struct ledger *l, uint64_t before_usec, unsigned limit);
+/* Pending events (the backlog). */
+int ledger_events_backlog(struct ledger *l, uint64_t *ret);
+
+typedef int (*ledger_event_cb)(const struct ledger_event *e, void *userdata);
+/* Every event in state (all when state < 0), oldest first, without bodies; stops early when cb
+ * returns non-zero and returns that. */
+int ledger_events_foreach(struct ledger *l, int state, ledger_event_cb cb, void *userdata);
+/* Makes a delivered or dead event pending again, due now, with a new run of attempts: 1 done,
+ * 0 no such event or already pending, or -errno. */
+int ledger_event_retry(struct ledger *l, const char *id, uint64_t now_usec);
+/* The same for every dead event; the count or -errno. */
+int ledger_events_retry_dead(struct ledger *l, uint64_t now_usec);

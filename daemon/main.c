@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "events_cli.h"
 #include "jobs_cli.h"
 #include "manager.h"
 
@@ -14,6 +15,7 @@ static void help(void)
             "Usage: vidu-upscaled [-c FILE] [--check-config] [--list-keys] [--version] [--help]\n"
             "       vidu-upscaled [-c FILE] jobs [--store PATH] list|show|retry|abandon|counts "
             "...\n"
+            "       vidu-upscaled [-c FILE] events [--store PATH] list|retry ...\n"
             "\n"
             "Upscales every finished Vidu creation exactly once, from webhook notifications.\n"
             "\n"
@@ -87,6 +89,8 @@ int main(int argc, char **argv)
         }
         if (optind < argc && strcmp(argv[optind], "jobs") == 0)
                 return jobs_cli_main(argc - optind, argv + optind, path);
+        if (optind < argc && strcmp(argv[optind], "events") == 0)
+                return events_cli_main(argc - optind, argv + optind, path);
         if (optind < argc) {
                 fprintf(stderr,
                         "vidu-upscaled: unexpected argument '%s'. Try 'vidu-upscaled --help'.\n",

@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "dispatcher.h"
+#include "events.h"
 #include "http.h"
 #include "journal.h"
 #include "ledger.h"
@@ -32,6 +33,7 @@ struct manager {
         struct metrics metrics;
         struct txn *txn;
         struct dispatcher *dispatcher;
+        struct events *events;
         struct webhook *webhook;
         struct http_server *http;
         sd_event_source *status_timer;
@@ -84,6 +86,7 @@ static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata)
         update_status(m);
         /* Operators change jobs from outside (vidu-upscaled jobs retry): look for them. */
         dispatcher_kick(m->dispatcher);
+        events_kick(m->events); /* and events (vidu-upscaled events retry, jobs abandon) */
         sd_event_source_set_time(s, usec + STATUS_INTERVAL_USEC);
         return 0;
 }
@@ -119,6 +122,9 @@ static void on_metrics(FILE *f, void *userdata)
         m->metrics.in_flight = dispatcher_in_flight(m->dispatcher);
         struct dispatcher_control ctl;
         (void)dispatcher_control(m->dispatcher, &ctl); /* refreshes the switches' gauges */
+        uint64_t backlog;
+        if (ledger_events_backlog(m->ledger, &backlog) >= 0)
+                m->metrics.events_backlog = backlog;
         metrics_render(&m->metrics, f);
 }
 
@@ -165,6 +171,7 @@ static void keep_fixed_settings(struct config *old, struct config *new)
                 new->field = old->field;                                                           \
         }
         KEEP_STR(listen, "server.listen");
+        KEEP_NUM(events_concurrency, "events.concurrency");
         KEEP_STR(store_path, "store.path");
         KEEP_STR(tls_cert, "server.tls_cert");
         KEEP_STR(tls_key, "server.tls_key");
@@ -199,6 +206,7 @@ static void reload(struct manager *m)
                 http_server_set_config(m->http, cfg);
                 webhook_set_config(m->webhook, cfg);
                 dispatcher_set_config(m->dispatcher, cfg);
+                events_set_config(m->events, cfg);
                 journal_set_level(cfg->log_level);
                 config_free(old);
                 log_full(LOG_NOTICE, MSGID_RELOADED,
@@ -280,6 +288,7 @@ static void manager_free(struct manager *m)
         journal_detach_event();
         webhook_free(m->webhook);
         dispatcher_free(m->dispatcher);
+        events_free(m->events);
         txn_free(m->txn);
         ledger_close(m->ledger);
         sd_event_unref(m->event);
@@ -347,6 +356,8 @@ int manager_run(const char *config_path)
         r = txn_new(m.event, m.ledger, &m.metrics, &m.txn);
         if (r >= 0)
                 r = dispatcher_new(m.event, m.ledger, m.txn, m.cfg, &m.metrics, &m.dispatcher);
+        if (r >= 0)
+                r = events_new(m.event, m.ledger, m.txn, m.cfg, &m.metrics, &m.events);
         if (r >= 0)
                 r = webhook_new(m.event, m.ledger, m.txn, m.cfg, &m.metrics, m.dispatcher,
                                 &m.webhook);

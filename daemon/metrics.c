@@ -1,6 +1,7 @@
 /* metrics.c: Prometheus text exposition of the daemon's counters and histograms. */
 #include "metrics.h"
 
+#include "event.h"
 #include "journal.h"
 #include "util.h"
 
@@ -143,6 +144,24 @@ void metrics_render(const struct metrics *m, FILE *f)
                                 (unsigned long long)m->outcomes[v][st]);
         counter(f, "vidu_upscaled_dispatch_pauses_total", "Times all dispatch was paused.",
                 m->account_pauses);
+        static const char *const event_outcomes[_EVENT_OUTCOME_MAX] = {
+            [EVENT_OUTCOME_DELIVERED] = "delivered",
+            [EVENT_OUTCOME_RETRIED] = "retried",
+            [EVENT_OUTCOME_DEAD] = "dead",
+        };
+        fprintf(f, "# HELP vidu_upscaled_events_total Outcome events' delivery attempts, by event "
+                   "type and outcome.\n# TYPE vidu_upscaled_events_total counter\n");
+        for (int st = 0; st < _JOB_STATE_MAX; st++) {
+                const char *type = event_type_for_state((enum job_state)st);
+                for (int o = 0; type && o < _EVENT_OUTCOME_MAX; o++)
+                        fprintf(f, "vidu_upscaled_events_total{type=\"%s\",outcome=\"%s\"} %llu\n",
+                                type, event_outcomes[o], (unsigned long long)m->events[st][o]);
+        }
+        gauge(f, "vidu_upscaled_events_backlog", "Outcome events waiting to be delivered.",
+              (double)m->events_backlog);
+        render_histogram(f, "vidu_upscaled_events_delivery_seconds",
+                         "Time of one delivery attempt of an outcome event, request to answer.",
+                         &m->event_attempt_seconds);
         counter(f, "vidu_upscaled_ledger_commit_errors_total", "Ledger commits that failed.",
                 m->ledger_commit_errors);
         render_histogram(f, "vidu_upscaled_ledger_commit_seconds", "Time to make a batch durable.",

@@ -25,6 +25,13 @@ enum notification_outcome {
         _NOTE_OUTCOME_MAX,
 };
 
+enum event_outcome {
+        EVENT_OUTCOME_DELIVERED, /* a 2xx */
+        EVENT_OUTCOME_RETRIED,   /* an attempt failed; sent again later */
+        EVENT_OUTCOME_DEAD,      /* refused for good or too old */
+        _EVENT_OUTCOME_MAX,
+};
+
 struct metrics {
         uint64_t requests_by_status[600];          /* webhook answers by HTTP status */
         uint64_t notifications[_NOTE_OUTCOME_MAX]; /* per creation id / task */
@@ -42,8 +49,12 @@ struct metrics {
         struct histogram commit_seconds;
         struct histogram sync_seconds; /* the WAL's fdatasync inside a commit */
         struct histogram upstream_seconds;
-        struct histogram webhook_seconds;       /* request line to answer, webhook path */
-        struct histogram submit_wait_seconds;   /* job recorded to its first POST */
+        struct histogram webhook_seconds;     /* request line to answer, webhook path */
+        struct histogram submit_wait_seconds; /* job recorded to its first POST */
+        /* [events]: per job state that made the event (its type) and outcome of an attempt. */
+        uint64_t events[_JOB_STATE_MAX][_EVENT_OUTCOME_MAX];
+        uint64_t events_backlog;                /* pending events, refreshed before rendering */
+        struct histogram event_attempt_seconds; /* one delivery attempt, request to answer */
         uint64_t jobs_by_state[_JOB_STATE_MAX]; /* refreshed from the ledger before rendering */
         uint64_t backlog;                       /* pending + waiting + submitting */
         uint64_t in_flight;

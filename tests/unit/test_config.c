@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "event.h"
 #include "util.h"
 
 extern char **environ;
@@ -583,7 +584,7 @@ static void test_unknown_section_once(void **state)
                  2, &e);
         snprintf(want, sizeof(want),
                  "%s:4: unknown section [  Upstream ] (use server, limits, auth, upstream, "
-                 "upscale, select, store, retry, budget or log)",
+                 "upscale, select, store, retry, budget, log or events)",
                  main_path);
         assert_string_equal(e.lines[0], want);
         assert_error(&e, 1, 7, "unknown section [empty]");
@@ -1210,6 +1211,103 @@ static void test_every_listed_key_is_accepted(void **state)
 /* The dump walks the table: every row shows as "name = ..." in its section, except the ..._file
  * keys (what they held shows as the secret it provided); no secret row ever shows its value,
  * whether it came from the file or the environment. */
+/* [events]: the URL forms, the types, the secrets (lines, file, credential; whsec_ only), the
+ * defaults, the environment, the dump masking them. */
+static void test_events_keys(void **state)
+{
+        struct config *c = load_ok(minimal);
+        assert_null(c->events_url);
+        assert_int_equal(c->events_states, EVENT_STATES_ALL);
+        assert_int_equal(c->events_concurrency, 4);
+        assert_int_equal(c->events_timeout, 10 * USEC_PER_SEC);
+        assert_int_equal(c->events_max_age, 24 * 3600 * USEC_PER_SEC);
+        assert_int_equal(c->events_keep, 7 * 86400 * USEC_PER_SEC);
+        assert_int_equal(c->n_events_secrets, 0);
+        config_free(c);
+
+        char text[2048];
+        snprintf(text, sizeof(text),
+                 "%s[events]\nurl = https://pipeline.example.com/hooks/\n"
+                 "secret = whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\nsecret = whsec_YWJj\n"
+                 "types = upscale.succeeded,upscale.dead\nconcurrency = 2\ntimeout = 500ms\n"
+                 "max_age = 2h\nkeep = 1d\n",
+                 minimal);
+        c = load_ok(text);
+        assert_string_equal(c->events_url, "https://pipeline.example.com/hooks/");
+        assert_int_equal(c->n_events_secrets, 2);
+        assert_string_equal(c->events_secrets[0].value, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        assert_int_equal(c->events_states, (1u << JOB_SUCCEEDED) | (1u << JOB_DEAD));
+        assert_int_equal(c->events_concurrency, 2);
+        assert_int_equal(c->events_timeout, 500 * USEC_PER_MSEC);
+        assert_int_equal(c->n_secrets, 0); /* the auth list is another list */
+        char *out = dump_text(c);
+        assert_null(strstr(out, "MfKQ9r8G"));
+        assert_null(strstr(out, "YWJj"));
+        assert_non_null(strstr(out, "[events]\nurl = https://pipeline.example.com/hooks/\n"
+                                    "types = upscale.succeeded upscale.dead\n"
+                                    "secret = (set)\nsecret = (set)\n"));
+        free(out);
+        config_free(c);
+
+        /* unix:/path, and the environment. */
+        setenv("VIDU_UPSCALED_EVENTS_URL", "unix:/run/pipeline/events.sock", 1);
+        setenv("VIDU_UPSCALED_EVENTS_SECRET", "whsec_YWJj", 1);
+        c = load_ok(minimal);
+        assert_string_equal(c->events_url, "unix:/run/pipeline/events.sock");
+        assert_int_equal(c->n_events_secrets, 1);
+        config_free(c);
+        unsetenv("VIDU_UPSCALED_EVENTS_URL");
+        unsetenv("VIDU_UPSCALED_EVENTS_SECRET");
+
+        /* Bad values: FILE:LINE. */
+        expect_one_error("[events]\nurl = ftp://example.com/\nsecret = whsec_YWJj\n", 5,
+                         "events.url: 'ftp://example.com/' must start with http:// or https://");
+        expect_one_error("[events]\nurl = hooks.example.com\nsecret = whsec_YWJj\n", 5,
+                         "must start with http://");
+        expect_one_error("[events]\nurl = unix:relative.sock\nsecret = whsec_YWJj\n", 5,
+                         "absolute socket path");
+        expect_one_error("[events]\nurl = http://\nsecret = whsec_YWJj\n", 5,
+                         "not a URL with a host");
+        expect_one_error("[events]\ntypes = upscale.done\n", 5,
+                         "unknown event type 'upscale.done'");
+        expect_one_error("[events]\ntypes = ,\n", 5, "at least one event type");
+        expect_one_error("[events]\nconcurrency = 0\n", 5, "events.concurrency");
+        expect_one_error("[events]\nsecret = s3cr3t-plain\n", 5,
+                         "events.secret: secret 1 is not whsec_ followed by base64");
+        expect_one_error("[events]\nsecret = whsec_not*base64\n", 5, "is not whsec_");
+        expect_one_error("[events]\nurl = http://127.0.0.1:1/\n", 5, "events.url needs a secret");
+        /* A secret is never quoted. */
+        struct config_errors e = {0};
+        snprintf(text, sizeof(text), "%s[events]\nsecret = s3cr3t-plain\n", minimal);
+        load_bad(text, 1, &e);
+        assert_null(strstr(e.lines[0], "s3cr3t-plain"));
+        config_errors_clear(&e);
+
+        /* secret_file, else the credential events-secret. */
+        char *file = write_file("events-secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n");
+        snprintf(text, sizeof(text), "%s[events]\nurl = http://127.0.0.1:1/\nsecret_file = %s\n",
+                 minimal, file);
+        c = load_ok(text);
+        assert_int_equal(c->n_events_secrets, 1);
+        config_free(c);
+        char *creds = NULL;
+        assert_true(asprintf(&creds, "%s/creds", dir) > 0);
+        free(write_file("creds/events-secret", "whsec_YWJj\nplain\n"));
+        setenv("CREDENTIALS_DIRECTORY", creds, 1);
+        snprintf(text, sizeof(text), "%s[events]\nurl = http://127.0.0.1:1/\n", minimal);
+        load_bad(text, 1, &e);
+        assert_error(&e, 0, 0, "credential events-secret: secret 2 is not whsec_");
+        config_errors_clear(&e);
+        free(write_file("creds/events-secret", "whsec_YWJj\n"));
+        c = load_ok(text);
+        assert_int_equal(c->n_events_secrets, 1);
+        assert_string_equal(c->events_secrets[0].value, "whsec_YWJj");
+        config_free(c);
+        unsetenv("CREDENTIALS_DIRECTORY");
+        free(creds);
+        free(file);
+}
+
 static void test_dump_covers_the_table(void **state)
 {
         size_t n = 0;
@@ -1246,7 +1344,8 @@ static void test_dump_covers_the_table(void **state)
         free(out);
         config_free(c);
 
-        /* Each secret row set through the file, then through the environment. */
+        /* Each secret row set through the file, then through the environment; the marker is a
+         * whsec_ secret, which every secret row accepts (events.secret accepts nothing else). */
         for (int env = 0; env <= 1; env++)
                 for (size_t i = 0; i < n; i++) {
                         const struct config_key *k = &keys[i];
@@ -1255,14 +1354,15 @@ static void test_dump_covers_the_table(void **state)
                                 continue;
                         key_env_name(k, name, sizeof(name));
                         if (env) {
-                                assert_int_equal(setenv(name, "Marker-Value-9", 1), 0);
+                                assert_int_equal(setenv(name, "whsec_TWFya2VyLVZhbHVlLTk=", 1), 0);
                                 snprintf(text, sizeof(text), "%s", minimal);
                         } else
-                                snprintf(text, sizeof(text), "%s[%s]\n%s = Marker-Value-9\n",
-                                         minimal, k->section, k->name);
+                                snprintf(text, sizeof(text),
+                                         "%s[%s]\n%s = whsec_TWFya2VyLVZhbHVlLTk=\n", minimal,
+                                         k->section, k->name);
                         c = load_ok(text);
                         out = dump_text(c);
-                        assert_null(strstr(out, "Marker-Value-9"));
+                        assert_null(strstr(out, "whsec_TWFya2VyLVZhbHVlLTk="));
                         snprintf(text, sizeof(text), "\n%s = (set)\n", k->name);
                         if (!strstr(out, text))
                                 fail_msg("%s.%s is not shown as (set)", k->section, k->name);
@@ -1445,6 +1545,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_every_listed_key_is_accepted, setup, teardown),
             cmocka_unit_test_setup_teardown(test_dump_covers_the_table, setup, teardown),
             cmocka_unit_test_setup_teardown(test_callback_keys, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_events_keys, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
