@@ -15,7 +15,8 @@ is bounded in time and count. Environment:
   SOAK_DURATION=D    the load's duration (30m by default; s, m, h), also the first argument
   SOAK_INTERVAL=S    seconds between samples (10; quick 3)
   SOAK_OUT=DIR       where soak.csv, the plots and the logs go (bench/results/soak-<time>)
-  SOAK_PUBLISH=1     also copy the plots to bench/plots/ (default: full runs)
+  SOAK_PUBLISH=1     also copy the plots to bench/plots/ and the summary into bench/RESULTS.md
+                     (default: full runs); `soak.py --publish DIR` does it for a finished run
   SOAK_JOURNALD=own|shared   own: soak.sh made a private /run/systemd/journal (mount namespace)
                      and this script runs its own systemd-journald there, stopped and restarted as
                      a fault; shared: the machine's, left alone (that fault is skipped)
@@ -31,6 +32,7 @@ import signal
 import socket
 import sqlite3
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -486,6 +488,18 @@ def fd_count(pid):
         return None
 
 
+def wal_frames(ledger):
+    """Frames in the ledger's WAL now (mxFrame in the WAL index, the -shm file's header, read
+    without its lock: a sample may be a moment stale). It falls back to 0 each time a writer
+    starts the WAL over after a complete checkpoint; the file's size only ever grows."""
+    try:
+        with open(ledger + "-shm", "rb") as f:
+            b = f.read(20)
+        return struct.unpack_from("=I", b, 16)[0] if len(b) == 20 else None
+    except OSError:
+        return None
+
+
 def file_size(path):
     try:
         return os.path.getsize(path)
@@ -494,7 +508,7 @@ def file_size(path):
 
 
 COLUMNS = ["t_s", "pid", "segment", "since_start_s", "fault", "rss_kb", "anon_kb", "fds",
-           "ledger_bytes", "wal_bytes", "journal_queue_bytes", "backlog", "uncertain",
+           "ledger_bytes", "wal_bytes", "wal_frames", "journal_queue_bytes", "backlog", "uncertain",
            "submitted_total", "acked_total", "acked_per_s", "webhook_p99_ms", "cpu_pct",
            "healthz"]
 
@@ -528,7 +542,8 @@ class Sampler(threading.Thread):
                "since_start_s": round(t - seg_t0, 1), "fault": self.fault,
                "rss_kb": st.get("VmRSS"), "anon_kb": st.get("RssAnon"), "fds": fd_count(pid),
                "ledger_bytes": file_size(self.d.ledger),
-               "wal_bytes": file_size(self.d.ledger + "-wal")}
+               "wal_bytes": file_size(self.d.ledger + "-wal"),
+               "wal_frames": wal_frames(self.d.ledger)}
         h0 = time.monotonic()
         ok = self.d.healthy(10)
         h1 = time.monotonic()
@@ -703,10 +718,18 @@ def verdicts(res, rows, sampler, d, fake, acked, ledger_states, created, quick):
         notes.append(msg)
         if not ok:
             fails.append(msg)
-    # 4. The WAL stays bounded. SQLite never shrinks the file while the daemon runs (and a kill
-    # -9 leaves it as it was), so its size is the high-water mark of what checkpoints left: a
-    # bounded WAL reaches its plateau in the first half (the calibration's flat-out burst and a
-    # whole fault cycle are in it); one that keeps growing grows in the second half too.
+    # 4. The WAL stays bounded. Its content (frames since the last time a writer started it over
+    # after a complete checkpoint) must keep coming back: the median of the last quarter's
+    # samples at most twice the first quarter's, or two checkpoints' worth (2000 frames). Its
+    # file never shrinks while the daemon runs (nor across a kill -9), so its size is the
+    # high-water mark of the bursts the checkpoints fell behind (a backlog drained at the
+    # submission rate after a fault): a bounded WAL reaches its plateau in the first half (the
+    # calibration's flat-out burst and a whole fault cycle are in it), one that keeps growing
+    # grows in the second half too, by more than a quarter (or 4 MiB).
+    ok, msg = growth_check(rows, "wal_frames", 0, 1.0, 2000, "WAL content (frames)")
+    notes.append(msg)
+    if not ok:
+        fails.append(msg)
     wal = [(r["t_s"], r["wal_bytes"]) for r in rows if r.get("wal_bytes") is not None]
     if wal:
         mid_t = (wal[0][0] + wal[-1][0]) / 2
@@ -714,8 +737,8 @@ def verdicts(res, rows, sampler, d, fake, acked, ledger_states, created, quick):
         end = max(w for t, w in wal)
         allowed = max(4 << 20, first // 4)
         res["wal_max_bytes"] = end
-        msg = (f"WAL: at most {first >> 10} KiB in the first half, {end >> 10} KiB at the end "
-               f"(growth allowed in the second half: {allowed >> 10} KiB)")
+        msg = (f"WAL file: at most {first >> 10} KiB in the first half, {end >> 10} KiB at the "
+               f"end (growth allowed in the second half: {allowed >> 10} KiB)")
         notes.append(msg)
         if end - first > allowed:
             fails.append(msg)
@@ -742,7 +765,7 @@ def plots(outdir, rows, faults_at, title):
         return []
     with open(os.path.join(outdir, "soak.dat"), "w") as f:
         f.write("t_min rss_mib anon_mib fds ledger_mib wal_mib jq_kib backlog p99_ms cpu_pct "
-                "acked_per_s\n")
+                "acked_per_s wal_content_mib\n")
         for r in rows:
             def v(k, scale=1.0):
                 x = r.get(k)
@@ -750,7 +773,9 @@ def plots(outdir, rows, faults_at, title):
             f.write(" ".join([f"{r['t_s'] / 60:.3f}", v("rss_kb", 1024), v("anon_kb", 1024),
                               v("fds"), v("ledger_bytes", 1 << 20), v("wal_bytes", 1 << 20),
                               v("journal_queue_bytes", 1024), v("backlog"), v("webhook_p99_ms"),
-                              v("cpu_pct"), v("acked_per_s")]) + "\n")
+                              v("cpu_pct"), v("acked_per_s"),
+                              "NaN" if r.get("wal_frames") is None
+                              else f"{r['wal_frames'] * (4096 + 24) / (1 << 20):.3f}"]) + "\n")
     marks = "".join(f"set arrow from {t / 60:.3f}, graph 0 to {t / 60:.3f}, graph 1 nohead "
                     "lc rgb '#cc0000' dt 2\n" for t, name in faults_at if name == "kill")
     # The other faults: their names where they start, on the top panel only.
@@ -767,7 +792,7 @@ unset label
 set ylabel 'open fds'
 plot 'soak.dat' using 1:4 skip 1 with lines lw 2 title 'open fds'
 set ylabel 'MiB'
-plot 'soak.dat' using 1:5 skip 1 with lines lw 2 title 'ledger', '' using 1:6 skip 1 with lines lw 2 title 'WAL'
+plot 'soak.dat' using 1:5 skip 1 with lines lw 2 title 'ledger file', '' using 1:6 skip 1 with lines lw 2 title 'WAL file', '' using 1:12 skip 1 with lines lw 1 title 'WAL content (frames in use)'
 unset multiplot
 """, outdir)
     gnuplot(common.replace("set multiplot", "set output 'soak-load.png'\nset multiplot") +
@@ -789,6 +814,80 @@ unset multiplot
 
 
 # ---------------------------------------------------------------------------------------------
+# bench/RESULTS.md keeps the last full soak between these markers (bench.py keeps the block when
+# it rewrites the file).
+
+BEGIN, END = "<!-- soak: bench/soak.py writes this section -->", "<!-- /soak -->"
+
+
+def results_section(res, rows):
+    def q(key, first):
+        warm = [r[key] for r in rows if r.get(key) is not None
+                and r["since_start_s"] >= (10 if QUICK else 60)]
+        n = max(1, len(warm) // 4)
+        return median(warm[:n] if first else warm[-n:])
+
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True).stdout.strip()
+    except OSError:
+        rev = "?"
+    cal = res["calibration"]
+    L = [BEGIN, "## Soak", ""]
+    L.append(f"{res['started']} · `bash bench/soak.sh {res['duration_s'] / 60:.0f}m` · git "
+             f"`{rev}` · {'pass' if not res['fails'] else 'FAIL'}")
+    L.append("")
+    L.append(f"Calibration: {cal['rate']:.0f} notifications/s flat out for {cal['seconds']} s; "
+             f"the load ran at {cal['target_rate']:.0f}/s for {res['load_s'] / 60:.1f} min "
+             f"({res['acked']} acknowledged in all, {res['refused']} not, during restarts). "
+             f"Faults: {', '.join(f'{k} {v}x' for k, v in res['faults'].items())}. "
+             f"Restarts healthy again after {min(res['restart_s'] or [0])} to "
+             f"{max(res['restart_s'] or [0])} s.")
+    L.append("")
+    L.append("| measure | first quarter (median, warm) | last quarter | rule |")
+    L.append("| --- | --- | --- | --- |")
+    L.append(f"| RSS MiB | {q('rss_kb', True) / 1024:.1f} | {q('rss_kb', False) / 1024:.1f} | "
+             "+10 % or 3 MiB |")
+    L.append(f"| anonymous MiB | {q('anon_kb', True) / 1024:.1f} | "
+             f"{q('anon_kb', False) / 1024:.1f} | +10 % or 3 MiB |")
+    L.append(f"| open fds | {q('fds', True)} | {q('fds', False)} | +{CONCURRENCY + 4} |")
+    L.append(f"| webhook p99 ms (per interval) | {q('webhook_p99_ms', True)} | "
+             f"{q('webhook_p99_ms', False)} | reported |")
+    L.append(f"| daemon CPU % | {q('cpu_pct', True)} | {q('cpu_pct', False)} | reported |")
+    L.append("")
+    by = res["ledger_states"]
+    L.append(f"At the end: ledger {', '.join(f'{k} {v}' for k, v in sorted(by.items()))}; "
+             f"{res['tasks_created']} tasks created upstream, {res['duplicates']} creation(s) "
+             f"submitted twice; {res['uncertain']} held `uncertain` (bound "
+             f"{res['uncertain_bound']}: {res['uncertain_why']}); backlog drained in "
+             f"{res['drain_s']} s; WAL at most {res.get('wal_max_bytes', 0) >> 20} MiB; "
+             f"ledger {res.get('ledger_bytes', 0) >> 20} MiB.")
+    L.append("")
+    for n in res["notes"]:
+        L.append(f"- {n}")
+    for f in res["fails"]:
+        L.append(f"- **FAIL**: {f}")
+    L.append("")
+    L.append("![soak: memory, fds, ledger](plots/soak-resources.png)")
+    L.append("![soak: backlog, latency, CPU](plots/soak-load.png)")
+    L.append(END)
+    return "\n".join(L) + "\n"
+
+
+def publish_section(text):
+    path = os.path.join(BENCH, "RESULTS.md")
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = ""
+    if BEGIN in old and END in old:
+        a, b = old.index(BEGIN), old.index(END) + len(END) + 1
+        new = old[:a] + text + old[b:]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    with open(path, "w") as f:
+        f.write(new)
 
 
 def calibrate(d, runid_base, outdir, seconds, threads):
@@ -802,7 +901,42 @@ def calibrate(d, runid_base, outdir, seconds, threads):
     return load, load.acked / wall
 
 
+def read_csv(path):
+    rows = []
+    with open(path) as f:
+        head = f.readline().strip().split(",")
+        for line in f:
+            row = {}
+            for k, v in zip(head, line.rstrip("\n").split(",")):
+                if v == "":
+                    row[k] = None
+                else:
+                    try:
+                        row[k] = float(v) if "." in v else int(v)
+                    except ValueError:
+                        row[k] = v
+            rows.append(row)
+    return rows
+
+
+def republish(outdir):
+    """soak.py --publish DIR: a finished run's plots and section into bench/plots/ and
+    bench/RESULTS.md (for a run made with SOAK_PUBLISH=0)."""
+    with open(os.path.join(outdir, "summary.json")) as f:
+        res = json.load(f)
+    rows = read_csv(os.path.join(outdir, "soak.csv"))
+    res.setdefault("ledger_bytes", rows[-1].get("ledger_bytes") or 0)
+    section = results_section(res, rows)
+    for p in ("soak-resources.png", "soak-load.png"):
+        shutil.copyfile(os.path.join(outdir, p), os.path.join(BENCH, "plots", p))
+    publish_section(section)
+    log("published to bench/RESULTS.md and bench/plots/")
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--publish":
+        republish(sys.argv[2])
+        return
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
     arg = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("SOAK_DURATION")
@@ -910,7 +1044,8 @@ def main():
                     "journald_stops": journald.stops, "faults": faults.counts,
                     "restart_s": faults.restart_s, "ledger_states": by_state,
                     "samples": len(rows), "tasks_created": sum(created.values()),
-                    "uncertain_why": held_why})
+                    "uncertain_why": held_why,
+                    "faults_at": [(round(t, 1), n) for t, n in faults_at]})
         fails, notes = verdicts(res, rows, sampler, d, fake, acked, ledger_states, created, QUICK)
         if rc != 0:
             fails.append(f"the daemon exited with {rc} at the end (SIGTERM)")
@@ -933,10 +1068,16 @@ def main():
         except Exception as e:
             pngs = []
             log(f"plots failed: {e}")
+        res["ledger_bytes"] = file_size(d.ledger)
+        section = results_section(res, rows)
+        with open(os.path.join(outdir, "summary.md"), "w") as f:
+            f.write(section)
         if publish and pngs:
             pdir = os.path.join(BENCH, "plots")
             for p in pngs:
                 shutil.copyfile(os.path.join(outdir, p), os.path.join(pdir, p))
+            publish_section(section)
+            log("published to bench/RESULTS.md and bench/plots/")
         with open(os.path.join(outdir, "summary.json"), "w") as f:
             json.dump(res, f, indent=1)
         log(f"{len(acked)} acknowledged; ledger {by_state}; {res['tasks_created']} tasks created "

@@ -18,8 +18,11 @@ if [ "${SOAK_IN_NAMESPACE:-0}" != 1 ]; then
         fi
         cmake -S "$root" -B "$root/build-soak" -DCMAKE_BUILD_TYPE=Release >/dev/null
         cmake --build "$root/build-soak" -j"$(nproc)" --target vidu-upscaled fake-upstream >/dev/null
+        # The probe mounts in a namespace of its own too, so it changes nothing here.
         if [ "$(id -u)" -eq 0 ] && [ "${SOAK_JOURNALD:-own}" = own ] &&
-                unshare --mount --propagation private true 2>/dev/null; then
+                mkdir -p /run/systemd/journal &&
+                unshare --mount --propagation private \
+                        mount -t tmpfs tmpfs /run/systemd/journal 2>/dev/null; then
                 SOAK_IN_NAMESPACE=1 exec unshare --mount --propagation private bash "$0" "$@"
         fi
         export SOAK_JOURNALD=shared
