@@ -5,7 +5,8 @@ set -euo pipefail
 packages=(build-essential cmake pkg-config clang clang-format
           libmicrohttpd-dev libcurl4-openssl-dev libjson-c-dev libsystemd-dev libsqlite3-dev libssl-dev
           libinih-dev libcmocka-dev
-          systemd sqlite3 python3 curl valgrind openssl)
+          systemd sqlite3 python3 curl valgrind openssl
+          gnuplot-nox util-linux)
 
 missing=()
 for p in "${packages[@]}"; do
