@@ -683,6 +683,30 @@ def growth_check(rows, key, warmup_s, rel, abs_tol, label, extra=0):
     return b - a <= allowed, msg
 
 
+def segment_check(rows, key, warmup_s, min_span_s, rel, abs_tol, label, extra=0):
+    """Within each daemon's life (kill -9 restarts every few minutes reset the heap, which would
+    hide a leak from a comparison across them): the median of its first three warm samples
+    against the median of its last three, for lives whose warm samples span MIN_SPAN_S or more,
+    with the same allowance as growth_check. Returns (ok, message) for the worst life."""
+    worst = None
+    for seg in sorted({r["segment"] for r in rows}):
+        warm = [r for r in rows if r["segment"] == seg and r["since_start_s"] >= warmup_s
+                and r.get(key) is not None]
+        if len(warm) < 6 or warm[-1]["t_s"] - warm[0]["t_s"] < min_span_s:
+            continue
+        a = median([r[key] for r in warm[:3]])
+        b = median([r[key] for r in warm[-3:]])
+        allowed = max(rel * a, abs_tol) + extra
+        if worst is None or b - a - allowed > worst[0]:
+            worst = (b - a - allowed, seg, a, b, allowed, warm[-1]["t_s"] - warm[0]["t_s"])
+    if worst is None:
+        return True, f"{label} within a life: no life long enough to judge"
+    _, seg, a, b, allowed, span = worst
+    msg = (f"{label} within a life: at worst (life {seg}, {span:.0f} s) from {a} to {b} "
+           f"(growth {b - a}, allowed {round(allowed, 1)})")
+    return b - a <= allowed, msg
+
+
 def growth_verdicts(res, rows, quick):
     """Memory, fds and the WAL, from the samples alone (soak.py --publish judges a finished run's
     CSV again with them)."""
@@ -696,10 +720,12 @@ def growth_verdicts(res, rows, quick):
             ("rss_kb", 0.10, 3072, JOURNAL_QUEUE_MAX_KB, "RSS (kB)"),
             ("anon_kb", 0.10, 3072, JOURNAL_QUEUE_MAX_KB, "anonymous memory (kB)"),
             ("fds", 0.0, CONCURRENCY + 4, 0, "open fds")):
-        ok, msg = growth_check(rows, key, warmup, rel, tol, label, extra)
-        notes.append(msg)
-        if not ok:
-            fails.append(msg)
+        for ok, msg in (growth_check(rows, key, warmup, rel, tol, label, extra),
+                        segment_check(rows, key, warmup, 20 if quick else 120, rel, tol, label,
+                                      extra)):
+            notes.append(msg)
+            if not ok:
+                fails.append(msg)
     # 4. The WAL stays bounded. Its content (frames since the last time a writer started it over
     # after a complete checkpoint) must keep coming back: the median of the last quarter's
     # samples at most twice the first quarter's, or two checkpoints' worth (2000 frames). Its
