@@ -859,11 +859,12 @@ BEGIN, END = "<!-- soak: bench/soak.py writes this section -->", "<!-- /soak -->
 
 
 def results_section(res, rows):
-    def q(key, first):
+    def q(key, first, scale=1):
         warm = [r[key] for r in rows if r.get(key) is not None
-                and r["since_start_s"] >= (10 if QUICK else 60)]
+                and r["since_start_s"] >= (10 if res.get("quick") else 60)]
         n = max(1, len(warm) // 4)
-        return median(warm[:n] if first else warm[-n:])
+        v = median(warm[:n] if first else warm[-n:])
+        return "–" if v is None else round(v / scale, 1)
 
     try:
         rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
@@ -872,7 +873,9 @@ def results_section(res, rows):
         rev = "?"
     cal = res["calibration"]
     L = [BEGIN, "## Soak", ""]
-    L.append(f"{res['started']} · `bash bench/soak.sh {res['duration_s'] / 60:.0f}m` · git "
+    how = "SOAK_QUICK=1 bash bench/soak.sh" if res.get("quick") else \
+        f"bash bench/soak.sh {res['duration_s'] / 60:.0f}m"
+    L.append(f"{res['started']} · `{how}` · git "
              f"`{rev}` · {'pass' if not res['fails'] else 'FAIL'}")
     L.append("")
     L.append(f"Calibration: {cal['rate']:.0f} notifications/s flat out for {cal['seconds']} s; "
@@ -884,10 +887,10 @@ def results_section(res, rows):
     L.append("")
     L.append("| measure | first quarter (median, warm) | last quarter | rule |")
     L.append("| --- | --- | --- | --- |")
-    L.append(f"| RSS MiB | {q('rss_kb', True) / 1024:.1f} | {q('rss_kb', False) / 1024:.1f} | "
+    L.append(f"| RSS MiB | {q('rss_kb', True, 1024)} | {q('rss_kb', False, 1024)} | "
              "+10 % or 3 MiB, +4 MiB |")
-    L.append(f"| anonymous MiB | {q('anon_kb', True) / 1024:.1f} | "
-             f"{q('anon_kb', False) / 1024:.1f} | +10 % or 3 MiB, +4 MiB |")
+    L.append(f"| anonymous MiB | {q('anon_kb', True, 1024)} | {q('anon_kb', False, 1024)} | "
+             "+10 % or 3 MiB, +4 MiB |")
     L.append(f"| open fds | {q('fds', True)} | {q('fds', False)} | +{CONCURRENCY + 4} |")
     L.append(f"| webhook p99 ms (per interval) | {q('webhook_p99_ms', True)} | "
              f"{q('webhook_p99_ms', False)} | reported |")
@@ -897,7 +900,9 @@ def results_section(res, rows):
     L.append(f"At the end: ledger {', '.join(f'{k} {v}' for k, v in sorted(by.items()))}; "
              f"{res['tasks_created']} tasks created upstream, {res['duplicates']} creation(s) "
              f"submitted twice; {res['uncertain']} held `uncertain` (bound "
-             f"{res['uncertain_bound']}: {res['uncertain_why']}); backlog drained in "
+             f"{res['uncertain_bound']}; why: "
+             f"{'; '.join(f'{n} {w}' for w, n in res.get('uncertain_why', {}).items()) or '-'}"
+             f"); backlog drained in "
              f"{res['drain_s']} s; WAL at most {res.get('wal_max_bytes', 0) >> 20} MiB; "
              f"ledger {res.get('ledger_bytes', 0) >> 20} MiB.")
     L.append("")
