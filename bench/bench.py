@@ -1731,8 +1731,16 @@ def main():
         os.makedirs(pdir, exist_ok=True)
         for p in pngs:
             shutil.copyfile(os.path.join(outdir, p), os.path.join(pdir, p))
+        # The soak's section (bench/soak.py) stays.
+        soak = ""
+        try:
+            with open(os.path.join(BENCH, "RESULTS.md")) as f:
+                m = re.search(r"<!-- soak: .*?<!-- /soak -->\n", f.read(), re.S)
+                soak = "\n" + m.group(0) if m else ""
+        except FileNotFoundError:
+            pass
         with open(os.path.join(BENCH, "RESULTS.md"), "w") as f:
-            f.write(report(res, "plots/"))
+            f.write(report(res, "plots/") + soak)
         log("published to bench/RESULTS.md and bench/plots/")
     for t in res["targets"]:
         log(f"{'pass' if t['pass'] else 'FAIL'}: {t['target']}: {t['measured']} (wanted "
