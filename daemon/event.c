@@ -55,7 +55,7 @@ int event_body(const struct job *j, const char *payload, uint64_t at_usec, char 
         const char *type = event_type_for_state(j->state);
         if (!type)
                 return -EINVAL;
-        char ts[32], num[UINT_DEC_SIZE];
+        char ts[80], num[UINT_DEC_SIZE]; /* 80: what the compiler allows any struct tm to print */
         event_format_time(at_usec, ts, sizeof(ts));
         size_t max = 256 + jsonw_string_max(j->creation_id) + jsonw_string_max(j->source_task_id) +
                      jsonw_string_max(j->upscale_task_id) + jsonw_string_max(j->result_url) +

@@ -1096,7 +1096,9 @@ static void key_env_name(const struct config_key *k, char *buf, size_t len)
                 *p = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
 }
 
-static char *dump_text(const struct config *c)
+/* Not inlined: GCC 12 at -O3 then takes the memstream's buffer for the dead local that pointed to
+ * it (a false -Wdangling-pointer). */
+__attribute__((noinline)) static char *dump_text(const struct config *c)
 {
         char *out = NULL;
         size_t len = 0;
@@ -1308,6 +1310,17 @@ static void test_events_keys(void **state)
         free(file);
 }
 
+/* Whether the dump's section that starts with header holds entry. */
+static bool in_section(const char *dump, const char *header, const char *entry)
+{
+        const char *sec = strstr(dump, header);
+        if (!sec)
+                return false;
+        const char *end = strstr(sec + 1, "\n[");
+        const char *at = strstr(sec, entry);
+        return at && (!end || at < end);
+}
+
 static void test_dump_covers_the_table(void **state)
 {
         size_t n = 0;
@@ -1333,11 +1346,7 @@ static void test_dump_covers_the_table(void **state)
                 free(alone);
                 snprintf(header, sizeof(header), "[%s]\n", k->section);
                 snprintf(entry, sizeof(entry), "\n%s =", k->name);
-                const char *sec = strstr(out, header);
-                assert_non_null(sec);
-                const char *end = strstr(sec + 1, "\n[");
-                const char *at = strstr(sec, entry);
-                if (!at || (end && at > end))
+                if (!in_section(out, header, entry))
                         fail_msg("%s.%s is not in the dump's [%s]", k->section, k->name,
                                  k->section);
         }
