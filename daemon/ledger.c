@@ -400,6 +400,12 @@ static void preallocate_wal(struct ledger *l)
                 page = sqlite3_column_int(s, 0);
         sqlite3_finalize(s);
         off_t want = 32 + (off_t)2 * CHECKPOINT_PAGES * (24 + page);
+        /* A burst that outruns the checkpointer grows the WAL past this; once the checkpoint has
+         * caught up and the WAL starts over, SQLite cuts it back to this size, so the file's size
+         * follows the load rather than keeping its highest mark forever. */
+        char pragma[64];
+        snprintf(pragma, sizeof(pragma), "PRAGMA journal_size_limit = %lld", (long long)want);
+        (void)sqlite3_exec(l->db, pragma, NULL, NULL, NULL);
 
         char wal[4096];
         if (snprintf(wal, sizeof(wal), "%s-wal", l->path) >= (int)sizeof(wal))
