@@ -8,6 +8,7 @@ set -euo pipefail
 packages=(build-essential cmake pkg-config clang clang-format
           libmicrohttpd-dev libcurl4-openssl-dev libjson-c-dev libsystemd-dev libsqlite3-dev libssl-dev
           libinih-dev libcmocka-dev
+          libpq-dev postgresql pgbouncer
           systemd sqlite3 python3 curl valgrind openssl
           dpkg-dev debhelper fakeroot lintian mandoc man-db prometheus
           gnuplot-nox util-linux)
