@@ -1,0 +1,546 @@
+/* pgconn.c: one libpq connection on sd-event: PQconnectPoll on the socket's readiness, then
+ * pipeline mode (every statement of a batch and one sync written together, PQflush on EPOLLOUT,
+ * PQconsumeInput and PQgetResult on EPOLLIN), a loop-side timer for connects and batches, and
+ * reconnection with capped exponential backoff (backoff.c). */
+#include "pgconn.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "backoff.h"
+#include "util.h"
+
+#define GRACE_USEC (2 * USEC_PER_SEC)
+
+enum phase {
+        PHASE_WAITING,    /* no connection; the timer starts the next attempt */
+        PHASE_CONNECTING, /* PQconnectPoll in progress */
+        PHASE_READY,
+};
+
+struct batch {
+        pgconn_done_fn done;
+        void *userdata;
+        size_t skip;  /* statements pgconn added in front (the statement timeout) */
+        size_t total; /* skip + the caller's */
+        size_t cur;   /* the statement whose results are being read */
+        PGresult **results;
+        bool failed;
+        size_t failed_index;
+        uint64_t deadline; /* CLOCK_MONOTONIC */
+};
+
+struct pgconn {
+        sd_event *event;
+        char *conninfo;
+        uint64_t statement_timeout, batch_timeout, connect_timeout;
+        uint64_t backoff_initial, backoff_max;
+        pgconn_state_fn state_cb;
+        void *userdata;
+
+        enum phase phase;
+        PGconn *conn;
+        sd_event_source *io;
+        sd_event_source *timer;
+        sd_event_source *lose_soon; /* a failure found inside pgconn_send, handled from the loop */
+        int lose_error;
+        bool losing;
+        uint64_t deadline; /* of the connect attempt, or of the reconnect wait */
+        unsigned attempt;  /* failed attempts since the last connection */
+        struct batch *batch;
+        char errmsg[512];
+        struct pgconn_stats stats;
+};
+
+static void set_errmsg(struct pgconn *c, const char *prefix, const char *msg)
+{
+        snprintf(c->errmsg, sizeof(c->errmsg), "%s%s", prefix, msg ? msg : "");
+        /* libpq's messages end with a newline. */
+        size_t n = strlen(c->errmsg);
+        while (n > 0 && (c->errmsg[n - 1] == '\n' || c->errmsg[n - 1] == ' '))
+                c->errmsg[--n] = 0;
+}
+
+static uint64_t now_mono(struct pgconn *c)
+{
+        uint64_t now;
+        if (sd_event_now(c->event, CLOCK_MONOTONIC, &now) < 0)
+                now = now_monotonic_usec();
+        return now;
+}
+
+static void arm_timer(struct pgconn *c)
+{
+        uint64_t at = UINT64_MAX;
+        if (c->phase == PHASE_WAITING || c->phase == PHASE_CONNECTING)
+                at = c->deadline;
+        else if (c->batch)
+                at = c->batch->deadline;
+        if (at == UINT64_MAX) {
+                sd_event_source_set_enabled(c->timer, SD_EVENT_OFF);
+                return;
+        }
+        sd_event_source_set_time(c->timer, at);
+        sd_event_source_set_enabled(c->timer, SD_EVENT_ONESHOT);
+}
+
+static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata);
+
+/* Watches the connection's socket for events. libpq may change sockets while connecting (another
+ * host, a retry without SSL), so the source is made again for each step there. */
+static int watch(struct pgconn *c, uint32_t events, bool renew)
+{
+        int fd = PQsocket(c->conn);
+        if (fd < 0)
+                return -EBADF;
+        if (c->io && renew)
+                c->io = sd_event_source_disable_unref(c->io);
+        if (c->io)
+                return sd_event_source_set_io_events(c->io, events);
+        int r = sd_event_add_io(c->event, &c->io, fd, events, on_io, c);
+        if (r >= 0)
+                sd_event_source_set_description(c->io, "pg-socket");
+        return r;
+}
+
+static int error_from_sqlstate(const char *st)
+{
+        if (!st)
+                return -EIO;
+        if (strcmp(st, "23505") == 0)
+                return -EEXIST;
+        if (strcmp(st, "57014") == 0)
+                return -ETIMEDOUT; /* query_canceled: the statement timeout */
+        if (strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0)
+                return -EAGAIN;
+        if (strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0)
+                return -ECONNRESET; /* connection exceptions, admin shutdown */
+        return -EIO;
+}
+
+/* Ends the batch in flight: its callback runs with what it came to. */
+static void finish_batch(struct pgconn *c, int error, bool lost)
+{
+        struct batch *b = TAKE_PTR(c->batch);
+        if (!b)
+                return;
+        struct pgconn_result res = {
+            .error = error,
+            .n = b->total - b->skip,
+            .results = b->results + b->skip,
+            .failed = -1,
+            .sqlstate = "",
+            .message = "",
+        };
+        if (b->failed) {
+                const PGresult *fr = b->results[b->failed_index];
+                const char *st = fr ? PQresultErrorField(fr, PG_DIAG_SQLSTATE) : NULL;
+                res.sqlstate = st ? st : "";
+                res.message = fr ? PQresultErrorMessage(fr) : "";
+                res.failed = b->failed_index >= b->skip ? (int)(b->failed_index - b->skip) : 0;
+                if (res.error == 0)
+                        res.error = error_from_sqlstate(st);
+        } else if (lost)
+                /* Handed over, and neither an answer to its end nor a failure came back: its
+                 * COMMIT (or its sync's implicit one) may have landed. */
+                res.unknown_outcome = true;
+        if (res.error < 0 && !*res.message)
+                res.message = c->errmsg;
+        arm_timer(c);
+        b->done(c, &res, b->userdata);
+        for (size_t i = 0; i < b->total; i++)
+                PQclear(b->results[i]);
+        free(b->results);
+        free(b);
+}
+
+static void close_conn(struct pgconn *c)
+{
+        c->io = sd_event_source_disable_unref(c->io);
+        if (c->conn) {
+                PQfinish(c->conn);
+                c->conn = NULL;
+        }
+}
+
+static uint32_t random_u32(void)
+{
+        uint32_t v = 0;
+        if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != sizeof(v))
+                v = (uint32_t)now_monotonic_usec();
+        return v;
+}
+
+/* The connection (or the attempt) is gone: fail the batch in flight, wait, try again. */
+static void lose(struct pgconn *c, int error)
+{
+        bool was_ready = c->phase == PHASE_READY;
+        close_conn(c);
+        sd_event_source_set_enabled(c->lose_soon, SD_EVENT_OFF);
+        c->losing = false;
+        c->phase = PHASE_WAITING;
+        c->attempt++;
+        c->deadline = now_mono(c) +
+                      backoff_delay(c->attempt, c->backoff_initial, c->backoff_max, random_u32());
+        if (was_ready)
+                c->stats.losses++;
+        else
+                c->stats.connect_failures++;
+        finish_batch(c, error, true);
+        arm_timer(c);
+        if (c->state_cb)
+                c->state_cb(c, was_ready ? PGCONN_LOST : PGCONN_CONNECT_FAILED, c->userdata);
+}
+
+static void became_ready(struct pgconn *c)
+{
+        /* Pipeline mode needs the non-blocking sends: a batch larger than the socket's buffer
+         * waits in libpq's until EPOLLOUT. */
+        if (PQsetnonblocking(c->conn, 1) != 0 || PQenterPipelineMode(c->conn) != 1) {
+                set_errmsg(c, "cannot enter pipeline mode: ", PQerrorMessage(c->conn));
+                lose(c, -EIO);
+                return;
+        }
+        if (watch(c, EPOLLIN, true) < 0) {
+                set_errmsg(c, "cannot watch the connection's socket", NULL);
+                lose(c, -EIO);
+                return;
+        }
+        c->phase = PHASE_READY;
+        c->attempt = 0;
+        c->errmsg[0] = 0;
+        c->stats.connects++;
+        arm_timer(c);
+        if (c->state_cb)
+                c->state_cb(c, PGCONN_CONNECTED, c->userdata);
+}
+
+static void connect_step(struct pgconn *c)
+{
+        switch (PQconnectPoll(c->conn)) {
+        case PGRES_POLLING_READING:
+                if (watch(c, EPOLLIN, true) < 0)
+                        break;
+                return;
+        case PGRES_POLLING_WRITING:
+                if (watch(c, EPOLLOUT, true) < 0)
+                        break;
+                return;
+        case PGRES_POLLING_OK:
+                became_ready(c);
+                return;
+        default:
+                set_errmsg(c, "", PQerrorMessage(c->conn));
+                lose(c, -ECONNREFUSED);
+                return;
+        }
+        set_errmsg(c, "cannot watch the connection's socket", NULL);
+        lose(c, -EIO);
+}
+
+static void start_connect(struct pgconn *c)
+{
+        const char *keys[] = {"dbname", "fallback_application_name", NULL};
+        const char *values[] = {c->conninfo, "vidu-upscaled", NULL};
+        c->conn = PQconnectStartParams(keys, values, 1);
+        c->phase = PHASE_CONNECTING;
+        c->deadline = now_mono(c) + c->connect_timeout;
+        arm_timer(c);
+        if (!c->conn) {
+                set_errmsg(c, "out of memory", NULL);
+                lose(c, -ENOMEM);
+                return;
+        }
+        if (PQstatus(c->conn) == CONNECTION_BAD) {
+                set_errmsg(c, "", PQerrorMessage(c->conn));
+                lose(c, -ECONNREFUSED);
+                return;
+        }
+        /* Until the first PQconnectPoll, as if it had asked to write (libpq's documentation). */
+        if (watch(c, EPOLLOUT, true) < 0) {
+                set_errmsg(c, "cannot watch the connection's socket", NULL);
+                lose(c, -EIO);
+        }
+}
+
+/* Writes what libpq holds; waits for EPOLLOUT while some remains. false: connection lost. */
+static bool flush(struct pgconn *c)
+{
+        int r = PQflush(c->conn);
+        if (r < 0) {
+                set_errmsg(c, "", PQerrorMessage(c->conn));
+                return false;
+        }
+        if (r > 0)
+                c->stats.send_blocked++;
+        return watch(c, r > 0 ? EPOLLIN | EPOLLOUT : EPOLLIN, false) >= 0;
+}
+
+/* Reads every result libpq has whole, without waiting for more. */
+static void drain(struct pgconn *c)
+{
+        while (c->batch && !PQisBusy(c->conn)) {
+                struct batch *b = c->batch;
+                PGresult *res = PQgetResult(c->conn);
+                if (!res) {
+                        /* The end of one statement's results. */
+                        if (b->cur < b->total)
+                                b->cur++;
+                        continue;
+                }
+                ExecStatusType st = PQresultStatus(res);
+                if (st == PGRES_PIPELINE_SYNC) {
+                        PQclear(res);
+                        finish_batch(c, 0, false);
+                        continue;
+                }
+                if (b->cur >= b->total) {
+                        PQclear(res); /* nothing asked for it */
+                        continue;
+                }
+                c->stats.results++;
+                if (st == PGRES_FATAL_ERROR && !b->failed) {
+                        b->failed = true;
+                        b->failed_index = b->cur;
+                }
+                PQclear(b->results[b->cur]);
+                b->results[b->cur] = res;
+        }
+}
+
+static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata)
+{
+        struct pgconn *c = userdata;
+        if (c->phase == PHASE_CONNECTING) {
+                connect_step(c);
+                return 0;
+        }
+        if (c->phase != PHASE_READY)
+                return 0;
+        if ((revents & EPOLLOUT) && !flush(c)) {
+                lose(c, -ECONNRESET);
+                return 0;
+        }
+        if (revents & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+                if (!PQconsumeInput(c->conn)) {
+                        set_errmsg(c, "", PQerrorMessage(c->conn));
+                        lose(c, -ECONNRESET);
+                        return 0;
+                }
+                drain(c);
+        }
+        if (c->conn && PQstatus(c->conn) == CONNECTION_BAD) {
+                set_errmsg(c, "", PQerrorMessage(c->conn));
+                lose(c, -ECONNRESET);
+        }
+        return 0;
+}
+
+static int on_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        struct pgconn *c = userdata;
+        char buf[32];
+        switch (c->phase) {
+        case PHASE_WAITING:
+                start_connect(c);
+                break;
+        case PHASE_CONNECTING:
+                format_duration(c->connect_timeout, buf, sizeof(buf));
+                snprintf(c->errmsg, sizeof(c->errmsg), "no connection within %s", buf);
+                c->stats.timeouts++;
+                lose(c, -ETIMEDOUT);
+                break;
+        case PHASE_READY:
+                if (!c->batch || now_mono(c) < c->batch->deadline) {
+                        arm_timer(c);
+                        break;
+                }
+                format_duration(c->batch_timeout, buf, sizeof(buf));
+                snprintf(c->errmsg, sizeof(c->errmsg),
+                         "the server did not answer within %s; connection given up", buf);
+                c->stats.timeouts++;
+                lose(c, -ETIMEDOUT);
+                break;
+        }
+        return 0;
+}
+
+static int on_lose_soon(sd_event_source *s, void *userdata)
+{
+        struct pgconn *c = userdata;
+        if (c->phase == PHASE_READY)
+                lose(c, c->lose_error);
+        return 0;
+}
+
+int pgconn_new(sd_event *event, const struct pgconn_options *opts, pgconn_state_fn state_cb,
+               void *userdata, struct pgconn **ret)
+{
+        if (!opts || isempty(opts->conninfo))
+                return -EINVAL;
+        struct pgconn *c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->event = sd_event_ref(event);
+        c->state_cb = state_cb;
+        c->userdata = userdata;
+        c->conninfo = strdup(opts->conninfo);
+        c->statement_timeout = opts->statement_timeout_usec;
+        c->batch_timeout = opts->batch_timeout_usec;
+        if (c->batch_timeout == 0)
+                c->batch_timeout =
+                    c->statement_timeout ? c->statement_timeout + GRACE_USEC : 30 * USEC_PER_SEC;
+        c->connect_timeout =
+            opts->connect_timeout_usec ? opts->connect_timeout_usec : 10 * USEC_PER_SEC;
+        c->backoff_initial =
+            opts->reconnect_initial_usec ? opts->reconnect_initial_usec : 100 * USEC_PER_MSEC;
+        c->backoff_max = opts->reconnect_max_usec ? opts->reconnect_max_usec : 10 * USEC_PER_SEC;
+        if (c->backoff_max < c->backoff_initial)
+                c->backoff_max = c->backoff_initial;
+        c->phase = PHASE_WAITING;
+        c->deadline = 0; /* the first attempt at once, from the loop */
+        int r = c->conninfo ? 0 : -ENOMEM;
+        if (r >= 0)
+                r = sd_event_add_time(event, &c->timer, CLOCK_MONOTONIC, 0, 1, on_timer, c);
+        if (r >= 0)
+                r = sd_event_add_defer(event, &c->lose_soon, on_lose_soon, c);
+        if (r < 0) {
+                pgconn_free(c);
+                return r;
+        }
+        sd_event_source_set_description(c->timer, "pg-timer");
+        sd_event_source_set_enabled(c->lose_soon, SD_EVENT_OFF);
+        arm_timer(c);
+        *ret = c;
+        return 0;
+}
+
+struct pgconn *pgconn_free(struct pgconn *c)
+{
+        if (!c)
+                return NULL;
+        struct batch *b = TAKE_PTR(c->batch);
+        if (b) {
+                for (size_t i = 0; i < b->total; i++)
+                        PQclear(b->results[i]);
+                free(b->results);
+                free(b);
+        }
+        close_conn(c);
+        sd_event_source_disable_unref(c->timer);
+        sd_event_source_disable_unref(c->lose_soon);
+        sd_event_unref(c->event);
+        free(c->conninfo);
+        free(c);
+        return NULL;
+}
+
+int pgconn_send(struct pgconn *c, const struct pgconn_stmt *stmts, size_t n, pgconn_done_fn done,
+                void *userdata)
+{
+        if (!c || !stmts || n == 0 || !done)
+                return -EINVAL;
+        if (c->phase != PHASE_READY)
+                return -ENOTCONN;
+        if (c->batch)
+                return -EBUSY;
+        if (c->losing)
+                return -ENOTCONN;
+        struct batch *b = calloc(1, sizeof(*b));
+        if (!b)
+                return -ENOMEM;
+        /* Outside a transaction, the timeout is set for the one this batch is; inside one (a
+         * BEGIN left open by the previous batch) it holds already, and a transaction that
+         * failed accepts nothing but its ROLLBACK. */
+        b->skip = c->statement_timeout && PQtransactionStatus(c->conn) == PQTRANS_IDLE ? 1 : 0;
+        b->total = b->skip + n;
+        b->results = calloc(b->total, sizeof(PGresult *));
+        if (!b->results) {
+                free(b);
+                return -ENOMEM;
+        }
+        b->done = done;
+        b->userdata = userdata;
+        c->batch = b;
+
+        bool ok = true;
+        if (b->skip) {
+                char ms[UINT_DEC_SIZE];
+                format_uint((c->statement_timeout + USEC_PER_MSEC - 1) / USEC_PER_MSEC, ms);
+                const char *p[] = {ms};
+                ok = PQsendQueryParams(c->conn, "SELECT set_config('statement_timeout', $1, true)",
+                                       1, NULL, p, NULL, NULL, 0) == 1;
+        }
+        for (size_t i = 0; ok && i < n; i++)
+                ok = PQsendQueryParams(c->conn, stmts[i].sql, stmts[i].n_params, NULL,
+                                       stmts[i].params, NULL, NULL, 0) == 1;
+        ok = ok && PQpipelineSync(c->conn) == 1;
+        c->stats.batches++;
+        c->stats.statements += n;
+        b->deadline = now_mono(c) + c->batch_timeout;
+        arm_timer(c);
+        if (ok) {
+                c->stats.syncs++;
+                ok = flush(c);
+        } else
+                set_errmsg(c, "", PQerrorMessage(c->conn));
+        if (!ok) {
+                /* Part of it may have left: the connection goes, from the loop, and the batch's
+                 * callback says how it ended. */
+                c->lose_error = -ECONNRESET;
+                c->losing = true;
+                sd_event_source_set_enabled(c->lose_soon, SD_EVENT_ONESHOT);
+        }
+        return 0;
+}
+
+bool pgconn_is_connected(const struct pgconn *c)
+{
+        return c && c->phase == PHASE_READY;
+}
+
+bool pgconn_busy(const struct pgconn *c)
+{
+        return c && c->batch;
+}
+
+const char *pgconn_errmsg(const struct pgconn *c)
+{
+        return c ? c->errmsg : "";
+}
+
+const struct pgconn_stats *pgconn_get_stats(const struct pgconn *c)
+{
+        return &c->stats;
+}
+
+int pgconn_backend_pid(const struct pgconn *c)
+{
+        return c && c->conn && c->phase == PHASE_READY ? PQbackendPID(c->conn) : 0;
+}
+
+int pgconn_check_conninfo(const char *conninfo, char **ret_error)
+{
+        char *err = NULL;
+        PQconninfoOption *o = PQconninfoParse(conninfo ? conninfo : "", &err);
+        if (!o) {
+                if (ret_error) {
+                        char *m = NULL;
+                        if (asprintf(&m, "%s", err ? err : "out of memory") < 0)
+                                m = NULL;
+                        if (m) {
+                                size_t len = strlen(m);
+                                while (len > 0 && m[len - 1] == '\n')
+                                        m[--len] = 0;
+                        }
+                        *ret_error = m;
+                }
+                PQfreemem(err);
+                return -EINVAL;
+        }
+        PQconninfoFree(o);
+        return 0;
+}

@@ -1,0 +1,255 @@
+/* pgschema.c: the shared ledger's PostgreSQL schema, its versioned migrations, and the migration
+ * run at start under a transaction-scoped advisory lock. */
+#include "pgschema.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/* pg_advisory_xact_lock's key for migrations: "vidu!" in ASCII, the same for every instance. */
+#define MIGRATION_LOCK "508605486369"
+
+/* Each migration moves the schema from version i to i+1, one statement per string (the extended
+ * protocol runs one statement per query); never edit one that has shipped. */
+static const char *const migration_1[] = {
+    /* fillfactor 80: room on each page for the few updates a job sees (pending, submitting,
+     * submitted, final), so an update that changes no indexed column stays on its page. */
+    "CREATE TABLE jobs ("
+    "  creation_id text PRIMARY KEY,"
+    "  source_task_id text,"
+    "  upscale_task_id text,"
+    "  state text NOT NULL CHECK (state IN ('pending', 'submitting', 'waiting', 'submitted',"
+    "    'succeeded', 'failed', 'dead', 'uncertain')),"
+    "  attempt integer NOT NULL DEFAULT 0,"
+    "  next_at timestamptz NOT NULL,"
+    "  http_status integer,"
+    "  upstream_error text,"
+    "  result_url text,"
+    "  created_at timestamptz NOT NULL,"
+    "  updated_at timestamptz NOT NULL,"
+    "  claimed_by text,"
+    "  claim_seq bigint NOT NULL DEFAULT 0,"
+    "  claim_turn bigint,"
+    "  lease_until timestamptz"
+    ") WITH (fillfactor = 80)",
+    /* The due queues, one partial index per kind (as graphile-worker and river do): only jobs
+     * that still need work are in them, so claims stay cheap however many finished jobs the
+     * table holds. Keyed (next_at, creation_id) rather than (state, next_at): the submit queue
+     * spans two states and is read in next_at order across both, one ordered range scan. */
+    "CREATE INDEX jobs_submit_due ON jobs (next_at, creation_id)"
+    "  WHERE state IN ('pending', 'waiting')",
+    "CREATE INDEX jobs_poll_due ON jobs (next_at, creation_id) WHERE state = 'submitted'",
+    /* Lapsed submissions, for the takeover; an instance's claims, for renewal and release. */
+    "CREATE INDEX jobs_lease ON jobs (lease_until) WHERE state = 'submitting'",
+    "CREATE INDEX jobs_claimed ON jobs (claimed_by, claim_turn) WHERE claimed_by IS NOT NULL",
+    "CREATE UNIQUE INDEX jobs_upscale ON jobs (upscale_task_id)"
+    "  WHERE upscale_task_id IS NOT NULL",
+    /* Finished jobs in purge order. */
+    "CREATE INDEX jobs_finished ON jobs (updated_at)"
+    "  WHERE state IN ('succeeded', 'failed', 'dead')",
+    "CREATE TABLE replay (key text PRIMARY KEY, until timestamptz NOT NULL)",
+    "CREATE INDEX replay_until ON replay (until)",
+    /* Shared state: the account-wide pause, the probe token. */
+    "CREATE TABLE control ("
+    "  key text PRIMARY KEY,"
+    "  value text,"
+    "  holder text,"
+    "  seq bigint NOT NULL DEFAULT 0,"
+    "  until timestamptz,"
+    "  updated_at timestamptz NOT NULL DEFAULT now()"
+    ")",
+    NULL,
+};
+
+static const char *const *const migrations[PGSCHEMA_VERSION] = {
+    migration_1,
+};
+
+struct migration {
+        struct pgconn *conn;
+        pgschema_done_fn done;
+        void *userdata;
+        int from;
+        int result; /* what to report once the ROLLBACK is answered */
+        char error[512];
+};
+
+static void finish(struct migration *m, int r)
+{
+        m->done(r, m->from, r < 0 ? m->error : NULL, m->userdata);
+        free(m);
+}
+
+static void on_rolled_back(struct pgconn *c, const struct pgconn_result *res, void *userdata)
+{
+        finish(userdata, ((struct migration *)userdata)->result);
+}
+
+/* Ends the open transaction without keeping anything, then reports r. */
+static void roll_back(struct migration *m, int r)
+{
+        static const struct pgconn_stmt rollback = {.sql = "ROLLBACK"};
+        m->result = r;
+        if (pgconn_send(m->conn, &rollback, 1, on_rolled_back, m) < 0)
+                finish(m, r); /* no connection: nothing to end */
+}
+
+static void describe(struct migration *m, const char *what, const struct pgconn_result *res)
+{
+        char *msg = strndup_safe(res->message, sizeof(m->error));
+        if (msg) {
+                size_t n = strlen(msg);
+                while (n > 0 && msg[n - 1] == '\n')
+                        msg[--n] = 0;
+        }
+        snprintf(m->error, sizeof(m->error), "%s: %s", what, msg ? msg : "out of memory");
+        free(msg);
+}
+
+static void on_migrated(struct pgconn *c, const struct pgconn_result *res, void *userdata)
+{
+        struct migration *m = userdata;
+        if (res->error < 0) {
+                describe(m, "migrating the ledger's schema", res);
+                if (res->error == -ECONNRESET || res->error == -ETIMEDOUT)
+                        finish(m, res->error); /* the connection went, and the transaction */
+                else
+                        roll_back(m, res->error);
+                return;
+        }
+        finish(m, 0);
+}
+
+static void on_version(struct pgconn *c, const struct pgconn_result *res, void *userdata)
+{
+        struct migration *m = userdata;
+        if (res->error < 0) {
+                describe(m, "reading the ledger's schema version", res);
+                if (res->error == -ECONNRESET || res->error == -ETIMEDOUT)
+                        finish(m, res->error);
+                else
+                        roll_back(m, res->error);
+                return;
+        }
+        const PGresult *v = res->results[res->n - 1];
+        uint64_t version = 0;
+        if (PQntuples(v) == 1 && parse_uint(PQgetvalue(v, 0, 0), 0, INT32_MAX, &version) < 0) {
+                snprintf(m->error, sizeof(m->error),
+                         "the ledger's schema version is unreadable (\"%.64s\" in table meta)",
+                         PQgetvalue(v, 0, 0));
+                roll_back(m, -EBADMSG);
+                return;
+        }
+        m->from = (int)version;
+        if (version > PGSCHEMA_VERSION) {
+                snprintf(m->error, sizeof(m->error),
+                         "the ledger's schema is at version %d, newer than this vidu-upscaled "
+                         "knows (%d): a newer release migrated it. Run that release (or newer) "
+                         "on every instance; this one will not write to it",
+                         m->from, PGSCHEMA_VERSION);
+                roll_back(m, -EPROTONOSUPPORT);
+                return;
+        }
+
+        /* The migrations still to run, the version, the commit: one batch. */
+        size_t n = 0;
+        for (int i = m->from; i < PGSCHEMA_VERSION; i++)
+                for (const char *const *s = migrations[i]; *s; s++)
+                        n++;
+        struct pgconn_stmt *stmts = calloc(n + 2, sizeof(*stmts));
+        if (!stmts) {
+                snprintf(m->error, sizeof(m->error), "out of memory");
+                roll_back(m, -ENOMEM);
+                return;
+        }
+        size_t k = 0;
+        for (int i = m->from; i < PGSCHEMA_VERSION; i++)
+                for (const char *const *s = migrations[i]; *s; s++)
+                        stmts[k++].sql = *s;
+        char to[UINT_DEC_SIZE];
+        format_uint(PGSCHEMA_VERSION, to);
+        const char *params[] = {to};
+        if (m->from < PGSCHEMA_VERSION)
+                stmts[k++] = (struct pgconn_stmt){
+                    .sql = "INSERT INTO meta (key, value) VALUES ('schema_version', $1) "
+                           "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    .n_params = 1,
+                    .params = params};
+        stmts[k++].sql = "COMMIT";
+        int r = pgconn_send(c, stmts, k, on_migrated, m);
+        free(stmts);
+        if (r < 0) {
+                snprintf(m->error, sizeof(m->error), "migrating the ledger's schema: %s",
+                         isempty(pgconn_errmsg(c)) ? strerror(-r) : pgconn_errmsg(c));
+                finish(m, r);
+        }
+}
+
+int pgschema_migrate(struct pgconn *c, pgschema_done_fn done, void *userdata)
+{
+        struct migration *m = calloc(1, sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        m->conn = c;
+        m->done = done;
+        m->userdata = userdata;
+        /* The lock first: whoever comes second waits here until the first has committed, and
+         * then reads the version it wrote. meta itself is made here, outside the numbered
+         * migrations, so there is always a version to read. */
+        static const struct pgconn_stmt stmts[] = {
+            {.sql = "BEGIN"},
+            {.sql = "SELECT pg_advisory_xact_lock(" MIGRATION_LOCK ")"},
+            {.sql = "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL)"},
+            {.sql = "SELECT value FROM meta WHERE key = 'schema_version'"},
+        };
+        int r = pgconn_send(c, stmts, ELEMENTSOF(stmts), on_version, m);
+        if (r < 0)
+                free(m);
+        return r;
+}
+
+static const char *text_or_null(const PGresult *res, int row, int col)
+{
+        return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
+}
+
+static int64_t int_or_zero(const PGresult *res, int row, int col)
+{
+        const char *v = text_or_null(res, row, col);
+        return v ? strtoll(v, NULL, 10) : 0;
+}
+
+int pgschema_row_to_job(const PGresult *res, int row, int col, struct job *j,
+                        struct pgschema_claim *claim)
+{
+        if (row < 0 || row >= PQntuples(res) || col < 0 ||
+            col + PGSCHEMA_JOB_NCOLUMNS > PQnfields(res))
+                return -EBADMSG;
+        memset(j, 0, sizeof(*j));
+        job_set_field(j->creation_id, sizeof(j->creation_id), text_or_null(res, row, col));
+        job_set_field(j->source_task_id, sizeof(j->source_task_id),
+                      text_or_null(res, row, col + 1));
+        job_set_field(j->upscale_task_id, sizeof(j->upscale_task_id),
+                      text_or_null(res, row, col + 2));
+        int st = job_state_from_string(text_or_null(res, row, col + 3));
+        j->state = st < 0 ? JOB_DEAD : (enum job_state)st;
+        j->attempt = (unsigned)int_or_zero(res, row, col + 4);
+        j->next_at = (uint64_t)int_or_zero(res, row, col + 5);
+        j->http_status = (int)int_or_zero(res, row, col + 6);
+        job_set_field(j->upstream_error, sizeof(j->upstream_error),
+                      text_or_null(res, row, col + 7));
+        job_set_field(j->result_url, sizeof(j->result_url), text_or_null(res, row, col + 8));
+        j->created_at = (uint64_t)int_or_zero(res, row, col + 9);
+        j->updated_at = (uint64_t)int_or_zero(res, row, col + 10);
+        if (claim) {
+                memset(claim, 0, sizeof(*claim));
+                const char *by = text_or_null(res, row, col + 11);
+                snprintf(claim->claimed_by, sizeof(claim->claimed_by), "%s", by ? by : "");
+                claim->seq = int_or_zero(res, row, col + 12);
+                claim->lease_until = int_or_zero(res, row, col + 13);
+        }
+        return 0;
+}

@@ -1,0 +1,203 @@
+/* pgschema.h: the shared ledger's PostgreSQL schema (versioned, migrated once however many
+ * instances start together) and the statements the backend runs on it, as constants. */
+#pragma once
+
+#include <libpq-fe.h>
+#include <stdint.h>
+
+#include "job.h"
+#include "pgconn.h"
+
+/* The schema this binary knows; a database at a newer one is refused. */
+#define PGSCHEMA_VERSION 1
+
+/* Called once: r 0 (the schema is at PGSCHEMA_VERSION; from_version says what it was, 0 for an
+ * empty database), -EPROTONOSUPPORT (the database's schema is newer than this binary: error
+ * says so), or another -errno from the connection with error in words. */
+typedef void (*pgschema_done_fn)(int r, int from_version, const char *error, void *userdata);
+
+/* Creates or migrates the schema in one transaction holding a transaction-scoped advisory lock
+ * (so it works through PgBouncer in transaction mode): several instances starting at once
+ * migrate it once, the others wait for that and find it done. Two batches: the lock and the
+ * version read, then the migrations and the commit. -EBUSY/-ENOTCONN as pgconn_send. */
+int pgschema_migrate(struct pgconn *c, pgschema_done_fn done, void *userdata);
+
+/* The claim a job row carries. */
+struct pgschema_claim {
+        char claimed_by[128]; /* "" when not claimed */
+        int64_t seq;          /* bumped by every claim: the fence */
+        int64_t lease_until;  /* usec since the epoch, database clock; 0 when none */
+};
+
+/* Fills j (and claim, if not NULL) from the PGSCHEMA_JOB_COLUMNS starting at column col of
+ * row. 0, or -EBADMSG for a row that does not have them. */
+int pgschema_row_to_job(const PGresult *res, int row, int col, struct job *j,
+                        struct pgschema_claim *claim);
+
+/* The columns every statement returning jobs returns, in this order (14). Times are usec since
+ * the epoch. */
+#define PGSCHEMA_JOB_COLUMNS                                                                       \
+        "jobs.creation_id, jobs.source_task_id, jobs.upscale_task_id, jobs.state, jobs.attempt, "  \
+        "(extract(epoch FROM jobs.next_at) * 1000000)::bigint, jobs.http_status, "                 \
+        "jobs.upstream_error, jobs.result_url, "                                                   \
+        "(extract(epoch FROM jobs.created_at) * 1000000)::bigint, "                                \
+        "(extract(epoch FROM jobs.updated_at) * 1000000)::bigint, jobs.claimed_by, "               \
+        "jobs.claim_seq, (extract(epoch FROM jobs.lease_until) * 1000000)::bigint"
+#define PGSCHEMA_JOB_NCOLUMNS 14
+
+/* Durations are passed as microseconds ($n::bigint) and added to the database's now(): every
+ * time in the shared ledger is on the database's clock, never an instance's. */
+#define PGSCHEMA_USEC(n) "(" n "::bigint * interval '1 microsecond')"
+
+/* A new job, pending and due now: one row back if new, none if the creation id was known (a
+ * duplicate: the unique key decides, never a check-then-insert; of two instances inserting the
+ * same id at once, the second waits for the first's commit and then finds it). $1 creation id,
+ * $2 source task id. */
+#define PGSCHEMA_INSERT                                                                            \
+        "INSERT INTO jobs (creation_id, source_task_id, state, attempt, next_at, created_at, "     \
+        "updated_at) VALUES ($1, $2, 'pending', 0, now(), now(), now()) "                          \
+        "ON CONFLICT (creation_id) DO NOTHING RETURNING creation_id"
+
+/* One job by creation id, or by upscale task id. $1 the id. */
+#define PGSCHEMA_GET "SELECT " PGSCHEMA_JOB_COLUMNS " FROM jobs WHERE creation_id = $1"
+#define PGSCHEMA_GET_BY_UPSCALE                                                                    \
+        "SELECT " PGSCHEMA_JOB_COLUMNS " FROM jobs WHERE upscale_task_id = $1"
+
+/* Claims up to $3 due jobs for submission and marks them `submitting` in the same statement:
+ * attempt + 1, claimed by $1 under a new claim_seq, for the lease $2 usec, tagged with the
+ * claiming batch $4 (an instance's counter, to find them again if that batch's commit had an
+ * unknown outcome). SKIP LOCKED: instances never wait on each other's rows, and a row another
+ * transaction holds is someone else's. The CTE is materialised so the locking subquery runs
+ * once. Returns the state each job came from, then PGSCHEMA_JOB_COLUMNS. */
+#define PGSCHEMA_CLAIM_SUBMIT                                                                      \
+        "WITH due AS MATERIALIZED (SELECT creation_id, state FROM jobs "                           \
+        "WHERE state IN ('pending', 'waiting') AND next_at <= now() "                              \
+        "ORDER BY next_at, creation_id LIMIT $3 FOR UPDATE SKIP LOCKED) "                          \
+        "UPDATE jobs SET state = 'submitting', attempt = jobs.attempt + 1, next_at = now(), "      \
+        "updated_at = now(), claimed_by = $1, claim_seq = jobs.claim_seq + 1, claim_turn = $4, "   \
+        "lease_until = now() + " PGSCHEMA_USEC(                                                    \
+            "$2") " FROM due WHERE jobs.creation_id = due.creation_id "                            \
+                  "RETURNING due.state, " PGSCHEMA_JOB_COLUMNS
+
+/* Claims up to $3 submitted jobs due a poll, for $1 under a new claim_seq with lease $2 usec
+ * and batch $4, their next poll pushed $5 usec out (the poll interval plus the request's
+ * timeout) so nobody else polls them meanwhile. Returns PGSCHEMA_JOB_COLUMNS. */
+#define PGSCHEMA_CLAIM_POLL                                                                        \
+        "WITH due AS MATERIALIZED (SELECT creation_id FROM jobs "                                  \
+        "WHERE state = 'submitted' AND next_at <= now() "                                          \
+        "ORDER BY next_at, creation_id LIMIT $3 FOR UPDATE SKIP LOCKED) "                          \
+        "UPDATE jobs SET claimed_by = $1, claim_seq = jobs.claim_seq + 1, claim_turn = $4, "       \
+        "lease_until = now() + " PGSCHEMA_USEC("$2") ", next_at = now() + " PGSCHEMA_USEC(         \
+            "$5") ", "                                                                             \
+                  "updated_at = now() FROM due WHERE jobs.creation_id = due.creation_id "          \
+                  "RETURNING " PGSCHEMA_JOB_COLUMNS
+
+/* Renews every live lease of instance $1 to $2 usec from now. A lease that lapsed is not
+ * renewed: the instance must treat the jobs missing from the answer as no longer its own.
+ * Returns creation_id, claim_seq of those renewed. */
+#define PGSCHEMA_RENEW                                                                             \
+        "UPDATE jobs SET lease_until = now() + " PGSCHEMA_USEC(                                    \
+            "$2") " WHERE claimed_by = $1 "                                                        \
+                  "AND lease_until > now() RETURNING creation_id, claim_seq"
+
+/* Records what became of a claimed job, only under the claim it was taken with: $1 creation id,
+ * $2 instance, $3 claim_seq (the fence), then $4 state, $5 attempt, $6 next_at in usec from now,
+ * $7 upscale task id, $8 HTTP status, $9 upstream error, $10 result URL. The claim ends with it.
+ * No row back: the claim is stale (a survivor took the job over) and nothing changed. */
+#define PGSCHEMA_SAVE_FENCED                                                                       \
+        "UPDATE jobs SET state = $4, attempt = $5, next_at = now() + " PGSCHEMA_USEC(              \
+            "$6") ", "                                                                             \
+                  "upscale_task_id = $7, http_status = $8, upstream_error = $9, result_url = "     \
+                  "$10, "                                                                          \
+                  "updated_at = now(), claimed_by = NULL, claim_turn = NULL, lease_until = NULL "  \
+                  "WHERE creation_id = $1 AND claimed_by = $2 AND claim_seq = $3 RETURNING state"
+
+/* A stale answer may still settle a job held `uncertain` from that very claim (a takeover under
+ * retry.uncertain=hold keeps claim_seq): it is news, not a conflict. $1 creation id, $2
+ * claim_seq, $3 state, $4 upscale task id, $5 HTTP status, $6 upstream error, $7 result URL,
+ * $8 next_at in usec from now. */
+#define PGSCHEMA_SETTLE_UNCERTAIN                                                                  \
+        "UPDATE jobs SET state = $3, upscale_task_id = $4, http_status = $5, upstream_error = "    \
+        "$6, "                                                                                     \
+        "result_url = $7, next_at = now() + " PGSCHEMA_USEC(                                       \
+            "$8") ", updated_at = now() "                                                          \
+                  "WHERE creation_id = $1 AND state = 'uncertain' AND claim_seq = $2 RETURNING "   \
+                  "state"
+
+/* Takes over up to $2 jobs whose instance lost its lease mid-submission, as a restart would:
+ * $1 'hold' makes them `uncertain` (claim_seq kept, see above), anything else `waiting`, due now
+ * (the next claim bumps claim_seq, fencing the old one out). Submitted, pending and waiting jobs
+ * need no takeover: they are claimable again once due. Returns the instance that lost each job,
+ * then PGSCHEMA_JOB_COLUMNS. */
+#define PGSCHEMA_TAKEOVER                                                                          \
+        "WITH lapsed AS MATERIALIZED (SELECT creation_id, claimed_by FROM jobs "                   \
+        "WHERE state = 'submitting' AND lease_until < now() ORDER BY lease_until "                 \
+        "LIMIT $2 FOR UPDATE SKIP LOCKED) "                                                        \
+        "UPDATE jobs SET state = CASE WHEN $1 = 'hold' THEN 'uncertain' ELSE 'waiting' END, "      \
+        "upstream_error = 'interrupted while submitting (instance ' || "                           \
+        "coalesce(lapsed.claimed_by, '?') || ' lost its lease)', claimed_by = NULL, "              \
+        "claim_turn = NULL, lease_until = NULL, next_at = now(), updated_at = now() "              \
+        "FROM lapsed WHERE jobs.creation_id = lapsed.creation_id "                                 \
+        "RETURNING lapsed.claimed_by, " PGSCHEMA_JOB_COLUMNS
+
+/* Puts back the jobs instance $1 claimed in its batch $2 whose commit had an unknown outcome:
+ * none of them was POSTed, so they are due again (attempt returned), not uncertain. Returns
+ * their creation ids. */
+#define PGSCHEMA_RELEASE_UNSENT                                                                    \
+        "UPDATE jobs SET state = 'waiting', attempt = greatest(attempt - 1, 0), next_at = now(), " \
+        "updated_at = now(), claimed_by = NULL, claim_turn = NULL, lease_until = NULL "            \
+        "WHERE claimed_by = $1 AND claim_turn = $2 AND state = 'submitting' "                      \
+        "RETURNING creation_id"
+
+/* Replay memory: one row back when key $1 is new or its memory expired (now remembered for $2
+ * usec), none when it is still remembered: a delivery replayed to another instance is still a
+ * replay. Of two instances remembering the same key at once, the second waits for the first's
+ * commit and finds it. */
+#define PGSCHEMA_REPLAY_REMEMBER                                                                   \
+        "INSERT INTO replay (key, until) VALUES ($1, now() + " PGSCHEMA_USEC(                      \
+            "$2") ") "                                                                             \
+                  "ON CONFLICT (key) DO UPDATE SET until = EXCLUDED.until WHERE replay.until < "   \
+                  "now() "                                                                         \
+                  "RETURNING 1"
+
+/* Purges: at most $n rows a statement, locked rows skipped, so no purge holds many locks or
+ * waits on a writer. Replay keys expired ($1 the batch size); finished jobs last updated more
+ * than $1 usec ago ($2 the batch size): a job purged is forgotten, so the retention must exceed
+ * any sender's redelivery window. */
+#define PGSCHEMA_PURGE_REPLAY                                                                      \
+        "DELETE FROM replay WHERE key IN (SELECT key FROM replay WHERE until < now() "             \
+        "ORDER BY until LIMIT $1 FOR UPDATE SKIP LOCKED)"
+#define PGSCHEMA_PURGE_JOBS                                                                        \
+        "DELETE FROM jobs WHERE creation_id IN (SELECT creation_id FROM jobs "                     \
+        "WHERE state IN ('succeeded', 'failed', 'dead') AND updated_at < now() - " PGSCHEMA_USEC(  \
+            "$1") " ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+
+/* Usec from now until the next job is due for submission, or for a poll (negative: overdue;
+ * NULL: none), from the due indexes' first entry: an idle instance's timer, no busy poll. */
+#define PGSCHEMA_NEXT_SUBMIT                                                                       \
+        "SELECT (extract(epoch FROM min(next_at) - now()) * 1000000)::bigint FROM jobs "           \
+        "WHERE state IN ('pending', 'waiting')"
+#define PGSCHEMA_NEXT_POLL                                                                         \
+        "SELECT (extract(epoch FROM min(next_at) - now()) * 1000000)::bigint FROM jobs "           \
+        "WHERE state = 'submitted'"
+
+/* Shared state (the account-wide pause, the one probe across instances). Set key $1 to value
+ * $2 until $3 usec from now (NULL: no end). */
+#define PGSCHEMA_CONTROL_SET                                                                       \
+        "INSERT INTO control (key, value, until, updated_at) "                                     \
+        "VALUES ($1, $2, now() + " PGSCHEMA_USEC(                                                  \
+            "$3") ", now()) ON CONFLICT (key) DO UPDATE "                                          \
+                  "SET value = EXCLUDED.value, until = EXCLUDED.until, updated_at = now()"
+/* Key $1: value, holder, seq, usec until it ends (negative: ended; NULL: no end). */
+#define PGSCHEMA_CONTROL_GET                                                                       \
+        "SELECT value, holder, seq, (extract(epoch FROM until - now()) * 1000000)::bigint "        \
+        "FROM control WHERE key = $1"
+/* Takes key $1 (a token: the probe) for holder $2 for $3 usec, if nobody holds it or their hold
+ * lapsed: one row back (the new seq) if taken, none if another holds it. */
+#define PGSCHEMA_CONTROL_TAKE                                                                      \
+        "INSERT INTO control (key, holder, seq, until, updated_at) "                               \
+        "VALUES ($1, $2, 1, now() + " PGSCHEMA_USEC(                                               \
+            "$3") ", now()) ON CONFLICT (key) DO UPDATE "                                          \
+                  "SET holder = EXCLUDED.holder, seq = control.seq + 1, until = EXCLUDED.until, "  \
+                  "updated_at = now() WHERE control.holder IS NULL OR control.until < now() "      \
+                  "OR control.holder = EXCLUDED.holder RETURNING seq"
