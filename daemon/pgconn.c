@@ -55,13 +55,23 @@ struct pgconn {
         struct pgconn_stats stats;
 };
 
+/* libpq's messages span lines ("...failed: ...\n\tIs the server running...?\n"): kept on one
+ * line, for STATUS= and the journal's MESSAGE. */
 static void set_errmsg(struct pgconn *c, const char *prefix, const char *msg)
 {
         snprintf(c->errmsg, sizeof(c->errmsg), "%s%s", prefix, msg ? msg : "");
-        /* libpq's messages end with a newline. */
         size_t n = strlen(c->errmsg);
         while (n > 0 && (c->errmsg[n - 1] == '\n' || c->errmsg[n - 1] == ' '))
                 c->errmsg[--n] = 0;
+        for (char *p = c->errmsg; *p; p++)
+                if (*p == '\n' || *p == '\t')
+                        *p = ' ';
+}
+
+/* libpq prints the server's notices and warnings on stderr by default; library-like code does
+ * not log. */
+static void ignore_notice(void *arg, const char *message)
+{
 }
 
 static uint64_t now_mono(struct pgconn *c)
@@ -259,6 +269,7 @@ static void start_connect(struct pgconn *c)
                 lose(c, -ECONNREFUSED);
                 return;
         }
+        PQsetNoticeProcessor(c->conn, ignore_notice, NULL);
         /* Until the first PQconnectPoll, as if it had asked to write (libpq's documentation). */
         if (watch(c, EPOLLOUT, true) < 0) {
                 set_errmsg(c, "cannot watch the connection's socket", NULL);
