@@ -253,3 +253,35 @@ int pgschema_row_to_job(const PGresult *res, int row, int col, struct job *j,
         }
         return 0;
 }
+
+int pgschema_text_array(const char *const *values, size_t n, char **ret)
+{
+        /* Every byte may need a backslash; quotes and commas around each value. */
+        size_t size = 3;
+        for (size_t i = 0; i < n; i++)
+                size += values[i] ? 2 * strlen(values[i]) + 3 : 5;
+        char *buf = malloc(size), *p = buf;
+        if (!buf)
+                return -ENOMEM;
+        *p++ = '{';
+        for (size_t i = 0; i < n; i++) {
+                if (i > 0)
+                        *p++ = ',';
+                if (!values[i]) {
+                        memcpy(p, "NULL", 4);
+                        p += 4;
+                        continue;
+                }
+                *p++ = '"';
+                for (const char *v = values[i]; *v; v++) {
+                        if (*v == '"' || *v == '\\')
+                                *p++ = '\\';
+                        *p++ = *v;
+                }
+                *p++ = '"';
+        }
+        *p++ = '}';
+        *p = 0;
+        *ret = buf;
+        return 0;
+}

@@ -34,6 +34,10 @@ struct pgschema_claim {
 int pgschema_row_to_job(const PGresult *res, int row, int col, struct job *j,
                         struct pgschema_claim *claim);
 
+/* Writes values as a PostgreSQL text array literal ({"a","b\"c",NULL}) for a $n::text[]
+ * parameter; a NULL entry is SQL NULL. 0 and *ret (free it), or -ENOMEM. */
+int pgschema_text_array(const char *const *values, size_t n, char **ret);
+
 /* The columns every statement returning jobs returns, in this order (14). Times are usec since
  * the epoch. */
 #define PGSCHEMA_JOB_COLUMNS                                                                       \
@@ -56,6 +60,16 @@ int pgschema_row_to_job(const PGresult *res, int row, int col, struct job *j,
 #define PGSCHEMA_INSERT                                                                            \
         "INSERT INTO jobs (creation_id, source_task_id, state, attempt, next_at, created_at, "     \
         "updated_at) VALUES ($1, $2, 'pending', 0, now(), now(), now()) "                          \
+        "ON CONFLICT (creation_id) DO NOTHING RETURNING creation_id"
+
+/* The same for a whole turn's notifications in one statement: $1 and $2 text arrays (creation
+ * ids, source task ids; pgschema_text_array) of one length. Returns the creation ids that were
+ * new. One statement to parse and plan instead of one per job; give the ids sorted, so that two
+ * instances inserting overlapping sets lock them in the same order and never deadlock. */
+#define PGSCHEMA_INSERT_MANY                                                                       \
+        "INSERT INTO jobs (creation_id, source_task_id, state, attempt, next_at, created_at, "     \
+        "updated_at) SELECT id, src, 'pending', 0, now(), now(), now() "                           \
+        "FROM unnest($1::text[], $2::text[]) AS t(id, src) "                                       \
         "ON CONFLICT (creation_id) DO NOTHING RETURNING creation_id"
 
 /* One job by creation id, or by upscale task id. $1 the id. */

@@ -236,6 +236,29 @@ static int insert_jobs(struct conn *cn, const char *what, unsigned first, unsign
         return fresh;
 }
 
+/* Inserts n jobs with one statement (PGSCHEMA_INSERT_MANY); returns how many were new. */
+static int insert_many(struct conn *cn, const char *what, unsigned first, unsigned n)
+{
+        char ids[128][96];
+        const char *idp[128], *srcp[128];
+        CHECK(n <= 128, "too many");
+        for (unsigned i = 0; i < n; i++) {
+                make_id(ids[i], sizeof(ids[i]), what, first + i);
+                idp[i] = ids[i];
+                srcp[i] = "src";
+        }
+        char *a = NULL, *b = NULL;
+        CHECK(pgschema_text_array(idp, n, &a) == 0 && pgschema_text_array(srcp, n, &b) == 0,
+              "arrays");
+        struct outcome o;
+        run1(cn, &o, PGSCHEMA_INSERT_MANY, 2, a, b);
+        int fresh = rows(&o, 0);
+        outcome_clear(&o);
+        free(a);
+        free(b);
+        return fresh;
+}
+
 static int count_where(struct conn *cn, const char *where, const char *param)
 {
         char sql[512];
@@ -273,6 +296,11 @@ static int scenario_basic(const char *conninfo)
         snprintf(like, sizeof(like), "%s-%%", prefix);
         CHECK(count_where(&a, "creation_id LIKE $1", like) == 65, "65 jobs");
         say("duplicates ok");
+
+        /* One statement for a whole turn: 30 known, 10 new. */
+        CHECK(insert_many(&a, "job", 35, 40) == 10, "only the new ones returned");
+        CHECK(count_where(&a, "creation_id LIKE $1", like) == 75, "75 jobs");
+        say("insert many ok");
 
         /* A failing statement undoes the whole batch. */
         char x[96], y[96];
@@ -802,7 +830,8 @@ static int scenario_bench(const char *conninfo, unsigned rounds)
         open_conn(&a, "a", conninfo, NULL);
         migrate_ok(&a);
         uint64_t *t64 = calloc(rounds, sizeof(uint64_t)), *t1 = calloc(rounds, sizeof(uint64_t));
-        CHECK(t64 && t1 && rounds > 0, "memory");
+        uint64_t *tm = calloc(rounds, sizeof(uint64_t));
+        CHECK(t64 && t1 && tm && rounds > 0, "memory");
         insert_jobs(&a, "warm", 0, 64);
         for (unsigned r = 0; r < rounds; r++) {
                 uint64_t s = now_monotonic_usec();
@@ -811,6 +840,9 @@ static int scenario_bench(const char *conninfo, unsigned rounds)
                 s = now_monotonic_usec();
                 CHECK(insert_jobs(&a, "b1", r, 1) == 1, "inserted");
                 t1[r] = now_monotonic_usec() - s;
+                s = now_monotonic_usec();
+                CHECK(insert_many(&a, "many", r * 64, 64) == 64, "inserted");
+                tm[r] = now_monotonic_usec() - s;
         }
         /* The same round trip with nothing to commit: what the commit's WAL flush costs. */
         uint64_t *tsel = calloc(rounds, sizeof(uint64_t));
@@ -827,12 +859,15 @@ static int scenario_bench(const char *conninfo, unsigned rounds)
         }
         qsort(tsel, rounds, sizeof(uint64_t), cmp_u64);
         qsort(t64, rounds, sizeof(uint64_t), cmp_u64);
+        qsort(tm, rounds, sizeof(uint64_t), cmp_u64);
         qsort(t1, rounds, sizeof(uint64_t), cmp_u64);
         say("bench rounds=%u batch64_p50_us=%" PRIu64 " batch64_p90_us=%" PRIu64
-            " single_p50_us=%" PRIu64 " single_p90_us=%" PRIu64 " select64_p50_us=%" PRIu64,
+            " single_p50_us=%" PRIu64 " single_p90_us=%" PRIu64 " select64_p50_us=%" PRIu64
+            " many64_p50_us=%" PRIu64,
             rounds, t64[rounds / 2], t64[rounds * 9 / 10], t1[rounds / 2], t1[rounds * 9 / 10],
-            tsel[rounds / 2]);
+            tsel[rounds / 2], tm[rounds / 2]);
         free(tsel);
+        free(tm);
         free(t64);
         free(t1);
         pgconn_free(a.pg);
