@@ -16,10 +16,12 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pgserver  # noqa: E402
-from harness import SOURCE_DIR, TIMEOUT_SCALE  # noqa: E402
+from harness import SOURCE_DIR, TIMEOUT_SCALE, VALGRIND  # noqa: E402
 
 DRIVER = os.environ.get("VIDU_PG_DRIVER", os.path.join(SOURCE_DIR, "build", "tests", "pg-driver"))
 MIGRATION_LOCK = 508605486369  # pgschema.c
+# Under VIDU_VALGRIND=1 the scenarios that measure no time run under valgrind too.
+UNTIMED = ("basic", "migrate", "claim", "fence", "restart")
 
 
 class Driver:
@@ -27,7 +29,11 @@ class Driver:
 
     def __init__(self, *args):
         self.args = [DRIVER] + [str(a) for a in args]
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        cmd = self.args
+        if VALGRIND and args[0] in UNTIMED:
+            cmd = ["valgrind", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite",
+                   "-q"] + cmd
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, bufsize=1)
         self.lines = queue.Queue()
         self.seen = []
