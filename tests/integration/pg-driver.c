@@ -88,10 +88,9 @@ static void on_state(struct pgconn *c, enum pgconn_event ev, void *userdata)
 static void open_conn(struct conn *cn, const char *name, const char *conninfo,
                       const struct pgconn_options *o)
 {
-        struct pgconn_options opts = o ? *o : (struct pgconn_options){0};
+        struct pgconn_options opts =
+            o ? *o : (struct pgconn_options){.statement_timeout_usec = 10 * USEC_PER_SEC};
         opts.conninfo = conninfo;
-        if (!opts.statement_timeout_usec)
-                opts.statement_timeout_usec = 10 * USEC_PER_SEC;
         memset(cn, 0, sizeof(*cn));
         cn->name = name;
         CHECK(pgconn_new(loop, &opts, on_state, cn, &cn->pg) >= 0, "pgconn_new");
@@ -715,6 +714,72 @@ static int scenario_restart(const char *conninfo)
         return 0;
 }
 
+/* The server's statement timeout ends a batch and leaves the connection up; it is the batch's
+ * own (set_config(..., true)), so a connection without one, through the same pooler, does not
+ * inherit it. */
+static int scenario_timeout(const char *conninfo)
+{
+        struct conn a, b;
+        struct outcome o;
+        open_conn(&a, "a", conninfo,
+                  &(struct pgconn_options){.statement_timeout_usec = 300 * USEC_PER_MSEC,
+                                           .batch_timeout_usec = 30 * USEC_PER_SEC});
+        open_conn(&b, "b", conninfo, &(struct pgconn_options){.statement_timeout_usec = 0});
+        struct pgconn_stmt sleep = {.sql = "SELECT pg_sleep(5)"};
+        uint64_t t0 = now_monotonic_usec();
+        run(&a, &sleep, 1, &o, true);
+        uint64_t elapsed = now_monotonic_usec() - t0;
+        say("statement timeout error=%d sqlstate=%s after=%" PRIu64 "ms", o.error, o.sqlstate,
+            elapsed / USEC_PER_MSEC);
+        CHECK(o.error == -ETIMEDOUT && strcmp(o.sqlstate, "57014") == 0 && !o.unknown,
+              "cancelled by the server");
+        CHECK(elapsed < 4 * USEC_PER_SEC, "well before the sleep's end");
+        outcome_clear(&o);
+        CHECK(a.up && a.lost == 0, "the connection stays");
+        run1(&a, &o, "SELECT current_setting('statement_timeout')", 0);
+        CHECK(strcmp(value(&o, 0, 0, 0), "300ms") == 0, "set for the batch: %s",
+              value(&o, 0, 0, 0));
+        outcome_clear(&o);
+        for (int i = 0; i < 8; i++) {
+                run1(&b, &o, "SELECT current_setting('statement_timeout')", 0);
+                CHECK(strcmp(value(&o, 0, 0, 0), "0") == 0, "not inherited: %s",
+                      value(&o, 0, 0, 0));
+                outcome_clear(&o);
+        }
+        say("ok");
+        pgconn_free(a.pg);
+        pgconn_free(b.pg);
+        return 0;
+}
+
+/* An idle connection whose server process is terminated: found lost from its socket, not at
+ * the next batch, and back by itself. */
+static int scenario_terminate(const char *conninfo)
+{
+        struct conn a, b;
+        struct outcome o;
+        open_conn(&a, "a", conninfo, NULL);
+        open_conn(&b, "b", conninfo, NULL);
+        char pid[UINT_DEC_SIZE];
+        format_uint((uint64_t)pgconn_backend_pid(a.pg), pid);
+        run1(&b, &o, "SELECT pg_terminate_backend($1::int)", 1, pid);
+        CHECK(strcmp(value(&o, 0, 0, 0), "t") == 0, "terminated");
+        outcome_clear(&o);
+        /* Nothing sent on a: only its socket tells. */
+        while (a.lost == 0)
+                CHECK(sd_event_run(loop, 30 * USEC_PER_SEC) > 0, "no word of the loss");
+        say("lost: %s", pgconn_errmsg(a.pg));
+        pump(&a.up, 30 * USEC_PER_SEC, "the connection to come back");
+        CHECK(a.connected == 2, "reconnected");
+        CHECK(pgconn_backend_pid(a.pg) != atoi(pid), "a new server process");
+        run1(&a, &o, "SELECT 1", 0);
+        outcome_clear(&o);
+        say("ok");
+        pgconn_free(a.pg);
+        pgconn_free(b.pg);
+        return 0;
+}
+
 /* Ticks of a 10 ms timer, and the longest gap between two: the loop's responsiveness. */
 struct ticker {
         sd_event_source *src;
@@ -877,7 +942,8 @@ static int scenario_bench(const char *conninfo, unsigned rounds)
 int main(int argc, char **argv)
 {
         if (argc < 3) {
-                fprintf(stderr, "usage: pg-driver basic|migrate|claim|fence|restart|freeze|bench|"
+                fprintf(stderr, "usage: pg-driver "
+                                "basic|migrate|claim|fence|timeout|terminate|restart|freeze|bench|"
                                 "roundtrips CONNINFO [ARGS]\n");
                 return 2;
         }
@@ -898,6 +964,10 @@ int main(int argc, char **argv)
                 return scenario_restart(ci);
         if (strcmp(s, "freeze") == 0)
                 return scenario_freeze(ci);
+        if (strcmp(s, "timeout") == 0)
+                return scenario_timeout(ci);
+        if (strcmp(s, "terminate") == 0)
+                return scenario_terminate(ci);
         if (strcmp(s, "bench") == 0)
                 return scenario_bench(ci, argc > 3 ? (unsigned)atoi(argv[3]) : 100);
         if (strcmp(s, "roundtrips") == 0 && argc > 4)

@@ -21,7 +21,7 @@ from harness import SOURCE_DIR, TIMEOUT_SCALE, VALGRIND  # noqa: E402
 DRIVER = os.environ.get("VIDU_PG_DRIVER", os.path.join(SOURCE_DIR, "build", "tests", "pg-driver"))
 MIGRATION_LOCK = 508605486369  # pgschema.c
 # Under VIDU_VALGRIND=1 the scenarios that measure no time run under valgrind too.
-UNTIMED = ("basic", "migrate", "claim", "fence", "restart")
+UNTIMED = ("basic", "migrate", "claim", "fence", "restart", "terminate")
 
 
 class Driver:
@@ -197,6 +197,21 @@ class PgLedgerTest(unittest.TestCase):
                 lines = run_driver("claim", ci)
                 self.assertIn("skip locked ok", lines)
                 self.assertIn("claimed 200, none twice", lines)
+
+    def test_statement_timeout_is_the_batch_own(self):
+        """The server cancels a slow batch; the connection stays; through PgBouncer another
+        client's transactions on the same server connections do not inherit the timeout."""
+        for name, via in (("timeout_unix", False), ("timeout_bouncer", True)):
+            with self.subTest(name):
+                self.fresh(name)
+                ci = self.bouncer.conninfo(db=name) if via else self.pg.conninfo(db=name)
+                lines = run_driver("timeout", ci)
+                self.assertEqual(lines[-1], "ok")
+
+    def test_idle_connection_terminated(self):
+        lines = run_driver("terminate", self.fresh("terminate"))
+        self.assertEqual(lines[-1], "ok")
+        self.assertEqual(len([x for x in lines if x.startswith("event a lost")]), 1, lines)
 
     def test_fence(self):
         lines = run_driver("fence", self.fresh("fence"))
