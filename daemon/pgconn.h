@@ -42,7 +42,8 @@ struct pgconn_result {
          * -EIO any other failure; nothing the batch wrote is committed, unless unknown_outcome. */
         int error;
         /* The connection went after the batch was handed over and before its end was answered,
-         * with no statement failing first: it may or may not have committed. */
+         * with no statement failing first (or only with the session's own FATAL end): it may or
+         * may not have committed. Meaningless for a batch that writes nothing. */
         bool unknown_outcome;
         size_t n;
         /* One per statement of the batch, in order; NULL for one with no answer. */
@@ -51,6 +52,7 @@ struct pgconn_result {
         const char *sqlstate; /* the failure's SQLSTATE, or "" */
         const char *message;  /* the failure in words, or "" */
 };
+/* Callbacks (this one and pgconn_state_fn) may send the next batch; they must not free c. */
 typedef void (*pgconn_done_fn)(struct pgconn *c, const struct pgconn_result *res, void *userdata);
 
 /* One statement: parameters in text form, NULL for SQL NULL; copied during pgconn_send. */

@@ -97,6 +97,16 @@ static void roll_back(struct migration *m, int r)
                 finish(m, r); /* no connection: nothing to end */
 }
 
+/* A failed step: the transaction is still open on a live connection (a statement failed, or
+ * the statement timeout cancelled one) and is rolled back; with the connection it went too. */
+static void end(struct migration *m, int r)
+{
+        if (pgconn_is_connected(m->conn))
+                roll_back(m, r);
+        else
+                finish(m, r);
+}
+
 static void describe(struct migration *m, const char *what, const struct pgconn_result *res)
 {
         char *msg = strndup_safe(res->message, sizeof(m->error));
@@ -114,10 +124,7 @@ static void on_migrated(struct pgconn *c, const struct pgconn_result *res, void 
         struct migration *m = userdata;
         if (res->error < 0) {
                 describe(m, "migrating the ledger's schema", res);
-                if (res->error == -ECONNRESET || res->error == -ETIMEDOUT)
-                        finish(m, res->error); /* the connection went, and the transaction */
-                else
-                        roll_back(m, res->error);
+                end(m, res->error);
                 return;
         }
         finish(m, 0);
@@ -128,10 +135,7 @@ static void on_version(struct pgconn *c, const struct pgconn_result *res, void *
         struct migration *m = userdata;
         if (res->error < 0) {
                 describe(m, "reading the ledger's schema version", res);
-                if (res->error == -ECONNRESET || res->error == -ETIMEDOUT)
-                        finish(m, res->error);
-                else
-                        roll_back(m, res->error);
+                end(m, res->error);
                 return;
         }
         const PGresult *v = res->results[res->n - 1];

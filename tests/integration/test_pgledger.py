@@ -218,21 +218,44 @@ class PgLedgerTest(unittest.TestCase):
         for step in ("fence ok", "uncertain ok", "release ok", "poll claim ok", "control ok", "ok"):
             self.assertIn(step, lines)
 
+    def _hold_migration_lock(self, db):
+        """A psql session holding the migrations' advisory lock until its COMMIT."""
+        holder = subprocess.Popen([os.path.join(pgserver.PG_BIN, "psql"), "-X", "-q", "-h", self.pg.tmp,
+                                   "-p", str(self.pg.port), "-U", pgserver.ADMIN, "-d", db],
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        holder.stdin.write("BEGIN;\nSELECT pg_advisory_xact_lock(%d);\n" % MIGRATION_LOCK)
+        holder.stdin.flush()
+        self._poll(lambda: self.pg.sql(self.LOCKS % ("true", db), db="postgres") == [["1"]], "the held lock")
+        return holder
+
+    LOCKS = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted = %s "
+             "AND database = (SELECT oid FROM pg_database WHERE datname = '%s')")
+
+    def test_migration_lock_wait_times_out_cleanly(self):
+        ci = self.fresh("locked")
+        holder = self._hold_migration_lock("locked")
+        try:
+            d = Driver("migrate-timeout", ci)
+            d.expect("ready")
+            d.send("go")
+            line = d.expect("timed out")
+            lines = d.finish()
+        finally:
+            holder.kill()
+            holder.wait()
+            holder.stdin.close()
+        self.assertIn("statement timeout", line)
+        self.assertEqual(lines[-1], "ok")
+
     def test_concurrent_migrators_migrate_once(self):
         """Three instances on an empty database, all held at the migration lock at once."""
         ci = self.fresh("race")
         drivers = [Driver("migrate", ci) for _ in range(3)]
         for d in drivers:
             d.expect("ready")
-        holder = subprocess.Popen([os.path.join(pgserver.PG_BIN, "psql"), "-X", "-q", "-h", self.pg.tmp,
-                                   "-p", str(self.pg.port), "-U", pgserver.ADMIN, "-d", "race"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        holder = self._hold_migration_lock("race")
         try:
-            holder.stdin.write("BEGIN;\nSELECT pg_advisory_xact_lock(%d);\n" % MIGRATION_LOCK)
-            holder.stdin.flush()
-            locks = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted = %s "
-                     "AND database = (SELECT oid FROM pg_database WHERE datname = 'race')")
-            self._poll(lambda: self.pg.sql(locks % "true", db="postgres") == [["1"]], "the held lock")
+            locks = self.LOCKS.replace("'%s'", "'race'")
             for d in drivers:
                 d.send("go")
             self._poll(lambda: self.pg.sql(locks % "false", db="postgres") == [["3"]],
