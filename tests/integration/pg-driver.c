@@ -365,6 +365,29 @@ static int scenario_basic(const char *conninfo)
         outcome_clear(&o);
         say("replay ok");
 
+        /* A batch larger than the socket takes at once: written on EPOLLOUT while results are
+         * read on EPOLLIN, still one sync. */
+        enum { BIG_N = 100, BIG_LEN = 128 * 1024 };
+        char *big = malloc(BIG_LEN + 1);
+        CHECK(big, "memory");
+        memset(big, 'x', BIG_LEN);
+        big[BIG_LEN] = 0;
+        const char *pbig[] = {big};
+        struct pgconn_stmt bs[BIG_N];
+        for (int i = 0; i < BIG_N; i++)
+                bs[i] =
+                    (struct pgconn_stmt){.sql = "SELECT length($1)", .n_params = 1, .params = pbig};
+        before = *pgconn_get_stats(a.pg);
+        run(&a, bs, BIG_N, &o, false);
+        for (int i = 0; i < BIG_N; i++)
+                CHECK(atoi(value(&o, (size_t)i, 0, 0)) == BIG_LEN, "statement %d answered", i);
+        outcome_clear(&o);
+        free(big);
+        CHECK(after->send_blocked > before.send_blocked, "waited for the socket");
+        CHECK(after->syncs - before.syncs == 1, "one sync");
+        say("large batch ok: waited for the socket %" PRIu64 " times",
+            after->send_blocked - before.send_blocked);
+
         /* Reading a job back. */
         run1(&a, &o, PGSCHEMA_GET, 1, z);
         struct job j;
