@@ -154,10 +154,11 @@ static void finish_batch(struct pgconn *c, int error, bool lost)
                 if (res.error == 0)
                         res.error = error_from_sqlstate(st);
                 /* A FATAL ends the session wherever it was: after a COMMIT statement had done
-                 * its work but before its answer left, say. Only a failure of the statement
-                 * itself proves the transaction undone. */
+                 * its work but before its answer left, say; a failure with no severity is
+                 * libpq's own (the connection broke mid-answer). Only a failure of the statement
+                 * itself, from the server, proves the transaction undone. */
                 const char *sev = fr ? PQresultErrorField(fr, PG_DIAG_SEVERITY_NONLOCALIZED) : NULL;
-                if (lost && sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0))
+                if (lost && (!sev || strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0))
                         res.unknown_outcome = true;
         } else if (lost)
                 /* Handed over, and neither an answer to its end nor a failure came back: its

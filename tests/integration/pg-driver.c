@@ -383,11 +383,8 @@ static int scenario_basic(const char *conninfo)
                 CHECK(atoi(value(&o, (size_t)i, 0, 0)) == BIG_LEN, "statement %d answered", i);
         outcome_clear(&o);
         free(big);
-        /* Under valgrind the server reads faster than this side writes: the socket may never
-         * fill. */
-        const char *vg = getenv("VIDU_VALGRIND");
-        CHECK(after->send_blocked > before.send_blocked || (vg && strcmp(vg, "1") == 0),
-              "waited for the socket");
+        /* Whether the socket filled depends on how fast the server reads (under valgrind or
+         * ASan it may never): said, not asserted; the batch's answers are what must hold. */
         CHECK(after->syncs - before.syncs == 1, "one sync");
         say("large batch ok: waited for the socket %" PRIu64 " times",
             after->send_blocked - before.send_blocked);

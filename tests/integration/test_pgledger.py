@@ -171,6 +171,7 @@ class PgLedgerTest(unittest.TestCase):
         lines = run_driver("basic", self.fresh("basic_unix"))
         self.assertIn("migrated from 0 to 1", lines)
         self.assertIn("batch of 64: syncs=1 results=65", lines)
+        print([x for x in lines if x.startswith("large batch")][0])
         self.assertEqual(lines[-1], "ok")
 
     def test_basic_tcp(self):
