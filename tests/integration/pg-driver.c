@@ -423,6 +423,44 @@ static int scenario_migrate(const char *conninfo)
         return 0;
 }
 
+/* The same notification at two instances at once: B's insert (and replay key) waits for A's
+ * transaction and, once A commits, finds a duplicate; never an error, never two jobs. */
+static int scenario_same_id(const char *conninfo)
+{
+        struct conn a, b;
+        struct outcome o, ob;
+        open_conn(&a, "a", conninfo, NULL);
+        open_conn(&b, "b", conninfo, NULL);
+        migrate_ok(&a);
+        char id[96], key[96];
+        make_id(id, sizeof(id), "same", 1);
+        make_id(key, sizeof(key), "delivery", 1);
+        const char *pi[] = {id, "src"}, *pk[] = {key, "600000000"};
+        struct pgconn_stmt s[] = {{.sql = "BEGIN"},
+                                  {.sql = PGSCHEMA_REPLAY_REMEMBER, .n_params = 2, .params = pk},
+                                  {.sql = PGSCHEMA_INSERT, .n_params = 2, .params = pi}};
+        run(&a, s, 3, &o, false);
+        CHECK(rows(&o, 1) == 1 && rows(&o, 2) == 1, "A: new delivery, new job");
+        outcome_clear(&o);
+        /* B's batch waits on A's uncommitted rows... */
+        send_batch(&b, s + 1, 2, &ob);
+        for (int i = 0; i < 20; i++)
+                CHECK(sd_event_run(loop, 10 * USEC_PER_MSEC) >= 0, "loop");
+        CHECK(!ob.done, "B waits for A's transaction");
+        /* ...and finds both known once A commits. */
+        run1(&a, &o, "COMMIT", 0);
+        outcome_clear(&o);
+        pump(&ob.done, 30 * USEC_PER_SEC, "B's batch");
+        CHECK(ob.error == 0, "no error: %s", ob.message);
+        CHECK(rows(&ob, 0) == 0 && rows(&ob, 1) == 0, "B: a replay and a duplicate");
+        outcome_clear(&ob);
+        CHECK(count_where(&a, "creation_id = $1", id) == 1, "one job");
+        say("ok");
+        pgconn_free(a.pg);
+        pgconn_free(b.pg);
+        return 0;
+}
+
 /* A migration whose lock wait outlasts the statement timeout: refused with -ETIMEDOUT, its
  * transaction rolled back so the connection is usable at once. */
 static int scenario_migrate_timeout(const char *conninfo)
@@ -989,8 +1027,8 @@ int main(int argc, char **argv)
 {
         if (argc < 3) {
                 fprintf(stderr, "usage: pg-driver "
-                                "basic|migrate|claim|fence|timeout|terminate|restart|freeze|bench|"
-                                "roundtrips CONNINFO [ARGS]\n");
+                                "basic|migrate|migrate-timeout|same-id|claim|fence|timeout|"
+                                "terminate|restart|freeze|bench|roundtrips CONNINFO [ARGS]\n");
                 return 2;
         }
         snprintf(prefix, sizeof(prefix), "t%d-%" PRIu64, (int)getpid(), now_realtime_usec());
@@ -1010,6 +1048,8 @@ int main(int argc, char **argv)
                 return scenario_restart(ci);
         if (strcmp(s, "freeze") == 0)
                 return scenario_freeze(ci);
+        if (strcmp(s, "same-id") == 0)
+                return scenario_same_id(ci);
         if (strcmp(s, "migrate-timeout") == 0)
                 return scenario_migrate_timeout(ci);
         if (strcmp(s, "timeout") == 0)

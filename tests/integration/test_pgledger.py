@@ -21,7 +21,7 @@ from harness import SOURCE_DIR, TIMEOUT_SCALE, VALGRIND  # noqa: E402
 DRIVER = os.environ.get("VIDU_PG_DRIVER", os.path.join(SOURCE_DIR, "build", "tests", "pg-driver"))
 MIGRATION_LOCK = 508605486369  # pgschema.c
 # Under VIDU_VALGRIND=1 the scenarios that measure no time run under valgrind too.
-UNTIMED = ("basic", "migrate", "claim", "fence", "restart", "terminate")
+UNTIMED = ("basic", "migrate", "claim", "fence", "restart", "terminate", "same-id")
 
 
 class Driver:
@@ -213,6 +213,13 @@ class PgLedgerTest(unittest.TestCase):
         lines = run_driver("terminate", self.fresh("terminate"))
         self.assertEqual(lines[-1], "ok")
         self.assertEqual(len([x for x in lines if x.startswith("event a lost")]), 1, lines)
+
+    def test_same_notification_at_two_instances(self):
+        for name, via in (("same_unix", False), ("same_bouncer", True)):
+            with self.subTest(name):
+                self.fresh(name)
+                ci = self.bouncer.conninfo(db=name) if via else self.pg.conninfo(db=name)
+                self.assertEqual(run_driver("same-id", ci)[-1], "ok")
 
     def test_fence(self):
         lines = run_driver("fence", self.fresh("fence"))
