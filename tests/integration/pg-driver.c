@@ -461,6 +461,74 @@ static int scenario_same_id(const char *conninfo)
         return 0;
 }
 
+/* EXPLAIN's text for sql with its parameters, as one string (caller frees). */
+static char *explain(struct conn *cn, const char *sql, int n_params, const char *const *params)
+{
+        char *q = NULL;
+        CHECK(asprintf(&q, "EXPLAIN %s", sql) > 0, "memory");
+        struct pgconn_stmt s = {.sql = q, .n_params = n_params, .params = params};
+        struct outcome o;
+        run(cn, &s, 1, &o, false);
+        size_t size = 1;
+        for (int r = 0; r < rows(&o, 0); r++)
+                size += strlen(value(&o, 0, r, 0)) + 1;
+        char *plan = calloc(1, size);
+        CHECK(plan, "memory");
+        for (int r = 0; r < rows(&o, 0); r++) {
+                strcat(plan, value(&o, 0, r, 0));
+                strcat(plan, "\n");
+        }
+        outcome_clear(&o);
+        free(q);
+        return plan;
+}
+
+#define EXPECT_PLAN(cn, index, sql, n, ...)                                                        \
+        do {                                                                                       \
+                const char *_p[] = {__VA_ARGS__};                                                  \
+                char *_plan = explain(cn, sql, n, _p);                                             \
+                CHECK(strstr(_plan, index), "%s not used:\n%s", index, _plan);                     \
+                free(_plan);                                                                       \
+        } while (0)
+
+/* With many finished jobs and few due, every queue statement reads its own partial index, never
+ * the whole table. */
+static int scenario_plans(const char *conninfo)
+{
+        struct conn a;
+        struct outcome o;
+        open_conn(&a, "a", conninfo, NULL);
+        migrate_ok(&a);
+        run1(&a, &o,
+             "INSERT INTO jobs (creation_id, state, attempt, next_at, created_at, updated_at, "
+             "upscale_task_id) SELECT 'done-' || i, CASE i % 3 WHEN 0 THEN 'succeeded' WHEN 1 "
+             "THEN 'failed' ELSE 'dead' END, 1, now(), now(), now() - interval '1 day', 'task-' || "
+             "i FROM generate_series(1, 50000) AS i",
+             0);
+        outcome_clear(&o);
+        run1(&a, &o,
+             "INSERT INTO replay (key, until) SELECT 'k-' || i, now() + interval '1 hour' FROM "
+             "generate_series(1, 20000) AS i",
+             0);
+        outcome_clear(&o);
+        CHECK(insert_jobs(&a, "due", 0, 20) == 20, "due jobs");
+        run1(&a, &o, "ANALYZE", 0);
+        outcome_clear(&o);
+        EXPECT_PLAN(&a, "jobs_submit_due", PGSCHEMA_CLAIM_SUBMIT, 4, "A", "30000000", "16", "1");
+        EXPECT_PLAN(&a, "jobs_poll_due", PGSCHEMA_CLAIM_POLL, 5, "A", "30000000", "16", "1",
+                    "1000000");
+        EXPECT_PLAN(&a, "jobs_lease", PGSCHEMA_TAKEOVER, 2, "hold", "16");
+        EXPECT_PLAN(&a, "jobs_claimed", PGSCHEMA_RENEW, 2, "A", "30000000");
+        EXPECT_PLAN(&a, "jobs_claimed", PGSCHEMA_RELEASE_UNSENT, 2, "A", "1");
+        EXPECT_PLAN(&a, "jobs_finished", PGSCHEMA_PURGE_JOBS, 2, "3600000000", "100");
+        EXPECT_PLAN(&a, "replay_until", PGSCHEMA_PURGE_REPLAY, 1, "100");
+        EXPECT_PLAN(&a, "jobs_submit_due", PGSCHEMA_NEXT_SUBMIT, 0, NULL);
+        EXPECT_PLAN(&a, "jobs_upscale", PGSCHEMA_GET_BY_UPSCALE, 1, "task-7");
+        say("ok");
+        pgconn_free(a.pg);
+        return 0;
+}
+
 /* A migration whose lock wait outlasts the statement timeout: refused with -ETIMEDOUT, its
  * transaction rolled back so the connection is usable at once. */
 static int scenario_migrate_timeout(const char *conninfo)
@@ -1027,7 +1095,7 @@ int main(int argc, char **argv)
 {
         if (argc < 3) {
                 fprintf(stderr, "usage: pg-driver "
-                                "basic|migrate|migrate-timeout|same-id|claim|fence|timeout|"
+                                "basic|migrate|migrate-timeout|same-id|plans|claim|fence|timeout|"
                                 "terminate|restart|freeze|bench|roundtrips CONNINFO [ARGS]\n");
                 return 2;
         }
@@ -1048,6 +1116,8 @@ int main(int argc, char **argv)
                 return scenario_restart(ci);
         if (strcmp(s, "freeze") == 0)
                 return scenario_freeze(ci);
+        if (strcmp(s, "plans") == 0)
+                return scenario_plans(ci);
         if (strcmp(s, "same-id") == 0)
                 return scenario_same_id(ci);
         if (strcmp(s, "migrate-timeout") == 0)
