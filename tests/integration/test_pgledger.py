@@ -326,17 +326,23 @@ class PgLedgerTest(unittest.TestCase):
             proxy.close()
 
     def test_server_restart_under_a_batch(self):
-        d = Driver("restart", self.fresh("restart"))
-        d.expect("inflight")
-        self.pg.restart()
-        line = d.expect("batch error=")
-        d.expect("reconnected")
-        lines = d.finish()
-        print(line)
-        lost = [x for x in lines if x.startswith("event a lost")]
-        self.assertEqual(len(lost), 1, lines)
-        self.assertIn("error=%d" % -104, line)  # -ECONNRESET
-        self.assertEqual(lines[-1], "ok")
+        """Directly, and through PgBouncer (which stays up and tells its client the server
+        connection broke)."""
+        for name, via in (("restart_unix", False), ("restart_bouncer", True)):
+            with self.subTest(name):
+                self.fresh(name)
+                ci = self.bouncer.conninfo(db=name) if via else self.pg.conninfo(db=name)
+                d = Driver("restart", ci)
+                d.expect("inflight")
+                self.pg.restart()
+                line = d.expect("batch error=")
+                d.expect("reconnected")
+                lines = d.finish()
+                print(name, line)
+                lost = [x for x in lines if x.startswith("event a lost")]
+                self.assertEqual(len(lost), 1, lines)
+                self.assertIn("error=%d unknown=1" % -104, line)  # -ECONNRESET
+                self.assertEqual(lines[-1], "ok")
 
     def test_server_stopped_loop_keeps_running(self):
         d = Driver("freeze", self.fresh("freeze"))
