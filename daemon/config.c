@@ -14,11 +14,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
+#include <systemd/sd-id128.h>
 #include <syslog.h>
 #include <unistd.h>
 
 #include "cidr.h"
+#include "conninfo.h"
 #include "event.h"
+#include "pgconn.h"
 #include "util.h"
 
 #define ENV_PREFIX "VIDU_UPSCALED_"
@@ -56,6 +59,8 @@ PARSER(parse_secret_list);
 PARSER(parse_upscale_duration);
 PARSER(parse_types);
 PARSER(parse_rule);
+PARSER(parse_store_url);
+PARSER(parse_instance);
 PARSER(parse_events_url);
 PARSER(parse_event_types);
 DUMPER(dump_text);
@@ -70,6 +75,7 @@ DUMPER(dump_nothing);
 DUMPER(dump_upscale_duration);
 DUMPER(dump_types);
 DUMPER(dump_rules);
+DUMPER(dump_store_url);
 DUMPER(dump_event_types);
 static void release_text(struct config *c, void *field);
 static void release_secret(struct config *c, void *field);
@@ -81,6 +87,7 @@ static const char *const scheme_names[] = {"none", "token", "hmac-sha256", "stan
                                            "vidu", NULL};
 static const char *const flavor_names[] = {"v1", "ent-v2", NULL};
 static const char *const uncertain_names[] = {"hold", "resubmit", NULL};
+static const char *const backend_names[] = {"sqlite", "postgresql", NULL};
 static const char *const level_names[] = {"debug", "info", "notice", "warning", "err", NULL};
 static const int level_values[] = {LOG_DEBUG, LOG_INFO, LOG_NOTICE, LOG_WARNING, LOG_ERR};
 static const char *const resolution_names[] = {"1080p", "2K", "4K", "8K", NULL};
@@ -171,6 +178,11 @@ static const struct config_key keys[] = {
     TEXT("store", "path", parse_path, store_path, NULL),
     ROW("store", "synchronous", parse_synchronous, dump_synchronous, NULL, synchronous_full,
         .default_text = "full"),
+    ENUM("store", "backend", store_backend, backend_names, NULL, "sqlite"),
+    ROW("store", "url", parse_store_url, dump_store_url, release_text, store_url),
+    FILE_PATH("store", "password_file", store_password_file),
+    TEXT("store", "instance", parse_instance, store_instance, NULL),
+    DURATION("store", "lease", store_lease, SEC, 3600 * SEC, "30s"),
     UINT("retry", "max_attempts", max_attempts, 1, 1000, "10"),
     DURATION("retry", "initial_delay", initial_delay, MS, 86400 * SEC, "5s"),
     DURATION("retry", "max_delay", max_delay, MS, 7 * 86400 * SEC, "1h"),
@@ -290,6 +302,7 @@ struct config *config_free(struct config *c)
         for (size_t i = 0; i < N_KEYS; i++)
                 if (keys[i].release)
                         keys[i].release(c, (char *)c + keys[i].offset);
+        secret_clear(&c->store_password);
         free(c);
         return NULL;
 }
@@ -302,6 +315,28 @@ const char *auth_scheme_to_string(enum auth_scheme s)
 const char *upstream_flavor_to_string(enum upstream_flavor f)
 {
         return (unsigned)f < ELEMENTSOF(flavor_names) - 1 ? flavor_names[f] : "unknown";
+}
+
+const char *store_backend_to_string(enum store_backend b)
+{
+        return (unsigned)b < ELEMENTSOF(backend_names) - 1 ? backend_names[b] : "unknown";
+}
+
+int config_store_instance(const struct config *c, char *buf, size_t len)
+{
+        if (c->store_instance) {
+                if ((size_t)snprintf(buf, len, "%s", c->store_instance) >= len)
+                        return -ENOBUFS;
+                return 0;
+        }
+        sd_id128_t id;
+        int r = sd_id128_get_machine(&id);
+        if (r < 0)
+                return r;
+        if ((size_t)snprintf(buf, len, SD_ID128_FORMAT_STR "-%ld", SD_ID128_FORMAT_VAL(id),
+                             (long)getpid()) >= len)
+                return -ENOBUFS;
+        return 0;
 }
 
 /* "1M" when exact, else bytes: the same spelling parse_size reads back. */
@@ -757,6 +792,53 @@ PARSER(parse_synchronous)
         return NULL;
 }
 
+/* A libpq connection string, checked by libpq's own parser without connecting; empty = unset.
+ * It may hold a password: a message quotes libpq's complaint only when it holds none. */
+PARSER(parse_store_url)
+{
+        char *masked = NULL, *err = NULL;
+        if (!*v)
+                return store_text(L, field, v, true);
+        int secret = conninfo_mask(v, &masked);
+        free(masked);
+        if (secret == -ENOMEM)
+                return out_of_memory(L);
+        if (pgconn_check_conninfo(v, &err) < 0) {
+                if (secret == 0 && err && !strcasestr(v, "password"))
+                        snprintf(msg, msglen,
+                                 "not a libpq connection URI or key=value string: %.200s (e.g. "
+                                 "postgresql://vidu@db.example.com/vidu?sslmode=verify-full)",
+                                 err);
+                else
+                        snprintf(msg, msglen,
+                                 "not a libpq connection URI or key=value string (libpq's "
+                                 "complaint is not shown: the value holds a password; e.g. "
+                                 "postgresql://vidu@db.example.com/vidu?sslmode=verify-full)");
+                free(err);
+                return msg;
+        }
+        if (secret < 0)
+                return "a connection string whose password cannot be told apart from the rest; "
+                       "write it as a URI (postgresql://...) or as key=value pairs";
+        return store_text(L, field, v, true);
+}
+
+/* The name claims are made under: letters, digits and ._:@- (it shows in the ledger and the
+ * journal), at most 100; empty = the default. */
+PARSER(parse_instance)
+{
+        if (strlen(v) > 100 ||
+            strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:@-") !=
+                strlen(v)) {
+                snprintf(msg, msglen,
+                         "'%.*s%s' is not an instance name (use up to 100 letters, digits and "
+                         "._:@-, e.g. web-1; empty for the machine id and pid)",
+                         QUOTED(v));
+                return msg;
+        }
+        return store_text(L, field, v, true);
+}
+
 /* struct secret; empty = unset. Never quoted in a message. */
 PARSER(parse_secret)
 {
@@ -951,6 +1033,21 @@ DUMPER(dump_event_types)
                 if ((mask & (1u << st)) && event_type_for_state((enum job_state)st))
                         fprintf(f, " %s", event_type_for_state((enum job_state)st));
         fprintf(f, "\n");
+}
+
+/* The connection string with its password masked; parse_store_url let none through that
+ * conninfo_mask cannot read. */
+DUMPER(dump_store_url)
+{
+        const char *url = *(char *const *)field;
+        char *masked = NULL;
+        if (!url) {
+                print_value(key, NULL, f);
+                return;
+        }
+        int r = conninfo_mask(url, &masked);
+        print_value(key, r >= 0 ? masked : "(unreadable)", f);
+        free(masked);
 }
 
 /* For the ..._file keys: what they held is shown as the secret it provided. */
@@ -1290,12 +1387,14 @@ static const char *where_or_config(struct config_loader *L, const char *section,
 }
 
 /* Reads a secret file: its non-empty lines, each without trailing CR, spaces or tabs, become the
- * API key (single: exactly one line) or auth secrets. `where` and `what` name the setting in
- * messages. Returns the number of secrets, 0 if optional and absent, or -errno (reported). */
+ * secrets of list or, list NULL, the one secret one (the API key, the database password:
+ * exactly one line). `where` and `what` name the setting in messages. Returns the number of
+ * secrets, 0 if optional and absent, or -errno (reported). */
 static int read_secret_file(struct config_loader *L, const char *path, const char *where,
-                            const char *what, struct secret *list, bool optional)
+                            const char *what, struct secret *list, struct secret *one,
+                            bool optional)
 {
-        bool single = list == NULL; /* the API key */
+        bool single = list == NULL;
         char *text = NULL;
         size_t len = 0, count = 0;
         int r = read_small_file(path, SECRET_MAX, false, &text, &len);
@@ -1334,10 +1433,10 @@ static int read_secret_file(struct config_loader *L, const char *path, const cha
                                           where, what, path);
                                 r = -EINVAL;
                         } else if (single) {
-                                secret_clear(&L->c->api_key);
-                                L->c->api_key.value = strndup_safe(p, m);
-                                L->c->api_key.len = L->c->api_key.value ? m : 0;
-                                if (!L->c->api_key.value)
+                                secret_clear(one);
+                                one->value = strndup_safe(p, m);
+                                one->len = one->value ? m : 0;
+                                if (!one->value)
                                         r = -ENOMEM;
                         } else
                                 r = add_secret(L->c, list, p, m);
@@ -1379,7 +1478,7 @@ static void resolve_secret_list(struct config_loader *L, const char *section, st
         if (file) {
                 const char *w = where_or_config(L, section, "secret_file");
                 snprintf(what, sizeof(what), "%s.secret_file", section);
-                *failed = read_secret_file(L, file, w, what, list, false) < 0;
+                *failed = read_secret_file(L, file, w, what, list, NULL, false) < 0;
                 snprintf(where, WHERE_SIZE, "%s: %s", w, what);
         } else if (!isempty(creds)) {
                 char *path = NULL;
@@ -1389,8 +1488,38 @@ static void resolve_secret_list(struct config_loader *L, const char *section, st
                         return;
                 }
                 snprintf(what, sizeof(what), "credential %s", credential);
-                *failed = read_secret_file(L, path, "configuration", what, list, true) < 0;
+                *failed = read_secret_file(L, path, "configuration", what, list, NULL, true) < 0;
                 snprintf(where, WHERE_SIZE, "configuration: %s", what);
+                free(path);
+        }
+}
+
+/* The database password, for postgresql only (sqlite never reads these): none is looked for
+ * when store.url holds one; else store.password_file, else the credential db-password, else
+ * nothing (libpq's own PGPASSFILE or ~/.pgpass, or no password at all). */
+static void resolve_store_password(struct config_loader *L)
+{
+        struct config *c = L->c;
+        const char *creds = getenv("CREDENTIALS_DIRECTORY");
+        char *masked = NULL, *path = NULL;
+        if (c->store_backend != STORE_BACKEND_POSTGRESQL || !c->store_url)
+                return;
+        int r = conninfo_mask(c->store_url, &masked);
+        free(masked);
+        if (r != 0)
+                return; /* it holds one (or was refused) */
+        if (c->store_password_file)
+                (void)read_secret_file(L, c->store_password_file,
+                                       where_or_config(L, "store", "password_file"),
+                                       "store.password_file", NULL, &c->store_password, false);
+        else if (!isempty(creds)) {
+                if (asprintf(&path, "%s/db-password", creds) < 0) {
+                        L->oom = true;
+                        add_error(L, "configuration: out of memory");
+                        return;
+                }
+                (void)read_secret_file(L, path, "configuration", "credential db-password", NULL,
+                                       &c->store_password, true);
                 free(path);
         }
 }
@@ -1408,7 +1537,7 @@ static void resolve_secrets(struct config_loader *L)
                         L->api_key_failed =
                             read_secret_file(L, file,
                                              where_or_config(L, "upstream", "api_key_file"),
-                                             "upstream.api_key_file", NULL, false) < 0;
+                                             "upstream.api_key_file", NULL, &c->api_key, false) < 0;
                 else if (!isempty(creds)) {
                         if (asprintf(&path, "%s/api-key", creds) < 0) {
                                 L->oom = L->api_key_failed = true;
@@ -1416,7 +1545,7 @@ static void resolve_secrets(struct config_loader *L)
                         } else {
                                 L->api_key_failed =
                                     read_secret_file(L, path, "configuration", "credential api-key",
-                                                     NULL, true) < 0;
+                                                     NULL, &c->api_key, true) < 0;
                                 free(path);
                                 path = NULL;
                         }
@@ -1477,6 +1606,12 @@ static void validate(struct config_loader *L)
                           "secret_file (or secret) in [events] to a whsec_ secret, or provide the "
                           "systemd credential events-secret",
                           where_or_config(L, "events", "url"));
+        if (c->store_backend == STORE_BACKEND_POSTGRESQL && !c->store_url)
+                add_error(L,
+                          "%s: store.backend = postgresql needs store.url: set url = "
+                          "postgresql://USER@HOST/DATABASE in [store] (a libpq URI or key=value "
+                          "string)",
+                          where_or_config(L, "store", "backend"));
         if (!c->tls_cert != !c->tls_key)
                 add_error(L,
                           "%s: server.tls_cert and server.tls_key go together: set both or "
@@ -1539,6 +1674,7 @@ int config_load_full(const char *path, bool path_is_default, struct config **ret
         load_dropins(L, path);
         load_environment(L);
         resolve_secrets(L);
+        resolve_store_password(L);
         if (!L->c->store_path)
                 default_store_path(L);
         validate(L);

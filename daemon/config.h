@@ -28,6 +28,11 @@ enum upstream_flavor {
         UPSTREAM_FLAVOR_ENT_V2,
 };
 
+enum store_backend {
+        STORE_BACKEND_SQLITE,
+        STORE_BACKEND_POSTGRESQL,
+};
+
 enum uncertain_policy {
         UNCERTAIN_HOLD,
         UNCERTAIN_RESUBMIT,
@@ -98,8 +103,18 @@ struct config {
         struct selection select;
 
         /* [store] */
-        char *store_path;      /* $STATE_DIRECTORY/ledger.db, else ./ledger.db */
-        bool synchronous_full; /* synchronous = full (default) | normal */
+        char *store_path;                 /* $STATE_DIRECTORY/ledger.db, else ./ledger.db */
+        bool synchronous_full;            /* synchronous = full (default) | normal */
+        enum store_backend store_backend; /* sqlite (default) | postgresql */
+        /* postgresql: a libpq URI or key=value string; may hold a password, so never printed
+         * or logged unmasked (conninfo_mask) */
+        char *store_url;
+        char *store_password_file; /* where store_password was read from; NULL = not named */
+        /* postgresql: the password when store_url has none: from store.password_file, else the
+         * credential db-password; unset = libpq's own (PGPASSFILE, ~/.pgpass) */
+        struct secret store_password;
+        char *store_instance; /* the name this instance claims jobs under; NULL = default */
+        uint64_t store_lease; /* usec, default 30s: how long a claim holds without renewal */
 
         /* [retry] */
         uint64_t max_attempts;  /* default 10 */
@@ -141,7 +156,9 @@ struct config_errors {
  * variable with that prefix is an error.
  * Secrets: api_key, else api_key_file, else $CREDENTIALS_DIRECTORY/api-key; auth secret(s) from
  * secret (may repeat), secret_file (one per line), else $CREDENTIALS_DIRECTORY/webhook-secret;
- * the events secret(s) the same way from [events] and the credential events-secret.
+ * the events secret(s) the same way from [events] and the credential events-secret; with
+ * store.backend = postgresql, the database password (when store.url has none) from
+ * store.password_file, else $CREDENTIALS_DIRECTORY/db-password.
  * Errors are appended to *errors as "FILE:LINE: message", "PATH: message", "environment: VAR:
  * message" or "configuration: message" (a rule across keys set nowhere in particular).
  * Returns 0 with *ret set, or -EINVAL with every error in *errors (also on I/O errors), or -ENOMEM
@@ -200,4 +217,7 @@ struct config_key {
 const struct config_key *config_keys(size_t *n);
 
 const char *auth_scheme_to_string(enum auth_scheme s);
+const char *store_backend_to_string(enum store_backend b);
+/* store.instance, or its default: the machine id, '-', the pid. 0, or -errno. */
+int config_store_instance(const struct config *c, char *buf, size_t len);
 const char *upstream_flavor_to_string(enum upstream_flavor f);

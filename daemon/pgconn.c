@@ -36,6 +36,7 @@ struct batch {
 struct pgconn {
         sd_event *event;
         char *conninfo;
+        char *password; /* NULL: none given */
         uint64_t statement_timeout, batch_timeout, connect_timeout;
         uint64_t backoff_initial, backoff_max;
         pgconn_state_fn state_cb;
@@ -260,8 +261,10 @@ static void connect_step(struct pgconn *c)
 
 static void start_connect(struct pgconn *c)
 {
-        const char *keys[] = {"dbname", "fallback_application_name", NULL};
-        const char *values[] = {c->conninfo, "vidu-upscaled", NULL};
+        /* Keywords are taken in order, a later one overriding: the password first, so that one
+         * in the connection string wins. */
+        const char *keys[] = {"password", "dbname", "fallback_application_name", NULL};
+        const char *values[] = {c->password ? c->password : "", c->conninfo, "vidu-upscaled", NULL};
         c->conn = PQconnectStartParams(keys, values, 1);
         c->phase = PHASE_CONNECTING;
         c->deadline = now_mono(c) + c->connect_timeout;
@@ -406,6 +409,10 @@ int pgconn_new(sd_event *event, const struct pgconn_options *opts, pgconn_state_
         c->state_cb = state_cb;
         c->userdata = userdata;
         c->conninfo = strdup(opts->conninfo);
+        if (opts->password && !(c->password = strdup(opts->password))) {
+                free(c->conninfo);
+                c->conninfo = NULL;
+        }
         c->statement_timeout = opts->statement_timeout_usec;
         c->batch_timeout = opts->batch_timeout_usec;
         if (c->batch_timeout == 0)
@@ -452,6 +459,10 @@ struct pgconn *pgconn_free(struct pgconn *c)
         sd_event_source_disable_unref(c->lose_soon);
         sd_event_unref(c->event);
         free(c->conninfo);
+        if (c->password) {
+                explicit_bzero(c->password, strlen(c->password));
+                free(c->password);
+        }
         free(c);
         return NULL;
 }

@@ -16,6 +16,9 @@ struct pgconn_options {
         /* A libpq URI or key=value string. Give the host as an address or a socket directory: a
          * host name is looked up by libpq synchronously, on the loop. */
         const char *conninfo;
+        /* Used when conninfo holds no password (conninfo's own wins); NULL: libpq's own
+         * (PGPASSFILE, ~/.pgpass). Never put in conninfo, so messages cannot show it. */
+        const char *password;
         /* Set for each batch on the server (set_config(..., true): a transaction's own, so it
          * holds through PgBouncer in transaction mode); 0: the server's default. */
         uint64_t statement_timeout_usec;

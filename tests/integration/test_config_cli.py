@@ -100,5 +100,35 @@ class ListKeys(unittest.TestCase):
             self.assertRegex(blocks[section], r"(?m)^%s =" % re.escape(name), key)
 
 
+    def test_postgresql_password_never_shown_and_daemon_refuses_the_backend(self):
+        # The password, in the URL or from password_file: --check-config masks it.
+        pw = os.path.join(self.tmp, "db-password")
+        with open(pw, "w") as f:
+            f.write("Db-Marker-3\n")
+        r = self.run_daemon(MINIMAL + "[store]\nbackend = postgresql\n"
+                            "url = postgresql://vidu:Db-Marker-1@127.0.0.1/vidu?password=Db-Marker-2\n")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("Marker", r.stdout + r.stderr)
+        self.assertIn("\nurl = postgresql://vidu:(set)@127.0.0.1/vidu?password=(set)\n", r.stdout)
+        r = self.run_daemon(MINIMAL + "[store]\nbackend = postgresql\nurl = host=/tmp dbname=vidu\n"
+                            "password_file = %s\n" % pw)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("Marker", r.stdout + r.stderr)
+        # A malformed URL holding a password: the error does not quote it either.
+        r = self.run_daemon(MINIMAL + "[store]\nurl = host=h password=Db-Marker-4 port\n")
+        self.assertEqual(r.returncode, 78)
+        self.assertIn("%s:5: store.url: not a libpq connection URI" % self.conf, r.stderr)
+        self.assertNotIn("Marker", r.stderr)
+        # The daemon itself: refused whole, before it listens, with the reason, exit 78.
+        with open(self.conf, "w") as f:
+            f.write(MINIMAL + "[server]\nlisten = unix:%s/s.sock\n[store]\nbackend = postgresql\n"
+                    "url = postgresql://vidu:Db-Marker-1@127.0.0.1:1/vidu\npath = %s/ledger.db\n" % (self.tmp, self.tmp))
+        r = subprocess.run([harness.DAEMON, "-c", self.conf], capture_output=True, text=True,
+                           timeout=60, env=clean_env())
+        self.assertEqual(r.returncode, 78, r.stderr)
+        self.assertIn("store.backend = postgresql is not wired into the daemon yet", r.stderr)
+        self.assertNotIn("Marker", r.stdout + r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "ledger.db")))
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -1381,6 +1381,118 @@ static void test_dump_covers_the_table(void **state)
                 }
 }
 
+/* [store] for PostgreSQL: the backend, the connection string (checked by libpq, its password
+ * masked in the dump and never quoted in an error), the password's sources in order, the
+ * instance name and the lease. */
+static void test_store_keys(void **state)
+{
+        char text[2048];
+        struct config_errors e = {0};
+        struct config *c = load_ok(minimal);
+        assert_int_equal(c->store_backend, STORE_BACKEND_SQLITE);
+        assert_null(c->store_url);
+        assert_null(c->store_instance);
+        assert_null(c->store_password.value);
+        assert_int_equal(c->store_lease, 30 * USEC_PER_SEC);
+        char inst[128];
+        assert_int_equal(config_store_instance(c, inst, sizeof(inst)), 0);
+        char want[64];
+        snprintf(want, sizeof(want), "-%ld", (long)getpid());
+        assert_int_equal(strlen(inst), 32 + strlen(want));
+        assert_string_equal(inst + 32, want);
+        char *out = dump_text(c);
+        assert_non_null(strstr(out, "\nbackend = sqlite\nurl =\ninstance =\nlease = 30s\n"));
+        free(out);
+        config_free(c);
+
+        /* postgresql needs a URL; sqlite reads no password file, even a missing one. */
+        expect_one_error("[store]\nbackend = postgresql\n", 5,
+                         "store.backend = postgresql needs store.url");
+        expect_ok("[store]\npassword_file = /nonexistent/pw\nurl = host=/tmp\n");
+        expect_one_error("[store]\nbackend = mysql\n", 5, "store.backend: unknown value 'mysql'");
+        expect_one_error("[store]\nlease = 0\n", 5, "store.lease: '0' is out of range");
+        expect_one_error("[store]\ninstance = web 1\n", 5, "store.instance: 'web 1' is not");
+
+        /* A bad string: libpq's complaint when there is no password, none when there is one. */
+        snprintf(text, sizeof(text), "%s[store]\nurl = postgresql://h/d?nosuch=1\n", minimal);
+        load_bad(text, 1, &e);
+        assert_error(&e, 0, 5, "store.url: not a libpq connection URI");
+        assert_non_null(strstr(e.lines[0], "nosuch"));
+        config_errors_clear(&e);
+        snprintf(text, sizeof(text), "%s[store]\nurl = host=h password=Hunter2-X port\n", minimal);
+        load_bad(text, 1, &e);
+        assert_error(&e, 0, 5, "complaint is not shown");
+        assert_null(strstr(e.lines[0], "Hunter2"));
+        config_errors_clear(&e);
+        snprintf(text, sizeof(text), "%s[store]\nurl = postgresql://u:Hunter2-X@h/d?Hunter2=x\n",
+                 minimal);
+        load_bad(text, 1, &e);
+        assert_null(strstr(e.lines[0], "Hunter2"));
+        config_errors_clear(&e);
+
+        /* The URL's password is masked in the dump, in either form, from a file or the
+         * environment; the rest shows as written. */
+        c = load_ok("[upstream]\nbase_url = http://x\napi_key = k\n[store]\nbackend = postgresql\n"
+                    "url = postgresql://vidu:Hunter2-X@db.example.com/vidu?sslmode=verify-full\n"
+                    "instance = web-1\nlease = 10s\n");
+        assert_int_equal(c->store_backend, STORE_BACKEND_POSTGRESQL);
+        assert_string_equal(c->store_instance, "web-1");
+        assert_int_equal(config_store_instance(c, inst, sizeof(inst)), 0);
+        assert_string_equal(inst, "web-1");
+        assert_int_equal(c->store_lease, 10 * USEC_PER_SEC);
+        out = dump_text(c);
+        assert_null(strstr(out, "Hunter2"));
+        assert_non_null(strstr(out, "\nbackend = postgresql\nurl = "
+                                    "postgresql://vidu:(set)@db.example.com/vidu?sslmode=verify-"
+                                    "full\ninstance = web-1\nlease = 10s\n"));
+        free(out);
+        config_free(c);
+        setenv("VIDU_UPSCALED_STORE_URL", "host=/tmp password='Hunter2 X' dbname=v", 1);
+        c = load_ok(
+            "[upstream]\nbase_url = http://x\napi_key = k\n[store]\nbackend = postgresql\n");
+        out = dump_text(c);
+        assert_null(strstr(out, "Hunter2"));
+        assert_non_null(strstr(out, "\nurl = host=/tmp password=(set) dbname=v\n"));
+        free(out);
+        /* A password in the URL: no other source is read. */
+        assert_null(c->store_password.value);
+        config_free(c);
+        unsetenv("VIDU_UPSCALED_STORE_URL");
+
+        /* The password: store.password_file, else the credential db-password, else none. */
+        char *creds = NULL;
+        assert_true(asprintf(&creds, "%s/creds", dir) > 0);
+        free(write_file("creds/db-password", "from-credential\n"));
+        char *pwfile = write_file("secrets/db", "from-file \n");
+        setenv("CREDENTIALS_DIRECTORY", creds, 1);
+        snprintf(text, sizeof(text),
+                 "%s[store]\nbackend = postgresql\nurl = postgresql://vidu@h/v\n"
+                 "password_file = %s\n",
+                 minimal, pwfile);
+        c = load_ok(text);
+        assert_string_equal(c->store_password.value, "from-file");
+        out = dump_text(c);
+        assert_null(strstr(out, "from-file"));
+        free(out);
+        config_free(c);
+        snprintf(text, sizeof(text), "%s[store]\nbackend = postgresql\nurl = host=h\n", minimal);
+        c = load_ok(text);
+        assert_string_equal(c->store_password.value, "from-credential");
+        config_free(c);
+        unsetenv("CREDENTIALS_DIRECTORY");
+        c = load_ok(text);
+        assert_null(c->store_password.value);
+        config_free(c);
+        snprintf(text, sizeof(text),
+                 "%s[store]\nbackend = postgresql\nurl = host=h\npassword_file = %s/nope\n",
+                 minimal, dir);
+        load_bad(text, 1, &e);
+        assert_error(&e, 0, 7, "store.password_file: cannot read");
+        config_errors_clear(&e);
+        free(pwfile);
+        free(creds);
+}
+
 /* [select] and upscale.duration = source: defaults, values, repeats across sources, the
  * environment, the dump, and a FILE:LINE error for every malformed form. */
 static void test_select_keys(void **state)
@@ -1536,6 +1648,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_select_keys, setup, teardown),
             cmocka_unit_test_setup_teardown(test_budget_keys, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_store_keys, setup, teardown),
             cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
             cmocka_unit_test_setup_teardown(test_every_key, setup, teardown),
             cmocka_unit_test_setup_teardown(test_to_string, setup, teardown),
