@@ -64,8 +64,47 @@ static const char *const migration_1[] = {
     NULL,
 };
 
+/* 2: parity with the SQLite ledger's migrations 3 to 6 (select, budget, callbacks, events). */
+static const char *const migration_2[] = {
+    /* The settings.duration the submission sends (NULL: upscale.duration's number), the cost
+     * the upstream reported (NULL: unknown), the source notification's payload as it came
+     * (read on demand only: up to 1 MiB, TOASTed out of the row). */
+    "ALTER TABLE jobs ADD COLUMN duration integer, ADD COLUMN credits bigint,"
+    "  ADD COLUMN payload text",
+    /* The spend guard: one row per submission that may have left, on the database's clock,
+     * shared by every instance so the budget windows count them all. */
+    "CREATE TABLE submissions ("
+    "  creation_id text NOT NULL,"
+    "  at timestamptz NOT NULL,"
+    "  credits bigint,"
+    "  PRIMARY KEY (creation_id, at)"
+    ")",
+    "CREATE INDEX submissions_at ON submissions (at) INCLUDE (credits)",
+    /* The outbox of outcome events, written with the transition that makes each. */
+    "CREATE TABLE events ("
+    "  seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+    "  id text NOT NULL UNIQUE,"
+    "  type text NOT NULL,"
+    "  creation_id text NOT NULL,"
+    "  state text NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),"
+    "  attempts integer NOT NULL DEFAULT 0,"
+    "  next_at timestamptz NOT NULL,"
+    "  since timestamptz NOT NULL,"
+    "  created_at timestamptz NOT NULL,"
+    "  updated_at timestamptz NOT NULL,"
+    "  http_status integer,"
+    "  error text,"
+    "  body text NOT NULL"
+    ")",
+    "CREATE INDEX events_due ON events (next_at, seq) WHERE state = 'pending'",
+    "CREATE INDEX events_delivered ON events (updated_at) WHERE state = 'delivered'",
+    "CREATE INDEX events_creation ON events (creation_id)",
+    NULL,
+};
+
 static const char *const *const migrations[PGSCHEMA_VERSION] = {
     migration_1,
+    migration_2,
 };
 
 struct migration {
@@ -248,6 +287,8 @@ int pgschema_row_to_job(const PGresult *res, int row, int col, struct job *j,
         job_set_field(j->result_url, sizeof(j->result_url), text_or_null(res, row, col + 8));
         j->created_at = (uint64_t)int_or_zero(res, row, col + 9);
         j->updated_at = (uint64_t)int_or_zero(res, row, col + 10);
+        j->duration = (unsigned)int_or_zero(res, row, col + 14);
+        j->credits = text_or_null(res, row, col + 15) ? int_or_zero(res, row, col + 15) : -1;
         if (claim) {
                 memset(claim, 0, sizeof(*claim));
                 const char *by = text_or_null(res, row, col + 11);

@@ -9,7 +9,7 @@
 #include "pgconn.h"
 
 /* The schema this binary knows; a database at a newer one is refused. */
-#define PGSCHEMA_VERSION 1
+#define PGSCHEMA_VERSION 2
 
 /* Called once: r 0 (the schema is at PGSCHEMA_VERSION; from_version says what it was, 0 for an
  * empty database), -EPROTONOSUPPORT (the database's schema is newer than this binary: error
@@ -38,16 +38,17 @@ int pgschema_row_to_job(const PGresult *res, int row, int col, struct job *j,
  * parameter; a NULL entry is SQL NULL. 0 and *ret (free it), or -ENOMEM. */
 int pgschema_text_array(const char *const *values, size_t n, char **ret);
 
-/* The columns every statement returning jobs returns, in this order (14). Times are usec since
- * the epoch. */
+/* The columns every statement returning jobs returns, in this order (16). Times are usec since
+ * the epoch. The payload is not among them: it is read on demand. */
 #define PGSCHEMA_JOB_COLUMNS                                                                       \
         "jobs.creation_id, jobs.source_task_id, jobs.upscale_task_id, jobs.state, jobs.attempt, "  \
         "(extract(epoch FROM jobs.next_at) * 1000000)::bigint, jobs.http_status, "                 \
         "jobs.upstream_error, jobs.result_url, "                                                   \
         "(extract(epoch FROM jobs.created_at) * 1000000)::bigint, "                                \
         "(extract(epoch FROM jobs.updated_at) * 1000000)::bigint, jobs.claimed_by, "               \
-        "jobs.claim_seq, (extract(epoch FROM jobs.lease_until) * 1000000)::bigint"
-#define PGSCHEMA_JOB_NCOLUMNS 14
+        "jobs.claim_seq, (extract(epoch FROM jobs.lease_until) * 1000000)::bigint, "               \
+        "jobs.duration, jobs.credits"
+#define PGSCHEMA_JOB_NCOLUMNS 16
 
 /* Durations are passed as microseconds ($n::bigint) and added to the database's now(): every
  * time in the shared ledger is on the database's clock, never an instance's. */

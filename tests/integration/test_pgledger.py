@@ -16,6 +16,11 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pgserver  # noqa: E402
+
+SOURCE = os.environ.get("VIDU_SOURCE_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+# The schema version this build migrates to, as pgschema.h says.
+with open(os.path.join(SOURCE, "daemon", "pgschema.h")) as _f:
+    SCHEMA = int(next(line.split()[2] for line in _f if line.startswith("#define PGSCHEMA_VERSION ")))
 from harness import SOURCE_DIR, TIMEOUT_SCALE, VALGRIND  # noqa: E402
 
 DRIVER = os.environ.get("VIDU_PG_DRIVER", os.path.join(SOURCE_DIR, "build", "tests", "pg-driver"))
@@ -169,7 +174,7 @@ class PgLedgerTest(unittest.TestCase):
 
     def test_basic_unix(self):
         lines = run_driver("basic", self.fresh("basic_unix"))
-        self.assertIn("migrated from 0 to 1", lines)
+        self.assertIn("migrated from 0 to %d" % SCHEMA, lines)
         self.assertIn("batch of 64: syncs=1 results=65", lines)
         print([x for x in lines if x.startswith("large batch")][0])
         self.assertEqual(lines[-1], "ok")
@@ -188,7 +193,7 @@ class PgLedgerTest(unittest.TestCase):
         self.assertEqual(lines[-1], "ok")
         # Twice, so the second run finds the schema made through the pooler.
         lines = run_driver("basic", self.bouncer.conninfo(db="basic_bouncer"))
-        self.assertIn("migrated from 1 to 1", lines)
+        self.assertIn("migrated from %d to %d" % (SCHEMA, SCHEMA), lines)
 
     def test_claims_never_shared(self):
         for name, ci in (("claim_unix", None), ("claim_bouncer", "bouncer")):
@@ -282,10 +287,36 @@ class PgLedgerTest(unittest.TestCase):
         froms = sorted(d.expect("migrated from") for d in drivers)
         for d in drivers:
             d.finish()
-        self.assertEqual(froms, ["migrated from 0 to 1", "migrated from 1 to 1", "migrated from 1 to 1"])
-        self.assertEqual(self.pg.sql("SELECT value FROM meta", db="race"), [["1"]])
+        self.assertEqual(froms, ["migrated from 0 to %d" % SCHEMA] + ["migrated from %d to %d" % (SCHEMA, SCHEMA)] * 2)
+        self.assertEqual(self.pg.sql("SELECT value FROM meta", db="race"), [[str(SCHEMA)]])
         tables = self.pg.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", db="race")
-        self.assertEqual(tables, [["control"], ["jobs"], ["meta"], ["replay"]])
+        self.assertEqual(tables, [["control"], ["events"], ["jobs"], ["meta"], ["replay"], ["submissions"]])
+
+    def test_version_1_migrated_keeping_its_jobs(self):
+        """A database left at version 1 (as the first release made it) gains the SQLite ledger's
+        later columns and tables, its jobs kept."""
+        ci = self.fresh("old")
+        d = Driver("migrate", ci)
+        d.expect("ready")
+        d.send("go")
+        d.finish()
+        # Back to version 1: what migration 2 adds, taken away.
+        self.pg.sql("ALTER TABLE jobs DROP COLUMN duration, DROP COLUMN credits, DROP COLUMN payload; "
+                    "DROP TABLE submissions, events; "
+                    "UPDATE meta SET value = '1' WHERE key = 'schema_version'; "
+                    "INSERT INTO jobs (creation_id, source_task_id, state, next_at, created_at, updated_at) "
+                    "VALUES ('old-1', 'src', 'submitted', now(), now(), now())", db="old")
+        d = Driver("migrate", ci)
+        d.expect("ready")
+        d.send("go")
+        self.assertEqual(d.expect("migrated from"), "migrated from 1 to %d" % SCHEMA)
+        d.finish()
+        self.assertEqual(self.pg.sql("SELECT state, duration IS NULL, credits IS NULL, payload IS NULL "
+                                     "FROM jobs", db="old"), [["submitted", "t", "t", "t"]])
+        cols = self.pg.sql("SELECT table_name, count(*) FROM information_schema.columns "
+                           "WHERE table_schema = 'public' AND table_name IN ('submissions', 'events') "
+                           "GROUP BY 1 ORDER BY 1", db="old")
+        self.assertEqual(cols, [["events", "13"], ["submissions", "3"]])
 
     def test_newer_schema_refused(self):
         ci = self.fresh("newer")
@@ -293,14 +324,15 @@ class PgLedgerTest(unittest.TestCase):
         d.expect("ready")
         d.send("go")
         d.finish()
-        self.pg.sql("UPDATE meta SET value = '2' WHERE key = 'schema_version'", db="newer")
+        self.pg.sql("UPDATE meta SET value = '%d' WHERE key = 'schema_version'" % (SCHEMA + 1), db="newer")
         d = Driver("migrate", ci)
         d.expect("ready")
         d.send("go")
         refused = d.expect("refused")
         d.finish(want=3)
-        self.assertIn("schema is at version 2, newer than this vidu-upscaled knows (1)", refused)
-        self.assertEqual(self.pg.sql("SELECT value FROM meta", db="newer"), [["2"]])
+        self.assertIn("schema is at version %d, newer than this vidu-upscaled knows (%d)" % (SCHEMA + 1, SCHEMA),
+                      refused)
+        self.assertEqual(self.pg.sql("SELECT value FROM meta", db="newer"), [[str(SCHEMA + 1)]])
 
     def test_round_trips_on_the_wire(self):
         """64 inserts in one batch are one turn of the client on the wire; 64 batches of one are

@@ -62,7 +62,9 @@ static void test_row_to_job(void **state)
                                                 "1700000000000002",
                                                 "host:42",
                                                 "7",
-                                                "1700000030000000"};
+                                                "1700000030000000",
+                                                "8",
+                                                NULL};
         PGresult *res = job_result(v);
         struct job j;
         struct pgschema_claim cl;
@@ -80,6 +82,8 @@ static void test_row_to_job(void **state)
         assert_string_equal(cl.claimed_by, "host:42");
         assert_true(cl.seq == 7);
         assert_true(cl.lease_until == 1700000030000000LL);
+        assert_int_equal(j.duration, 8);
+        assert_true(j.credits == -1); /* NULL: unknown */
         /* Not enough columns from there, or no such row: refused, not read past. */
         assert_int_equal(pgschema_row_to_job(res, 0, 1, &j, NULL), -EBADMSG);
         assert_int_equal(pgschema_row_to_job(res, 1, 0, &j, NULL), -EBADMSG);
