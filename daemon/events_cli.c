@@ -25,7 +25,8 @@ static void usage(FILE *f)
                 "  retry ID...|--dead      send delivered or dead events again (same webhook-id),\n"
                 "                          or every dead one\n"
                 "\n"
-                "The ledger comes from store.path in the configuration, or --store PATH.\n");
+                "The ledger comes from store.path in the configuration (or, with store.backend =\n"
+                "postgresql, the database at store.url), or --store PATH (an SQLite file).\n");
 }
 
 static void format_time(uint64_t usec, char *buf, size_t len)

@@ -14,6 +14,7 @@
 #include "control.h"
 #include "journal.h"
 #include "ledger.h"
+#include "pgledger.h"
 #include "util.h"
 
 static void usage(FILE *f)
@@ -38,7 +39,8 @@ static void usage(FILE *f)
             "                          submitted upscales still followed), kept in the ledger\n"
             "  resume                  lift the pause\n"
             "\n"
-            "The ledger comes from store.path in the configuration, or --store PATH.\n");
+            "The ledger comes from store.path in the configuration (or, with store.backend =\n"
+            "postgresql, the database at store.url), or --store PATH (an SQLite file).\n");
 }
 
 static void format_time(uint64_t usec, char *buf, size_t len)
@@ -405,7 +407,10 @@ int cli_open_ledger(const char *what, const char *config_path, const char *store
             .synchronous_full = true, .busy_timeout_ms = 5000, .read_only = !writes};
         struct ledger *l = NULL;
         char *err = NULL;
-        if (ledger_open(store, &lo, &l, &err) < 0) {
+        /* --store names an SQLite file; otherwise the configured backend. */
+        bool pg = cfg && cfg->store_backend == STORE_BACKEND_POSTGRESQL;
+        if (pg ? pgledger_open(cfg->store_url, cfg->store_password.value, &l, &err) < 0
+               : ledger_open(store, &lo, &l, &err) < 0) {
                 fprintf(stderr, "%s: %s\n", what, err ? err : "cannot open the ledger");
                 free(err);
                 config_free(cfg);

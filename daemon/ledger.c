@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "event.h"
+#include "ledger_backend.h"
 #include "util.h"
 #include "walvfs.h"
 
@@ -213,6 +214,9 @@ static const char *const migrations[] = {
 };
 
 struct ledger {
+        /* Set for a ledger kept elsewhere (ledger_open_backend): every call goes to it. */
+        const struct ledger_backend *backend;
+        void *impl;
         sqlite3 *db;
         char *path;
         sqlite3_stmt *stmt[_STMT_MAX];
@@ -369,6 +373,8 @@ static int fail(struct ledger *l, int rc, const char *what)
 
 const char *ledger_errmsg(struct ledger *l)
 {
+        if (l && l->backend)
+                return l->backend->errmsg(l->impl);
         return l ? l->errbuf : "no ledger";
 }
 
@@ -444,6 +450,8 @@ static void preallocate_wal(struct ledger *l)
 
 int ledger_schema_version(struct ledger *l)
 {
+        if (l->backend)
+                return l->backend->schema_version(l->impl);
         sqlite3_stmt *s = NULL;
         int v = -EIO;
         if (sqlite3_prepare_v2(l->db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK &&
@@ -622,10 +630,28 @@ fail:
         return r;
 }
 
+int ledger_open_backend(const struct ledger_backend *b, void *impl, struct ledger **ret)
+{
+        struct ledger *l = calloc(1, sizeof(*l));
+        if (!l) {
+                b->close(impl);
+                return -ENOMEM;
+        }
+        l->backend = b;
+        l->impl = impl;
+        *ret = l;
+        return 0;
+}
+
 struct ledger *ledger_close(struct ledger *l)
 {
         if (!l)
                 return NULL;
+        if (l->backend) {
+                l->backend->close(l->impl);
+                free(l);
+                return NULL;
+        }
         if (l->db)
                 checkpointer_stop(l);
         for (size_t i = 0; i < _STMT_MAX; i++)
@@ -680,12 +706,16 @@ static int count_change(struct ledger *l, int from, int to)
 
 int ledger_begin(struct ledger *l)
 {
+        if (l->backend)
+                return l->backend->begin(l->impl);
         memset(l->count_delta, 0, sizeof(l->count_delta));
         return step_done(l, l->stmt[STMT_BEGIN], "beginning a transaction");
 }
 
 int ledger_commit(struct ledger *l)
 {
+        if (l->backend)
+                return l->backend->commit(l->impl);
         int r = write_counts(l);
         if (r < 0)
                 return r;
@@ -694,6 +724,10 @@ int ledger_commit(struct ledger *l)
 
 void ledger_rollback(struct ledger *l)
 {
+        if (l->backend) {
+                l->backend->rollback(l->impl);
+                return;
+        }
         memset(l->count_delta, 0, sizeof(l->count_delta));
         if (!sqlite3_get_autocommit(l->db))
                 (void)step_done(l, l->stmt[STMT_ROLLBACK], "rolling back");
@@ -701,17 +735,23 @@ void ledger_rollback(struct ledger *l)
 
 int ledger_savepoint(struct ledger *l)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         memcpy(l->count_delta_savepoint, l->count_delta, sizeof(l->count_delta));
         return step_done(l, l->stmt[STMT_SAVEPOINT], "opening a savepoint");
 }
 
 int ledger_release(struct ledger *l)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         return step_done(l, l->stmt[STMT_RELEASE], "releasing a savepoint");
 }
 
 int ledger_rollback_to(struct ledger *l)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         memcpy(l->count_delta, l->count_delta_savepoint, sizeof(l->count_delta));
         int r = step_done(l, l->stmt[STMT_ROLLBACK_TO], "rolling back to a savepoint");
         if (r >= 0)
@@ -721,6 +761,8 @@ int ledger_rollback_to(struct ledger *l)
 
 bool ledger_in_transaction(struct ledger *l)
 {
+        if (l->backend)
+                return false;
         return !sqlite3_get_autocommit(l->db);
 }
 
@@ -735,12 +777,16 @@ static void bind_text_or_null(sqlite3_stmt *s, int i, const char *v)
 int ledger_insert(struct ledger *l, const char *creation_id, const char *source_task_id,
                   uint64_t now_usec)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         return ledger_insert_job(l, creation_id, source_task_id, 0, NULL, now_usec);
 }
 
 int ledger_insert_job(struct ledger *l, const char *creation_id, const char *source_task_id,
                       unsigned duration, const char *payload, uint64_t now_usec)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         if (payload && strlen(payload) > LEDGER_PAYLOAD_MAX)
                 return -E2BIG;
         sqlite3_stmt *s = l->stmt[STMT_INSERT];
@@ -806,16 +852,22 @@ static int get_one(struct ledger *l, sqlite3_stmt *s, const char *key, struct jo
 
 int ledger_get(struct ledger *l, const char *creation_id, struct job *ret)
 {
+        if (l->backend)
+                return l->backend->get(l->impl, creation_id, ret);
         return get_one(l, l->stmt[STMT_GET], creation_id, ret);
 }
 
 int ledger_get_by_upscale(struct ledger *l, const char *upscale_task_id, struct job *ret)
 {
+        if (l->backend)
+                return l->backend->get_by_upscale(l->impl, upscale_task_id, ret);
         return get_one(l, l->stmt[STMT_GET_BY_UPSCALE], upscale_task_id, ret);
 }
 
 int ledger_get_payload(struct ledger *l, const char *creation_id, char **ret_payload)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[STMT_GET_PAYLOAD];
         sqlite3_bind_text(s, 1, creation_id, -1, SQLITE_STATIC);
         int rc = sqlite3_step(s);
@@ -883,6 +935,8 @@ static int add_event(struct ledger *l, const struct job *j, uint64_t now_usec)
 
 int ledger_save(struct ledger *l, struct job *j, uint64_t now_usec)
 {
+        if (l->backend)
+                return l->backend->save(l->impl, j, now_usec);
         /* The state it leaves, as the ledger has it (not as the caller last saw it). */
         sqlite3_stmt *s = l->stmt[STMT_STATE];
         sqlite3_bind_text(s, 1, j->creation_id, -1, SQLITE_STATIC);
@@ -906,6 +960,8 @@ int ledger_save(struct ledger *l, struct job *j, uint64_t now_usec)
 
 int ledger_save_if(struct ledger *l, struct job *j, enum job_state from, uint64_t now_usec)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[STMT_SAVE_FROM];
         j->updated_at = now_usec;
         bind_save(s, j, now_usec);
@@ -933,6 +989,8 @@ int ledger_save_if(struct ledger *l, struct job *j, enum job_state from, uint64_
 
 int ledger_save_from(struct ledger *l, struct job *j, enum job_state from, uint64_t now_usec)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         int r = ledger_save_if(l, j, from, now_usec);
         if (r != 0)
                 return r < 0 ? r : 0;
@@ -943,6 +1001,8 @@ int ledger_save_from(struct ledger *l, struct job *j, enum job_state from, uint6
 int ledger_due(struct ledger *l, enum ledger_due_kind kind, uint64_t now_usec, struct job *out,
                size_t max)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[kind == LEDGER_DUE_SUBMIT ? STMT_DUE_SUBMIT : STMT_DUE_POLL];
         size_t n = 0;
         int rc;
@@ -962,6 +1022,8 @@ int ledger_due(struct ledger *l, enum ledger_due_kind kind, uint64_t now_usec, s
 
 int ledger_next_due(struct ledger *l, enum ledger_due_kind kind, uint64_t *ret)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[kind == LEDGER_DUE_SUBMIT ? STMT_NEXT_SUBMIT : STMT_NEXT_POLL];
         int rc = sqlite3_step(s);
         int r = 0;
@@ -978,6 +1040,8 @@ int ledger_next_due(struct ledger *l, enum ledger_due_kind kind, uint64_t *ret)
 
 int ledger_foreach(struct ledger *l, int state, ledger_job_cb cb, void *userdata)
 {
+        if (l->backend)
+                return l->backend->foreach (l->impl, state, cb, userdata);
         sqlite3_stmt *s = NULL;
         const char *sql = state < 0 ? JOB_SELECT "FROM jobs ORDER BY created_at"
                                     : JOB_SELECT "FROM jobs WHERE state = ?1 "
@@ -1004,6 +1068,8 @@ int ledger_foreach(struct ledger *l, int state, ledger_job_cb cb, void *userdata
 
 int ledger_count_states(struct ledger *l, uint64_t counts[_JOB_STATE_MAX])
 {
+        if (l->backend)
+                return l->backend->count_states(l->impl, counts);
         sqlite3_stmt *s = l->stmt[STMT_COUNTS];
         int rc;
         memset(counts, 0, sizeof(uint64_t) * _JOB_STATE_MAX);
@@ -1021,6 +1087,8 @@ int ledger_count_states(struct ledger *l, uint64_t counts[_JOB_STATE_MAX])
 int ledger_replay_remember(struct ledger *l, const char *key, uint64_t until_usec,
                            uint64_t now_usec)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[STMT_REPLAY_GET];
         sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
         int rc = sqlite3_step(s);
@@ -1042,6 +1110,8 @@ int ledger_replay_remember(struct ledger *l, const char *key, uint64_t until_use
 
 int ledger_purge_replay(struct ledger *l, uint64_t now_usec)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[STMT_REPLAY_PURGE];
         sqlite3_bind_int64(s, 1, (sqlite3_int64)now_usec);
         return step_done(l, s, "purging replay memory");
@@ -1049,6 +1119,8 @@ int ledger_purge_replay(struct ledger *l, uint64_t now_usec)
 
 int ledger_probe_writable(struct ledger *l, uint64_t now_usec)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         int r = ledger_begin(l);
         if (r < 0)
                 return r;
@@ -1065,6 +1137,8 @@ int ledger_probe_writable(struct ledger *l, uint64_t now_usec)
 int ledger_spend_record(struct ledger *l, const char *creation_id, uint64_t at_usec,
                         int64_t credits)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[STMT_SPEND_ADD];
         sqlite3_bind_text(s, 1, creation_id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s, 2, (sqlite3_int64)at_usec);
@@ -1077,6 +1151,8 @@ int ledger_spend_record(struct ledger *l, const char *creation_id, uint64_t at_u
 
 int ledger_set_credits(struct ledger *l, const char *creation_id, int64_t credits)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         if (credits < 0)
                 return 0;
         sqlite3_stmt *s = l->stmt[STMT_JOB_CREDITS];
@@ -1094,6 +1170,8 @@ int ledger_set_credits(struct ledger *l, const char *creation_id, int64_t credit
 int ledger_spend_usage(struct ledger *l, uint64_t day_since_usec, uint64_t hour_since_usec,
                        uint64_t assumed_credits, struct ledger_spend *ret)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[STMT_SPEND_USAGE];
         sqlite3_bind_int64(s, 1, (sqlite3_int64)day_since_usec);
         sqlite3_bind_int64(s, 2, (sqlite3_int64)hour_since_usec);
@@ -1116,6 +1194,8 @@ int ledger_spend_usage(struct ledger *l, uint64_t day_since_usec, uint64_t hour_
 
 int ledger_spend_foreach(struct ledger *l, uint64_t since_usec, ledger_spend_cb cb, void *userdata)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[STMT_SPEND_LIST];
         int rc, r = 0;
         sqlite3_bind_int64(s, 1, (sqlite3_int64)since_usec);
@@ -1135,6 +1215,8 @@ int ledger_spend_foreach(struct ledger *l, uint64_t since_usec, ledger_spend_cb 
 
 int ledger_meta_get(struct ledger *l, const char *key, char *buf, size_t size)
 {
+        if (l->backend)
+                return l->backend->meta_get(l->impl, key, buf, size);
         sqlite3_stmt *s = l->stmt[STMT_META_GET];
         sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
         int rc = sqlite3_step(s);
@@ -1152,6 +1234,8 @@ int ledger_meta_get(struct ledger *l, const char *key, char *buf, size_t size)
 
 int ledger_meta_set(struct ledger *l, const char *key, const char *value)
 {
+        if (l->backend)
+                return l->backend->meta_set(l->impl, key, value);
         sqlite3_stmt *s = l->stmt[value ? STMT_META_PUT : STMT_META_DEL];
         sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
         if (value)
@@ -1162,6 +1246,8 @@ int ledger_meta_set(struct ledger *l, const char *key, const char *value)
 
 int ledger_spend_purge(struct ledger *l, uint64_t before_usec)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[STMT_SPEND_PURGE];
         sqlite3_bind_int64(s, 1, (sqlite3_int64)before_usec);
         return step_done(l, s, "purging old submissions");
@@ -1171,6 +1257,8 @@ int ledger_spend_purge(struct ledger *l, uint64_t before_usec)
 
 int ledger_set_event_states(struct ledger *l, unsigned state_mask)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         l->event_states = state_mask;
         char v[UINT_DEC_SIZE];
         format_uint(state_mask, v);
@@ -1261,6 +1349,8 @@ static int row_to_event(sqlite3_stmt *s, struct ledger_event *e, bool with_body)
 
 int ledger_events_due(struct ledger *l, uint64_t now_usec, struct ledger_event *out, size_t max)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[STMT_EVENTS_DUE];
         size_t n = 0;
         int rc = SQLITE_DONE, r = 0;
@@ -1286,6 +1376,8 @@ int ledger_events_due(struct ledger *l, uint64_t now_usec, struct ledger_event *
 
 int ledger_events_next_due(struct ledger *l, uint64_t *ret)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[STMT_EVENTS_NEXT];
         int rc = sqlite3_step(s);
         int r = 0;
@@ -1302,6 +1394,8 @@ int ledger_events_next_due(struct ledger *l, uint64_t *ret)
 
 int ledger_event_update(struct ledger *l, const struct ledger_event *e, uint64_t now_usec)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[STMT_EVENT_UPDATE];
         sqlite3_bind_text(s, 1, e->id, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 2, ledger_event_state_to_string(e->state), -1, SQLITE_STATIC);
@@ -1321,6 +1415,8 @@ int ledger_event_update(struct ledger *l, const struct ledger_event *e, uint64_t
 
 int ledger_events_purge(struct ledger *l, uint64_t before_usec, unsigned limit)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[STMT_EVENTS_PURGE];
         sqlite3_bind_int64(s, 1, (sqlite3_int64)before_usec);
         sqlite3_bind_int64(s, 2, (sqlite3_int64)limit);
@@ -1330,6 +1426,8 @@ int ledger_events_purge(struct ledger *l, uint64_t before_usec, unsigned limit)
 
 int ledger_events_backlog(struct ledger *l, uint64_t *ret)
 {
+        if (l->backend)
+                return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[STMT_EVENTS_BACKLOG];
         int rc = sqlite3_step(s);
         int r = 0;
@@ -1343,6 +1441,8 @@ int ledger_events_backlog(struct ledger *l, uint64_t *ret)
 
 int ledger_events_foreach(struct ledger *l, int state, ledger_event_cb cb, void *userdata)
 {
+        if (l->backend)
+                return l->backend->events_foreach(l->impl, state, cb, userdata);
         sqlite3_stmt *s = NULL;
         const char *sql = state < 0 ? "SELECT " EVENT_COLUMNS " FROM events ORDER BY seq"
                                     : "SELECT " EVENT_COLUMNS " FROM events WHERE state = ?1 "
@@ -1391,10 +1491,14 @@ static int retry_where(struct ledger *l, const char *where, const char *id, uint
 
 int ledger_event_retry(struct ledger *l, const char *id, uint64_t now_usec)
 {
+        if (l->backend)
+                return l->backend->event_retry(l->impl, id, now_usec);
         return retry_where(l, "id = ?2 AND state <> 'pending'", id, now_usec);
 }
 
 int ledger_events_retry_dead(struct ledger *l, uint64_t now_usec)
 {
+        if (l->backend)
+                return l->backend->events_retry_dead(l->impl, now_usec);
         return retry_where(l, "state = 'dead'", NULL, now_usec);
 }
