@@ -187,6 +187,75 @@ class PgJobs(unittest.TestCase):
                                 ["812000000000000004", "waiting", "0", "t", "1"]])
         self.assertEqual(self.pg.sql("SELECT count(*) FROM meta WHERE key = 'operator_pause'", db="writes"), [["0"]])
 
+    def test_events_identical(self):
+        """`events list|retry` print the same from both; an operator's save on PostgreSQL writes the
+        outcome event the daemon asked for (meta event_states), with the job's payload, as SQLite's
+        does."""
+        events = [  # id, type, creation_id, state, attempts, next_at, since, created, updated, status, error
+            ("evt_000000000000000000000001", "upscale.succeeded", "812000000000000003", "delivered", 1, T0 + 9,
+             T0 + 9, T0 + 9, T0 + 10, 204, None),
+            ("evt_000000000000000000000002", "upscale.dead", "812000000000000004", "dead", 7, T0 + 11, T0 + 11,
+             T0 + 11, T0 + 12, 410, "HTTP 410: gone"),
+            ("evt_000000000000000000000003", "upscale.failed", "812000000000000007", "pending", 2,
+             T0 + 86400000000, T0 + 13, T0 + 13, T0 + 14, None, "timed out"),
+        ]
+        meta = [("event_states", str(0xF0))]  # succeeded, failed, dead, uncertain
+        payload = '{"order": 42, "note": "caf\u00e9 \\ \"q\""}'
+        a = self.sqlite_ledger(JOBS, meta)
+        db = sqlite3.connect(os.path.join(self.tmp, "ledger.db"))
+        with db:
+            for e in events:
+                db.execute("INSERT INTO events (id, type, creation_id, state, attempts, next_at, since, created_at, "
+                           "updated_at, http_status, error, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{}')", e)
+            db.execute("UPDATE jobs SET payload = ? WHERE creation_id = '812000000000000001'", (payload,))
+        db.close()
+        b = self.pg_ledger("events", JOBS, meta)
+        for e in events:
+            self.pg.sql("INSERT INTO events (id, type, creation_id, state, attempts, next_at, since, created_at, "
+                        "updated_at, http_status, error, body) VALUES (%s, %s, %s, %s, %d, %s, %s, %s, %s, %s, %s, "
+                        "'{}')" % (lit(e[0]), lit(e[1]), lit(e[2]), lit(e[3]), e[4], at(e[5]), at(e[6]), at(e[7]),
+                                   at(e[8]), lit(e[9]), lit(e[10])), db="events")
+        self.pg.sql("UPDATE jobs SET payload = %s WHERE creation_id = '812000000000000001'" % lit(payload),
+                    db="events")
+        stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+        new_id = re.compile(r"evt_[0-9a-f]{24}")
+        pid = re.compile(r"vidu-upscaled\[\d+\]")
+
+        def norm(s):
+            return pid.sub("PID", new_id.sub("EVT", stamp.sub("TIME", s)))
+
+        def events_cmd(conf, *args):
+            return subprocess.run([harness.DAEMON, "-c", conf, "events"] + list(args), capture_output=True,
+                                  text=True, env=clean_env(), timeout=120)
+        retried = False
+        for args in [("list",), ("list", "--json"), ("list", "--state", "dead"), ("list", "--state", "bogus"),
+                     ("retry", "evt_000000000000000000000002", "evt_000000000000000000000003", "evt_nosuch"),
+                     ("retry", "--dead"), ("retry", "evt_000000000000000000000001"), ("list", "--json")]:
+            ra, rb = events_cmd(a, *args), events_cmd(b, *args)
+            # Byte for byte until a retry; after one, its "now" differs between the two runs.
+            retried = retried or args[0] == "retry"
+            f = norm if retried else (lambda x: x)
+            self.assertEqual((ra.returncode, f(ra.stdout), f(ra.stderr)), (rb.returncode, f(rb.stdout), f(rb.stderr)),
+                             "events %s differs" % " ".join(args))
+        self.assertEqual(self.pg.sql("SELECT id, state FROM events ORDER BY seq", db="events"),
+                         [[events[0][0], "pending"], [events[1][0], "pending"], [events[2][0], "pending"]])
+        # Saves by an operator: abandon (pending -> dead) writes upscale.dead with the payload;
+        # retry (dead -> waiting) writes nothing.
+        for args in (("abandon", "812000000000000001"), ("retry", "812000000000000004")):
+            self.same(a, b, *args, normalise=norm)
+        db = sqlite3.connect(os.path.join(self.tmp, "ledger.db"))
+        want = [(norm(r[0]), r[1], r[2], norm(r[3])) for r in
+                db.execute("SELECT id, type, creation_id, body FROM events ORDER BY seq")]
+        db.close()
+        got = [(norm(r[0]), r[1], r[2], norm(r[3])) for r in
+               self.pg.sql("SELECT id, type, creation_id, body FROM events ORDER BY seq", db="events")]
+        self.assertEqual(got, want)
+        self.assertEqual(len(got), 4)
+        self.assertEqual(got[3][1:3], ("upscale.dead", "812000000000000001"))
+        body = json.loads(self.pg.sql("SELECT body FROM events ORDER BY seq DESC LIMIT 1", db="events")[0][0])
+        self.assertEqual(body["data"]["payload"], payload)
+        self.assertEqual(body["data"]["error"], "abandoned by an operator")
+
     def test_empty_database_gets_the_schema_and_a_newer_one_is_refused(self):
         self.pg.create_database("fresh")
         conf = self.pg_config("fresh")
