@@ -55,6 +55,7 @@ class Units(unittest.TestCase):
             text = f.read()
         for line in ("Type=notify", "RestartPreventExitStatus=78", "Restart=on-failure", "DynamicUser=yes",
                      "StateDirectory=vidu-upscaled", "LoadCredential=api-key", "LoadCredential=webhook-secret",
+                     "LoadCredential=db-password",
                      "ExecReload=/bin/kill -HUP $MAINPID"):
             self.assertIn(line + "\n", text)
         self.assertRegex(text, r"\nWatchdogSec=\d+")
