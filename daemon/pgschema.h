@@ -63,14 +63,18 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
         "updated_at) VALUES ($1, $2, 'pending', 0, now(), now(), now()) "                          \
         "ON CONFLICT (creation_id) DO NOTHING RETURNING creation_id"
 
-/* The same for a whole turn's notifications in one statement: $1 and $2 text arrays (creation
- * ids, source task ids; pgschema_text_array) of one length. Returns the creation ids that were
- * new. One statement to parse and plan instead of one per job; give the ids sorted, so that two
- * instances inserting overlapping sets lock them in the same order and never deadlock. */
+/* The same for a whole turn's notifications in one statement, as ledger_insert_job records
+ * them: $1 and $2 text arrays (creation ids, source task ids; pgschema_text_array) of one
+ * length, $3 an integer array of the settings.duration each submission sends and $4 a text
+ * array of the source payloads (either array NULL, or NULL entries: none recorded). Returns the
+ * creation ids that were new; a duplicate keeps what it was first recorded with. One statement
+ * to parse and plan instead of one per job; give the ids sorted, so that two instances
+ * inserting overlapping sets lock them in the same order and never deadlock. */
 #define PGSCHEMA_INSERT_MANY                                                                       \
-        "INSERT INTO jobs (creation_id, source_task_id, state, attempt, next_at, created_at, "     \
-        "updated_at) SELECT id, src, 'pending', 0, now(), now(), now() "                           \
-        "FROM unnest($1::text[], $2::text[]) AS t(id, src) "                                       \
+        "INSERT INTO jobs (creation_id, source_task_id, duration, payload, state, attempt, "       \
+        "next_at, created_at, updated_at) SELECT id, src, dur, pl, 'pending', 0, now(), now(), "   \
+        "now() FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[]) "                    \
+        "AS t(id, src, dur, pl) WHERE id IS NOT NULL "                                             \
         "ON CONFLICT (creation_id) DO NOTHING RETURNING creation_id"
 
 /* One job by creation id, or by upscale task id. $1 the id. */

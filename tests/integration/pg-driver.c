@@ -236,25 +236,32 @@ static int insert_jobs(struct conn *cn, const char *what, unsigned first, unsign
 }
 
 /* Inserts n jobs with one statement (PGSCHEMA_INSERT_MANY); returns how many were new. */
+/* Each gets settings.duration 8 and, every other one, a payload (a quote and a backslash in
+ * it, as text arrays must carry them). */
 static int insert_many(struct conn *cn, const char *what, unsigned first, unsigned n)
 {
         char ids[128][96];
-        const char *idp[128], *srcp[128];
+        const char *idp[128], *srcp[128], *durp[128], *plp[128];
         CHECK(n <= 128, "too many");
         for (unsigned i = 0; i < n; i++) {
                 make_id(ids[i], sizeof(ids[i]), what, first + i);
                 idp[i] = ids[i];
                 srcp[i] = "src";
+                durp[i] = "8";
+                plp[i] = (first + i) % 2 == 0 ? "{\"q\": \"a \\\" b\"}" : NULL;
         }
-        char *a = NULL, *b = NULL;
-        CHECK(pgschema_text_array(idp, n, &a) == 0 && pgschema_text_array(srcp, n, &b) == 0,
+        char *a = NULL, *b = NULL, *c = NULL, *d = NULL;
+        CHECK(pgschema_text_array(idp, n, &a) == 0 && pgschema_text_array(srcp, n, &b) == 0 &&
+                  pgschema_text_array(durp, n, &c) == 0 && pgschema_text_array(plp, n, &d) == 0,
               "arrays");
         struct outcome o;
-        run1(cn, &o, PGSCHEMA_INSERT_MANY, 2, a, b);
+        run1(cn, &o, PGSCHEMA_INSERT_MANY, 4, a, b, c, d);
         int fresh = rows(&o, 0);
         outcome_clear(&o);
         free(a);
         free(b);
+        free(c);
+        free(d);
         return fresh;
 }
 
@@ -299,6 +306,11 @@ static int scenario_basic(const char *conninfo)
         /* One statement for a whole turn: 30 known, 10 new. */
         CHECK(insert_many(&a, "job", 35, 40) == 10, "only the new ones returned");
         CHECK(count_where(&a, "creation_id LIKE $1", like) == 75, "75 jobs");
+        /* The new ones with their duration and payload, the known ones as they were. */
+        CHECK(count_where(&a, "creation_id LIKE $1 AND duration = 8", like) == 10, "durations");
+        CHECK(count_where(&a, "creation_id LIKE $1 AND payload = '{\"q\": \"a \\\" b\"}'", like) ==
+                  5,
+              "payloads");
         say("insert many ok");
 
         /* A failing statement undoes the whole batch. */
