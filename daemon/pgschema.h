@@ -77,6 +77,31 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
         "AS t(id, src, dur, pl) WHERE id IS NOT NULL "                                             \
         "ON CONFLICT (creation_id) DO NOTHING RETURNING creation_id"
 
+/* A whole turn's intake in one statement, so one round trip however many notifications came:
+ * the deliveries' replay keys remembered and, for each delivery whose key was new (or that has
+ * none), its creations recorded as PGSCHEMA_INSERT_MANY does. $1 the turn's replay keys (text
+ * array; repeats and NULLs ignored), $2 how long they are remembered (usec), $3 to $6 the
+ * creations as PGSCHEMA_INSERT_MANY's $1 to $4, $7 the replay key of the delivery each came in
+ * (NULL: none). A delivery replayed to another instance is a replay here too: of two instances
+ * remembering one key at once, the second waits for the first's commit and finds it, and then
+ * records none of that delivery's creations. Returns ('replay', key) for each key that was new
+ * and ('job', creation id) for each job recorded; what is absent was a replay or a duplicate. */
+#define PGSCHEMA_INTAKE                                                                            \
+        "WITH keys AS (SELECT DISTINCT k FROM unnest($1::text[]) AS k WHERE k IS NOT NULL), "      \
+        "fresh AS (INSERT INTO replay (key, until) SELECT k, now() + " PGSCHEMA_USEC(              \
+            "$2") " FROM keys ORDER BY k "                                                         \
+                  "ON CONFLICT (key) DO UPDATE SET until = EXCLUDED.until "                        \
+                  "WHERE replay.until < now() RETURNING key), "                                    \
+                  "recorded AS (INSERT INTO jobs (creation_id, source_task_id, duration, "         \
+                  "payload, state, attempt, next_at, created_at, updated_at) "                     \
+                  "SELECT DISTINCT ON (id) id, src, dur, pl, 'pending', 0, now(), now(), now() "   \
+                  "FROM unnest($3::text[], $4::text[], $5::integer[], $6::text[], $7::text[]) "    \
+                  "AS t(id, src, dur, pl, k) WHERE id IS NOT NULL AND (k IS NULL OR k IN "         \
+                  "(SELECT key FROM fresh)) ORDER BY id "                                          \
+                  "ON CONFLICT (creation_id) DO NOTHING RETURNING creation_id) "                   \
+                  "SELECT 'replay', key FROM fresh UNION ALL SELECT 'job', creation_id FROM "      \
+                  "recorded"
+
 /* One job by creation id, or by upscale task id. $1 the id. */
 #define PGSCHEMA_GET "SELECT " PGSCHEMA_JOB_COLUMNS " FROM jobs WHERE creation_id = $1"
 #define PGSCHEMA_GET_BY_UPSCALE                                                                    \

@@ -437,6 +437,128 @@ static int scenario_migrate(const char *conninfo)
 
 /* The same notification at two instances at once: B's insert (and replay key) waits for A's
  * transaction and, once A commits, finds a duplicate; never an error, never two jobs. */
+/* Whether the outcome of a PGSCHEMA_INTAKE statement (statement i) holds (kind, value). */
+static bool intake_has(const struct outcome *o, size_t i, const char *kind, const char *v)
+{
+        for (int r = 0; r < rows(o, i); r++)
+                if (strcmp(value(o, i, r, 0), kind) == 0 && strcmp(value(o, i, r, 1), v) == 0)
+                        return true;
+        return false;
+}
+
+/* One intake turn: the keys of its deliveries and its creations, each with its delivery's key
+ * (an index into keys, or -1 for none). */
+static void intake(struct conn *cn, struct outcome *o, const char *const *keys, size_t n_keys,
+                   const char *const *ids, const int *key_of, size_t n)
+{
+        const char *srcs[16], *durs[16], *pls[16], *ks[16];
+        CHECK(n <= 16, "too many");
+        for (size_t i = 0; i < n; i++) {
+                srcs[i] = "src";
+                durs[i] = "4";
+                pls[i] = NULL;
+                ks[i] = key_of[i] >= 0 ? keys[key_of[i]] : NULL;
+        }
+        char *a[6] = {0};
+        CHECK(pgschema_text_array(keys, n_keys, &a[0]) == 0 &&
+                  pgschema_text_array(ids, n, &a[1]) == 0 &&
+                  pgschema_text_array(srcs, n, &a[2]) == 0 &&
+                  pgschema_text_array(durs, n, &a[3]) == 0 &&
+                  pgschema_text_array(pls, n, &a[4]) == 0 && pgschema_text_array(ks, n, &a[5]) == 0,
+              "arrays");
+        run1(cn, o, PGSCHEMA_INTAKE, 7, a[0], "600000000", a[1], a[2], a[3], a[4], a[5]);
+        for (size_t i = 0; i < ELEMENTSOF(a); i++)
+                free(a[i]);
+}
+
+/* A whole turn's intake is one statement and one round trip: new deliveries' creations
+ * recorded, a replayed delivery's not (even a creation never seen), repeats within the turn
+ * once, an expired key new again, and two instances taking the same delivery at once record it
+ * once. */
+static int scenario_intake(const char *conninfo)
+{
+        struct conn a, b;
+        struct outcome o, ob;
+        open_conn(&a, "a", conninfo, NULL);
+        open_conn(&b, "b", conninfo, NULL);
+        migrate_ok(&a);
+        char k[5][96], c[8][96];
+        for (int i = 0; i < 5; i++)
+                make_id(k[i], sizeof(k[i]), "key", (unsigned)i);
+        for (int i = 0; i < 8; i++)
+                make_id(c[i], sizeof(c[i]), "intake", (unsigned)i);
+
+        /* Turn 1: two deliveries (one of them twice in the turn) and a creation with no key. */
+        const char *keys1[] = {k[0], k[1], k[1], NULL};
+        const char *ids1[] = {c[0], c[1], c[2], c[0], c[3]};
+        const int of1[] = {0, 0, 1, 2, -1};
+        uint64_t syncs = pgconn_get_stats(a.pg)->syncs;
+        intake(&a, &o, keys1, 4, ids1, of1, 5);
+        CHECK(o.error == 0, "turn 1: %s", o.message);
+        CHECK(pgconn_get_stats(a.pg)->syncs - syncs == 1, "one round trip");
+        CHECK(rows(&o, 0) == 6, "turn 1: %d rows", rows(&o, 0));
+        CHECK(intake_has(&o, 0, "replay", k[0]) && intake_has(&o, 0, "replay", k[1]), "keys new");
+        for (int i = 0; i < 4; i++)
+                CHECK(intake_has(&o, 0, "job", c[i]), "job %d new", i);
+        outcome_clear(&o);
+
+        /* Turn 2: k0 again (a replay: its never-seen creation c4 is not recorded) and k2 new with a
+         * known creation and a new one. */
+        const char *keys2[] = {k[0], k[2]};
+        const char *ids2[] = {c[4], c[0], c[5]};
+        const int of2[] = {0, 1, 1};
+        intake(&a, &o, keys2, 2, ids2, of2, 3);
+        CHECK(o.error == 0 && rows(&o, 0) == 2, "turn 2: %d rows", rows(&o, 0));
+        CHECK(intake_has(&o, 0, "replay", k[2]) && intake_has(&o, 0, "job", c[5]), "turn 2");
+        outcome_clear(&o);
+        CHECK(count_where(&a, "creation_id = $1", c[4]) == 0, "a replay's creation not recorded");
+
+        /* An expired memory: the key is new again. */
+        run1(&a, &o, "UPDATE replay SET until = now() - interval '1 second' WHERE key = $1", 1,
+             k[0]);
+        outcome_clear(&o);
+        intake(&a, &o, keys2, 1, ids2, of2, 1);
+        CHECK(o.error == 0 && rows(&o, 0) == 2 && intake_has(&o, 0, "job", c[4]), "expired key");
+        outcome_clear(&o);
+
+        /* Two instances, one delivery at once: B waits for A's transaction, then finds a replay
+         * and records nothing. */
+        const char *keys3[] = {k[3]};
+        const char *ids3[] = {c[6], c[7]};
+        const int of3[] = {0, 0};
+        run1(&a, &o, "BEGIN", 0);
+        outcome_clear(&o);
+        intake(&a, &o, keys3, 1, ids3, of3, 2);
+        CHECK(o.error == 0 && rows(&o, 0) == 3, "A's turn");
+        outcome_clear(&o);
+        char *ka = NULL, *ia = NULL, *sa = NULL, *ksa = NULL;
+        const char *srcs[] = {"src", "src"}, *kk[] = {k[3], k[3]};
+        CHECK(pgschema_text_array(keys3, 1, &ka) == 0 && pgschema_text_array(ids3, 2, &ia) == 0 &&
+                  pgschema_text_array(srcs, 2, &sa) == 0 && pgschema_text_array(kk, 2, &ksa) == 0,
+              "arrays");
+        const char *pb[] = {ka, "600000000", ia, sa, NULL, NULL, ksa};
+        struct pgconn_stmt sb = {.sql = PGSCHEMA_INTAKE, .n_params = 7, .params = pb};
+        send_batch(&b, &sb, 1, &ob);
+        for (int i = 0; i < 20; i++)
+                CHECK(sd_event_run(loop, 10 * USEC_PER_MSEC) >= 0, "loop");
+        CHECK(!ob.done, "B waits for A's transaction");
+        run1(&a, &o, "COMMIT", 0);
+        outcome_clear(&o);
+        pump(&ob.done, 30 * USEC_PER_SEC, "B's turn");
+        CHECK(ob.error == 0, "no error: %s", ob.message);
+        CHECK(rows(&ob, 0) == 0, "B: a replay, nothing recorded");
+        outcome_clear(&ob);
+        free(ka);
+        free(ia);
+        free(sa);
+        free(ksa);
+        CHECK(count_where(&a, "creation_id = $1", c[6]) == 1, "one job");
+        say("ok");
+        pgconn_free(a.pg);
+        pgconn_free(b.pg);
+        return 0;
+}
+
 static int scenario_same_id(const char *conninfo)
 {
         struct conn a, b;
@@ -1106,9 +1228,10 @@ static int scenario_bench(const char *conninfo, unsigned rounds)
 int main(int argc, char **argv)
 {
         if (argc < 3) {
-                fprintf(stderr, "usage: pg-driver "
-                                "basic|migrate|migrate-timeout|same-id|plans|claim|fence|timeout|"
-                                "terminate|restart|freeze|bench|roundtrips CONNINFO [ARGS]\n");
+                fprintf(stderr,
+                        "usage: pg-driver "
+                        "basic|migrate|migrate-timeout|same-id|intake|plans|claim|fence|timeout|"
+                        "terminate|restart|freeze|bench|roundtrips CONNINFO [ARGS]\n");
                 return 2;
         }
         snprintf(prefix, sizeof(prefix), "t%d-%" PRIu64, (int)getpid(), now_realtime_usec());
@@ -1132,6 +1255,8 @@ int main(int argc, char **argv)
                 return scenario_plans(ci);
         if (strcmp(s, "same-id") == 0)
                 return scenario_same_id(ci);
+        if (strcmp(s, "intake") == 0)
+                return scenario_intake(ci);
         if (strcmp(s, "migrate-timeout") == 0)
                 return scenario_migrate_timeout(ci);
         if (strcmp(s, "timeout") == 0)

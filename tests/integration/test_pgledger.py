@@ -26,7 +26,7 @@ from harness import SOURCE_DIR, TIMEOUT_SCALE, VALGRIND  # noqa: E402
 DRIVER = os.environ.get("VIDU_PG_DRIVER", os.path.join(SOURCE_DIR, "build", "tests", "pg-driver"))
 MIGRATION_LOCK = 508605486369  # pgschema.c
 # Under VIDU_VALGRIND=1 the scenarios that measure no time run under valgrind too.
-UNTIMED = ("basic", "migrate", "claim", "fence", "restart", "terminate", "same-id")
+UNTIMED = ("basic", "migrate", "claim", "fence", "restart", "terminate", "same-id", "intake")
 
 
 class Driver:
@@ -225,6 +225,15 @@ class PgLedgerTest(unittest.TestCase):
                 self.fresh(name)
                 ci = self.bouncer.conninfo(db=name) if via else self.pg.conninfo(db=name)
                 self.assertEqual(run_driver("same-id", ci)[-1], "ok")
+
+    def test_intake_one_statement_a_turn(self):
+        """A turn's deliveries and creations in one statement: replays and duplicates within and
+        across turns and instances, directly and through PgBouncer."""
+        for name, ci in (("intake", None), ("intake_bouncer", "bouncer")):
+            with self.subTest(name):
+                self.fresh(name)
+                ci = self.bouncer.conninfo(db=name) if ci else self.pg.conninfo(db=name)
+                self.assertEqual(run_driver("intake", ci)[-1], "ok")
 
     def test_queues_read_their_partial_indexes(self):
         """50,000 finished jobs and 20 due: every claim, takeover, renewal and purge reads its
