@@ -80,11 +80,17 @@ static int pl_schema_version(void *impl)
         return ((struct pgledger *)impl)->schema_version;
 }
 
+/* How long a change waits for a row an instance holds, as the SQLite ledger's busy timeout: a
+ * transaction's own setting (SET LOCAL), so none of it stays on a pooler's server connection. */
+#define LOCK_TIMEOUT "SELECT set_config('lock_timeout', '5s', true)"
+
 static int pl_begin(void *impl)
 {
         struct pgledger *p = impl;
         int r = run(p, "beginning a transaction", "BEGIN", 0, NULL, NULL);
         p->in_transaction = r >= 0;
+        if (r >= 0)
+                r = run(p, "beginning a transaction", LOCK_TIMEOUT, 0, NULL, NULL);
         return r;
 }
 
@@ -366,11 +372,18 @@ static int retry_where(struct pgledger *p, const char *sql, const char *id, uint
         format_uint(now_usec, now);
         const char *params[] = {now, id};
         PGresult *res = NULL;
-        int r = run(p, "retrying events", sql, id ? 2 : 1, params, &res);
+        int r = pl_begin(p);
+        if (r >= 0)
+                r = run(p, "retrying events", sql, id ? 2 : 1, params, &res);
+        if (r >= 0) {
+                r = (int)strtol(PQcmdTuples(res), NULL, 10);
+                PQclear(res);
+                int c = pl_commit(p);
+                if (c < 0)
+                        r = c;
+        }
         if (r < 0)
-                return r;
-        r = (int)strtol(PQcmdTuples(res), NULL, 10);
-        PQclear(res);
+                pl_rollback(p);
         return r;
 }
 

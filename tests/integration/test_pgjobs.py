@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -265,6 +266,39 @@ class PgJobs(unittest.TestCase):
         body = json.loads(self.pg.sql("SELECT body FROM events ORDER BY seq DESC LIMIT 1", db="events")[0][0])
         self.assertEqual(body["data"]["payload"], payload)
         self.assertEqual(body["data"]["error"], "abandoned by an operator")
+
+    def test_a_row_held_by_an_instance_times_out(self):
+        """A job row locked by another transaction (an instance's claim in progress): the change
+        waits at most the lock timeout (5 s, as SQLite's busy timeout), then fails cleanly and
+        changes nothing; reads do not wait at all."""
+        b = self.pg_ledger("locked", JOBS)
+        holder = subprocess.Popen([os.path.join(pgserver.PG_BIN, "psql"), "-X", "-q", "-h", self.pg.tmp,
+                                   "-p", str(self.pg.port), "-U", pgserver.ADMIN, "-d", "locked"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        try:
+            holder.stdin.write("BEGIN;\nSELECT 1 FROM jobs WHERE creation_id = '812000000000000001' FOR UPDATE;\n")
+            holder.stdin.flush()
+            # Its SELECT ... FOR UPDATE done, the session waits in its transaction, the row locked.
+            harness.poll(lambda: self.pg.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'locked' "
+                                             "AND state = 'idle in transaction' AND query LIKE '%FOR UPDATE%'",
+                                             db="postgres") == [["1"]], timeout=30, what="the held row")
+            r = self.jobs(b, "show", "812000000000000001")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            started = time.monotonic()
+            r = self.jobs(b, "abandon", "812000000000000001")
+            took = time.monotonic() - started
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("lock timeout", r.stderr)
+            self.assertGreaterEqual(took, 4.5)
+            self.assertLess(took, 60)
+        finally:
+            holder.stdin.write("ROLLBACK;\n")
+            holder.stdin.close()
+            holder.wait(timeout=60)
+        self.assertEqual(self.pg.sql("SELECT state FROM jobs WHERE creation_id = '812000000000000001'", db="locked"),
+                         [["pending"]])
+        r = self.jobs(b, "abandon", "812000000000000001")
+        self.assertEqual((r.returncode, r.stdout), (0, "812000000000000001: pending -> dead\n"))
 
     def test_empty_database_gets_the_schema_and_a_newer_one_is_refused(self):
         self.pg.create_database("fresh")
