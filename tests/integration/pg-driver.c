@@ -1175,14 +1175,45 @@ static int cmp_u64(const void *a, const void *b)
 }
 
 /* Round-trip time of a batch of 64 inserts, and of one insert. */
+/* A turn of n deliveries of one creation each through PGSCHEMA_INTAKE; the jobs recorded. */
+static int intake_turn(struct conn *cn, const char *what, unsigned first, unsigned n)
+{
+        char ids[64][96], keys[64][100];
+        const char *idp[64], *kp[64], *srcp[64], *durp[64];
+        CHECK(n <= 64, "too many");
+        for (unsigned i = 0; i < n; i++) {
+                make_id(ids[i], sizeof(ids[i]), what, first + i);
+                snprintf(keys[i], sizeof(keys[i]), "k-%.95s", ids[i]);
+                idp[i] = ids[i];
+                kp[i] = keys[i];
+                srcp[i] = "src";
+                durp[i] = "4";
+        }
+        char *a = NULL, *b = NULL, *c = NULL, *d = NULL;
+        CHECK(pgschema_text_array(kp, n, &a) == 0 && pgschema_text_array(idp, n, &b) == 0 &&
+                  pgschema_text_array(srcp, n, &c) == 0 && pgschema_text_array(durp, n, &d) == 0,
+              "arrays");
+        struct outcome o;
+        run1(cn, &o, PGSCHEMA_INTAKE, 7, a, "600000000", b, c, d, NULL, a);
+        int jobs = 0;
+        for (int r = 0; r < rows(&o, 0); r++)
+                jobs += strcmp(value(&o, 0, r, 0), "job") == 0;
+        outcome_clear(&o);
+        free(a);
+        free(b);
+        free(c);
+        free(d);
+        return jobs;
+}
+
 static int scenario_bench(const char *conninfo, unsigned rounds)
 {
         struct conn a;
         open_conn(&a, "a", conninfo, NULL);
         migrate_ok(&a);
         uint64_t *t64 = calloc(rounds, sizeof(uint64_t)), *t1 = calloc(rounds, sizeof(uint64_t));
-        uint64_t *tm = calloc(rounds, sizeof(uint64_t));
-        CHECK(t64 && t1 && tm && rounds > 0, "memory");
+        uint64_t *tm = calloc(rounds, sizeof(uint64_t)), *ti = calloc(rounds, sizeof(uint64_t));
+        CHECK(t64 && t1 && tm && ti && rounds > 0, "memory");
         insert_jobs(&a, "warm", 0, 64);
         for (unsigned r = 0; r < rounds; r++) {
                 uint64_t s = now_monotonic_usec();
@@ -1194,6 +1225,9 @@ static int scenario_bench(const char *conninfo, unsigned rounds)
                 s = now_monotonic_usec();
                 CHECK(insert_many(&a, "many", r * 64, 64) == 64, "inserted");
                 tm[r] = now_monotonic_usec() - s;
+                s = now_monotonic_usec();
+                CHECK(intake_turn(&a, "intake", r * 64, 64) == 64, "recorded");
+                ti[r] = now_monotonic_usec() - s;
         }
         /* The same round trip with nothing to commit: what the commit's WAL flush costs. */
         uint64_t *tsel = calloc(rounds, sizeof(uint64_t));
@@ -1212,11 +1246,13 @@ static int scenario_bench(const char *conninfo, unsigned rounds)
         qsort(t64, rounds, sizeof(uint64_t), cmp_u64);
         qsort(tm, rounds, sizeof(uint64_t), cmp_u64);
         qsort(t1, rounds, sizeof(uint64_t), cmp_u64);
+        qsort(ti, rounds, sizeof(uint64_t), cmp_u64);
         say("bench rounds=%u batch64_p50_us=%" PRIu64 " batch64_p90_us=%" PRIu64
             " single_p50_us=%" PRIu64 " single_p90_us=%" PRIu64 " select64_p50_us=%" PRIu64
-            " many64_p50_us=%" PRIu64,
+            " many64_p50_us=%" PRIu64 " intake64_p50_us=%" PRIu64 " intake64_p90_us=%" PRIu64,
             rounds, t64[rounds / 2], t64[rounds * 9 / 10], t1[rounds / 2], t1[rounds * 9 / 10],
-            tsel[rounds / 2], tm[rounds / 2]);
+            tsel[rounds / 2], tm[rounds / 2], ti[rounds / 2], ti[rounds * 9 / 10]);
+        free(ti);
         free(tsel);
         free(tm);
         free(t64);
