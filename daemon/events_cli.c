@@ -144,31 +144,11 @@ static int cmd_retry(struct ledger *l, int argc, char **argv)
 
 int events_cli_main(int argc, char **argv, const char *config_path)
 {
-        static const struct option options[] = {
-            {"store", required_argument, NULL, 's'},
-            {"help", no_argument, NULL, 'h'},
-            {0},
-        };
         const char *store = NULL;
-        int c;
-        optind = 1;
-        while ((c = getopt_long(argc, argv, "+s:h", options, NULL)) != -1) {
-                switch (c) {
-                case 's':
-                        store = optarg;
-                        break;
-                case 'h':
-                        usage(stdout);
-                        return 0;
-                default:
-                        usage(stderr);
-                        return EXIT_CONFIG;
-                }
-        }
-        if (optind >= argc) {
-                usage(stderr);
-                return EXIT_CONFIG;
-        }
+        int r = cli_parse_common(argc, argv, usage, &store);
+        if (r < 0)
+                return cli_exit_code(r);
+        optind = r;
         const char *cmd = argv[optind];
         bool list = strcmp(cmd, "list") == 0, retry = strcmp(cmd, "retry") == 0;
         if (!list && !retry) {

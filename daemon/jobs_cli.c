@@ -421,33 +421,43 @@ int cli_open_ledger(const char *what, const char *config_path, const char *store
         return 0;
 }
 
-int jobs_cli_main(int argc, char **argv, const char *config_path)
+int cli_parse_common(int argc, char **argv, void (*print_usage)(FILE *f), const char **ret_store)
 {
         static const struct option options[] = {
             {"store", required_argument, NULL, 's'},
             {"help", no_argument, NULL, 'h'},
             {0},
         };
-        const char *store = NULL;
         int c;
+        *ret_store = NULL;
         optind = 1;
         while ((c = getopt_long(argc, argv, "+s:h", options, NULL)) != -1) {
                 switch (c) {
                 case 's':
-                        store = optarg;
+                        *ret_store = optarg;
                         break;
                 case 'h':
-                        usage(stdout);
-                        return 0;
+                        print_usage(stdout);
+                        return CLI_EXIT_HELP;
                 default:
-                        usage(stderr);
-                        return EXIT_CONFIG;
+                        print_usage(stderr);
+                        return -EXIT_CONFIG;
                 }
         }
         if (optind >= argc) {
-                usage(stderr);
-                return EXIT_CONFIG;
+                print_usage(stderr);
+                return -EXIT_CONFIG;
         }
+        return optind;
+}
+
+int jobs_cli_main(int argc, char **argv, const char *config_path)
+{
+        const char *store = NULL;
+        int r = cli_parse_common(argc, argv, usage, &store);
+        if (r < 0)
+                return cli_exit_code(r);
+        optind = r;
         const char *cmd = argv[optind];
         int sub_argc = argc - optind - 1;
         char **sub_argv = argv + optind + 1;
