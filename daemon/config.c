@@ -556,17 +556,20 @@ PARSER(parse_url_prefix)
 static const char *url_problem(const char *v, const char *example, char *msg, size_t msglen)
 {
         size_t scheme = strncmp(v, "http://", 7) == 0 ? 7 : strncmp(v, "https://", 8) == 0 ? 8 : 0;
-        if (*v && scheme == 0) {
-                snprintf(msg, msglen, "'%.*s%s' must start with http:// or https:// (e.g. %s)",
-                         QUOTED(v), example);
-                return msg;
-        }
-        if (*v && (v[scheme] == 0 || v[scheme] == '/' || strchr(v, ' '))) {
-                snprintf(msg, msglen, "'%.*s%s' is not a URL with a host (e.g. %s)", QUOTED(v),
-                         example);
-                return msg;
-        }
-        return NULL;
+        const char *why = NULL;
+        if (!*v)
+                return NULL;
+        if (scheme == 0)
+                why = "must start with http:// or https://";
+        else if (v[scheme] == 0 || v[scheme] == '/' || v[scheme] == '?')
+                why = "is not a URL with a host";
+        for (const unsigned char *p = (const unsigned char *)v; !why && *p; p++)
+                if (*p <= ' ' || *p == 0x7f || *p == '"' || *p == '<' || *p == '>' || *p == '\\')
+                        why = "holds a space or a character a URL cannot hold unescaped";
+        if (!why)
+                return NULL;
+        snprintf(msg, msglen, "'%.*s%s' %s (e.g. %s)", QUOTED(v), why, example);
+        return msg;
 }
 
 PARSER(parse_url)
@@ -584,27 +587,18 @@ PARSER(parse_url)
  * part of the path it calls); no fragment, nothing a URL cannot hold unescaped; empty = unset. */
 PARSER(parse_callback_url)
 {
-        size_t scheme = strncmp(v, "http://", 7) == 0 ? 7 : strncmp(v, "https://", 8) == 0 ? 8 : 0;
-        const char *why = NULL;
-        if (!*v)
-                return store_text(L, field, v, true); /* callbacks off */
-        if (scheme == 0)
-                why = "must start with http:// or https:// (e.g. "
-                      "https://hooks.example.com/hooks/vidu)";
-        else if (v[scheme] == 0 || v[scheme] == '/' || v[scheme] == '?')
-                why = "is not a URL with a host (e.g. https://hooks.example.com/hooks/vidu)";
-        else if (strchr(v, '#'))
+        const char *why = url_problem(v, "https://hooks.example.com/hooks/vidu", msg, msglen);
+        if (why)
+                return why;
+        if (strchr(v, '#'))
                 why = "has a fragment (#...), which is never sent to a server";
         else if (strlen(v) > 2048)
                 why = "is longer than 2048 bytes";
-        for (const unsigned char *p = (const unsigned char *)v; !why && *p; p++)
-                if (*p <= ' ' || *p == 0x7f || *p == '"' || *p == '<' || *p == '>' || *p == '\\')
-                        why = "holds a space or a character a URL cannot hold unescaped";
         if (why) {
                 snprintf(msg, msglen, "'%.*s%s' %s", QUOTED(v), why);
                 return msg;
         }
-        return store_text(L, field, v, true);
+        return store_text(L, field, v, true); /* empty: callbacks off */
 }
 
 /* Where events go: an http(s) URL as written, or unix:/absolute/path. */
