@@ -1020,11 +1020,9 @@ int ledger_due(struct ledger *l, enum ledger_due_kind kind, uint64_t now_usec, s
         return (int)n;
 }
 
-int ledger_next_due(struct ledger *l, enum ledger_due_kind kind, uint64_t *ret)
+/* Steps a statement that yields one value that may be NULL: 1 and *ret, 0 when NULL, or -errno. */
+static int step_optional_uint64(struct ledger *l, sqlite3_stmt *s, const char *what, uint64_t *ret)
 {
-        if (l->backend)
-                return -EOPNOTSUPP;
-        sqlite3_stmt *s = l->stmt[kind == LEDGER_DUE_SUBMIT ? STMT_NEXT_SUBMIT : STMT_NEXT_POLL];
         int rc = sqlite3_step(s);
         int r = 0;
         if (rc == SQLITE_ROW) {
@@ -1033,9 +1031,17 @@ int ledger_next_due(struct ledger *l, enum ledger_due_kind kind, uint64_t *ret)
                         r = 1;
                 }
         } else
-                r = fail(l, rc, "finding the next due job");
+                r = fail(l, rc, what);
         sqlite3_reset(s);
         return r;
+}
+
+int ledger_next_due(struct ledger *l, enum ledger_due_kind kind, uint64_t *ret)
+{
+        if (l->backend)
+                return -EOPNOTSUPP;
+        sqlite3_stmt *s = l->stmt[kind == LEDGER_DUE_SUBMIT ? STMT_NEXT_SUBMIT : STMT_NEXT_POLL];
+        return step_optional_uint64(l, s, "finding the next due job", ret);
 }
 
 int ledger_foreach(struct ledger *l, int state, ledger_job_cb cb, void *userdata)
@@ -1379,17 +1385,7 @@ int ledger_events_next_due(struct ledger *l, uint64_t *ret)
         if (l->backend)
                 return -EOPNOTSUPP;
         sqlite3_stmt *s = l->stmt[STMT_EVENTS_NEXT];
-        int rc = sqlite3_step(s);
-        int r = 0;
-        if (rc == SQLITE_ROW) {
-                if (sqlite3_column_type(s, 0) != SQLITE_NULL) {
-                        *ret = (uint64_t)sqlite3_column_int64(s, 0);
-                        r = 1;
-                }
-        } else
-                r = fail(l, rc, "finding the next due event");
-        sqlite3_reset(s);
-        return r;
+        return step_optional_uint64(l, s, "finding the next due event", ret);
 }
 
 int ledger_event_update(struct ledger *l, const struct ledger_event *e, uint64_t now_usec)
