@@ -209,9 +209,16 @@ class AccountWide(unittest.TestCase):
                 self.assertEqual(sub["ATTEMPT"], "1")
                 self.assertTrue(done)
             paused = [e for e in harness.journal_entries(_PID=str(d.pid)) if "paused" in e.get("MESSAGE", "").lower()]
-            self.assertEqual(len(paused), 1, [e["MESSAGE"] for e in paused])
+            # One pause for the account-wide error, however many jobs met it. A machine loaded
+            # enough (valgrind) may also see a submission time out first: an outage, a pause of
+            # its own, which is not this error's.
+            ours = [e for e in paused if fault["reason"] in e["MESSAGE"]]
+            self.assertEqual(len(ours), 1, [e["MESSAGE"] for e in paused])
+            others = [e for e in paused if fault["reason"] not in e["MESSAGE"]]
+            self.assertTrue(all("cannot be reached" in e["MESSAGE"] for e in others),
+                            [e["MESSAGE"] for e in paused])
             resumed = [e for e in harness.journal_entries(_PID=str(d.pid)) if "resumed" in e.get("MESSAGE", "").lower()]
-            self.assertEqual(len(resumed), 1)
+            self.assertEqual(len(resumed), len(paused))
             self.assertEqual(len([r for r in d.ledger_rows() if r["state"] == "dead"]), 0)
 
     def test_unauthorized(self):
