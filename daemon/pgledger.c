@@ -223,38 +223,57 @@ static int pl_save(void *impl, struct job *j, uint64_t now_usec)
         return changed ? add_event(p, j, now_usec) : 0;
 }
 
-/* Streams the rows (single-row mode): a ledger of millions of jobs is listed in constant memory.
- * cb must not use the ledger meanwhile. */
-static int pl_foreach(void *impl, int state, ledger_job_cb cb, void *userdata)
+/* Streams a query's rows (single-row mode), so a ledger of millions of rows is listed in constant
+ * memory: row is called for each until it returns non-zero, which is returned. row must not use
+ * the ledger meanwhile. what names the listing in errors. */
+typedef int (*stream_row_fn)(struct pgledger *p, const PGresult *res, void *ctx);
+static int stream(struct pgledger *p, const char *what, const char *sql, const char *param,
+                  stream_row_fn row, void *ctx)
 {
-        struct pgledger *p = impl;
-        const char *params[] = {state >= 0 ? job_state_to_string((enum job_state)state) : NULL};
-        const char *sql =
-            state < 0 ? "SELECT " PGSCHEMA_JOB_COLUMNS " FROM jobs ORDER BY created_at, creation_id"
-                      : "SELECT " PGSCHEMA_JOB_COLUMNS
-                        " FROM jobs WHERE state = $1 ORDER BY created_at, creation_id";
-        if (!PQsendQueryParams(p->conn, sql, state < 0 ? 0 : 1, NULL, params, NULL, NULL, 0))
-                return fail(p, NULL, "listing jobs");
+        const char *params[] = {param};
+        if (!PQsendQueryParams(p->conn, sql, param ? 1 : 0, NULL, params, NULL, NULL, 0))
+                return fail(p, NULL, what);
         (void)PQsetSingleRowMode(p->conn);
         int r = 0;
         PGresult *res;
         while ((res = PQgetResult(p->conn))) {
                 ExecStatusType st = PQresultStatus(res);
-                if (st == PGRES_SINGLE_TUPLE && r == 0) {
-                        struct job j;
-                        if (pgschema_row_to_job(res, 0, 0, &j, NULL) < 0) {
-                                snprintf(p->errbuf, sizeof(p->errbuf),
-                                         "listing jobs: unexpected columns");
-                                r = -EBADMSG;
-                        } else
-                                r = cb(&j, userdata);
-                } else if (st != PGRES_SINGLE_TUPLE && st != PGRES_TUPLES_OK && r == 0) {
-                        r = fail(p, res, "listing jobs");
+                if (st == PGRES_SINGLE_TUPLE && r == 0)
+                        r = row(p, res, ctx);
+                else if (st != PGRES_SINGLE_TUPLE && st != PGRES_TUPLES_OK && r == 0) {
+                        r = fail(p, res, what);
                         continue; /* cleared; read on to the end of the query */
                 }
                 PQclear(res);
         }
         return r;
+}
+
+struct job_cb_ctx {
+        ledger_job_cb cb;
+        void *userdata;
+};
+
+static int job_row(struct pgledger *p, const PGresult *res, void *ctx)
+{
+        struct job_cb_ctx *c = ctx;
+        struct job j;
+        if (pgschema_row_to_job(res, 0, 0, &j, NULL) < 0) {
+                snprintf(p->errbuf, sizeof(p->errbuf), "listing jobs: unexpected columns");
+                return -EBADMSG;
+        }
+        return c->cb(&j, c->userdata);
+}
+
+static int pl_foreach(void *impl, int state, ledger_job_cb cb, void *userdata)
+{
+        struct job_cb_ctx c = {cb, userdata};
+        return stream(impl, "listing jobs",
+                      state < 0 ? "SELECT " PGSCHEMA_JOB_COLUMNS
+                                  " FROM jobs ORDER BY created_at, creation_id"
+                                : "SELECT " PGSCHEMA_JOB_COLUMNS
+                                  " FROM jobs WHERE state = $1 ORDER BY created_at, creation_id",
+                      state >= 0 ? job_state_to_string((enum job_state)state) : NULL, job_row, &c);
 }
 
 static int pl_count_states(void *impl, uint64_t counts[_JOB_STATE_MAX])
@@ -337,32 +356,29 @@ static void row_to_event(const PGresult *res, int row, struct ledger_event *e)
 }
 
 /* Every event in state (all when state < 0) in the order they were written, streamed. */
+struct event_cb_ctx {
+        ledger_event_cb cb;
+        void *userdata;
+};
+
+static int event_row(struct pgledger *p, const PGresult *res, void *ctx)
+{
+        struct event_cb_ctx *c = ctx;
+        struct ledger_event e;
+        (void)p;
+        row_to_event(res, 0, &e);
+        return c->cb(&e, c->userdata);
+}
+
 static int pl_events_foreach(void *impl, int state, ledger_event_cb cb, void *userdata)
 {
-        struct pgledger *p = impl;
-        const char *params[] = {
-            state >= 0 ? ledger_event_state_to_string((enum ledger_event_state)state) : NULL};
-        const char *sql = state < 0 ? "SELECT " EVENT_COLUMNS " FROM events ORDER BY seq"
-                                    : "SELECT " EVENT_COLUMNS
-                                      " FROM events WHERE state = $1 ORDER BY seq";
-        if (!PQsendQueryParams(p->conn, sql, state < 0 ? 0 : 1, NULL, params, NULL, NULL, 0))
-                return fail(p, NULL, "listing events");
-        (void)PQsetSingleRowMode(p->conn);
-        int r = 0;
-        PGresult *res;
-        while ((res = PQgetResult(p->conn))) {
-                ExecStatusType st = PQresultStatus(res);
-                if (st == PGRES_SINGLE_TUPLE && r == 0) {
-                        struct ledger_event e;
-                        row_to_event(res, 0, &e);
-                        r = cb(&e, userdata);
-                } else if (st != PGRES_SINGLE_TUPLE && st != PGRES_TUPLES_OK && r == 0) {
-                        r = fail(p, res, "listing events");
-                        continue;
-                }
-                PQclear(res);
-        }
-        return r;
+        struct event_cb_ctx c = {cb, userdata};
+        return stream(
+            impl, "listing events",
+            state < 0 ? "SELECT " EVENT_COLUMNS " FROM events ORDER BY seq"
+                      : "SELECT " EVENT_COLUMNS " FROM events WHERE state = $1 ORDER BY seq",
+            state >= 0 ? ledger_event_state_to_string((enum ledger_event_state)state) : NULL,
+            event_row, &c);
 }
 
 /* Pending again, due now, a new run of attempts: the count changed, as ledger.c's. */
