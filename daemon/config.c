@@ -91,6 +91,7 @@ static const char *const backend_names[] = {"sqlite", "postgresql", NULL};
 static const char *const level_names[] = {"debug", "info", "notice", "warning", "err", NULL};
 static const int level_values[] = {LOG_DEBUG, LOG_INFO, LOG_NOTICE, LOG_WARNING, LOG_ERR};
 static const char *const resolution_names[] = {"1080p", "2K", "4K", "8K", NULL};
+static const char *const no_yes_names[] = {"no", "yes", NULL};
 
 /* One row: section, name, the parser (with its dumper and releaser), the field, then the parser's
  * arguments and the default text. */
@@ -192,6 +193,7 @@ static const struct config_key keys[] = {
     UINT("budget", "max_credits_per_day", budget_credits_per_day, 0, 1000000000000ULL, "0"),
     UINT("budget", "assumed_credits", budget_assumed_credits, 0, 1000000000, "0"),
     ENUM("log", "level", log_level, level_names, level_values, "info"),
+    ENUM("log", "fold_accepted", fold_accepted, no_yes_names, NULL, "yes"),
     TEXT("events", "url", parse_events_url, events_url, NULL),
     ROW("events", "types", parse_event_types, dump_event_types, NULL, events_states,
         .default_text = "upscale.succeeded upscale.failed upscale.dead upscale.uncertain"),

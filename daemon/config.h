@@ -139,7 +139,8 @@ struct config {
         uint64_t events_keep;        /* usec, default 7d: delivered events purged after */
 
         /* [log] */
-        int log_level; /* syslog priority, default LOG_INFO */
+        int log_level;     /* syslog priority, default LOG_INFO */
+        int fold_accepted; /* 1 (yes, default): `accepted` folds into a `submitted` within 1 s */
 };
 
 /* One error: "FILE:LINE: message" (or "environment: VAR: message"). */

@@ -193,6 +193,7 @@ static void test_defaults(void **state)
         assert_int_equal(c->max_delay, 3600 * USEC_PER_SEC);
         assert_int_equal(c->uncertain, UNCERTAIN_HOLD);
         assert_int_equal(c->log_level, LOG_INFO);
+        assert_int_equal(c->fold_accepted, 1);
         config_free(c);
 
         /* systemd's StateDirectory= may list several; the first one holds the ledger. */
@@ -256,7 +257,8 @@ static void test_every_key(void **state)
                                    "max_delay = 2m\n"
                                    "uncertain = resubmit\n"
                                    "[log]\n"
-                                   "level = debug\n");
+                                   "level = debug\n"
+                                   "fold_accepted = no\n");
         assert_string_equal(c->listen, "[::1]:9000");
         assert_string_equal(c->webhook_path, "/in");
         assert_int_equal(c->max_body, 65536);
@@ -298,6 +300,7 @@ static void test_every_key(void **state)
         assert_int_equal(c->max_delay, 120 * USEC_PER_SEC);
         assert_int_equal(c->uncertain, UNCERTAIN_RESUBMIT);
         assert_int_equal(c->log_level, LOG_DEBUG);
+        assert_int_equal(c->fold_accepted, 0);
         config_free(c);
 
         /* The other enum values. */
@@ -427,6 +430,8 @@ static void test_value_errors(void **state)
                          "log.level: unknown value 'loud' (use debug, info, notice, warning or "
                          "err)");
         expect_one_error("[store]\nsynchronous = off\n", 5, "(use full or normal)");
+        expect_one_error("[log]\nfold_accepted = true\n", 5,
+                         "log.fold_accepted: unknown value 'true' (use no or yes)");
         expect_one_error("[upscale]\nresolution = 1080P\n", 5,
                          "upscale.resolution: unknown value '1080P' (use 1080p, 2K, 4K or 8K)");
         expect_one_error("[upscale]\nmodel =\n", 5, "upscale.model: must not be empty");
@@ -839,12 +844,14 @@ static void test_environment(void **state)
         setenv("VIDU_UPSCALED_SERVER_MAX_BODY", "2M", 1);
         setenv("VIDU_UPSCALED_STORE_SYNCHRONOUS", "normal", 1);
         setenv("VIDU_UPSCALED_LOG_LEVEL", "warning", 1);
+        setenv("VIDU_UPSCALED_LOG_FOLD_ACCEPTED", "no", 1);
         setenv("VIDU_UPSCALED_LIMITS_MAX_TASKS", "7", 1);
         setenv("VIDU_UPSCALED_UPSCALE_RESOLUTION", "8K", 1);
         c = load_ok(minimal);
         assert_int_equal(c->max_body, 2 * 1024 * 1024);
         assert_false(c->synchronous_full);
         assert_int_equal(c->log_level, LOG_WARNING);
+        assert_int_equal(c->fold_accepted, 0);
         assert_int_equal(c->max_tasks, 7);
         assert_string_equal(c->resolution, "8K");
         config_free(c);
@@ -1057,6 +1064,7 @@ static void test_dump(void **state)
         assert_non_null(strstr(out, "\nsynchronous = full\n"));
         assert_non_null(strstr(out, "\nmax_delay = 2h\n"));
         assert_non_null(strstr(out, "\nlevel = info\n"));
+        assert_non_null(strstr(out, "\nfold_accepted = yes\n"));
         /* The loader's own keys (file names) are not settings of their own. */
         assert_null(strstr(out, "secret_file"));
         free(out);
