@@ -365,9 +365,9 @@ static void put_uint(struct entry *e, const char *name, uint64_t v)
 
 /* The job fields an entry carries, in the contract's order; empty ones are left out. */
 struct job_fields {
-        const char *name[11], *value[11];
+        const char *name[12], *value[12];
         size_t n;
-        char attempt[UINT_DEC_SIZE], status[UINT_DEC_SIZE];
+        char attempt[UINT_DEC_SIZE], status[UINT_DEC_SIZE], accepted_at[UINT_DEC_SIZE];
 };
 
 static void job_fields(const struct job_event *ev, struct job_fields *f)
@@ -380,14 +380,17 @@ static void job_fields(const struct job_event *ev, struct job_fields *f)
                 format_uint(ev->attempt, f->attempt);
         if (ev->http_status > 0)
                 format_uint((uint64_t)ev->http_status, f->status);
-        const char *const names[] = {"CREATION_ID",    "SOURCE_TASK_ID", "UPSCALE_TASK_ID",
-                                     "JOB_STATE",      "ATTEMPT",        "HTTP_STATUS",
-                                     "UPSTREAM_ERROR", "RESULT_URL",     "SELECT_RULE",
-                                     "EVENT_ID",       "EVENT_TYPE"};
+        if (ev->accepted_at)
+                format_uint(ev->accepted_at, f->accepted_at);
+        const char *const names[] = {"CREATION_ID", "SOURCE_TASK_ID", "UPSCALE_TASK_ID",
+                                     "JOB_STATE",   "ACCEPTED_AT",    "ATTEMPT",
+                                     "HTTP_STATUS", "UPSTREAM_ERROR", "RESULT_URL",
+                                     "SELECT_RULE", "EVENT_ID",       "EVENT_TYPE"};
         const char *const values[] = {ev->creation_id,
                                       ev->source_task_id,
                                       ev->upscale_task_id,
                                       ev->job_state,
+                                      ev->accepted_at ? f->accepted_at : NULL,
                                       ev->attempt ? f->attempt : NULL,
                                       ev->http_status > 0 ? f->status : NULL,
                                       ev->upstream_error,

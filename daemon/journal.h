@@ -47,6 +47,7 @@ struct job_event {
         const char *upscale_task_id;
         const char *job_state; /* accepted, duplicate, skipped, submitted, retrying, succeeded,
                                   failed, dead, uncertain */
+        uint64_t accepted_at;  /* realtime usec: on a `submitted` entry that folds `accepted` */
         unsigned attempt;
         int http_status;
         const char *upstream_error;

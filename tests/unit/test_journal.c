@@ -155,6 +155,15 @@ static void test_job_fields_carry_their_numbers(void **state)
         assert_non_null(strstr(d, "\nPRIORITY=6\n"));
         assert_non_null(strstr(d, "\nATTEMPT=1\n"));
         assert_null(strstr(d, "HTTP_STATUS="));
+        assert_null(strstr(d, "ACCEPTED_AT="));
+
+        /* A `submitted` entry that folds `accepted` carries its time, all 16 digits. */
+        ev.job_state = "submitted";
+        ev.accepted_at = 1764950400123456ULL;
+        log_job(LOG_INFO, &ev, "folded");
+        d = one_datagram(buf, sizeof(buf));
+        assert_non_null(strstr(d, "\nJOB_STATE=submitted\nACCEPTED_AT=1764950400123456\n"));
+        ev.accepted_at = 0;
 
         ev.attempt = 0;
         log_job(LOG_INFO, &ev, "no-attempt");
