@@ -14,6 +14,7 @@
 #include "control.h"
 #include "httpc.h"
 #include "journal.h"
+#include "owed.h"
 #include "txn.h"
 #include "upstream.h"
 #include "util.h"
@@ -24,6 +25,12 @@
  * this often (a flood of notifications does not recount each turn); the manager's status timer
  * kicks every 2 s, so a `jobs resume` is seen within about that. */
 #define HOLD_RECHECK_USEC (1 * USEC_PER_SEC)
+/* log.fold_accepted: how long an `accepted` entry waits for its `submitted` one to carry it, and
+ * how many may wait (past that the oldest is written at once: memory stays bounded whatever the
+ * rate). The timer that writes them may fire this much late, so that one wake-up writes many. */
+#define FOLD_USEC          (1 * USEC_PER_SEC)
+#define OWED_MAX           65536
+#define OWED_ACCURACY_USEC (50 * USEC_PER_MSEC)
 
 struct call {
         struct dispatcher *d;
@@ -78,6 +85,9 @@ struct dispatcher {
         /* The budget's journal entry to write after the commit that recorded its change. */
         enum { BUDGET_LOG_NONE, BUDGET_LOG_REACHED, BUDGET_LOG_RESUMED } budget_log;
         size_t budget_waiting; /* due jobs found waiting at that decision (at least) */
+        struct owed *owed;     /* `accepted` entries owed (log.fold_accepted) */
+        sd_event_source *owed_timer;
+        bool owed_armed;
 };
 
 static uint32_t random_u32(void)
@@ -119,11 +129,117 @@ static void fill_entry_at(struct job_entry *e, const struct job *j, const char *
         };
 }
 
-void dispatcher_write_entry(const struct job_entry *e)
+/* An `accepted` entry; CODE_FUNC says what wrote it: dispatcher_accepted at once, the timer
+ * (on_owed_timer), another entry about the job (dispatcher_write_entry,
+ * dispatcher_settle_accepted), a full store (dispatcher_accepted) or a stop
+ * (dispatcher_write_owed). */
+#define write_accepted(c, s) write_accepted_at(c, s, __LINE__, __func__)
+static void write_accepted_at(const char *creation_id, const char *source_task_id, int line,
+                              const char *func)
 {
-        if (e->log)
-                journal_job_internal(e->priority, __FILE__, e->code_line, e->code_func, &e->ev,
-                                     "%s", e->message);
+        struct job_event ev = {.message_id = MSGID_ACCEPTED,
+                               .creation_id = creation_id,
+                               .source_task_id = source_task_id,
+                               .job_state = "accepted"};
+        journal_job_internal(LOG_INFO, __FILE__, line, func, &ev,
+                             "Creation %s of task %s accepted for upscaling", creation_id,
+                             source_task_id);
+}
+
+#define write_owed_entry(o) write_owed_entry_at(o, __LINE__, __func__)
+static void write_owed_entry_at(struct owed_entry *o, int line, const char *func)
+{
+        write_accepted_at(o->creation_id, o->source_task_id, line, func);
+        owed_entry_clear(o);
+}
+
+static void arm_owed_timer(struct dispatcher *d)
+{
+        uint64_t due;
+        if (!d->owed_timer)
+                return;
+        d->owed_armed = owed_next_due(d->owed, &due);
+        if (d->owed_armed) {
+                sd_event_source_set_time(d->owed_timer, due);
+                sd_event_source_set_enabled(d->owed_timer, SD_EVENT_ONESHOT);
+        } else
+                sd_event_source_set_enabled(d->owed_timer, SD_EVENT_OFF);
+}
+
+/* The second is up for the oldest owed entries: written in acceptance order. */
+static int on_owed_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        struct dispatcher *d = userdata;
+        struct owed_entry o;
+        uint64_t now = now_monotonic_usec();
+        while (owed_pop_due(d->owed, now, &o) > 0)
+                write_owed_entry(&o);
+        arm_owed_timer(d);
+        return 0;
+}
+
+void dispatcher_accepted(struct dispatcher *d, const char *creation_id, const char *source_task_id,
+                         uint64_t accepted_at)
+{
+        /* Owed only when it would be written at all. */
+        if (!d->cfg->fold_accepted || d->cfg->log_level < LOG_INFO) {
+                write_accepted(creation_id, source_task_id);
+                return;
+        }
+        /* Its second counts from the acceptance, not from this write after the commit. */
+        uint64_t real = now_realtime_usec();
+        uint64_t since = real > accepted_at ? real - accepted_at : 0;
+        uint64_t due = now_monotonic_usec() + FOLD_USEC - (since < FOLD_USEC ? since : FOLD_USEC);
+        struct owed_entry evicted;
+        int r = owed_add(d->owed, creation_id, source_task_id, accepted_at, due, &evicted);
+        if (r < 0) {
+                write_accepted(creation_id, source_task_id);
+                return;
+        }
+        if (r > 0)
+                write_owed_entry(&evicted);
+        if (!d->owed_armed)
+                arm_owed_timer(d);
+}
+
+void dispatcher_settle_accepted(struct dispatcher *d, const char *creation_id)
+{
+        struct owed_entry o;
+        if (owed_count(d->owed) > 0 && creation_id && owed_take(d->owed, creation_id, &o) > 0)
+                write_owed_entry(&o);
+}
+
+void dispatcher_write_owed(struct dispatcher *d)
+{
+        struct owed_entry o;
+        if (!d || !d->owed)
+                return;
+        while (owed_pop_due(d->owed, UINT64_MAX, &o) > 0)
+                write_owed_entry(&o);
+        arm_owed_timer(d);
+}
+
+void dispatcher_write_entry(struct dispatcher *d, const struct job_entry *e)
+{
+        struct owed_entry o;
+        if (!e->log)
+                return;
+        if (owed_count(d->owed) > 0 && e->ev.creation_id &&
+            owed_take(d->owed, e->ev.creation_id, &o) > 0) {
+                if (e->ev.job_state && strcmp(e->ev.job_state, "submitted") == 0 &&
+                    now_monotonic_usec() < o.due) {
+                        /* Answered within the second: one entry says both. */
+                        struct job_event ev = e->ev;
+                        ev.accepted_at = o.accepted_at;
+                        owed_entry_clear(&o);
+                        journal_job_internal(e->priority, __FILE__, e->code_line, e->code_func, &ev,
+                                             "%s", e->message);
+                        return;
+                }
+                write_owed_entry(&o);
+        }
+        journal_job_internal(e->priority, __FILE__, e->code_line, e->code_func, &e->ev, "%s",
+                             e->message);
 }
 
 static void call_done(const struct httpc_response *resp, void *userdata)
@@ -495,7 +611,7 @@ static void writer_done(void *userdata, int r)
         d->done_head = d->done_tail = NULL;
         while (done) {
                 struct call *next = done->next;
-                dispatcher_write_entry(&done->entry);
+                dispatcher_write_entry(d, &done->entry);
                 free(done);
                 done = next;
         }
@@ -652,6 +768,10 @@ static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now)
         int r;
         if (res->verdict == UPSTREAM_ACCEPTED && (r = apply_accepted(d, c, now)) != 0)
                 return r < 0 ? r : 0;
+        /* Anything but the common answer: its `accepted` entry first, before whatever this one
+         * logs (a protocol error, a pause), not folded. */
+        if (res->verdict != UPSTREAM_ACCEPTED)
+                dispatcher_settle_accepted(d, c->job.creation_id);
         struct job j;
         r = ledger_get(d->ledger, c->job.creation_id, &j);
         if (r <= 0)
@@ -875,12 +995,19 @@ int dispatcher_new(sd_event *event, struct ledger *ledger, struct txn *txn,
         if (r >= 0)
                 r = sd_event_add_time(event, &d->timer, CLOCK_REALTIME, UINT64_MAX, USEC_PER_MSEC,
                                       on_timer, d);
+        if (r >= 0)
+                r = owed_new(OWED_MAX, &d->owed);
+        if (r >= 0)
+                r = sd_event_add_time(event, &d->owed_timer, CLOCK_MONOTONIC, UINT64_MAX,
+                                      OWED_ACCURACY_USEC, on_owed_timer, d);
         if (r < 0) {
                 dispatcher_free(d);
                 return r;
         }
         sd_event_source_set_enabled(d->timer, SD_EVENT_OFF);
         sd_event_source_set_description(d->timer, "dispatch-timer");
+        sd_event_source_set_enabled(d->owed_timer, SD_EVENT_OFF);
+        sd_event_source_set_description(d->owed_timer, "owed-accepted-timer");
         txn_add_writer(txn, &d->writer);
         *ret = d;
         return 0;
@@ -890,6 +1017,11 @@ struct dispatcher *dispatcher_free(struct dispatcher *d)
 {
         if (!d)
                 return NULL;
+        /* Nothing owed is lost at a stop (the manager writes them before its last entry). */
+        if (d->owed) {
+                dispatcher_write_owed(d);
+                owed_free(d->owed);
+        }
         /* Requests still in flight are abandoned: their jobs stay `submitting` in the ledger and
          * follow retry.uncertain at the next start. Their call records die with the transfers. */
         httpc_free(d->httpc);
@@ -898,6 +1030,7 @@ struct dispatcher *dispatcher_free(struct dispatcher *d)
         txn_remove_writer(d->txn, &d->writer);
         sd_event_source_disable_unref(d->timer);
         sd_event_source_disable_unref(d->drain_timer);
+        sd_event_source_disable_unref(d->owed_timer);
         sd_event_unref(d->event);
         drop_auth(d);
         free(d);

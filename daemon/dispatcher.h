@@ -52,8 +52,20 @@ int dispatcher_control(struct dispatcher *d, struct dispatcher_control *ret);
 /* The last upstream error, for STATUS=; empty when none. */
 const char *dispatcher_last_error(const struct dispatcher *d);
 
+/* The `accepted` entry of a job the commit just recorded at accepted_at (realtime usec), written
+ * at once, or with log.fold_accepted owed: a `submitted` entry written within a second of
+ * acceptance carries ACCEPTED_AT instead; any other entry about the job first, the second
+ * running out (one timer for all) or a stop writes it, so it always comes before the job's
+ * other entries. */
+void dispatcher_accepted(struct dispatcher *d, const char *creation_id, const char *source_task_id,
+                         uint64_t accepted_at);
+/* Before an entry about creation_id that is written elsewhere: its owed `accepted` entry. */
+void dispatcher_settle_accepted(struct dispatcher *d, const char *creation_id);
+/* Writes every owed `accepted` entry (before a stop). */
+void dispatcher_write_owed(struct dispatcher *d);
+
 /* A journal entry about a job's transition, decided inside the transaction and written after its
- * commit (dispatcher_write_entry). */
+ * commit (dispatcher_write_entry: after the job's owed `accepted` entry, or folding it). */
 struct job_entry {
         bool log;
         int priority;
@@ -63,7 +75,7 @@ struct job_entry {
         char message[3072];
         struct job after;
 };
-void dispatcher_write_entry(const struct job_entry *e);
+void dispatcher_write_entry(struct dispatcher *d, const struct job_entry *e);
 
 /* How an upscale's outcome was learnt (vidu_upscaled_outcomes_total{via}). */
 enum outcome_via {

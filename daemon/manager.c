@@ -286,6 +286,9 @@ static void manager_free(struct manager *m)
         sd_event_source_disable_unref(m->purge_timer);
         sd_event_source_disable_unref(m->drain_timer);
         http_server_free(m->http);
+        /* Owed `accepted` entries (log.fold_accepted) leave with what waits for journald, on
+         * every way out. */
+        dispatcher_write_owed(m->dispatcher);
         journal_detach_event();
         webhook_free(m->webhook);
         dispatcher_free(m->dispatcher);
@@ -418,6 +421,8 @@ int manager_run(const char *config_path)
                 log_error("Event loop failed: %s", strerror(-r));
                 goto out;
         }
+        /* Before the last entry: the owed `accepted` entries of jobs whose second was not up. */
+        dispatcher_write_owed(m.dispatcher);
         log_info("Stopped");
         ret = 0;
 out:

@@ -18,10 +18,10 @@
 #define AUTH_LOG_INTERVAL_USEC (10 * USEC_PER_SEC)
 #define LEDGER_PROBE_USEC      (1 * USEC_PER_SEC)
 
-/* One list of the answer; a reason only for `rejected`. */
+/* One list of the answer; a reason only for `rejected`, the source task only for `accepted`. */
 struct id_list {
         struct id_entry {
-                const char *id, *reason;
+                const char *id, *reason, *task;
         } * v;
         size_t n, cap;
 };
@@ -34,7 +34,8 @@ struct staged {
         /* Decided inside the transaction, answered and logged after it. The ids point into the
          * notification, which lives as long as this. */
         struct id_list accepted, duplicate, ignored, rejected;
-        bool callback; /* sent to upstream.callback_url: every task in it is an upscale's */
+        uint64_t accepted_at; /* the transaction's time: the jobs' acceptance */
+        bool callback;        /* sent to upstream.callback_url: every task in it is an upscale's */
         struct job_entry **closed; /* jobs an outcome closed, journaled after the commit */
         size_t n_closed;
         struct job_event *events;
@@ -157,20 +158,22 @@ static void add_event_at(struct staged *s, int line, const char *func, int prior
 }
 
 /* Adds an id (and, for `rejected`, its reason) to one of the answer's lists; out of memory, the
- * answer says 503 instead (see answer()). */
-static void list_add(struct staged *s, struct id_list *l, const char *id, const char *reason)
+ * answer says 503 instead (see answer()). Returns the entry, or NULL. */
+static struct id_entry *list_add(struct staged *s, struct id_list *l, const char *id,
+                                 const char *reason)
 {
         if (l->n == l->cap) {
                 size_t cap = l->cap ? l->cap * 2 : 4;
                 struct id_entry *v = realloc(l->v, cap * sizeof(*v));
                 if (!v) {
                         s->out_of_memory = true;
-                        return;
+                        return NULL;
                 }
                 l->v = v;
                 l->cap = cap;
         }
-        l->v[l->n++] = (struct id_entry){.id = id ? id : "", .reason = reason ? reason : "invalid"};
+        l->v[l->n] = (struct id_entry){.id = id ? id : "", .reason = reason ? reason : "invalid"};
+        return &l->v[l->n++];
 }
 
 /* An upscale's outcome (a callback): closes the job it belongs to exactly as a poll's answer
@@ -313,19 +316,21 @@ static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
                         r = ledger_insert_job(w->ledger, cid, t->id, duration, t->payload, now);
                         if (r < 0)
                                 return r;
-                        struct job_event ev = {
-                            .message_id = r ? MSGID_ACCEPTED : MSGID_DUPLICATE,
-                            .creation_id = cid,
-                            .source_task_id = t->id,
-                            .job_state = r ? "accepted" : "duplicate",
-                        };
                         if (r) {
-                                list_add(s, &s->accepted, cid, NULL);
+                                /* Its entry is written (or owed) after the commit, from the
+                                 * list: dispatcher_accepted. */
+                                struct id_entry *e = list_add(s, &s->accepted, cid, NULL);
+                                if (e)
+                                        e->task = t->id;
+                                s->accepted_at = now;
                                 w->m->notifications[NOTE_ACCEPTED]++;
-                                add_event(s, LOG_INFO, &ev,
-                                          "Creation %s of task %s accepted for upscaling", cid,
-                                          t->id);
                         } else {
+                                struct job_event ev = {
+                                    .message_id = MSGID_DUPLICATE,
+                                    .creation_id = cid,
+                                    .source_task_id = t->id,
+                                    .job_state = "duplicate",
+                                };
                                 list_add(s, &s->duplicate, cid, NULL);
                                 w->m->notifications[NOTE_DUPLICATE]++;
                                 add_event(
@@ -502,11 +507,18 @@ static void writer_done(void *userdata, int r)
                         log_auth_failure(w, s->req,
                                          "x-request-nonce was used before (a replayed request)");
                 }
-                for (size_t i = 0; i < s->n_events; i++)
+                /* Accepted first: a creation listed twice in one notification is accepted, then
+                 * a duplicate. */
+                for (size_t i = 0; i < s->accepted.n; i++)
+                        dispatcher_accepted(w->dispatcher, s->accepted.v[i].id,
+                                            s->accepted.v[i].task, s->accepted_at);
+                for (size_t i = 0; i < s->n_events; i++) {
+                        dispatcher_settle_accepted(w->dispatcher, s->events[i].creation_id);
                         journal_job_internal(s->priorities[i], __FILE__, s->lines[i], s->funcs[i],
                                              &s->events[i], "%s", s->messages[i]);
+                }
                 for (size_t i = 0; i < s->n_closed; i++)
-                        dispatcher_write_entry(s->closed[i]);
+                        dispatcher_write_entry(w->dispatcher, s->closed[i]);
                 staged_free(s);
         }
         http_server_flush(server);

@@ -110,6 +110,33 @@ def journal_entries(**match):
     return entries
 
 
+def is_accepted_entry(entry):
+    """True for the entry that says a creation was accepted: its `accepted` entry, or the
+    `submitted` entry that folded it (log.fold_accepted: answered within a second of acceptance,
+    it carries ACCEPTED_AT instead)."""
+    state = entry.get("JOB_STATE")
+    return state == "accepted" or (state == "submitted" and "ACCEPTED_AT" in entry)
+
+
+def accepted_entries(**match):
+    """The journal entries matching that say a creation was accepted (is_accepted_entry)."""
+    return [e for e in journal_entries(**match) if is_accepted_entry(e)]
+
+
+def job_states(entries):
+    """The JOB_STATE of each entry in order, a folded `submitted` entry read as the two it stands
+    for (`accepted`, `submitted`): the same story whether or not the daemon folded."""
+    states = []
+    for e in entries:
+        state = e.get("JOB_STATE")
+        if not state:
+            continue
+        if state == "submitted" and "ACCEPTED_AT" in e:
+            states.append("accepted")
+        states.append(state)
+    return states
+
+
 def wait_journal(predicate, timeout=10):
     """predicate: a function returning the entries wanted (truthy when found), or a dict of
     fields to match."""

@@ -81,7 +81,7 @@ class Authentication(unittest.TestCase):
             status, _, raw = d.post(body=body, headers=sw_headers(WHSEC_NEW, msg, body))
             self.assertEqual(status, 200)
             self.assertTrue(json.loads(raw).get("replayed"))
-            self.assertEqual(len([e for e in harness.journal_entries(CREATION_ID=cid) if e.get("JOB_STATE") == "accepted"]), 1)
+            self.assertEqual(len(harness.accepted_entries(CREATION_ID=cid)), 1)
             # Wrong secret, tampered body, stale timestamp, missing headers.
             self.assertEqual(d.post(body=body, headers=sw_headers("whsec_" + base64.b64encode(b"x" * 24).decode(), "m2", body))[0], 401)
             self.assertEqual(d.post(body=body + b" ", headers=sw_headers(WHSEC_NEW, "m3", body))[0], 401)

@@ -166,8 +166,7 @@ class Select(unittest.TestCase):
             self.assertEqual(status, 202)
             self.assertEqual(body["ignored"], [ids[1]])
             self.assertEqual(body["accepted"], [c_ok])
-            harness.wait_journal(lambda: harness.journal_entries(CREATION_ID=c_ok, _PID=str(d.pid),
-                                                                 JOB_STATE="accepted"))
+            harness.wait_journal(lambda: harness.accepted_entries(CREATION_ID=c_ok, _PID=str(d.pid)))
             self.assertEqual(self.skipped_entries(d, SOURCE_TASK_ID=ids[1]), [])
 
     def test_rules_follow_a_reload(self):

@@ -355,24 +355,29 @@ class JournalStall(unittest.TestCase):
         fake.start()
         d = Daemon({"upstream": {"base_url": fake.url}}, fake=fake)
         d.start()
-        ids = new_creation_ids(600)
+        ids = new_creation_ids(601)
         try:
             os.kill(jpid, signal.SIGSTOP)
             try:
-                # 600 accepted entries and 600 submitted ones: far more than journald's socket
-                # queue holds (10 datagrams by default, 512 under systemd). Each answer would wait
-                # for journald if the daemon blocked on it.
-                for i in range(0, len(ids), 50):
+                # 600 submitted entries (and accepted ones unless folded into them, which leaves
+                # the entries to come as the submissions are answered): far more than journald's
+                # socket queue holds (10 datagrams by default, 512 under systemd). Each answer
+                # would wait for journald if the daemon blocked on it.
+                for i in range(0, 600, 50):
                     status, _, _ = d.post(body=make_task("95000000000%05d" % i, ids[i:i + 50]), timeout=5)
                     self.assertEqual(status, 202)
-                self.assertGreater(d.metrics_value("vidu_upscaled_journal_queue_bytes"), 0)
+                harness.poll(lambda: d.metrics_value("vidu_upscaled_journal_queue_bytes") > 0,
+                             timeout=30, what="entries waiting in the daemon's queue")
+                # And still answering while they wait.
+                status, _, _ = d.post(body=make_task("9500000000099999", ids[600:]), timeout=5)
+                self.assertEqual(status, 202)
             finally:
                 os.kill(jpid, signal.SIGCONT)
             # Nothing lost: every accepted entry reaches the journal.
             want = set(ids)
 
             def all_logged():
-                seen = {e.get("CREATION_ID") for e in harness.journal_entries(_PID=str(d.pid), JOB_STATE="accepted")}
+                seen = {e.get("CREATION_ID") for e in harness.accepted_entries(_PID=str(d.pid))}
                 return want <= seen
             harness.poll(all_logged, timeout=60, what="every accepted entry in the journal")
             harness.poll(lambda: d.metrics_value("vidu_upscaled_journal_queue_bytes") == 0,
