@@ -793,10 +793,11 @@ PURE_UPSTREAM = "timeout = 1h\npoll_interval = 1h"
 
 def journal_entries(pid):
     """The job entries (those with a CREATION_ID) the journal holds from process PID, by
-    MESSAGE_ID, or None when journalctl cannot tell."""
+    JOB_STATE ("submitted+accepted": a submitted entry that folded the job's accepted one,
+    log.fold_accepted), or None when journalctl cannot tell."""
     try:
         out = subprocess.run(["journalctl", "--no-pager", "-q", f"_PID={pid}", "-o", "json",
-                              "--output-fields=CREATION_ID,MESSAGE_ID,JOB_STATE"],
+                              "--output-fields=CREATION_ID,MESSAGE_ID,JOB_STATE,ACCEPTED_AT"],
                              capture_output=True, text=True, timeout=300).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -808,6 +809,8 @@ def journal_entries(pid):
             continue
         if "CREATION_ID" in e:
             k = e.get("JOB_STATE", "?")
+            if k == "submitted" and "ACCEPTED_AT" in e:
+                k = "submitted+accepted"
             by[k] = by.get(k, 0) + 1
     return by
 

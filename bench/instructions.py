@@ -7,7 +7,8 @@ valgrind's callgrind twice on a fresh ledger against the fake upstream: once wit
 once under a bounded wrk load (4 connections), then waits for the backlog to drain so every
 creation is accepted, submitted and logged. It prints (total - start-up) / jobs, the
 instructions one notification costs end to end: its parse, its commit share, its submission and
-the upstream's answer, its two journal entries.
+the upstream's answer, its journal entries (one when log.fold_accepted folds `accepted` into
+`submitted`, two otherwise).
 
 Usage: instructions.py BINARY [BINARY ...]   (after bench/run.sh's set-up; LOAD_S, default 8)
 KEEP=DIR keeps each callgrind profile in DIR (busy0.callgrind ...) for callgrind_annotate.
