@@ -178,11 +178,26 @@ static int on_owed_timer(sd_event_source *s, uint64_t usec, void *userdata)
         return 0;
 }
 
+/* Whether creation_id is among the jobs this turn marked `submitting` (at most one turn's slots:
+ * upstream.concurrency). */
+static bool marked_this_turn(const struct dispatcher *d, const char *creation_id)
+{
+        for (const struct call *c = d->turn_new; c; c = c->next)
+                if (!c->poll && strcmp(c->job.creation_id, creation_id) == 0)
+                        return true;
+        return false;
+}
+
 void dispatcher_accepted(struct dispatcher *d, const char *creation_id, const char *source_task_id,
                          uint64_t accepted_at)
 {
-        /* Owed only when it would be written at all. */
-        if (!d->cfg->fold_accepted || d->cfg->log_level < LOG_INFO) {
+        /* Owed only when it would be written at all, and only for a job marked `submitting` in
+         * the very commit that recorded it (this turn's calls, started right after the webhook's
+         * answers): any other is waiting for a slot, the budget or the end of a pause, and its
+         * answer is unlikely within the second, so owing it would only hold it in memory (pure
+         * ingestion, where every slot stays busy, would hold a second of acceptances). */
+        if (!d->cfg->fold_accepted || d->cfg->log_level < LOG_INFO ||
+            !marked_this_turn(d, creation_id)) {
                 write_accepted(creation_id, source_task_id);
                 return;
         }
