@@ -12,6 +12,8 @@ Standard library only. Environment:
   BENCH_PERF=0       skip the perf profiles
   BENCH_ONLY=pure    only pure durable ingestion beside nginx and the job's-life journal load
   BENCH_DRAIN_MAX=S  how long the dispatcher gets to submit a load's backlog (default 30, quick 10)
+  BENCH_DAEMON_CONF=TEXT  appended to every vidu-upscaled configuration the bench writes (\n for
+                     new lines), to measure a setting: '[log]\nfold_accepted = no'
 """
 
 import datetime
@@ -541,7 +543,9 @@ concurrency = {concurrency or P['upstream_concurrency']}
 [store]
 path = {ledger}
 synchronous = {synchronous}
-{extra_conf}""")
+{extra_conf}
+{os.environ.get("BENCH_DAEMON_CONF", "").replace(chr(92) + "n", chr(10))}
+""")
         self.log_path = os.path.join(self.dir, "daemon.log")
         self.p = None
 
