@@ -1038,7 +1038,8 @@ struct dispatcher *dispatcher_free(struct dispatcher *d)
                 owed_free(d->owed);
         }
         /* Requests still in flight are abandoned: their jobs stay `submitting` in the ledger and
-         * follow retry.uncertain at the next start. Their call records die with the transfers. */
+         * follow retry.uncertain at the next start. Their call records go with the transfers. */
+        httpc_abandon(d->httpc, free);
         httpc_free(d->httpc);
         free_calls(d->done_head);
         free_calls(d->turn_new);

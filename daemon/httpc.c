@@ -427,6 +427,16 @@ int httpc_new(sd_event *event, unsigned max_connections, struct httpc **ret)
         return 0;
 }
 
+void httpc_abandon(struct httpc *h, void (*release)(void *userdata))
+{
+        while (h && h->transfers) {
+                void *userdata = h->transfers->userdata;
+                transfer_free(h->transfers);
+                if (release)
+                        release(userdata);
+        }
+}
+
 struct httpc *httpc_free(struct httpc *h)
 {
         if (!h)

@@ -31,6 +31,9 @@ typedef void (*httpc_done_fn)(const struct httpc_response *resp, void *userdata)
 int httpc_new(sd_event *event, unsigned max_connections, struct httpc **ret);
 /* Aborts whatever is still in flight without calling its callbacks. */
 struct httpc *httpc_free(struct httpc *h);
+/* Aborts whatever is still in flight, handing each request's userdata to release (which frees
+ * what the caller allocated for it) instead of calling its callback. */
+void httpc_abandon(struct httpc *h, void (*release)(void *userdata));
 
 struct httpc_request {
         const char *method; /* "GET" or "POST" */
