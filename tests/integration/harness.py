@@ -99,6 +99,23 @@ def _normalise(entry):
     return out
 
 
+def journald_pid():
+    """The systemd-journald this process's entries go to: the one in our mount namespace (another
+    may run in a namespace of its own, as bench/soak.sh's does, with its own socket)."""
+    ours = os.readlink("/proc/self/ns/mnt")
+    pids = [int(p) for p in subprocess.check_output(["pidof", "systemd-journald"]).split()]
+    mine = []
+    for pid in pids:
+        try:
+            if os.readlink("/proc/%d/ns/mnt" % pid) == ours:
+                mine.append(pid)
+        except OSError:
+            pass
+    if len(mine) != 1:
+        raise AssertionError("expected one systemd-journald in this mount namespace, found %r" % mine)
+    return mine[0]
+
+
 def journal_entries(**match):
     args = ["journalctl", "-o", "json", "--no-pager", "-q"] + ["%s=%s" % (k, v) for k, v in match.items()]
     out = subprocess.run(args, capture_output=True, text=True).stdout

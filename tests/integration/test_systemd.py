@@ -350,7 +350,7 @@ class JournalStall(unittest.TestCase):
 
     def test_notifications_are_served_while_journald_is_stopped(self):
         harness.ensure_journald()
-        jpid = int(subprocess.check_output(["pidof", "-s", "systemd-journald"]).split()[0])
+        jpid = harness.journald_pid()
         fake = FakeUpstream(complete_after_ms=60000)
         fake.start()
         d = Daemon({"upstream": {"base_url": fake.url}}, fake=fake)
