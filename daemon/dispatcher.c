@@ -195,8 +195,9 @@ void dispatcher_accepted(struct dispatcher *d, const char *creation_id, const ch
          * the very commit that recorded it (this turn's calls, started right after the webhook's
          * answers): any other is waiting for a slot, the budget or the end of a pause, and its
          * answer is unlikely within the second, so owing it would only hold it in memory (pure
-         * ingestion, where every slot stays busy, would hold a second of acceptances). */
-        if (!d->cfg->fold_accepted || d->cfg->log_level < LOG_INFO ||
+         * ingestion, where every slot stays busy, would hold a second of acceptances). Without
+         * a dispatcher (PostgreSQL, for now), at once. */
+        if (!d || !d->cfg->fold_accepted || d->cfg->log_level < LOG_INFO ||
             !marked_this_turn(d, creation_id)) {
                 write_accepted(creation_id, source_task_id);
                 return;
@@ -220,7 +221,7 @@ void dispatcher_accepted(struct dispatcher *d, const char *creation_id, const ch
 void dispatcher_settle_accepted(struct dispatcher *d, const char *creation_id)
 {
         struct owed_entry o;
-        if (owed_count(d->owed) > 0 && creation_id && owed_take(d->owed, creation_id, &o) > 0)
+        if (d && owed_count(d->owed) > 0 && creation_id && owed_take(d->owed, creation_id, &o) > 0)
                 write_owed_entry(&o);
 }
 
@@ -1055,6 +1056,8 @@ struct dispatcher *dispatcher_free(struct dispatcher *d)
 
 void dispatcher_set_config(struct dispatcher *d, const struct config *cfg)
 {
+        if (!d)
+                return;
         d->cfg = cfg;
         drop_auth(d); /* the key or its word may have changed */
         dispatcher_kick(d);
@@ -1164,6 +1167,10 @@ static int on_drain_check(sd_event_source *s, void *userdata)
 void dispatcher_drain(struct dispatcher *d, uint64_t timeout_usec, dispatcher_idle_fn idle,
                       void *userdata)
 {
+        if (!d) {
+                idle(d, 0, userdata); /* nothing in flight */
+                return;
+        }
         d->draining = true;
         d->idle = idle;
         d->idle_userdata = userdata;
@@ -1195,6 +1202,8 @@ int dispatcher_control(struct dispatcher *d, struct dispatcher_control *ret)
 {
         struct dispatcher_control c = {0};
         struct budget_limits lim;
+        if (!d)
+                return -ENOENT;
         uint64_t now = now_realtime_usec();
         int r = control_operator_paused(d->ledger, &c.paused_since);
         if (r < 0)

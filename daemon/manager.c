@@ -1,5 +1,6 @@
 /* manager.c: the daemon's life: start in order (configuration, ledger, recovery, listener, READY),
- * serve, reload on SIGHUP, drain on SIGTERM. */
+ * serve, reload on SIGHUP, drain on SIGTERM. On PostgreSQL (behind VIDU_EXPERIMENTAL_PG_DAEMON
+ * for now) it also follows the database: connect, migrate, 503 while it is away. */
 #include "manager.h"
 
 #include <errno.h>
@@ -17,6 +18,8 @@
 #include "journal.h"
 #include "ledger.h"
 #include "metrics.h"
+#include "pgconn.h"
+#include "pgschema.h"
 #include "txn.h"
 #include "util.h"
 #include "webhook.h"
@@ -24,6 +27,12 @@
 #define STATUS_INTERVAL_USEC (2 * USEC_PER_SEC)
 #define PURGE_INTERVAL_USEC  (10 * 60 * USEC_PER_SEC)
 #define DRAIN_CHECK_USEC     (20 * USEC_PER_MSEC)
+/* PostgreSQL */
+#define PG_STATEMENT_TIMEOUT_USEC (5 * USEC_PER_SEC)
+#define PG_RECONNECT_MAX_USEC     (5 * USEC_PER_SEC)
+#define PG_MIGRATE_RETRY_USEC     (2 * USEC_PER_SEC)
+#define PG_PURGE_BATCH            1000
+#define PG_PURGE_BATCH_STR        "1000"
 
 struct manager {
         const char *config_path;
@@ -43,13 +52,57 @@ struct manager {
         bool dispatcher_idle;
         uint64_t drain_deadline;
         char last_status[512];
+        int exit_code;
+        /* PostgreSQL: pg carries the turns (txn) and the migration; house the counts and the
+         * purges, so that neither waits behind the other. */
+        struct pgconn *pg, *house;
+        bool pg_available; /* connected and the schema migrated: notifications taken */
+        bool pg_migrated;  /* once: house may query the tables */
+        bool pg_said_down; /* the outage was logged */
+        bool purge_wanted; /* expired replay keys remain to purge */
+        bool counts_ok;
+        uint64_t counts[_JOB_STATE_MAX];
+        sd_event_source *migrate_timer;
 };
+
+static void house_next(struct manager *m, bool count);
+
+/* The jobs per state: the ledger's, or on PostgreSQL the last the housekeeping read. */
+static int count_states(struct manager *m, uint64_t counts[_JOB_STATE_MAX])
+{
+        if (!m->ledger) {
+                memcpy(counts, m->counts, sizeof(m->counts));
+                return m->counts_ok ? 0 : -ENODATA;
+        }
+        return ledger_count_states(m->ledger, counts);
+}
 
 static void update_status(struct manager *m)
 {
-        uint64_t counts[_JOB_STATE_MAX];
+        uint64_t counts[_JOB_STATE_MAX] = {0};
         char status[512];
-        if (ledger_count_states(m->ledger, counts) < 0)
+        if (m->pg && !m->pg_available) {
+                const char *err = pgconn_errmsg(m->pg);
+                if (m->pg_said_down)
+                        snprintf(status, sizeof(status),
+                                 "Ledger database unreachable, notifications answered 503; "
+                                 "reconnecting%s%s",
+                                 isempty(err) ? "" : ": ", isempty(err) ? "" : err);
+                else
+                        snprintf(status, sizeof(status),
+                                 "Connecting to the ledger database; notifications answered 503 "
+                                 "until it answers");
+                /* libpq's messages end with a newline; STATUS= is one line. */
+                for (char *c = status; *c; c++)
+                        if (*c == '\n')
+                                *c = ' ';
+                if (strcmp(status, m->last_status) != 0) {
+                        sd_notifyf(0, "STATUS=%s", status);
+                        snprintf(m->last_status, sizeof(m->last_status), "%s", status);
+                }
+                return;
+        }
+        if (count_states(m, counts) < 0 && m->ledger)
                 return;
         const char *err = dispatcher_last_error(m->dispatcher);
         struct dispatcher_control ctl = {0};
@@ -84,6 +137,7 @@ static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata)
 {
         struct manager *m = userdata;
         update_status(m);
+        house_next(m, true); /* PostgreSQL: the counts, for the next */
         /* Operators change jobs from outside (vidu-upscaled jobs retry): look for them. */
         dispatcher_kick(m->dispatcher);
         events_kick(m->events); /* and events (vidu-upscaled events retry, jobs abandon) */
@@ -95,6 +149,12 @@ static int on_purge_timer(sd_event_source *s, uint64_t usec, void *userdata)
 {
         struct manager *m = userdata;
         uint64_t now = now_realtime_usec();
+        if (m->pg) {
+                m->purge_wanted = true;
+                house_next(m, false);
+                sd_event_source_set_time(s, usec + PURGE_INTERVAL_USEC);
+                return 0;
+        }
         if (ledger_purge_replay(m->ledger, now) < 0)
                 log_warning("Cannot purge expired replay memory: %s", ledger_errmsg(m->ledger));
         /* The budget's windows reach back a day; a second day is kept for whoever looks. */
@@ -114,7 +174,7 @@ static void on_metrics(FILE *f, void *userdata)
 {
         struct manager *m = userdata;
         uint64_t counts[_JOB_STATE_MAX];
-        if (ledger_count_states(m->ledger, counts) >= 0) {
+        if (count_states(m, counts) >= 0) {
                 memcpy(m->metrics.jobs_by_state, counts, sizeof(counts));
                 m->metrics.backlog =
                     counts[JOB_PENDING] + counts[JOB_WAITING] + counts[JOB_SUBMITTING];
@@ -123,7 +183,7 @@ static void on_metrics(FILE *f, void *userdata)
         struct dispatcher_control ctl;
         (void)dispatcher_control(m->dispatcher, &ctl); /* refreshes the switches' gauges */
         uint64_t backlog;
-        if (ledger_events_backlog(m->ledger, &backlog) >= 0)
+        if (m->ledger && ledger_events_backlog(m->ledger, &backlog) >= 0)
                 m->metrics.events_backlog = backlog;
         metrics_render(&m->metrics, f);
 }
@@ -181,6 +241,14 @@ static void keep_fixed_settings(struct config *old, struct config *new)
         KEEP_NUM(max_per_ip, "server.max_per_ip");
         KEEP_NUM(idle_timeout, "server.idle_timeout");
         KEEP_NUM(max_header, "server.max_header");
+        if (!streq_null(old->store_url, new->store_url)) {
+                /* Never printed: it may hold a password. */
+                log_warning("Reload: store.url cannot change while running (kept); restart to "
+                            "apply");
+                char *tmp = new->store_url;
+                new->store_url = old->store_url;
+                old->store_url = tmp;
+        }
 #undef KEEP_STR
 #undef KEEP_NUM
 }
@@ -207,7 +275,8 @@ static void reload(struct manager *m)
                 http_server_set_config(m->http, cfg);
                 webhook_set_config(m->webhook, cfg);
                 dispatcher_set_config(m->dispatcher, cfg);
-                events_set_config(m->events, cfg);
+                if (m->events)
+                        events_set_config(m->events, cfg);
                 journal_set_level(cfg->log_level);
                 config_free(old);
                 log_full(LOG_NOTICE, MSGID_RELOADED,
@@ -280,12 +349,182 @@ static int on_sigterm(sd_event_source *s, const struct signalfd_siginfo *si, voi
         return 0;
 }
 
+/* PostgreSQL: the housekeeping connection's answers. */
+static void on_counted(struct pgconn *c, const struct pgconn_result *res, void *userdata)
+{
+        struct manager *m = userdata;
+        const PGresult *r = res->n > 0 ? res->results[0] : NULL;
+        if (res->error >= 0 && r && PQresultStatus(r) == PGRES_TUPLES_OK && PQnfields(r) == 2) {
+                memset(m->counts, 0, sizeof(m->counts));
+                for (int i = 0; i < PQntuples(r); i++) {
+                        int st = job_state_from_string(PQgetvalue(r, i, 0));
+                        if (st >= 0)
+                                m->counts[st] = strtoull(PQgetvalue(r, i, 1), NULL, 10);
+                }
+                m->counts_ok = true;
+        }
+        house_next(m, false);
+}
+
+static void on_purged(struct pgconn *c, const struct pgconn_result *res, void *userdata)
+{
+        struct manager *m = userdata;
+        const PGresult *r = res->n > 0 ? res->results[0] : NULL;
+        if (res->error < 0) {
+                log_warning("Cannot purge expired replay memory: %s", res->message);
+                m->purge_wanted = false; /* the next purge timer tries again */
+        } else
+                /* A full batch: more may remain, purged by the next (a batch of its own, so no
+                 * statement holds many locks). */
+                m->purge_wanted = r && strcmp(PQcmdTuples((PGresult *)r), PG_PURGE_BATCH_STR) == 0;
+        house_next(m, false);
+}
+
+/* Sends the housekeeping's next statement when its connection is free: the purge while one
+ * is wanted, else the counts when asked (the status timer; skipped while busy). */
+static void house_next(struct manager *m, bool count)
+{
+        static const char *const purge_params[] = {PG_PURGE_BATCH_STR};
+        static const struct pgconn_stmt purge = {
+            .sql = PGSCHEMA_PURGE_REPLAY, .n_params = 1, .params = purge_params};
+        static const struct pgconn_stmt count_stmt = {
+            .sql = "SELECT state, count(*) FROM jobs GROUP BY state"};
+        if (!m->house || !m->pg_migrated || !pgconn_is_connected(m->house) || pgconn_busy(m->house))
+                return;
+        if (m->purge_wanted) {
+                (void)pgconn_send(m->house, &purge, 1, on_purged, m);
+                return;
+        }
+        if (count)
+                (void)pgconn_send(m->house, &count_stmt, 1, on_counted, m);
+}
+
+static void pg_set_available(struct manager *m, bool available)
+{
+        m->pg_available = available;
+        txn_set_available(m->txn, available);
+        webhook_set_available(m->webhook, available);
+        update_status(m);
+}
+
+static int try_migrate(struct manager *m);
+
+static void on_migrated(int r, int from_version, const char *error, void *userdata)
+{
+        struct manager *m = userdata;
+        if (r == -EPROTONOSUPPORT) {
+                log_full(LOG_ERR, MSGID_LEDGER_ERROR, "%s", error ? error : "schema too new");
+                sd_notifyf(0, "STATUS=%s\nERRNO=%d", error ? error : "schema too new",
+                           EPROTONOSUPPORT);
+                m->exit_code = EXIT_CONFIG;
+                sd_event_exit(m->event, 0);
+                return;
+        }
+        if (r < 0) {
+                /* A lost connection reconnects and migrates again; on a live one, try later. */
+                log_warning("Cannot migrate the ledger's schema: %s", error ? error : strerror(-r));
+                if (pgconn_is_connected(m->pg))
+                        event_timer_in(m->migrate_timer, PG_MIGRATE_RETRY_USEC);
+                return;
+        }
+        if (from_version != PGSCHEMA_VERSION)
+                log_full(LOG_NOTICE, MSGID_LEDGER_ERROR,
+                         "Ledger schema migrated from version %d to %d", from_version,
+                         PGSCHEMA_VERSION);
+        log_full(LOG_NOTICE, MSGID_LEDGER_ERROR,
+                 "Ledger database reachable (schema version %d); notifications are accepted",
+                 PGSCHEMA_VERSION);
+        m->pg_said_down = false;
+        m->pg_migrated = true;
+        pg_set_available(m, true);
+        house_next(m, true);
+}
+
+static int try_migrate(struct manager *m)
+{
+        if (!pgconn_is_connected(m->pg) || pgconn_busy(m->pg) || txn_busy(m->txn))
+                return -EBUSY;
+        return pgschema_migrate(m->pg, on_migrated, m);
+}
+
+static int on_migrate_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        struct manager *m = userdata;
+        if (!m->pg_available && try_migrate(m) < 0 && pgconn_is_connected(m->pg))
+                event_timer_in(m->migrate_timer, PG_MIGRATE_RETRY_USEC);
+        return 0;
+}
+
+static void on_pg_state(struct pgconn *c, enum pgconn_event ev, void *userdata)
+{
+        struct manager *m = userdata;
+        if (ev == PGCONN_CONNECTED) {
+                /* Each connection checks the schema first (cheap once it is current): the
+                 * database may have been recreated meanwhile. */
+                if (try_migrate(m) < 0)
+                        event_timer_in(m->migrate_timer, PG_MIGRATE_RETRY_USEC);
+                return;
+        }
+        if (!m->pg_said_down) {
+                m->pg_said_down = true;
+                log_full(LOG_ERR, MSGID_LEDGER_ERROR,
+                         "%s the ledger's database (%s); answering 503 to notifications and "
+                         "reconnecting",
+                         ev == PGCONN_LOST ? "Lost the connection to" : "Cannot connect to",
+                         isempty(pgconn_errmsg(c)) ? "connection failed" : pgconn_errmsg(c));
+        }
+        pg_set_available(m, false);
+}
+
+static void on_house_state(struct pgconn *c, enum pgconn_event ev, void *userdata)
+{
+        if (ev == PGCONN_CONNECTED)
+                house_next(userdata, true);
+}
+
+/* PostgreSQL: the two connections, the turns on the first, the webhook on them; no dispatcher
+ * and no event deliveries yet (jobs stay pending: README, Shared ledger on PostgreSQL). */
+static int setup_pg(struct manager *m)
+{
+        struct pgconn_options o = {
+            .conninfo = m->cfg->store_url,
+            .password = m->cfg->store_password.value,
+            .statement_timeout_usec = PG_STATEMENT_TIMEOUT_USEC,
+            .reconnect_max_usec = PG_RECONNECT_MAX_USEC,
+        };
+        int r = pgconn_new(m->event, &o, on_pg_state, m, &m->pg);
+        if (r >= 0) {
+                o.statement_timeout_usec = 30 * USEC_PER_SEC;
+                r = pgconn_new(m->event, &o, on_house_state, m, &m->house);
+        }
+        if (r >= 0)
+                r = txn_new_pg(m->event, m->pg, &m->metrics, &m->txn);
+        if (r >= 0)
+                r = webhook_new_pg(m->event, m->txn, m->cfg, &m->metrics, &m->webhook);
+        if (r >= 0)
+                r = sd_event_add_time(m->event, &m->migrate_timer, CLOCK_MONOTONIC, UINT64_MAX, 0,
+                                      on_migrate_timer, m);
+        if (r >= 0)
+                sd_event_source_set_enabled(m->migrate_timer, SD_EVENT_OFF);
+        return r;
+}
+
+static bool pg_daemon_enabled(void)
+{
+        const char *e = getenv("VIDU_EXPERIMENTAL_PG_DAEMON");
+        return e && strcmp(e, "1") == 0;
+}
+
 static void manager_free(struct manager *m)
 {
         sd_event_source_disable_unref(m->status_timer);
         sd_event_source_disable_unref(m->purge_timer);
         sd_event_source_disable_unref(m->drain_timer);
         http_server_free(m->http);
+        /* A batch in flight is abandoned with it (the requests it held went with the server). */
+        pgconn_free(m->pg);
+        pgconn_free(m->house);
+        sd_event_source_disable_unref(m->migrate_timer);
         /* Owed `accepted` entries (log.fold_accepted) leave with what waits for journald, on
          * every way out. */
         dispatcher_write_owed(m->dispatcher);
@@ -323,12 +562,13 @@ int manager_run(const char *config_path)
                 return EXIT_CONFIG;
         }
         journal_setup(m.cfg->log_level);
-        if (m.cfg->store_backend != STORE_BACKEND_SQLITE) {
+        if (m.cfg->store_backend != STORE_BACKEND_SQLITE && !pg_daemon_enabled()) {
                 /* The schema and `jobs` work on PostgreSQL; the daemon's intake and dispatcher do
                  * not yet. Refused whole rather than half-working (README: Shared ledger). */
                 static const char msg[] =
                     "store.backend = postgresql is not wired into the daemon yet: the schema and "
-                    "`vidu-upscaled jobs ...` work on it, serving does not. Use store.backend = "
+                    "`vidu-upscaled jobs ...` work on it, serving does not (an experimental "
+                    "intake is behind VIDU_EXPERIMENTAL_PG_DAEMON=1). Use store.backend = "
                     "sqlite (the default)";
                 fprintf(stderr, "%s\n", msg);
                 if (!journal_to_stderr())
@@ -357,6 +597,14 @@ int manager_run(const char *config_path)
         if (r < 0) {
                 log_error("Cannot watch the journal socket: %s", strerror(-r));
                 goto out;
+        }
+        if (m.cfg->store_backend != STORE_BACKEND_SQLITE) {
+                r = setup_pg(&m);
+                if (r < 0) {
+                        log_error("Cannot set up: %s", strerror(-r));
+                        goto out;
+                }
+                goto serve;
         }
         struct ledger_options lo = {
             .synchronous_full = m.cfg->synchronous_full,
@@ -390,6 +638,7 @@ int manager_run(const char *config_path)
                          ledger_errmsg(m.ledger));
                 goto out;
         }
+serve:
         r = http_server_new(m.event, m.cfg, &handlers, &m, &m.http);
         if (r < 0) {
                 log_error("Cannot start the HTTP server: %s", strerror(-r));
@@ -410,8 +659,9 @@ int manager_run(const char *config_path)
 
         log_full(LOG_INFO, MSGID_STARTED,
                  "vidu-upscaled %s listening on %s%s, ledger %s, upstream %s (%s)", VIDU_VERSION,
-                 http_server_description(m.http), m.cfg->webhook_path, m.cfg->store_path,
-                 m.cfg->base_url, upstream_flavor_to_string(m.cfg->flavor));
+                 http_server_description(m.http), m.cfg->webhook_path,
+                 m.ledger ? m.cfg->store_path : "on PostgreSQL (store.url)", m.cfg->base_url,
+                 upstream_flavor_to_string(m.cfg->flavor));
         sd_notify(0, "READY=1");
         update_status(&m);
         dispatcher_kick(m.dispatcher);
@@ -424,7 +674,7 @@ int manager_run(const char *config_path)
         /* Before the last entry: the owed `accepted` entries of jobs whose second was not up. */
         dispatcher_write_owed(m.dispatcher);
         log_info("Stopped");
-        ret = 0;
+        ret = m.exit_code;
 out:
         manager_free(&m);
         return ret;

@@ -1,6 +1,7 @@
 /* txn.c: the shared group commit: writers ask for a turn; a low-priority defer source runs once
  * every ready socket and timer of this loop iteration has been handled, applies every writer that
- * asked, in order, inside one transaction, commits, then tells each writer how it went. */
+ * asked, in order, inside one transaction, commits, then tells each writer how it went. On
+ * PostgreSQL the turn is one pipelined batch and the writers hear of it when its answer comes. */
 #include "txn.h"
 
 #include <errno.h>
@@ -14,17 +15,159 @@
  * upstream calls at most upstream.concurrency. */
 #define TXN_PRIORITY (SD_EVENT_PRIORITY_NORMAL + 10)
 
+struct txn_batch {
+        struct pgconn_stmt *v;
+        size_t n, cap;
+};
+
 struct txn {
         sd_event *event;
         struct ledger *ledger;
         struct metrics *m;
         sd_event_source *defer;
         struct txn_writer *writers;
+        /* PostgreSQL */
+        struct pgconn *pg;
+        bool available;
+        bool in_flight;    /* a turn's batch */
+        bool rolling_back; /* the ROLLBACK after a failed batch */
+        uint64_t sent_at;
+        struct txn_batch batch;
 };
+
+int txn_batch_add(struct txn_batch *b, const char *sql, int n_params, const char *const *params)
+{
+        if (b->n == b->cap) {
+                size_t cap = b->cap ? b->cap * 2 : 8;
+                struct pgconn_stmt *v = realloc(b->v, cap * sizeof(*v));
+                if (!v)
+                        return -ENOMEM;
+                b->v = v;
+                b->cap = cap;
+        }
+        b->v[b->n++] = (struct pgconn_stmt){.sql = sql, .n_params = n_params, .params = params};
+        return 0;
+}
+
+static bool any_wanted(const struct txn *t)
+{
+        for (const struct txn_writer *w = t->writers; w; w = w->next)
+                if (w->wanted)
+                        return true;
+        return false;
+}
+
+/* Tells every writer of the turn how it ended. */
+static void tell_writers(struct txn *t, int r)
+{
+        for (struct txn_writer *w = t->writers; w; w = w->next)
+                if (w->in_turn) {
+                        w->in_turn = false;
+                        w->done(w->userdata, r < 0 ? r : w->result);
+                }
+}
+
+static void on_rolled_back(struct pgconn *c, const struct pgconn_result *res, void *userdata)
+{
+        struct txn *t = userdata;
+        t->rolling_back = false;
+        if (any_wanted(t))
+                sd_event_source_set_enabled(t->defer, SD_EVENT_ONESHOT);
+}
+
+static void on_batch(struct pgconn *c, const struct pgconn_result *res, void *userdata)
+{
+        struct txn *t = userdata;
+        int r = res->error;
+        t->in_flight = false;
+        if (r < 0) {
+                /* An unknown outcome is a failure for the writers too: their senders retry and
+                 * the unique keys answer the retry if the commit had landed. */
+                t->m->ledger_commit_errors++;
+                if (r == -EEXIST)
+                        r = -EIO; /* a constraint the statements do not expect */
+        } else
+                metrics_observe(&t->m->commit_seconds,
+                                (double)(now_monotonic_usec() - t->sent_at) / 1e6);
+        if (r >= 0)
+                for (struct txn_writer *w = t->writers; w; w = w->next)
+                        if (w->in_turn && w->result >= 0 && w->read && w->n_stmts > 0 &&
+                            w->first + w->n_stmts <= res->n) {
+                                int e = w->read(w->userdata, res->results + w->first, w->n_stmts);
+                                if (e < 0)
+                                        w->result = e;
+                        }
+        /* A failed statement leaves the explicit transaction open and aborted on a live
+         * connection: it is ended before the next turn. */
+        if (r < 0 && !res->unknown_outcome && pgconn_is_connected(c)) {
+                static const struct pgconn_stmt rollback = {.sql = "ROLLBACK"};
+                if (pgconn_send(c, &rollback, 1, on_rolled_back, t) >= 0)
+                        t->rolling_back = true;
+        }
+        tell_writers(t, r);
+        if (!t->rolling_back && any_wanted(t))
+                sd_event_source_set_enabled(t->defer, SD_EVENT_ONESHOT);
+}
+
+static int on_turn_pg(struct txn *t)
+{
+        static const struct pgconn_stmt begin = {.sql = "BEGIN"}, commit = {.sql = "COMMIT"};
+        uint64_t now = now_realtime_usec();
+        /* One batch at a time: what is wanted meanwhile goes in the next, sent from on_batch. */
+        if (t->in_flight || t->rolling_back)
+                return 0;
+        bool ready = t->available && pgconn_is_connected(t->pg) && !pgconn_busy(t->pg);
+        struct txn_batch *b = &t->batch;
+        b->n = 0;
+        bool any = false;
+        for (struct txn_writer *w = t->writers; w; w = w->next) {
+                if (!w->wanted)
+                        continue;
+                w->wanted = false;
+                w->in_turn = true;
+                w->n_stmts = 0;
+                w->result = ready ? 0 : -ENOTCONN;
+                if (!ready)
+                        continue;
+                if (!any && txn_batch_add(b, begin.sql, 0, NULL) < 0) {
+                        w->result = -ENOMEM;
+                        continue;
+                }
+                any = true;
+                w->first = b->n;
+                int e = w->stage ? w->stage(w->userdata, b, now) : -EOPNOTSUPP;
+                if (e < 0) {
+                        w->result = e;
+                        b->n = w->first; /* left out whole */
+                } else
+                        w->n_stmts = b->n - w->first;
+        }
+        int r = 0;
+        if (b->n <= 1)
+                r = 1; /* nothing to send: no writer staged a statement */
+        else
+                r = txn_batch_add(b, commit.sql, 0, NULL);
+        if (r == 0)
+                r = pgconn_send(t->pg, b->v, b->n, on_batch, t);
+        if (r < 0) {
+                t->m->ledger_commit_errors++;
+                tell_writers(t, r);
+                return 0;
+        }
+        if (r > 0) {
+                tell_writers(t, 0);
+                return 0;
+        }
+        t->in_flight = true;
+        t->sent_at = now_monotonic_usec();
+        return 0;
+}
 
 static int on_turn(sd_event_source *src, void *userdata)
 {
         struct txn *t = userdata;
+        if (t->pg)
+                return on_turn_pg(t);
         uint64_t now = now_realtime_usec();
         uint64_t t0 = now_monotonic_usec();
         bool any = false;
@@ -104,11 +247,48 @@ int txn_new(sd_event *event, struct ledger *ledger, struct metrics *metrics, str
         return 0;
 }
 
+int txn_new_pg(sd_event *event, struct pgconn *conn, struct metrics *metrics, struct txn **ret)
+{
+        struct txn *t = calloc(1, sizeof(*t));
+        if (!t)
+                return -ENOMEM;
+        t->event = sd_event_ref(event);
+        t->pg = conn;
+        t->m = metrics;
+        int r = sd_event_add_defer(event, &t->defer, on_turn, t);
+        if (r < 0) {
+                txn_free(t);
+                return r;
+        }
+        sd_event_source_set_priority(t->defer, TXN_PRIORITY);
+        sd_event_source_set_enabled(t->defer, SD_EVENT_OFF);
+        sd_event_source_set_description(t->defer, "ledger-commit");
+        *ret = t;
+        return 0;
+}
+
+void txn_set_available(struct txn *t, bool available)
+{
+        if (!t)
+                return;
+        t->available = available;
+        /* Writers that wanted a turn meanwhile hear how it stands. */
+        if (any_wanted(t))
+                sd_event_source_set_enabled(t->defer, SD_EVENT_ONESHOT);
+}
+
+bool txn_busy(const struct txn *t)
+{
+        return t && (t->in_flight || t->rolling_back);
+}
+
 struct txn *txn_free(struct txn *t)
 {
         if (!t)
                 return NULL;
-        walvfs_observe_syncs(NULL, NULL);
+        if (!t->pg)
+                walvfs_observe_syncs(NULL, NULL);
+        free(t->batch.v);
         sd_event_source_disable_unref(t->defer);
         sd_event_unref(t->event);
         free(t);

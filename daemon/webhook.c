@@ -1,6 +1,7 @@
 /* webhook.c: the notification endpoint: requests stage their rows and suspend; the loop's shared
  * transaction (txn.c) makes them all durable in one commit; then each gets its answer (redis's
- * beforeSleep order: write, then reply). */
+ * beforeSleep order: write, then reply). On PostgreSQL a turn's notifications are one intake
+ * statement (PGSCHEMA_INTAKE) in the turn's batch, and are decided from its answer. */
 #include "webhook.h"
 
 #include <errno.h>
@@ -11,6 +12,7 @@
 #include "journal.h"
 #include "jsonw.h"
 #include "notification.h"
+#include "pgschema.h"
 #include "txn.h"
 #include "upstream.h"
 #include "util.h"
@@ -47,9 +49,27 @@ struct staged {
         size_t n_events, cap_events;
         bool replayed;
         bool replayed_nonce;
+        bool replay_repeat; /* PostgreSQL: its replay key came earlier in the same turn */
         bool out_of_memory; /* an id could not be listed: the answer cannot say what was done */
         unsigned status;
         struct staged *next;
+};
+
+/* PostgreSQL: a key or creation id the turn's intake answered as new, taken by the first
+ * notification of the turn that asks for it (the later ones find it a replay or a duplicate, as
+ * on SQLite). Points into the batch's result, valid while the writer reads it. */
+struct fresh {
+        const char *id;
+        bool taken;
+};
+
+struct intake {
+        /* What the statement was given; kept until the turn's end. */
+        char *keys, *until, *ids, *sources, *durations, *payloads, *id_keys;
+        const char *params[7];
+        /* What it answered, sorted. */
+        struct fresh *fresh_keys, *fresh_jobs;
+        size_t n_fresh_keys, n_fresh_jobs;
 };
 
 struct webhook {
@@ -63,6 +83,12 @@ struct webhook {
         sd_event_source *probe_timer;
         struct staged *head, *tail; /* recorded by the next turn */
         size_t n_staged;
+        /* PostgreSQL: the batch in flight holds these; its answer decides them. */
+        bool pg;
+        struct staged *flight;
+        size_t n_flight;
+        struct intake intake;
+        bool turn_failed; /* the last turn failed: logged once until one succeeds */
         bool ledger_ok;
         uint64_t auth_log_last;
         uint64_t auth_suppressed;
@@ -176,6 +202,77 @@ static struct id_entry *list_add(struct staged *s, struct id_list *l, const char
         return &l->v[l->n++];
 }
 
+static void intake_clear(struct intake *in)
+{
+        free(in->keys);
+        free(in->until);
+        free(in->ids);
+        free(in->sources);
+        free(in->durations);
+        free(in->payloads);
+        free(in->id_keys);
+        free(in->fresh_keys);
+        free(in->fresh_jobs);
+        *in = (struct intake){0};
+}
+
+static int fresh_cmp(const void *a, const void *b)
+{
+        return strcmp(((const struct fresh *)a)->id, ((const struct fresh *)b)->id);
+}
+
+/* Takes id from the turn's answer: 1 if it was new and nobody earlier in the turn took it. */
+static int fresh_take(struct fresh *v, size_t n, const char *id)
+{
+        struct fresh key = {.id = id};
+        struct fresh *f = n ? bsearch(&key, v, n, sizeof(*v), fresh_cmp) : NULL;
+        if (!f || f->taken)
+                return 0;
+        f->taken = true;
+        return 1;
+}
+
+/* The replay memory: 1 if the key is new (now remembered), 0 if seen before, <0 on errors. */
+static int replay_remember(struct webhook *w, struct staged *s, uint64_t now)
+{
+        if (!w->pg)
+                return ledger_replay_remember(w->ledger, s->replay_key, s->replay_until, now);
+        if (s->replay_repeat)
+                return 0;
+        return fresh_take(w->intake.fresh_keys, w->intake.n_fresh_keys, s->replay_key);
+}
+
+/* 1 and *ret if an upscale task of this daemon's, 0 if not, <0 on errors. On PostgreSQL no
+ * upscale is submitted yet (the dispatcher does not run there): none is. */
+static int get_by_upscale(struct webhook *w, const char *task_id, struct job *ret)
+{
+        if (w->pg)
+                return 0;
+        return ledger_get_by_upscale(w->ledger, task_id, ret);
+}
+
+/* 1 if the job is new (recorded now), 0 if its creation id was known, <0 on errors. */
+static int insert_job(struct webhook *w, const char *cid, const struct note_task *t,
+                      unsigned duration, uint64_t now)
+{
+        if (!w->pg)
+                return ledger_insert_job(w->ledger, cid, t->id, duration, t->payload, now);
+        return fresh_take(w->intake.fresh_jobs, w->intake.n_fresh_jobs, cid);
+}
+
+/* Whether a task's creations become jobs (when not an upscale of ours), as stage_apply decides. */
+static bool wants_jobs(const struct staged *s, const struct note_task *t)
+{
+        return t->id && !t->is_upscale && !s->callback && note_task_succeeded(t) && !t->skip_reason;
+}
+
+static unsigned job_duration(const struct webhook *w, const struct note_task *t)
+{
+        if (!w->cfg->duration_source)
+                return (unsigned)w->cfg->duration;
+        return t->source_duration ? t->source_duration : UPSCALE_DURATION_FALLBACK;
+}
+
 /* An upscale's outcome (a callback): closes the job it belongs to exactly as a poll's answer
  * would (dispatcher_close_job); a task still running changes nothing. Returns <0 only on ledger
  * errors or when out of memory. */
@@ -214,7 +311,7 @@ static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
 {
         int r;
         if (s->replay_key) {
-                r = ledger_replay_remember(w->ledger, s->replay_key, s->replay_until, now);
+                r = replay_remember(w, s, now);
                 if (r < 0)
                         return r;
                 if (r == 0) {
@@ -238,7 +335,7 @@ static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
                         w->m->notifications[NOTE_REJECTED_ID]++;
                 }
                 struct job j;
-                r = ledger_get_by_upscale(w->ledger, t->id, &j);
+                r = get_by_upscale(w, t->id, &j);
                 if (r < 0)
                         return r;
                 if (r > 0) {
@@ -307,13 +404,10 @@ static int stage_apply(struct webhook *w, struct staged *s, uint64_t now)
                                   "one naming their creation instead",
                                   t->id, t->payload_error);
                 }
-                unsigned duration =
-                    w->cfg->duration_source
-                        ? (t->source_duration ? t->source_duration : UPSCALE_DURATION_FALLBACK)
-                        : (unsigned)w->cfg->duration;
+                unsigned duration = job_duration(w, t);
                 for (size_t k = 0; k < t->n_creations; k++) {
                         const char *cid = t->creation_ids[k];
-                        r = ledger_insert_job(w->ledger, cid, t->id, duration, t->payload, now);
+                        r = insert_job(w, cid, t, duration, now);
                         if (r < 0)
                                 return r;
                         if (r) {
@@ -451,6 +545,20 @@ static void ledger_failed(struct webhook *w, int r, size_t n)
         event_timer_in(w->probe_timer, LEDGER_PROBE_USEC);
 }
 
+/* PostgreSQL: whether the database takes notifications follows the connection (the manager's
+ * webhook_set_available); a turn that failed on a live one is logged, once until one succeeds. */
+static void pg_turn_failed(struct webhook *w, int r, size_t n)
+{
+        if (w->turn_failed || r == -ENOTCONN)
+                return;
+        w->turn_failed = true;
+        log_full(LOG_ERR, MSGID_LEDGER_ERROR,
+                 "Ledger commit failed (%s%s); answered 503 to %zu request(s)", strerror(-r),
+                 r == -ECONNRESET ? ", the outcome unknown if the connection went during COMMIT"
+                                  : "",
+                 n);
+}
+
 static void log_auth_failure(struct webhook *w, struct http_request *req, const char *reason);
 
 static int writer_apply(void *userdata, uint64_t now)
@@ -473,19 +581,141 @@ static int writer_apply(void *userdata, uint64_t now)
         return 0;
 }
 
+/* PostgreSQL: the turn's notifications leave as one intake statement: every replay key, and
+ * every creation that would become a job, tagged with the key of the delivery it came in (the
+ * statement records none of a replayed delivery's). Which were new comes back in its answer. */
+static int writer_stage(void *userdata, struct txn_batch *b, uint64_t now)
+{
+        struct webhook *w = userdata;
+        struct intake *in = &w->intake;
+        intake_clear(in);
+        /* What stages from now on waits for the next turn. */
+        w->flight = w->head;
+        w->n_flight = w->n_staged;
+        w->head = w->tail = NULL;
+        w->n_staged = 0;
+
+        size_t n_keys = 0, n_jobs = 0;
+        for (struct staged *s = w->flight; s; s = s->next) {
+                n_keys += s->replay_key ? 1 : 0;
+                for (size_t i = 0; i < s->note->n_tasks; i++)
+                        if (wants_jobs(s, &s->note->tasks[i]))
+                                n_jobs += s->note->tasks[i].n_creations;
+        }
+        _cleanup_free_ const char **keys = calloc(n_keys + 1, sizeof(*keys));
+        _cleanup_free_ const char **ids = calloc(n_jobs + 1, sizeof(*ids));
+        _cleanup_free_ const char **sources = calloc(n_jobs + 1, sizeof(*sources));
+        _cleanup_free_ const char **payloads = calloc(n_jobs + 1, sizeof(*payloads));
+        _cleanup_free_ const char **id_keys = calloc(n_jobs + 1, sizeof(*id_keys));
+        _cleanup_free_ const char **durations = calloc(n_jobs + 1, sizeof(*durations));
+        _cleanup_free_ char(*numbers)[UINT_DEC_SIZE] = calloc(n_jobs + 1, sizeof(*numbers));
+        if (!keys || !ids || !sources || !payloads || !id_keys || !durations || !numbers)
+                return -ENOMEM;
+        uint64_t keep = USEC_PER_SEC;
+        size_t k = 0, j = 0;
+        for (struct staged *s = w->flight; s; s = s->next) {
+                if (s->replay_key) {
+                        /* The same delivery twice in one turn: the second is its replay, as
+                         * on SQLite, and adds nothing. */
+                        for (size_t i = 0; i < k && !s->replay_repeat; i++)
+                                s->replay_repeat = strcmp(keys[i], s->replay_key) == 0;
+                        if (s->replay_repeat)
+                                continue;
+                        keys[k++] = s->replay_key;
+                        if (s->replay_until > now && s->replay_until - now > keep)
+                                keep = s->replay_until - now;
+                }
+                for (size_t i = 0; i < s->note->n_tasks; i++) {
+                        const struct note_task *t = &s->note->tasks[i];
+                        if (!wants_jobs(s, t))
+                                continue;
+                        for (size_t c = 0; c < t->n_creations; c++) {
+                                ids[j] = t->creation_ids[c];
+                                sources[j] = t->id;
+                                payloads[j] = t->payload;
+                                id_keys[j] = s->replay_key;
+                                format_uint(job_duration(w, t), numbers[j]);
+                                durations[j] = numbers[j];
+                                j++;
+                        }
+                }
+        }
+        char until[UINT_DEC_SIZE];
+        format_uint(keep, until);
+        in->until = strdup(until);
+        if (!in->until || pgschema_text_array(keys, k, &in->keys) < 0 ||
+            pgschema_text_array(ids, j, &in->ids) < 0 ||
+            pgschema_text_array(sources, j, &in->sources) < 0 ||
+            pgschema_text_array(durations, j, &in->durations) < 0 ||
+            pgschema_text_array(payloads, j, &in->payloads) < 0 ||
+            pgschema_text_array(id_keys, j, &in->id_keys) < 0)
+                return -ENOMEM;
+        const char *params[] = {in->keys,      in->until,    in->ids,    in->sources,
+                                in->durations, in->payloads, in->id_keys};
+        memcpy(in->params, params, sizeof(params));
+        return txn_batch_add(b, PGSCHEMA_INTAKE, ELEMENTSOF(params), in->params);
+}
+
+/* PostgreSQL: the committed intake's answer, ('replay', key) and ('job', creation id) rows;
+ * each notification is then decided as on SQLite, from what was new. */
+static int writer_read(void *userdata, PGresult *const *results, size_t n)
+{
+        struct webhook *w = userdata;
+        struct intake *in = &w->intake;
+        const PGresult *res = n > 0 ? results[0] : NULL;
+        if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != 2)
+                return -EBADMSG;
+        int rows = PQntuples(res);
+        in->fresh_keys = calloc(rows + 1, sizeof(struct fresh));
+        in->fresh_jobs = calloc(rows + 1, sizeof(struct fresh));
+        if (!in->fresh_keys || !in->fresh_jobs)
+                return -ENOMEM;
+        for (int i = 0; i < rows; i++) {
+                const char *kind = PQgetvalue(res, i, 0), *id = PQgetvalue(res, i, 1);
+                if (strcmp(kind, "replay") == 0)
+                        in->fresh_keys[in->n_fresh_keys++].id = id;
+                else
+                        in->fresh_jobs[in->n_fresh_jobs++].id = id;
+        }
+        qsort(in->fresh_keys, in->n_fresh_keys, sizeof(struct fresh), fresh_cmp);
+        qsort(in->fresh_jobs, in->n_fresh_jobs, sizeof(struct fresh), fresh_cmp);
+        uint64_t now = now_realtime_usec();
+        int r = 0;
+        for (struct staged *s = w->flight; s && r >= 0; s = s->next)
+                r = stage_apply(w, s, now);
+        /* The answer's strings go with it: nothing may look them up after this. */
+        free(in->fresh_keys);
+        free(in->fresh_jobs);
+        in->fresh_keys = in->fresh_jobs = NULL;
+        in->n_fresh_keys = in->n_fresh_jobs = 0;
+        return r;
+}
+
 static void writer_done(void *userdata, int r)
 {
         struct webhook *w = userdata;
         struct staged *list = w->head;
         size_t n = w->n_staged;
-        w->head = w->tail = NULL;
-        w->n_staged = 0;
+        if (w->pg) {
+                /* Those staged meanwhile stay for the next turn. */
+                list = w->flight;
+                n = w->n_flight;
+                w->flight = NULL;
+                w->n_flight = 0;
+                intake_clear(&w->intake);
+        } else {
+                w->head = w->tail = NULL;
+                w->n_staged = 0;
+        }
         /* The answers leave in this iteration, right after the commit (txn.c runs this from its
          * own event source, never inside libmicrohttpd). */
         struct http_server *server = list ? http_request_server(list->req) : NULL;
         if (r < 0) {
                 /* Nothing half-recorded: the whole batch goes, every sender is asked to retry. */
-                ledger_failed(w, r, n);
+                if (w->pg)
+                        pg_turn_failed(w, r, n);
+                else
+                        ledger_failed(w, r, n);
                 for (struct staged *s = list, *next; s; s = next) {
                         next = s->next;
                         answer_unavailable(s, "the ledger cannot record notifications right now");
@@ -494,7 +724,12 @@ static void writer_done(void *userdata, int r)
                 http_server_flush(server);
                 return;
         }
-        if (!w->ledger_ok) {
+        if (w->pg && w->turn_failed) {
+                w->turn_failed = false;
+                log_full(LOG_NOTICE, MSGID_LEDGER_ERROR,
+                         "Ledger commits again; notifications are accepted");
+        }
+        if (!w->pg && !w->ledger_ok) {
                 w->ledger_ok = true;
                 sd_event_source_set_enabled(w->probe_timer, SD_EVENT_OFF);
                 log_full(LOG_NOTICE, MSGID_LEDGER_ERROR,
@@ -652,11 +887,40 @@ int webhook_new(sd_event *event, struct ledger *ledger, struct txn *txn, const s
         return 0;
 }
 
+int webhook_new_pg(sd_event *event, struct txn *txn, const struct config *cfg,
+                   struct metrics *metrics, struct webhook **ret)
+{
+        struct webhook *w = calloc(1, sizeof(*w));
+        if (!w)
+                return -ENOMEM;
+        w->event = sd_event_ref(event);
+        w->cfg = cfg;
+        w->m = metrics;
+        w->pg = true;
+        w->ledger_ok = false;
+        w->txn = txn;
+        w->writer = (struct txn_writer){.stage = writer_stage,
+                                        .read = writer_read,
+                                        .done = writer_done,
+                                        .userdata = w,
+                                        .order = 0};
+        txn_add_writer(txn, &w->writer);
+        *ret = w;
+        return 0;
+}
+
+void webhook_set_available(struct webhook *w, bool available)
+{
+        w->ledger_ok = available;
+}
+
 struct webhook *webhook_free(struct webhook *w)
 {
         if (!w)
                 return NULL;
         staged_free_list(w->head);
+        staged_free_list(w->flight);
+        intake_clear(&w->intake);
         txn_remove_writer(w->txn, &w->writer);
         sd_event_source_disable_unref(w->probe_timer);
         sd_event_unref(w->event);
@@ -676,5 +940,5 @@ bool webhook_ledger_ok(const struct webhook *w)
 
 size_t webhook_staged(const struct webhook *w)
 {
-        return w->n_staged;
+        return w->n_staged + w->n_flight;
 }

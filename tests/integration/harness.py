@@ -293,7 +293,9 @@ class FakeUpstream:
 class Daemon:
     """The real daemon binary with its own configuration, ledger and NOTIFY_SOCKET."""
 
-    def __init__(self, config=None, fake=None, extra_env=None, args=None, wrapper=None):
+    def __init__(self, config=None, fake=None, extra_env=None, args=None, wrapper=None, pg=None, pg_db=None):
+        """pg: a pgserver.PgServer: the ledger on it (store.backend = postgresql, database pg_db or its
+        default), with the experimental switch VIDU_EXPERIMENTAL_PG_DAEMON=1 set."""
         self.tmp = tempfile.mkdtemp(prefix="vidu-daemon-")
         self.binary = DAEMON
         self.port = free_port()
@@ -312,6 +314,11 @@ class Daemon:
         }
         if fake:
             self.config["upstream"]["base_url"] = fake.url
+        self.pg = pg
+        if pg:
+            self.config["store"] = {"backend": "postgresql",
+                                    "url": pg.conninfo(db=pg_db) if pg_db else pg.conninfo()}
+            self.extra_env.setdefault("VIDU_EXPERIMENTAL_PG_DAEMON", "1")
         for section, values in (config or {}).items():
             sec = self.config.setdefault(section, {})
             for k, v in values.items():
@@ -417,6 +424,12 @@ class Daemon:
         r = poll(ready, timeout=15, what="READY=1")
         if r == "exited":
             raise RuntimeError("daemon exited with %s:\n%s" % (self.proc.returncode, self.stderr_text()))
+        return self
+
+    def wait_ledger(self, timeout=30):
+        """PostgreSQL: READY comes once the daemon listens, the database may follow; waits for
+        /healthz to say it is there."""
+        poll(lambda: self.get("/healthz")[0] == 200, timeout=timeout, what="/healthz 200 (the ledger)")
         return self
 
     @property

@@ -167,6 +167,14 @@ class PgServer:
         self.thaw()
         self._pg_ctl("restart", "-m", "immediate")
 
+    def halt(self):
+        """Stops the server (fast: every connection is cut) and keeps its data, for resume()."""
+        self.thaw()
+        self._pg_ctl("stop", "-m", "fast")
+
+    def resume(self):
+        self._pg_ctl("start")
+
     def stop(self):
         for b in self._bouncers:
             b.stop()

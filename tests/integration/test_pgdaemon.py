@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""test_pgdaemon.py: the daemon's webhook intake on a PostgreSQL ledger (store.backend =
+postgresql, behind VIDU_EXPERIMENTAL_PG_DAEMON=1) against the real server pgserver.py starts: a
+notification answered 2xx is a job row; one notification to two daemons on one database makes one
+job and a delivery replayed to the other instance is a replay; the database stopped gives 503 with
+Retry-After at once and /healthz 503, and work resumes by itself when it is back, also for a
+daemon that started while it was away; an immediate restart under load loses no acknowledged
+creation. The dispatcher does not run on PostgreSQL yet: jobs stay pending."""
+import base64
+import hashlib
+import hmac
+import json
+import os
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+import pgserver  # noqa: E402
+from harness import Daemon, FakeUpstream, make_task, new_creation_ids, poll  # noqa: E402
+
+WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def sw_headers(msg_id, body):
+    ts = str(int(time.time()))
+    key = base64.b64decode(WHSEC[len("whsec_"):])
+    sig = base64.b64encode(hmac.new(key, ("%s.%s." % (msg_id, ts)).encode() + body, hashlib.sha256).digest()).decode()
+    return {"webhook-id": msg_id, "webhook-timestamp": ts, "webhook-signature": "v1," + sig}
+
+
+class PgDaemon(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        harness.ensure_journald()
+        cls.pg = pgserver.PgServer().start()
+        cls.fake = FakeUpstream(complete_after_ms=100)
+        cls.fake.start()
+        cls.n_db = 0
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.fake.stop()
+        cls.pg.stop()
+
+    def database(self):
+        PgDaemon.n_db += 1
+        name = "pgdaemon_%d" % PgDaemon.n_db
+        self.pg.create_database(name)
+        return name
+
+    def daemon(self, db, signed=False):
+        d = Daemon({"upstream": {"base_url": self.fake.url}}, fake=self.fake, pg=self.pg, pg_db=db)
+        if signed:
+            sec_file = os.path.join(d.tmp, "webhook-secret")
+            with open(sec_file, "w") as f:
+                f.write(WHSEC + "\n")
+            d.config["auth"] = {"scheme": "standard-webhooks", "secret_file": sec_file}
+        return d
+
+    def jobs(self, db):
+        return {r[0]: r[1] for r in self.pg.sql("SELECT creation_id, state FROM jobs", db=db)}
+
+    def post(self, d, body, headers=None):
+        status, h, raw = d.post(body=json.dumps(body).encode() if isinstance(body, dict) else body,
+                                headers=headers)
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = None
+        return status, h, parsed
+
+    def wait_available(self, d, db):
+        """Polls until the daemon takes a notification again; returns the creation it recorded."""
+        def attempt():
+            (cid,) = new_creation_ids(1)
+            status, _, _ = self.post(d, make_task("9800000000000009", [cid]))
+            return cid if status == 202 else None
+        return poll(attempt, timeout=30, interval=0.2, what="the daemon accepting notifications again")
+
+    def test_accepted_notification_is_a_job_row(self):
+        db = self.database()
+        with self.daemon(db) as d:
+            d.wait_ledger()
+            a, b = new_creation_ids(2)
+            status, _, body = self.post(d, make_task("9800000000000001", [a, b]))
+            self.assertEqual(status, 202, body)
+            self.assertEqual(sorted(body["accepted"]), sorted([a, b]))
+            # Committed before the answer: the rows are there the moment it came.
+            jobs = self.jobs(db)
+            self.assertEqual(jobs.get(a), "pending")
+            self.assertEqual(jobs.get(b), "pending")
+            # The same again: a duplicate, by the unique key.
+            status, _, body = self.post(d, make_task("9800000000000001", [a, b]))
+            self.assertEqual(status, 200)
+            self.assertEqual(sorted(body["duplicate"]), sorted([a, b]))
+            self.assertEqual(len(harness.accepted_entries(CREATION_ID=a)), 1)
+            # The counts reach STATUS= (housekeeping on its own connection) and /metrics.
+            d.wait_notify(lambda m: m.get("STATUS", "").startswith("2 pending"), timeout=15)
+            self.assertEqual(d.metrics_value('vidu_upscaled_jobs{state="pending"}'), 2)
+            self.assertEqual(d.get("/healthz")[0], 200)
+            # No dispatcher on PostgreSQL yet: nothing submitted, no SQLite ledger made.
+            time.sleep(0)  # nothing to wait for: the fake's count is read as it stands
+            self.assertNotIn(a, self.fake.stats()["created"])
+            self.assertFalse(os.path.exists(d.ledger_path))
+        self.assertEqual(self.jobs(db), {a: "pending", b: "pending"})
+
+    def test_two_daemons_one_database_one_job(self):
+        db = self.database()
+        with self.daemon(db) as d1, self.daemon(db) as d2:
+            d1.wait_ledger(), d2.wait_ledger()
+            (cid,) = new_creation_ids(1)
+            note = make_task("9800000000000002", [cid])
+            status, _, body = self.post(d1, note)
+            self.assertEqual(status, 202, body)
+            status, _, body = self.post(d2, note)
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body["duplicate"], [cid])
+            # At the same moment to both: one accepts, the other finds it a duplicate.
+            for _ in range(3):
+                (cid,) = new_creation_ids(1)
+                note = make_task("9800000000000003", [cid])
+                answers = []
+                go = threading.Barrier(2)
+
+                def send(d):
+                    go.wait()
+                    answers.append(self.post(d, note))
+                threads = [threading.Thread(target=send, args=(d,)) for d in (d1, d2)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                self.assertEqual(sorted(a[0] for a in answers), [200, 202], answers)
+                self.assertEqual(sum(len(a[2]["accepted"]) for a in answers), 1)
+                self.assertEqual(sum(len(a[2]["duplicate"]) for a in answers), 1)
+                self.assertEqual(self.jobs(db).get(cid), "pending")
+            self.assertEqual(len(self.jobs(db)), 4)
+
+    def test_delivery_replayed_to_another_instance_is_a_replay(self):
+        db = self.database()
+        with self.daemon(db, signed=True) as d1, self.daemon(db, signed=True) as d2:
+            d1.wait_ledger(), d2.wait_ledger()
+            (cid,) = new_creation_ids(1)
+            body = json.dumps(make_task("9800000000000004", [cid])).encode()
+            msg = "msg_%s" % cid
+            status, _, answer = self.post(d1, body, headers=sw_headers(msg, body))
+            self.assertEqual(status, 202, answer)
+            status, _, answer = self.post(d2, body, headers=sw_headers(msg, body))
+            self.assertEqual(status, 200, answer)
+            self.assertTrue(answer.get("replayed"), answer)
+            self.assertEqual(self.pg.sql("SELECT count(*) FROM replay WHERE key LIKE %s" % ("'%" + msg + "%'"),
+                                         db=db), [["1"]])
+            self.assertEqual(self.jobs(db), {cid: "pending"})
+
+    def test_database_away_503_at_once_and_back_by_itself(self):
+        db = self.database()
+        with self.daemon(db) as d:
+            d.wait_ledger()
+            (cid,) = new_creation_ids(1)
+            self.assertEqual(self.post(d, make_task("9800000000000005", [cid]))[0], 202)
+            self.pg.halt()
+            try:
+                # Away: refused at once, with Retry-After, never held until it is back.
+                def refused():
+                    (c,) = new_creation_ids(1)
+                    t0 = time.monotonic()
+                    status, h, _ = self.post(d, make_task("9800000000000006", [c]))
+                    return (status, h, time.monotonic() - t0) if status == 503 else None
+                status, headers, elapsed = poll(refused, timeout=15, what="503 while the database is away")
+                self.assertEqual(headers.get("retry-after"), "5")
+                self.assertLess(elapsed, 2 * harness.TIMEOUT_SCALE)
+                self.assertEqual(d.get("/healthz")[0], 503)
+                d.wait_notify(lambda m: "unreachable" in m.get("STATUS", ""), timeout=15)
+                # A daemon started while the database is away starts anyway, listens and says so.
+                late = self.daemon(db)
+                late.start()
+                try:
+                    (c,) = new_creation_ids(1)
+                    status, headers, _ = self.post(late, make_task("9800000000000007", [c]))
+                    self.assertEqual(status, 503)
+                    self.assertEqual(headers.get("retry-after"), "5")
+                    self.assertEqual(late.get("/healthz")[0], 503)
+                    late.wait_notify(lambda m: "ledger database" in m.get("STATUS", "").lower(), timeout=15)
+                finally:
+                    self.pg.resume()
+                # Back: both take notifications again without a restart.
+                for one in (d, late):
+                    cid2 = self.wait_available(one, db)
+                    self.assertEqual(self.jobs(db).get(cid2), "pending")
+                    poll(lambda: one.get("/healthz")[0] == 200, timeout=15, what="/healthz 200")
+                late.stop()
+            finally:
+                if not self.pg_running():
+                    self.pg.resume()
+            self.assertEqual(self.jobs(db).get(cid), "pending")
+            self.assertEqual(d.proc.poll(), None)
+
+    def pg_running(self):
+        try:
+            self.pg.sql("SELECT 1", db="postgres")
+            return True
+        except RuntimeError:
+            return False
+
+    def test_immediate_restart_under_load_loses_no_acknowledged_creation(self):
+        db = self.database()
+        with self.daemon(db) as d:
+            d.wait_ledger()
+            acked, refused, stop = [], [], threading.Event()
+            lock = threading.Lock()
+
+            def load(n):
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    (cid,) = new_creation_ids(1)
+                    try:
+                        status, _, body = self.post(d, make_task("98%014d" % (n * 100000 + i), [cid]))
+                    except OSError:
+                        continue
+                    with lock:
+                        (acked if status == 202 else refused).append((cid, status))
+                    time.sleep(0.01)  # a small load: valgrind runs this too
+            threads = [threading.Thread(target=load, args=(n,)) for n in range(3)]
+            for t in threads:
+                t.start()
+            try:
+                poll(lambda: len(acked) >= 10, timeout=30, what="some notifications accepted")
+                self.pg.restart()
+                before = len(acked)
+                # Work resumes by itself after the restart.
+                poll(lambda: len(acked) >= before + 10, timeout=60, what="notifications accepted after the restart")
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
+            jobs = self.jobs(db)
+            missing = [cid for cid, _ in acked if cid not in jobs]
+            self.assertEqual(missing, [], "acknowledged but not in the database")
+            self.assertTrue(all(s == 503 for _, s in refused), refused[:5])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
