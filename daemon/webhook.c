@@ -85,6 +85,7 @@ struct webhook {
         size_t n_staged;
         /* PostgreSQL: the batch in flight holds these; its answer decides them. */
         bool pg;
+        bool staged_turn; /* writer_stage ran for the turn writer_done ends */
         struct staged *flight;
         size_t n_flight;
         struct intake intake;
@@ -590,6 +591,7 @@ static int writer_stage(void *userdata, struct txn_batch *b, uint64_t now)
         struct intake *in = &w->intake;
         intake_clear(in);
         /* What stages from now on waits for the next turn. */
+        w->staged_turn = true;
         w->flight = w->head;
         w->n_flight = w->n_staged;
         w->head = w->tail = NULL;
@@ -696,14 +698,19 @@ static void writer_done(void *userdata, int r)
         struct webhook *w = userdata;
         struct staged *list = w->head;
         size_t n = w->n_staged;
-        if (w->pg) {
+        if (w->pg && w->staged_turn) {
                 /* Those staged meanwhile stay for the next turn. */
                 list = w->flight;
                 n = w->n_flight;
                 w->flight = NULL;
                 w->n_flight = 0;
+                w->staged_turn = false;
                 intake_clear(&w->intake);
         } else {
+                /* SQLite, or a turn that could not be sent (no connection): everything staged
+                 * goes with it. */
+                if (w->pg && r >= 0)
+                        r = -EIO; /* never staged, so never recorded */
                 w->head = w->tail = NULL;
                 w->n_staged = 0;
         }

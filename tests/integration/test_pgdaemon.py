@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -197,6 +198,46 @@ class PgDaemon(unittest.TestCase):
                     self.pg.resume()
             self.assertEqual(self.jobs(db).get(cid), "pending")
             self.assertEqual(d.proc.poll(), None)
+
+    def test_slow_database_delays_answers_never_the_loop(self):
+        db = self.database()
+        with self.daemon(db) as d:
+            d.wait_ledger()
+            # Another session holds the job table: the turn's intake waits on it.
+            psql = subprocess.Popen([os.path.join(pgserver.PG_BIN, "psql"), "-X", "-q", "-A", "-t", "-h", self.pg.tmp, "-p",
+                                     str(self.pg.port), "-U", pgserver.ADMIN, "-d", db],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)
+            try:
+                psql.stdin.write("BEGIN;\nLOCK TABLE jobs IN ACCESS EXCLUSIVE MODE;\nSELECT 'locked';\n")
+                psql.stdin.flush()
+                self.assertEqual(psql.stdout.readline().strip(), "locked")
+                (cid,) = new_creation_ids(1)
+                answers = []
+                t = threading.Thread(target=lambda: answers.append(
+                    self.post(d, make_task("9800000000000008", [cid]))))
+                t.start()
+                # Meanwhile the loop answers everything else at once.
+                waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' AND wait_event_type = 'Lock'" % db
+                poll(lambda: self.pg.sql(waiting, db=db) == [["1"]], timeout=10, what="the turn waiting on the lock")
+                t0 = time.monotonic()
+                self.assertEqual(d.get("/healthz")[0], 200)
+                self.assertLess(time.monotonic() - t0, 1 * harness.TIMEOUT_SCALE)
+                # The statement timeout ends the turn: rolled back whole, 503 with Retry-After.
+                t.join(timeout=30 * harness.TIMEOUT_SCALE)
+                status, headers, _ = answers[0]
+                self.assertEqual(status, 503)
+                self.assertEqual(headers.get("retry-after"), "5")
+            finally:
+                psql.stdin.write("ROLLBACK;\n")
+                psql.stdin.close()
+                psql.wait(timeout=30)
+                psql.stdout.close()
+            self.assertNotIn(cid, self.jobs(db))
+            # The failed transaction was ended: the next turn commits.
+            status, _, body = self.post(d, make_task("9800000000000008", [cid]))
+            self.assertEqual(status, 202, body)
+            self.assertEqual(self.jobs(db).get(cid), "pending")
 
     def pg_running(self):
         try:
