@@ -156,6 +156,29 @@ class PgDaemon(unittest.TestCase):
                                          db=db), [["1"]])
             self.assertEqual(self.jobs(db), {cid: "pending"})
 
+    def test_through_pgbouncer_in_transaction_mode(self):
+        # One server connection for both daemons' four: nothing may rely on session state.
+        db = self.database()
+        bouncer = self.pg.bouncer(pool_size=1)
+        daemons = [self.daemon(db, signed=True) for _ in range(2)]
+        for d in daemons:
+            d.config["store"]["url"] = bouncer.conninfo(db=db)
+        with daemons[0] as d1, daemons[1] as d2:
+            d1.wait_ledger(), d2.wait_ledger()
+            for i in range(3):
+                (cid,) = new_creation_ids(1)
+                body = json.dumps(make_task("980000000000001%d" % i, [cid])).encode()
+                msg = "msg_%s" % cid
+                status, _, answer = self.post(d1 if i % 2 else d2, body, headers=sw_headers(msg, body))
+                self.assertEqual(status, 202, answer)
+                status, _, answer = self.post(d2 if i % 2 else d1, body, headers=sw_headers(msg, body))
+                self.assertEqual((status, answer.get("replayed")), (200, True), answer)
+                # Another delivery (another webhook-id) of the same creation: a duplicate.
+                status, _, answer = self.post(d2, body, headers=sw_headers(msg + "-again", body))
+                self.assertEqual((status, answer["duplicate"]), (200, [cid]), answer)
+                self.assertEqual(self.jobs(db).get(cid), "pending")
+            d1.wait_notify(lambda m: m.get("STATUS", "").startswith("3 pending"), timeout=15)
+
     def test_database_away_503_at_once_and_back_by_itself(self):
         db = self.database()
         with self.daemon(db) as d:
@@ -238,6 +261,47 @@ class PgDaemon(unittest.TestCase):
             status, _, body = self.post(d, make_task("9800000000000008", [cid]))
             self.assertEqual(status, 202, body)
             self.assertEqual(self.jobs(db).get(cid), "pending")
+
+    def test_newer_schema_stops_the_daemon(self):
+        db = self.database()
+        with self.daemon(db) as d:
+            d.wait_ledger()
+        version = self.pg.sql("SELECT value FROM meta WHERE key = 'schema_version'", db=db)[0][0]
+        self.pg.sql("UPDATE meta SET value = '%d' WHERE key = 'schema_version'" % (int(version) + 1), db=db)
+        d = self.daemon(db)
+        try:
+            d.write_config()
+            d.start()
+        except RuntimeError as e:  # it may exit before READY=1
+            self.assertIn("exited with 78", str(e))
+        else:
+            self.assertEqual(d.wait_exit(), 78)
+        finally:
+            d.__exit__(None, None, None)
+        self.assertTrue(harness.wait_journal(lambda: [
+            e for e in harness.journal_entries(_PID=str(d.pid))
+            if "newer than this vidu-upscaled knows (%s)" % version in e.get("MESSAGE", "")]))
+
+    def test_unreachable_password_never_shown(self):
+        marker = "Pw-Marker-%d" % os.getpid()
+        d = self.daemon("x")
+        d.config["store"]["url"] = "postgresql://vidu:%s@127.0.0.1:%d/x" % (marker, pgserver.free_port())
+        with d:
+            (cid,) = new_creation_ids(1)
+            status, headers, _ = self.post(d, make_task("9800000000000020", [cid]))
+            self.assertEqual((status, headers.get("retry-after")), (503, "5"))
+            d.wait_notify(lambda m: "unreachable" in m.get("STATUS", ""), timeout=15)
+            self.assertNotIn(marker, d.get("/metrics")[2].decode())
+            entries = harness.wait_journal(lambda: [
+                e for e in harness.journal_entries(_PID=str(d.pid))
+                if "Cannot connect to the ledger's database" in e.get("MESSAGE", "")])
+            self.assertNotIn(marker, json.dumps(harness.journal_entries(_PID=str(d.pid))))
+            self.assertNotIn(marker, d.stderr_text())
+            with open("/proc/%d/cmdline" % d.pid, "rb") as f:
+                self.assertNotIn(marker.encode(), f.read())
+        for m in d.notify_messages:
+            self.assertNotIn(marker, m["_raw"].decode())
+        self.assertTrue(entries)
 
     def pg_running(self):
         try:
