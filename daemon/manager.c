@@ -102,7 +102,8 @@ static void update_status(struct manager *m)
                 }
                 return;
         }
-        if (count_states(m, counts) < 0 && m->ledger)
+        /* PostgreSQL: until the housekeeping's first count, STATUS= keeps what it said. */
+        if (count_states(m, counts) < 0)
                 return;
         const char *err = dispatcher_last_error(m->dispatcher);
         struct dispatcher_control ctl = {0};
@@ -362,6 +363,7 @@ static void on_counted(struct pgconn *c, const struct pgconn_result *res, void *
                                 m->counts[st] = strtoull(PQgetvalue(r, i, 1), NULL, 10);
                 }
                 m->counts_ok = true;
+                update_status(m);
         }
         house_next(m, false);
 }

@@ -555,7 +555,8 @@ static void pg_turn_failed(struct webhook *w, int r, size_t n)
         w->turn_failed = true;
         log_full(LOG_ERR, MSGID_LEDGER_ERROR,
                  "Ledger commit failed (%s%s); answered 503 to %zu request(s)", strerror(-r),
-                 r == -ECONNRESET ? ", the outcome unknown if the connection went during COMMIT"
+                 r == -ECONNRESET ? ": the connection went; if during COMMIT, its outcome is "
+                                    "unknown and a sender's retry is answered duplicate"
                                   : "",
                  n);
 }

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -103,10 +104,17 @@ class PgDaemon(unittest.TestCase):
             self.assertEqual(d.metrics_value('vidu_upscaled_jobs{state="pending"}'), 2)
             self.assertEqual(d.get("/healthz")[0], 200)
             # No dispatcher on PostgreSQL yet: nothing submitted, no SQLite ledger made.
-            time.sleep(0)  # nothing to wait for: the fake's count is read as it stands
             self.assertNotIn(a, self.fake.stats()["created"])
             self.assertFalse(os.path.exists(d.ledger_path))
-        self.assertEqual(self.jobs(db), {a: "pending", b: "pending"})
+            # A reload keeps it serving on the same connection.
+            since = len(d.notify_messages)
+            d.kill(signal.SIGHUP)
+            d.wait_notify(lambda m: m.get("READY") == "1", since=since)
+            (c,) = new_creation_ids(1)
+            self.assertEqual(self.post(d, make_task("9800000000000021", [c]))[0], 202)
+            # A stop drains and exits 0.
+            self.assertEqual(d.stop(), 0)
+        self.assertEqual(self.jobs(db), {a: "pending", b: "pending", c: "pending"})
 
     def test_two_daemons_one_database_one_job(self):
         db = self.database()
