@@ -181,6 +181,8 @@ static void on_metrics(FILE *f, void *userdata)
                     counts[JOB_PENDING] + counts[JOB_WAITING] + counts[JOB_SUBMITTING];
         }
         m->metrics.in_flight = dispatcher_in_flight(m->dispatcher);
+        m->metrics.webhook_staged = webhook_staged(m->webhook);
+        m->metrics.ledger_available = webhook_ledger_ok(m->webhook);
         struct dispatcher_control ctl;
         (void)dispatcher_control(m->dispatcher, &ctl); /* refreshes the switches' gauges */
         uint64_t backlog;

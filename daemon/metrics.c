@@ -89,6 +89,13 @@ void metrics_render(const struct metrics *m, FILE *f)
               "Jobs waiting to be submitted (pending, waiting, submitting).", (double)m->backlog);
         gauge(f, "vidu_upscaled_upstream_in_flight", "Upstream requests in flight.",
               (double)m->in_flight);
+        gauge(f, "vidu_upscaled_ledger_available",
+              "1 while notifications can be recorded; 0 (answering 503) after a failed commit "
+              "until the ledger takes writes again, or while its database is unreachable.",
+              (double)m->ledger_available);
+        gauge(f, "vidu_upscaled_webhook_staged",
+              "Notifications received and waiting for the commit that records them.",
+              (double)m->webhook_staged);
         gauge(f, "vidu_upscaled_journal_queue_bytes",
               "Journal entries waiting for systemd-journald, in bytes.",
               (double)journal_queued_bytes());

@@ -58,9 +58,11 @@ struct metrics {
         uint64_t jobs_by_state[_JOB_STATE_MAX]; /* refreshed from the ledger before rendering */
         uint64_t backlog;                       /* pending + waiting + submitting */
         uint64_t in_flight;
-        int paused;          /* account-wide pause (dispatcher) */
-        int operator_paused; /* `vidu-upscaled jobs pause` (the ledger's switch) */
-        int budget_blocked;  /* the spend guard holds due jobs back */
+        uint64_t webhook_staged; /* requests waiting for their commit, refreshed before rendering */
+        int ledger_available;    /* the webhook takes notifications (else 503) */
+        int paused;              /* account-wide pause (dispatcher) */
+        int operator_paused;     /* `vidu-upscaled jobs pause` (the ledger's switch) */
+        int budget_blocked;      /* the spend guard holds due jobs back */
         /* What each budget window still allows, read from the ledger before rendering;
          * has_budget[w] false for a window without a limit (not rendered). */
         uint64_t budget_remaining[3];

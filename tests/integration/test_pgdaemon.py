@@ -205,6 +205,7 @@ class PgDaemon(unittest.TestCase):
                 self.assertEqual(headers.get("retry-after"), "5")
                 self.assertLess(elapsed, 2 * harness.TIMEOUT_SCALE)
                 self.assertEqual(d.get("/healthz")[0], 503)
+                self.assertEqual(d.metrics_value("vidu_upscaled_ledger_available"), 0)
                 d.wait_notify(lambda m: "unreachable" in m.get("STATUS", ""), timeout=15)
                 # A daemon started while the database is away starts anyway, listens and says so.
                 late = self.daemon(db)
@@ -230,27 +231,74 @@ class PgDaemon(unittest.TestCase):
             self.assertEqual(self.jobs(db).get(cid), "pending")
             self.assertEqual(d.proc.poll(), None)
 
+    def lock_jobs(self, db):
+        """Another session holding the job table (ACCESS EXCLUSIVE): a turn's intake waits on it
+        until the returned release() is called."""
+        psql = subprocess.Popen([os.path.join(pgserver.PG_BIN, "psql"), "-X", "-q", "-A", "-t", "-h", self.pg.tmp,
+                                 "-p", str(self.pg.port), "-U", pgserver.ADMIN, "-d", db],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        psql.stdin.write("BEGIN;\nLOCK TABLE jobs IN ACCESS EXCLUSIVE MODE;\nSELECT 'locked';\n")
+        psql.stdin.flush()
+        self.assertEqual(psql.stdout.readline().strip(), "locked")
+
+        def release():
+            if psql.poll() is None:
+                psql.stdin.write("ROLLBACK;\n")
+                psql.stdin.close()
+                psql.wait(timeout=30)
+                psql.stdout.close()
+        return release
+
+    def wait_lock_waiter(self, db):
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' AND wait_event_type = 'Lock'" % db
+        poll(lambda: self.pg.sql(waiting, db=db) == [["1"]], timeout=10, what="the turn waiting on the lock")
+
+    def test_what_arrives_during_a_turn_is_one_batch(self):
+        # Group commit: while one turn's batch is in flight, every notification that arrives
+        # waits, and all of them leave together in the next batch: one commit, one round trip.
+        db = self.database()
+        with self.daemon(db) as d:
+            d.wait_ledger()
+            release = self.lock_jobs(db)
+            answers = []
+            try:
+                commits = d.metrics_value("vidu_upscaled_ledger_commit_seconds_count")
+                ids = new_creation_ids(8)
+
+                def send(cid):
+                    answers.append(self.post(d, make_task("98000000000001%02d" % ids.index(cid), [cid])))
+                threads = [threading.Thread(target=send, args=(ids[0],))]
+                threads[0].start()
+                self.wait_lock_waiter(db)
+                threads += [threading.Thread(target=send, args=(cid,)) for cid in ids[1:]]
+                for t in threads[1:]:
+                    t.start()
+                poll(lambda: d.metrics_value("vidu_upscaled_webhook_staged") == 8, timeout=10,
+                     what="eight notifications staged")
+            finally:
+                release()
+            for t in threads:
+                t.join()
+            self.assertEqual(sorted(a[0] for a in answers), [202] * 8, answers)
+            self.assertEqual(d.metrics_value("vidu_upscaled_ledger_commit_seconds_count"), commits + 2)
+            self.assertEqual(d.metrics_value("vidu_upscaled_webhook_staged"), 0)
+            jobs = self.jobs(db)
+            self.assertEqual([jobs.get(cid) for cid in ids], ["pending"] * 8)
+
     def test_slow_database_delays_answers_never_the_loop(self):
         db = self.database()
         with self.daemon(db) as d:
             d.wait_ledger()
-            # Another session holds the job table: the turn's intake waits on it.
-            psql = subprocess.Popen([os.path.join(pgserver.PG_BIN, "psql"), "-X", "-q", "-A", "-t", "-h", self.pg.tmp, "-p",
-                                     str(self.pg.port), "-U", pgserver.ADMIN, "-d", db],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True)
+            release = self.lock_jobs(db)
             try:
-                psql.stdin.write("BEGIN;\nLOCK TABLE jobs IN ACCESS EXCLUSIVE MODE;\nSELECT 'locked';\n")
-                psql.stdin.flush()
-                self.assertEqual(psql.stdout.readline().strip(), "locked")
                 (cid,) = new_creation_ids(1)
                 answers = []
                 t = threading.Thread(target=lambda: answers.append(
                     self.post(d, make_task("9800000000000008", [cid]))))
                 t.start()
+                self.wait_lock_waiter(db)
                 # Meanwhile the loop answers everything else at once.
-                waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' AND wait_event_type = 'Lock'" % db
-                poll(lambda: self.pg.sql(waiting, db=db) == [["1"]], timeout=10, what="the turn waiting on the lock")
+                self.assertEqual(d.metrics_value("vidu_upscaled_ledger_available"), 1)
                 t0 = time.monotonic()
                 self.assertEqual(d.get("/healthz")[0], 200)
                 self.assertLess(time.monotonic() - t0, 1 * harness.TIMEOUT_SCALE)
@@ -260,10 +308,7 @@ class PgDaemon(unittest.TestCase):
                 self.assertEqual(status, 503)
                 self.assertEqual(headers.get("retry-after"), "5")
             finally:
-                psql.stdin.write("ROLLBACK;\n")
-                psql.stdin.close()
-                psql.wait(timeout=30)
-                psql.stdout.close()
+                release()
             self.assertNotIn(cid, self.jobs(db))
             # The failed transaction was ended: the next turn commits.
             status, _, body = self.post(d, make_task("9800000000000008", [cid]))
