@@ -439,6 +439,9 @@ static void on_migrated(int r, int from_version, const char *error, void *userda
                  "Ledger database reachable (schema version %d); notifications are accepted",
                  PGSCHEMA_VERSION);
         m->pg_said_down = false;
+        /* The first connection also purges what expired while no instance ran (then the timer). */
+        if (!m->pg_migrated)
+                m->purge_wanted = true;
         m->pg_migrated = true;
         pg_set_available(m, true);
         house_next(m, true);

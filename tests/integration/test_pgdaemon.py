@@ -315,6 +315,20 @@ class PgDaemon(unittest.TestCase):
             self.assertEqual(status, 202, body)
             self.assertEqual(self.jobs(db).get(cid), "pending")
 
+    def test_expired_replay_keys_purged_in_batches(self):
+        db = self.database()
+        with self.daemon(db) as d:
+            d.wait_ledger()
+        # 2500 expired keys (three purge batches of 1000) and one still remembered.
+        self.pg.sql("INSERT INTO replay (key, until) SELECT 'old-' || i, now() - interval '1 hour' "
+                    "FROM generate_series(1, 2500) AS i", db=db)
+        self.pg.sql("INSERT INTO replay (key, until) VALUES ('live', now() + interval '1 hour')", db=db)
+        with self.daemon(db) as d:
+            d.wait_ledger()
+            poll(lambda: self.pg.sql("SELECT count(*) FROM replay", db=db) == [["1"]], timeout=20,
+                 what="the expired replay keys purged")
+        self.assertEqual(self.pg.sql("SELECT key FROM replay", db=db), [["live"]])
+
     def test_newer_schema_stops_the_daemon(self):
         db = self.database()
         with self.daemon(db) as d:
