@@ -252,6 +252,13 @@ static void keep_fixed_settings(struct config *old, struct config *new)
                 new->store_url = old->store_url;
                 old->store_url = tmp;
         }
+        if (old->store_password.len != new->store_password.len ||
+            (old->store_password.len > 0 &&
+             memcmp(old->store_password.value, new->store_password.value,
+                    old->store_password.len) != 0))
+                /* The connections keep the one they were made with. */
+                log_warning("Reload: the ledger database's password cannot change while running; "
+                            "restart to apply");
 #undef KEEP_STR
 #undef KEEP_NUM
 }

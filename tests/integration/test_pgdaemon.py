@@ -370,6 +370,39 @@ class PgDaemon(unittest.TestCase):
             self.assertNotIn(marker, m["_raw"].decode())
         self.assertTrue(entries)
 
+    def test_frozen_database_answers_503_and_recovers(self):
+        # A server that stops answering (SIGSTOP: a partition, a hung host) keeps its connections
+        # open: the loop's own bound on a batch gives the connection up, and the requests of the
+        # turn get 503; /healthz answers at once all along.
+        db = self.database()
+        with self.daemon(db) as d:
+            d.wait_ledger()
+            self.pg.freeze()
+            try:
+                (cid,) = new_creation_ids(1)
+                answers = []
+                t = threading.Thread(target=lambda: answers.append(
+                    self.post(d, make_task("9800000000000030", [cid]), )))
+                t.start()
+                for _ in range(3):
+                    t0 = time.monotonic()
+                    d.get("/healthz")
+                    self.assertLess(time.monotonic() - t0, 1 * harness.TIMEOUT_SCALE)
+                t.join(timeout=30 * harness.TIMEOUT_SCALE)
+                self.assertEqual(answers[0][0], 503)
+                self.assertEqual(answers[0][1].get("retry-after"), "5")
+                poll(lambda: d.get("/healthz")[0] == 503, timeout=10, what="/healthz 503 while frozen")
+                (c2,) = new_creation_ids(1)
+                t0 = time.monotonic()
+                self.assertEqual(self.post(d, make_task("9800000000000031", [c2]))[0], 503)
+                self.assertLess(time.monotonic() - t0, 2 * harness.TIMEOUT_SCALE)
+            finally:
+                self.pg.thaw()
+            cid3 = self.wait_available(d, db)
+            self.assertEqual(self.jobs(db).get(cid3), "pending")
+            # Given up mid-batch: whether that turn committed is unknown, and either is right.
+            self.assertIn(self.jobs(db).get(cid), (None, "pending"))
+
     def pg_running(self):
         try:
             self.pg.sql("SELECT 1", db="postgres")
