@@ -1,0 +1,268 @@
+"""cluster.py: several daemons on one PostgreSQL ledger for the multi-instance tests (issue 27):
+a Cluster of named instances started at once, killed, stopped and restarted one by one; a Load
+that posts fresh notifications to the live instances and records which were acknowledged; the
+ledger and the fake upstream's per-creation counters read back; and an honest probe of whether
+the dispatcher runs on PostgreSQL yet. Standard library only, like harness.py."""
+import json
+import os
+import signal
+import threading
+import time
+
+import harness
+from harness import Daemon, make_task, new_creation_ids, poll
+
+# What a job in these states still owes: it is not settled yet.
+OPEN_STATES = ("pending", "submitting", "waiting", "submitted")
+
+
+class Cluster:
+    """n daemons on database db of pg, all with the same configuration (config: harness.Daemon's
+    sections), each with store.instance `<name>-<incarnation>` so the ledger's claims say who
+    holds what."""
+
+    def __init__(self, pg, db, fake, n=3, config=None, url=None):
+        self.pg, self.db, self.fake = pg, db, fake
+        self.config = config or {}
+        self.url = url  # another store.url (a PgBouncer's), else pg's
+        self.names = ["node%d" % i for i in range(n)]
+        self.incarnation = [0] * n
+        self.daemons = [None] * n
+        self.retired = []  # killed daemons, cleaned up at the end
+
+    def _make(self, i):
+        self.incarnation[i] += 1
+        cfg = {k: dict(v) for k, v in self.config.items()}
+        cfg.setdefault("upstream", {})["base_url"] = self.fake.url
+        cfg.setdefault("store", {})["instance"] = self.instance(i)
+        d = Daemon(cfg, fake=self.fake, pg=self.pg, pg_db=self.db)
+        if self.url:
+            d.config["store"]["url"] = self.url
+        return d
+
+    def instance(self, i):
+        return "%s-%d" % (self.names[i], self.incarnation[i])
+
+    def start(self, wait_ledger=True):
+        """Starts every instance at the same moment (one thread each, released together)."""
+        self.daemons = [self._make(i) for i in range(len(self.names))]
+        go = threading.Barrier(len(self.daemons))
+        errors = []
+
+        def one(d):
+            go.wait()
+            try:
+                d.start()
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+        threads = [threading.Thread(target=one, args=(d,)) for d in self.daemons]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        if wait_ledger:
+            for d in self.daemons:
+                d.wait_ledger()
+        return self
+
+    def live(self):
+        return [d for d in self.daemons if d and d.proc and d.proc.poll() is None]
+
+    def kill9(self, i):
+        """SIGKILL instance i and reap it: nothing of its own runs afterwards."""
+        d = self.daemons[i]
+        d.kill(signal.SIGKILL)
+        d.proc.wait(timeout=10)
+        self.retired.append(d)
+        self.daemons[i] = None
+        return d
+
+    def restart(self, i):
+        """Starts instance i again, as a new incarnation (what a restarted process with the
+        default store.instance, the machine id plus the pid, would be)."""
+        d = self._make(i)
+        self.retired.append(d)  # stopped at the end even if it never came up
+        d.start()
+        d.wait_ledger()
+        self.retired.remove(d)
+        self.daemons[i] = d  # only now in live(): a load sends it nothing it would refuse
+        return d
+
+    def stop(self):
+        """Stops every live instance (SIGCONT first: one may be stopped) and cleans up."""
+        first = None
+        for d in self.daemons + self.retired:
+            if d is None:
+                continue
+            try:
+                if d.proc and d.proc.poll() is None:
+                    d.kill(signal.SIGCONT)
+                d.__exit__(None, None, None)
+            except Exception as e:  # noqa: BLE001 - every instance is stopped, the first error raised
+                first = first or e
+        if first:
+            raise first
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # the ledger
+
+    def jobs(self, where=""):
+        """creation_id -> {state, claimed_by, claim_seq, upscale_task_id} of every job."""
+        rows = self.pg.sql("SELECT creation_id, state, coalesce(claimed_by, ''), claim_seq, "
+                           "coalesce(upscale_task_id, '') FROM jobs " + where, db=self.db)
+        return {r[0]: {"state": r[1], "claimed_by": r[2], "claim_seq": int(r[3]), "upscale_task_id": r[4]}
+                for r in rows}
+
+    def count(self, where=""):
+        return int(self.pg.sql("SELECT count(*) FROM jobs " + where, db=self.db)[0][0])
+
+    def wait_settled(self, creation_ids, timeout):
+        """Polls until none of creation_ids is in an open state; returns the jobs."""
+        want = set(creation_ids)
+
+        def settled():
+            jobs = self.jobs()
+            open_ = [c for c in want if c in jobs and jobs[c]["state"] in OPEN_STATES]
+            return jobs if not open_ else None
+        return poll(settled, timeout=timeout, interval=0.25, what="every job settled (none of %s)" % (OPEN_STATES,))
+
+
+def post(d, body, timeout=10):
+    """One notification to d: (status, parsed body or None); (None, error) when the connection
+    failed (a dead instance)."""
+    try:
+        status, headers, raw = d.post(body=json.dumps(body).encode(), timeout=timeout)
+    except OSError as e:
+        return None, e
+    try:
+        parsed = json.loads(raw) if raw else None
+    except ValueError:
+        parsed = None
+    return status, parsed
+
+
+class Load:
+    """Threads posting one fresh creation per notification, round robin over the cluster's live
+    instances, pausing `pause` seconds between posts. acked: the creations answered 202 with the
+    creation accepted; refused: (creation, status) of every other answer; failed: creations whose
+    request got no answer (the instance died meanwhile): these may or may not be in the ledger."""
+
+    def __init__(self, cluster, threads=3, pause=0.05):
+        self.cluster = cluster
+        self.n_threads = threads
+        self.pause = pause
+        self.acked, self.refused, self.failed = [], [], []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads = []
+        self.seq = 0
+
+    def _run(self, n):
+        k = n
+        while not self.stopping.is_set():
+            live = self.cluster.live()
+            if not live:
+                time.sleep(0.05)
+                continue
+            d = live[k % len(live)]
+            k += 1
+            (cid,) = new_creation_ids(1)
+            with self.lock:
+                self.seq += 1
+                task = "97%014d" % self.seq
+            status, body = post(d, make_task(task, [cid]))
+            with self.lock:
+                if status == 202 and body and body.get("accepted") == [cid]:
+                    self.acked.append(cid)
+                elif status is None:
+                    self.failed.append(cid)
+                else:
+                    self.refused.append((cid, status, body))
+            self.stopping.wait(self.pause)
+
+    def start(self):
+        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(self.n_threads)]
+        for t in self.threads:
+            t.start()
+        return self
+
+    def n_acked(self):
+        with self.lock:
+            return len(self.acked)
+
+    def wait_acked(self, more, timeout=30):
+        """Polls until `more` further creations were acknowledged."""
+        target = self.n_acked() + more
+        poll(lambda: self.n_acked() >= target, timeout=timeout, what="%d more acknowledged notifications" % more)
+
+    def stop(self):
+        self.stopping.set()
+        for t in self.threads:
+            t.join(timeout=60 * harness.TIMEOUT_SCALE)
+        return self
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def created(fake):
+    """creation id -> how many tasks the fake upstream made for it (POSTs that reached it)."""
+    return fake.stats()["created"]
+
+
+def journal_by_pid(pid):
+    return harness.journal_entries(_PID=str(pid))
+
+
+_probe = {}
+
+
+def dispatcher_on_pg(pg, fake, timeout=10):
+    """Whether the daemon submits on PostgreSQL: one daemon on a database of its own, one
+    notification; True once its job reaches `submitted` (or beyond) and the fake has its task
+    within timeout (unscaled under valgrind past 3x: a probe, not a measurement). Cached per
+    server."""
+    if pg in _probe:
+        return _probe[pg]
+    db = "probe_dispatcher"
+    pg.create_database(db)
+    (cid,) = new_creation_ids(1)
+    ok = False
+    with Daemon({"upstream": {"base_url": fake.url}}, fake=fake, pg=pg, pg_db=db) as d:
+        d.wait_ledger()
+        status, body = post(d, make_task("9700000000000001", [cid]))
+        if status != 202:
+            raise AssertionError("the probe's notification was answered %r %r" % (status, body))
+        deadline = time.monotonic() + timeout * min(harness.TIMEOUT_SCALE, 3)
+        while time.monotonic() < deadline:
+            rows = pg.sql("SELECT state FROM jobs WHERE creation_id = '%s'" % cid, db=db)
+            if rows and rows[0][0] in ("submitted", "succeeded") and created(fake).get(cid):
+                ok = True
+                break
+            time.sleep(0.2)
+    _probe[pg] = ok
+    return ok
+
+
+NO_DISPATCHER = "dispatcher not on PostgreSQL yet"
+
+
+def wait_for(predicate, timeout, what, interval=0.1):
+    """poll() that also returns how long it took (seconds, unscaled wall time)."""
+    t0 = time.monotonic()
+    v = poll(predicate, timeout=timeout, interval=interval, what=what)
+    return v, time.monotonic() - t0
+
+
+def env_int(name, default):
+    return int(os.environ.get(name, default))

@@ -1,0 +1,370 @@
+#!/usr/bin/env python3
+"""test_pgcluster.py: several daemons on one PostgreSQL ledger (issue 27), against the real
+server pgserver.py starts: three started at once on an empty database make one schema and all
+serve; the same notifications raced to three instances make one job each (and, with the
+dispatcher on PostgreSQL, one submission each); kill -9 of one of three under load, round after
+round, loses nothing acknowledged, submits nothing twice under retry.uncertain = hold, and the
+dead instance's jobs are taken over within 2 x store.lease; an immediate database restart under
+load acknowledges nothing it did not commit; an instance stopped (SIGSTOP) past its lease cannot
+apply its stale answers over a survivor's decision; two instances through PgBouncer in
+transaction mode.
+
+The tests that need the dispatcher on PostgreSQL first probe for it (a job reaching `submitted`)
+and skip with "dispatcher not on PostgreSQL yet" until it is there. Under VIDU_VALGRIND=1 the
+counts are smaller; the rounds are not."""
+import os
+import re
+import signal
+import sys
+import threading
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+import pgserver  # noqa: E402
+from cluster import (NO_DISPATCHER, OPEN_STATES, Cluster, Load, created, dispatcher_on_pg,  # noqa: E402
+                     journal_by_pid, post, wait_for)
+from harness import VALGRIND, FakeUpstream, make_task, new_creation_ids, poll  # noqa: E402
+
+RACE_N = 100 if VALGRIND else 1000
+KILL_ROUNDS = 5
+LEASE = 2  # seconds: store.lease of the fault tests
+CONCURRENCY = 4  # upstream.concurrency of the fault tests: the bound on what one kill leaves held
+SUBMIT_DELAY_MS = 600  # the fake answers each submission this late: submissions are in flight
+# Polling the ledger through psql adds its own latency to a measured takeover.
+TAKEOVER_SLACK = 1.0
+
+
+def schema_version():
+    with open(os.path.join(harness.SOURCE_DIR, "daemon", "pgschema.h")) as f:
+        return re.search(r"#define PGSCHEMA_VERSION (\d+)", f.read()).group(1)
+
+
+class PgCluster(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        harness.ensure_journald()
+        cls.pg = pgserver.PgServer().start()
+        cls.fake = FakeUpstream(complete_after_ms=100).start()  # the probe's and test 1's
+        cls.n_db = 0
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.fake.stop()
+        cls.pg.stop()
+
+    def database(self):
+        PgCluster.n_db += 1
+        name = "pgcluster_%d" % PgCluster.n_db
+        self.pg.create_database(name)
+        return name
+
+    def own_fake(self):
+        fake = FakeUpstream(complete_after_ms=100).start()
+        self.addCleanup(fake.__exit__, None, None, None)
+        return fake
+
+    def require_dispatcher(self):
+        if not dispatcher_on_pg(self.pg, self.fake):
+            self.skipTest(NO_DISPATCHER)
+
+    def fault_config(self):
+        return {"store": {"lease": "%ds" % LEASE}, "retry": {"uncertain": "hold"},
+                "upstream": {"concurrency": str(CONCURRENCY), "timeout": "30s"}}
+
+    def delay_submissions(self, fake, ms=SUBMIT_DELAY_MS):
+        fake.faults([{"on": "submit", "action": "delay", "delay_ms": ms, "times": -1}])
+
+    # 1
+
+    def test_1_three_started_at_once_on_an_empty_database(self):
+        db = self.database()
+        with Cluster(self.pg, db, self.fake) as cl:
+            self.assertEqual(self.pg.sql("SELECT value FROM meta WHERE key = 'schema_version'", db=db),
+                             [[schema_version()]])
+
+            # Each says the ledger is there; exactly one of them made the schema, none failed to.
+            def said():
+                msgs = [[e.get("MESSAGE", "") for e in journal_by_pid(d.pid)] for d in cl.daemons]
+                return msgs if all(any(m.startswith("Ledger database reachable") for m in ms) for ms in msgs) else None
+            msgs = harness.wait_journal(said, timeout=15)
+            made = [i for i, ms in enumerate(msgs) if any(m.startswith("Ledger schema migrated from version 0 ")
+                                                          for m in ms)]
+            self.assertEqual(len(made), 1, msgs)
+            self.assertEqual([m for ms in msgs for m in ms if "Cannot migrate" in m], [])
+            # All three serve.
+            ids = new_creation_ids(3)
+            for i, d in enumerate(cl.daemons):
+                self.assertEqual(d.get("/healthz")[0], 200)
+                status, body = post(d, make_task("97000000000001%02d" % i, [ids[i]]))
+                self.assertEqual((status, body and body.get("accepted")), (202, [ids[i]]), body)
+            self.assertEqual(sorted(cl.jobs()), sorted(ids))
+
+    # 2
+
+    def race(self, fake, db, n, config=None, instances=3, url=None, groups=8):
+        """The same n notifications (one fresh creation each) posted to every instance at the same
+        moment: `groups` groups of one thread per instance, the group's threads meeting at a
+        barrier before each notification. Returns (cluster, ids, answers: creation -> the
+        (status, body) of each instance)."""
+        cl = Cluster(self.pg, db, fake, n=instances, config=config, url=url).start()
+        self.addCleanup(cl.stop)
+        ids = new_creation_ids(n)
+        self.assertEqual(len(set(ids)), n)
+        answers = {cid: [None] * instances for cid in ids}
+
+        def worker(g, i, barrier):
+            for k in range(g, n, groups):
+                barrier.wait()
+                answers[ids[k]][i] = post(cl.daemons[i], make_task("96%014d" % k, [ids[k]]), timeout=30)
+        threads = []
+        for g in range(groups):
+            barrier = threading.Barrier(instances)
+            threads += [threading.Thread(target=worker, args=(g, i, barrier)) for i in range(instances)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return cl, ids, answers
+
+    def check_race_answers(self, cl, ids, answers, instances):
+        wrong = {}
+        for cid in ids:
+            a = answers[cid]
+            accepted = [x for x in a if x[0] == 202 and x[1].get("accepted") == [cid] and not x[1].get("duplicate")]
+            duplicate = [x for x in a if x[0] == 200 and x[1].get("duplicate") == [cid] and not x[1].get("accepted")]
+            if len(accepted) != 1 or len(duplicate) != instances - 1:
+                wrong[cid] = a
+        self.assertEqual(len(wrong), 0, "%d creations not accepted by exactly one instance; e.g. %r"
+                         % (len(wrong), list(wrong.items())[:3]))
+        self.assertEqual(cl.count(), len(ids))
+        self.assertEqual(sorted(cl.jobs()), sorted(ids))
+
+    def check_one_submission_each(self, cl, fake, ids):
+        jobs = cl.wait_settled(ids, timeout=120)
+        self.assertEqual({c: jobs[c]["state"] for c in ids if jobs[c]["state"] != "succeeded"}, {})
+        counts = created(fake)
+        self.assertEqual({c: counts.get(c, 0) for c in ids if counts.get(c, 0) != 1}, {},
+                         "creations not POSTed exactly once")
+        self.assertEqual(fake.stats()["submit_requests"], len(ids))
+
+    def test_2a_race_one_job_per_creation(self):
+        fake = self.own_fake()
+        cl, ids, answers = self.race(fake, self.database(), RACE_N)
+        self.check_race_answers(cl, ids, answers, 3)
+        # Each acceptance journaled once, by the instance that answered 202 (a sample: journalctl
+        # per creation is slow).
+        for cid in ids[:: max(1, len(ids) // 10)]:
+            who = [cl.daemons[i].pid for i, a in enumerate(answers[cid]) if a[0] == 202]
+            entries = harness.wait_journal(lambda: harness.accepted_entries(CREATION_ID=cid), timeout=15)
+            self.assertEqual([int(e["_PID"]) for e in entries], who)
+
+    def test_2b_race_one_submission_per_creation(self):
+        self.require_dispatcher()
+        fake = self.own_fake()
+        cl, ids, answers = self.race(fake, self.database(), RACE_N)
+        self.check_race_answers(cl, ids, answers, 3)
+        self.check_one_submission_each(cl, fake, ids)
+
+    # 3, 4: faults under load
+
+    def in_flight(self, cl, fake, instance):
+        """The jobs `instance` holds `submitting` whose POST reached the fake (None if none)."""
+        jobs = cl.jobs("WHERE state = 'submitting' AND claimed_by = '%s'" % instance)
+        counts = created(fake)
+        return [c for c in jobs if counts.get(c)] or None
+
+    def check_after_faults(self, cl, fake, load, max_held, holders=None):
+        """After the load: every acknowledged creation submitted once or held `uncertain`, none
+        POSTed twice, nothing POSTed that the ledger does not know, at most max_held held;
+        holders: the creations a dead instance held `submitting`, the only ones that may be held."""
+        self.assertEqual(load.refused, [], "answers other than 202 while no database fault ran")
+        jobs = cl.wait_settled(list(cl.jobs()), timeout=120)
+        missing = [c for c in load.acked if c not in jobs]
+        self.assertEqual(missing, [], "acknowledged but not in the ledger")
+        counts = created(fake)
+        twice = {c: n for c, n in counts.items() if n > 1}
+        self.assertEqual(twice, {}, "POSTed more than once under retry.uncertain = hold")
+        self.assertEqual([c for c in counts if c not in jobs], [], "POSTed but not in the ledger")
+        states = {}
+        for c, j in jobs.items():
+            states.setdefault(j["state"], []).append(c)
+        self.assertEqual(sorted(states), sorted(s for s in ("succeeded", "uncertain") if s in states), states.keys())
+        self.assertEqual([c for c in states.get("succeeded", []) if counts.get(c) != 1], [],
+                         "succeeded without exactly one POST")
+        held = states.get("uncertain", [])
+        self.assertLessEqual(len(held), max_held, held)
+        if holders is not None:
+            self.assertEqual([c for c in held if c not in holders], [], "held but no dead instance held it")
+        return jobs
+
+    def test_3_kill9_one_of_three_under_load(self):
+        self.require_dispatcher()
+        fake = self.own_fake()
+        self.delay_submissions(fake)
+        cl = Cluster(self.pg, self.database(), fake, config=self.fault_config()).start()
+        self.addCleanup(cl.stop)
+        load = Load(cl, threads=2, pause=0.3 if not VALGRIND else 1.0).start()
+        self.addCleanup(load.stop)
+        load.wait_acked(10)
+        holders = set()
+        for r in range(KILL_ROUNDS):
+            victim = r % 3
+            name = cl.instance(victim)
+            poll(lambda: self.in_flight(cl, fake, name), timeout=30, what="%s with submissions in flight" % name)
+            cl.kill9(victim)
+            # Everything it held, read after it died: these must be taken over within 2 x lease.
+            held = cl.jobs("WHERE claimed_by = '%s' AND state IN %s" % (name, OPEN_STATES))
+            holders |= {c for c, j in held.items() if j["state"] == "submitting"}
+
+            def taken_over():
+                now = cl.jobs()
+                return all((now[c]["state"], now[c]["claimed_by"], now[c]["claim_seq"])
+                           != (j["state"], j["claimed_by"], j["claim_seq"]) for c, j in held.items())
+            _, took = wait_for(taken_over, timeout=2 * LEASE + TAKEOVER_SLACK, what="%s's jobs taken over" % name)
+            print("round %d: %d jobs of %s taken over in %.2fs" % (r, len(held), name, took), file=sys.stderr)
+            # Its submissions: held, as a restart would hold them under `hold`.
+            now = cl.jobs()
+            self.assertEqual({c: now[c]["state"] for c, j in held.items()
+                              if j["state"] == "submitting" and now[c]["state"] != "uncertain"}, {})
+            cl.restart(victim)
+            load.wait_acked(5)
+        load.stop()
+        self.check_after_faults(cl, fake, load, CONCURRENCY * KILL_ROUNDS, holders)
+
+    def database_restart(self, submissions):
+        fake = self.own_fake()
+        if submissions:
+            self.delay_submissions(fake)
+        cl = Cluster(self.pg, self.database(), fake, config=self.fault_config()).start()
+        self.addCleanup(cl.stop)
+        load = Load(cl, threads=3, pause=0.05 if not VALGRIND else 0.5).start()
+        self.addCleanup(load.stop)
+        load.wait_acked(20)
+        if submissions:
+            poll(lambda: any(self.in_flight(cl, fake, cl.instance(i)) for i in range(3)), timeout=30,
+                 what="submissions in flight")
+        self.pg.restart()
+        # Every instance takes notifications again by itself.
+        for i, d in enumerate(cl.daemons):
+            def accepts():
+                (cid,) = new_creation_ids(1)
+                return post(d, make_task("95000000000000%02d" % i, [cid]))[0] == 202
+            poll(accepts, timeout=30, interval=0.2, what="instance %d accepting again" % i)
+        load.wait_acked(20)
+        load.stop()
+        # Nothing acknowledged that was not committed; anything refused was refused with 503.
+        jobs = cl.jobs()
+        self.assertEqual([c for c in load.acked if c not in jobs], [], "acknowledged but not in the ledger")
+        self.assertEqual([x for x in load.refused if x[1] != 503], [], "refused otherwise than with 503")
+        self.assertEqual([c for c in load.failed], [], "a live instance's answer lost")
+        if submissions:
+            load.refused = []
+            # A live instance keeps its claims across a short outage: at most what each had in flight.
+            self.check_after_faults(cl, fake, load, CONCURRENCY * 3)
+
+    def test_4a_database_restart_under_load_intake(self):
+        self.database_restart(submissions=False)
+
+    def test_4b_database_restart_under_load_submissions(self):
+        self.require_dispatcher()
+        self.database_restart(submissions=True)
+
+    # 5
+
+    def test_5_sigstop_past_lease_stale_answers_not_applied(self):
+        self.require_dispatcher()
+        fake = self.own_fake()
+        delay = 3000  # the victim's answers come while it is stopped
+        self.delay_submissions(fake, delay)
+        cl = Cluster(self.pg, self.database(), fake, config=self.fault_config()).start()
+        self.addCleanup(cl.stop)
+        victim, name = cl.daemons[0], cl.instance(0)
+        ids = []
+        inflight = None
+        for k in range(10):
+            batch = new_creation_ids(6)
+            status, body = post(victim, make_task("94%014d" % k, batch))
+            self.assertEqual(status, 202, body)
+            ids += batch
+            try:
+                inflight = poll(lambda: self.in_flight(cl, fake, name), timeout=3, what="in flight")
+                break
+            except AssertionError:
+                continue
+        self.assertTrue(inflight, "the victim never held a submission in flight")
+        victim.kill(signal.SIGSTOP)
+        try:
+            held = cl.jobs("WHERE state = 'submitting' AND claimed_by = '%s'" % name)
+            counts = created(fake)
+            arrived = sorted(c for c in held if counts.get(c))
+            stale = {c: fake.tasks(c)[0]["id"] for c in arrived}
+            # The survivors hold them once the lease lapsed.
+            poll(lambda: all(j["state"] == "uncertain" for c, j in cl.jobs().items() if c in held),
+                 timeout=2 * LEASE + TAKEOVER_SLACK + delay / 1000, what="the stopped instance's jobs held")
+            # An operator sends half of them again: the survivors submit them under a new claim.
+            retried = arrived[: max(1, len(arrived) // 2)]
+            for c in retried:
+                r = cl.daemons[1].jobs("retry", c)
+                self.assertEqual(r.returncode, 0, r.stderr)
+
+            def resubmitted():
+                jobs = cl.jobs()
+                for c in retried:
+                    tasks = sorted(fake.tasks(c), key=lambda t: t["created_ns"])
+                    if len(tasks) != 2 or jobs[c]["upscale_task_id"] != tasks[1]["id"]:
+                        return None
+                return jobs
+            poll(resubmitted, timeout=30, what="the retried jobs submitted again by a survivor")
+        finally:
+            victim.kill(signal.SIGCONT)
+        # The stopped instance reads its stale answers: each journaled with the task id it carried.
+        harness.wait_journal(lambda: all(harness.journal_entries(_PID=str(victim.pid), UPSCALE_TASK_ID=stale[c])
+                                         for c in arrived), timeout=30)
+        # And applies none over a survivor's decision (given time to: its next turns, a renewal).
+        poll(lambda: victim.get("/healthz")[0] == 200, timeout=15, what="the resumed instance serving")
+        jobs = cl.wait_settled([c for c in ids], timeout=60)
+        counts = created(fake)
+        for c in retried:
+            tasks = sorted(fake.tasks(c), key=lambda t: t["created_ns"])
+            self.assertEqual(len(tasks), 2, c)
+            self.assertEqual((jobs[c]["state"], jobs[c]["upscale_task_id"]), ("succeeded", tasks[1]["id"]),
+                             "the stale answer (%s) applied over the survivor's submission" % stale[c])
+        for c in ids:
+            if c in retried:
+                continue
+            self.assertLessEqual(counts.get(c, 0), 1, "%s POSTed twice" % c)
+            if c in held:
+                # Still held, or settled by the very claim's answer (news, not a conflict).
+                self.assertTrue(jobs[c]["state"] == "uncertain" or
+                                (jobs[c]["state"] == "succeeded" and jobs[c]["upscale_task_id"] == stale.get(c)),
+                                (c, jobs[c], stale.get(c)))
+            else:
+                self.assertEqual((jobs[c]["state"], counts.get(c)), ("succeeded", 1), c)
+
+    # 6
+
+    def through_bouncer(self, submissions):
+        fake = self.own_fake()
+        db = self.database()
+        bouncer = self.pg.bouncer(pool_size=2)
+        n = 10 if VALGRIND else 40
+        cl, ids, answers = self.race(fake, db, n, instances=2, url=bouncer.conninfo(db=db), groups=4)
+        self.check_race_answers(cl, ids, answers, 2)
+        # A second delivery to the other instance: still a duplicate.
+        for i, cid in enumerate(ids[:4]):
+            status, body = post(cl.daemons[i % 2], make_task("93000000000000%02d" % i, [cid]))
+            self.assertEqual((status, body.get("duplicate")), (200, [cid]), body)
+        if submissions:
+            self.check_one_submission_each(cl, fake, ids)
+
+    def test_6a_two_instances_through_pgbouncer_intake(self):
+        self.through_bouncer(submissions=False)
+
+    def test_6b_two_instances_through_pgbouncer_submissions(self):
+        self.require_dispatcher()
+        self.through_bouncer(submissions=True)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
