@@ -12,8 +12,10 @@ import time
 import harness
 from harness import Daemon, make_task, new_creation_ids, poll
 
-# What a job in these states still owes: it is not settled yet.
-OPEN_STATES = ("pending", "submitting", "waiting", "submitted")
+# A job in these states is not submitted yet (nor held): what a test waits out.
+OPEN_STATES = ("pending", "submitting", "waiting")
+# Submitted: the upstream has its task (polled, or already finished).
+SUBMITTED_STATES = ("submitted", "succeeded")
 
 
 class Cluster:
@@ -124,14 +126,21 @@ class Cluster:
         return int(self.pg.sql("SELECT count(*) FROM jobs " + where, db=self.db)[0][0])
 
     def wait_settled(self, creation_ids, timeout):
-        """Polls until none of creation_ids is in an open state; returns the jobs."""
+        """Polls until every one of creation_ids is submitted, finished or held (none in
+        OPEN_STATES); returns the jobs."""
         want = set(creation_ids)
+        last = {}
 
         def settled():
             jobs = self.jobs()
-            open_ = [c for c in want if c in jobs and jobs[c]["state"] in OPEN_STATES]
-            return jobs if not open_ else None
-        return poll(settled, timeout=timeout, interval=0.25, what="every job settled (none of %s)" % (OPEN_STATES,))
+            last["open"] = {c: jobs[c] for c in want if c in jobs and jobs[c]["state"] in OPEN_STATES}
+            return jobs if not last["open"] else None
+        try:
+            return poll(settled, timeout=timeout, interval=0.25, what="every job submitted or held")
+        except AssertionError:
+            left = last.get("open", {})
+            raise AssertionError("%d jobs still %s after %ss, e.g. %r" % (
+                len(left), "/".join(OPEN_STATES), timeout, sorted(left.items())[:3]))
 
 
 def post(d, body, timeout=10):

@@ -22,7 +22,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 import pgserver  # noqa: E402
-from cluster import (NO_DISPATCHER, OPEN_STATES, Cluster, Load, created, dispatcher_on_pg,  # noqa: E402
+from cluster import (NO_DISPATCHER, OPEN_STATES, SUBMITTED_STATES, Cluster, Load, created, dispatcher_on_pg,  # noqa: E402
                      journal_by_pid, post, wait_for)
 from harness import VALGRIND, FakeUpstream, make_task, new_creation_ids, poll  # noqa: E402
 
@@ -142,7 +142,7 @@ class PgCluster(unittest.TestCase):
 
     def check_one_submission_each(self, cl, fake, ids):
         jobs = cl.wait_settled(ids, timeout=120)
-        self.assertEqual({c: jobs[c]["state"] for c in ids if jobs[c]["state"] != "succeeded"}, {})
+        self.assertEqual({c: jobs[c]["state"] for c in ids if jobs[c]["state"] not in SUBMITTED_STATES}, {})
         counts = created(fake)
         self.assertEqual({c: counts.get(c, 0) for c in ids if counts.get(c, 0) != 1}, {},
                          "creations not POSTed exactly once")
@@ -189,9 +189,10 @@ class PgCluster(unittest.TestCase):
         states = {}
         for c, j in jobs.items():
             states.setdefault(j["state"], []).append(c)
-        self.assertEqual(sorted(states), sorted(s for s in ("succeeded", "uncertain") if s in states), states.keys())
-        self.assertEqual([c for c in states.get("succeeded", []) if counts.get(c) != 1], [],
-                         "succeeded without exactly one POST")
+        self.assertEqual(sorted(states), sorted(s for s in SUBMITTED_STATES + ("uncertain",) if s in states),
+                         states.keys())
+        self.assertEqual([c for s in SUBMITTED_STATES for c in states.get(s, []) if counts.get(c) != 1], [],
+                         "submitted without exactly one POST")
         held = states.get("uncertain", [])
         self.assertLessEqual(len(held), max_held, held)
         if holders is not None:
@@ -214,14 +215,23 @@ class PgCluster(unittest.TestCase):
             poll(lambda: self.in_flight(cl, fake, name), timeout=30, what="%s with submissions in flight" % name)
             cl.kill9(victim)
             # Everything it held, read after it died: these must be taken over within 2 x lease.
-            held = cl.jobs("WHERE claimed_by = '%s' AND state IN %s" % (name, OPEN_STATES))
+            held = cl.jobs("WHERE claimed_by = '%s' AND state IN %s" % (name, OPEN_STATES + ("submitted",)))
             holders |= {c for c, j in held.items() if j["state"] == "submitting"}
+
+            left = {}
 
             def taken_over():
                 now = cl.jobs()
-                return all((now[c]["state"], now[c]["claimed_by"], now[c]["claim_seq"])
-                           != (j["state"], j["claimed_by"], j["claim_seq"]) for c, j in held.items())
-            _, took = wait_for(taken_over, timeout=2 * LEASE + TAKEOVER_SLACK, what="%s's jobs taken over" % name)
+                left.clear()
+                left.update({c: now[c] for c, j in held.items() if (now[c]["state"], now[c]["claimed_by"],
+                                                                    now[c]["claim_seq"])
+                             == (j["state"], j["claimed_by"], j["claim_seq"])})
+                return not left
+            try:
+                _, took = wait_for(taken_over, timeout=2 * LEASE + TAKEOVER_SLACK, what="takeover")
+            except AssertionError:
+                raise AssertionError("round %d: %d of the %d jobs %s held not taken over within %ss: %r" % (
+                    r, len(left), len(held), name, 2 * LEASE + TAKEOVER_SLACK, sorted(left.items())[:3]))
             print("round %d: %d jobs of %s taken over in %.2fs" % (r, len(held), name, took), file=sys.stderr)
             # Its submissions: held, as a restart would hold them under `hold`.
             now = cl.jobs()
@@ -308,14 +318,20 @@ class PgCluster(unittest.TestCase):
                 r = cl.daemons[1].jobs("retry", c)
                 self.assertEqual(r.returncode, 0, r.stderr)
 
+            seen = {}
+
             def resubmitted():
                 jobs = cl.jobs()
                 for c in retried:
                     tasks = sorted(fake.tasks(c), key=lambda t: t["created_ns"])
+                    seen.update(job=jobs[c], tasks=[t["id"] for t in tasks])
                     if len(tasks) != 2 or jobs[c]["upscale_task_id"] != tasks[1]["id"]:
                         return None
                 return jobs
-            poll(resubmitted, timeout=30, what="the retried jobs submitted again by a survivor")
+            try:
+                poll(resubmitted, timeout=30, what="resubmitted")
+            except AssertionError:
+                raise AssertionError("the retried jobs not submitted again by a survivor within 30s: %r" % seen)
         finally:
             victim.kill(signal.SIGCONT)
         # The stopped instance reads its stale answers: each journaled with the task id it carried.
@@ -328,7 +344,8 @@ class PgCluster(unittest.TestCase):
         for c in retried:
             tasks = sorted(fake.tasks(c), key=lambda t: t["created_ns"])
             self.assertEqual(len(tasks), 2, c)
-            self.assertEqual((jobs[c]["state"], jobs[c]["upscale_task_id"]), ("succeeded", tasks[1]["id"]),
+            self.assertIn(jobs[c]["state"], SUBMITTED_STATES, c)
+            self.assertEqual(jobs[c]["upscale_task_id"], tasks[1]["id"],
                              "the stale answer (%s) applied over the survivor's submission" % stale[c])
         for c in ids:
             if c in retried:
@@ -337,10 +354,10 @@ class PgCluster(unittest.TestCase):
             if c in held:
                 # Still held, or settled by the very claim's answer (news, not a conflict).
                 self.assertTrue(jobs[c]["state"] == "uncertain" or
-                                (jobs[c]["state"] == "succeeded" and jobs[c]["upscale_task_id"] == stale.get(c)),
+                                (jobs[c]["state"] in SUBMITTED_STATES and jobs[c]["upscale_task_id"] == stale.get(c)),
                                 (c, jobs[c], stale.get(c)))
             else:
-                self.assertEqual((jobs[c]["state"], counts.get(c)), ("succeeded", 1), c)
+                self.assertEqual((jobs[c]["state"] in SUBMITTED_STATES, counts.get(c)), (True, 1), (c, jobs[c]))
 
     # 6
 
