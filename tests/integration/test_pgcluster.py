@@ -216,7 +216,9 @@ class PgCluster(unittest.TestCase):
             cl.kill9(victim)
             # Everything it held, read after it died: these must be taken over within 2 x lease.
             held = cl.jobs("WHERE claimed_by = '%s' AND state IN %s" % (name, OPEN_STATES + ("submitted",)))
-            holders |= {c for c, j in held.items() if j["state"] == "submitting"}
+            submitting = {c for c, j in held.items() if j["state"] == "submitting"}
+            self.assertLessEqual(len(submitting), CONCURRENCY, "more submissions held than upstream.concurrency")
+            holders |= submitting
 
             left = {}
 
@@ -268,6 +270,8 @@ class PgCluster(unittest.TestCase):
         self.assertEqual([c for c in load.acked if c not in jobs], [], "acknowledged but not in the ledger")
         self.assertEqual([x for x in load.refused if x[1] != 503], [], "refused otherwise than with 503")
         self.assertEqual([c for c in load.failed], [], "a live instance's answer lost")
+        print("database restart: %d acknowledged, %d refused with 503" % (len(load.acked), len(load.refused)),
+              file=sys.stderr)
         if submissions:
             load.refused = []
             # A live instance keeps its claims across a short outage: at most what each had in flight.
