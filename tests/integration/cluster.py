@@ -238,25 +238,34 @@ _probe = {}
 
 def dispatcher_on_pg(pg, fake, timeout=10):
     """Whether the daemon submits on PostgreSQL: one daemon on a database of its own, one
-    notification; True once its job reaches `submitted` (or beyond) and the fake has its task
-    within timeout (unscaled under valgrind past 3x: a probe, not a measurement). Cached per
-    server."""
+    notification. True once its job reaches `submitted` (or beyond) and the fake has its task
+    within timeout (at most 3x that under valgrind: a probe, not a measurement); False when
+    nothing touched the job (still `pending`, never claimed, nothing POSTed): no dispatcher. A
+    job claimed or POSTed that got no further is a broken dispatcher, not a missing one: that
+    raises. Cached per server."""
     if pg in _probe:
         return _probe[pg]
     db = "probe_dispatcher"
     pg.create_database(db)
     (cid,) = new_creation_ids(1)
-    ok = False
+    query = "SELECT state, claim_seq FROM jobs WHERE creation_id = '%s'" % cid
     with Daemon({"upstream": {"base_url": fake.url}}, fake=fake, pg=pg, pg_db=db) as d:
         d.wait_ledger()
         status, body = post(d, make_task("9700000000000001", [cid]))
         if status != 202:
             raise AssertionError("the probe's notification was answered %r %r" % (status, body))
         deadline = time.monotonic() + timeout * min(harness.TIMEOUT_SCALE, 3)
-        while time.monotonic() < deadline:
-            rows = pg.sql("SELECT state FROM jobs WHERE creation_id = '%s'" % cid, db=db)
-            if rows and rows[0][0] in ("submitted", "succeeded") and created(fake).get(cid):
+        while True:
+            state, claim_seq = pg.sql(query, db=db)[0]
+            posted = created(fake).get(cid, 0)
+            if state in ("submitted", "succeeded") and posted:
                 ok = True
+                break
+            if time.monotonic() > deadline:
+                if (state, claim_seq, posted) != ("pending", "0", 0):
+                    raise AssertionError("the dispatcher on PostgreSQL took a job and did not submit it within "
+                                         "%ss: state %s, claim_seq %s, %d POSTs" % (timeout, state, claim_seq, posted))
+                ok = False
                 break
             time.sleep(0.2)
     _probe[pg] = ok
