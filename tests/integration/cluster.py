@@ -244,7 +244,18 @@ def dispatcher_on_pg(pg, fake, timeout=10):
     job claimed or POSTed that got no further is a broken dispatcher, not a missing one: that
     raises. Cached per server."""
     if pg in _probe:
+        if isinstance(_probe[pg], Exception):
+            raise _probe[pg]
         return _probe[pg]
+    try:
+        _probe[pg] = _probe_dispatcher(pg, fake, timeout)
+    except Exception as e:  # noqa: BLE001 - every test that needs the dispatcher fails with it
+        _probe[pg] = e
+        raise
+    return _probe[pg]
+
+
+def _probe_dispatcher(pg, fake, timeout):
     db = "probe_dispatcher"
     pg.create_database(db)
     (cid,) = new_creation_ids(1)
@@ -268,7 +279,6 @@ def dispatcher_on_pg(pg, fake, timeout=10):
                 ok = False
                 break
             time.sleep(0.2)
-    _probe[pg] = ok
     return ok
 
 
