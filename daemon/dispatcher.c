@@ -15,6 +15,7 @@
 #include "httpc.h"
 #include "journal.h"
 #include "owed.h"
+#include "pgschema.h"
 #include "txn.h"
 #include "upstream.h"
 #include "util.h"
@@ -46,8 +47,22 @@ struct call {
         bool has_retry_after;
         /* Filled when the transition is decided, logged after the commit. */
         struct job_entry entry;
+        /* PostgreSQL: the claim the job was taken under (the fence), what the answer makes of
+         * the job, the statements' parameters (kept until the turn's end) and how it went. */
+        int64_t claim_seq;
+        struct job saved;
+        char p_seq[24], p_attempt[24], p_next[24], p_status[24];
+        const char *params[10];
+        const char *settle_params[8];
+        size_t n_stmts; /* in the turn's batch: 1 (the fenced save) or 2 (and the settle) */
+        enum { ANSWER_SAVED, ANSWER_SETTLED, ANSWER_STALE } fate;
+        struct call *fl_prev, *fl_next; /* in flight: the claims the lease timer renews */
         struct call *next;
 };
+
+/* PostgreSQL: claim turns whose commit had an unknown outcome, put back before any new claim. */
+#define UNSENT_MAX           32
+#define LEASE_TIMER_MAX_USEC (1 * USEC_PER_SEC)
 
 struct dispatcher {
         sd_event *event;
@@ -88,6 +103,27 @@ struct dispatcher {
         struct owed *owed;     /* `accepted` entries owed (log.fold_accepted) */
         sd_event_source *owed_timer;
         bool owed_armed;
+        /* PostgreSQL (dispatcher_new_pg): claims under this instance's name, a claim turn
+         * counter that starts at the start time (so a restart under the same store.instance
+         * never reuses one), the leases renewed and lapsed ones taken over on `house`. */
+        bool pg;
+        struct pgconn *house;
+        char instance[128];
+        int64_t turn_seq;
+        int64_t staged_turn; /* the claim turn this turn's batch holds, 0 if none */
+        int64_t unsent[UNSENT_MAX];
+        char unsent_str[UNSENT_MAX][24];
+        const char *unsent_params[UNSENT_MAX][2];
+        size_t n_unsent, n_release_staged;
+        bool staged_submit, staged_poll;
+        char p_lease[24], p_slots[24], p_turn[24], p_pslots[24], p_pushed[24];
+        const char *claim_params[4], *poll_params[5], *renew_params[4], *takeover_params[2];
+        uint64_t next_submit_at, next_poll_at; /* realtime usec, from the database's answer */
+        sd_event_source *lease_timer;
+        bool lease_in_flight;
+        struct call *staged;      /* the answers this turn's batch saves */
+        struct call *flight_head; /* every call in flight */
+        char *renew_ids, *renew_turns;
 };
 
 static uint32_t random_u32(void)
@@ -99,6 +135,7 @@ static uint32_t random_u32(void)
 }
 
 static void arm_timer(struct dispatcher *d);
+static void write_answer_entry(struct dispatcher *d, struct call *c);
 static void check_idle(struct dispatcher *d);
 
 void dispatcher_kick(struct dispatcher *d)
@@ -262,6 +299,13 @@ static void call_done(const struct httpc_response *resp, void *userdata)
 {
         struct call *c = userdata;
         struct dispatcher *d = c->d;
+        if (c->fl_prev)
+                c->fl_prev->fl_next = c->fl_next;
+        else if (d->flight_head == c)
+                d->flight_head = c->fl_next;
+        if (c->fl_next)
+                c->fl_next->fl_prev = c->fl_prev;
+        c->fl_prev = c->fl_next = NULL;
         struct upstream_answer a = {
             .transport = resp->transport,
             .transport_error = resp->transport_error,
@@ -308,7 +352,7 @@ static int start_call(struct dispatcher *d, struct call *c)
                 /* Only ent-v2 passes the source's payload on; read when it is needed, never
                  * carried with the job (it may be 1 MiB). */
                 r = 0;
-                if (d->cfg->flavor == UPSTREAM_FLAVOR_ENT_V2)
+                if (d->cfg->flavor == UPSTREAM_FLAVOR_ENT_V2 && d->ledger)
                         r = ledger_get_payload(d->ledger, c->job.creation_id, &payload);
                 if (r >= 0)
                         r = upstream_build_submit(d->cfg, c->job.creation_id, c->job.duration,
@@ -335,6 +379,11 @@ static int start_call(struct dispatcher *d, struct call *c)
         r = httpc_start(d->httpc, &req, call_done, c);
         if (r < 0)
                 return r;
+        c->fl_prev = NULL;
+        c->fl_next = d->flight_head;
+        if (d->flight_head)
+                d->flight_head->fl_prev = c;
+        d->flight_head = c;
         if (c->poll) {
                 d->polls++;
                 d->m->polls++;
@@ -351,12 +400,13 @@ static int start_call(struct dispatcher *d, struct call *c)
         return 0;
 }
 
-static void note_ledger_failure(struct dispatcher *d, const char *what)
+static void note_ledger_failure(struct dispatcher *d, const char *what, int r)
 {
-        if (!d->ledger_failing)
+        /* PostgreSQL: the manager says when the database is away. */
+        if (!d->ledger_failing && !(d->pg && r == -ENOTCONN))
                 log_full(LOG_ERR, MSGID_LEDGER_ERROR,
                          "Ledger cannot commit while %s: %s; will retry", what,
-                         ledger_errmsg(d->ledger));
+                         d->pg ? strerror(-r) : ledger_errmsg(d->ledger));
         d->ledger_failing = true;
         /* Try again shortly: the disk may have space again, the lock may be gone. */
         uint64_t now;
@@ -607,7 +657,38 @@ static void writer_done(void *userdata, int r)
         struct dispatcher *d = userdata;
         struct call *fresh = d->turn_new;
         d->turn_new = NULL;
+        int64_t staged_turn = d->staged_turn;
+        struct call *staged = d->staged;
+        d->staged_turn = 0;
+        d->staged = NULL;
         if (r < 0) {
+                /* PostgreSQL: the answers the batch held go back first in line. */
+                if (staged) {
+                        struct call *last = staged;
+                        while (last->next)
+                                last = last->next;
+                        last->next = d->done_head;
+                        if (!d->done_head)
+                                d->done_tail = last;
+                        d->done_head = staged;
+                }
+                /* PostgreSQL: a claim that may have committed (an unknown outcome) is put back
+                 * by the next turn, before it claims anything: none of its jobs was sent. On a
+                 * turn that rolled back it matches nothing. */
+                if (d->pg && staged_turn && r != -ENOTCONN) {
+                        if (d->n_unsent == UNSENT_MAX) {
+                                /* Left to lapse: the takeover treats them as a restart would. */
+                                memmove(d->unsent, d->unsent + 1,
+                                        (UNSENT_MAX - 1) * sizeof(d->unsent[0]));
+                                memmove(d->unsent_str, d->unsent_str + 1,
+                                        (UNSENT_MAX - 1) * sizeof(d->unsent_str[0]));
+                                d->n_unsent--;
+                        }
+                        d->unsent[d->n_unsent] = staged_turn;
+                        snprintf(d->unsent_str[d->n_unsent], sizeof(d->unsent_str[0]), "%lld",
+                                 (long long)staged_turn);
+                        d->n_unsent++;
+                }
                 /* What the switches said may have been undone with the rest: read them again. */
                 d->budget_known = false;
                 d->budget_log = BUDGET_LOG_NONE;
@@ -617,17 +698,20 @@ static void writer_done(void *userdata, int r)
                         if (c->probe)
                                 d->probe_in_flight = false;
                 free_calls(fresh);
-                note_ledger_failure(d, d->done_head ? "recording upstream answers"
-                                                    : "marking jobs due");
+                note_ledger_failure(
+                    d, d->done_head ? "recording upstream answers" : "marking jobs due", r);
                 return;
         }
         d->ledger_failing = false;
         log_budget(d);
-        struct call *done = d->done_head;
-        d->done_head = d->done_tail = NULL;
+        struct call *done = staged;
+        if (!d->pg) {
+                done = d->done_head;
+                d->done_head = d->done_tail = NULL;
+        }
         while (done) {
                 struct call *next = done->next;
-                dispatcher_write_entry(d, &done->entry);
+                write_answer_entry(d, done);
                 free(done);
                 done = next;
         }
@@ -640,7 +724,7 @@ static void writer_done(void *userdata, int r)
                         started = true;
                 else {
                         /* Left in `submitting`: at worst it is treated as uncertain at the next
-                         * start. */
+                         * start (on PostgreSQL: its claim is not renewed and lapses). */
                         log_error("Cannot start an upstream request for %s: %s", c->job.creation_id,
                                   strerror(-e));
                         if (c->probe)
@@ -663,6 +747,16 @@ static int on_timer(sd_event_source *s, uint64_t usec, void *userdata)
         return 0;
 }
 
+/* When the next job of a kind is due (realtime usec): the ledger's, or on PostgreSQL what the
+ * last turn's answer said. 1 and *ret, or 0 when none is. */
+static int next_due(struct dispatcher *d, enum ledger_due_kind kind, uint64_t *ret)
+{
+        if (!d->pg)
+                return ledger_next_due(d->ledger, kind, ret);
+        *ret = kind == LEDGER_DUE_SUBMIT ? d->next_submit_at : d->next_poll_at;
+        return *ret != UINT64_MAX;
+}
+
 static void arm_timer(struct dispatcher *d)
 {
         uint64_t next = UINT64_MAX, t;
@@ -670,7 +764,7 @@ static void arm_timer(struct dispatcher *d)
         if (d->paused && !d->probe_in_flight)
                 next = d->pause_until;
         else if (!d->paused && !d->operator_paused && d->submits < d->cfg->concurrency &&
-                 ledger_next_due(d->ledger, LEDGER_DUE_SUBMIT, &t) > 0) {
+                 next_due(d, LEDGER_DUE_SUBMIT, &t) > 0) {
                 next = t;
                 /* Held by the budget: wake when its window frees room, not before. (An
                  * operator's pause has no end to wait for: the manager's status timer kicks the
@@ -678,15 +772,17 @@ static void arm_timer(struct dispatcher *d)
                 if (d->budget_blocked && next < d->budget.free_at)
                         next = d->budget.free_at;
         }
-        if (d->polls < d->cfg->concurrency && ledger_next_due(d->ledger, LEDGER_DUE_POLL, &t) > 0 &&
-            t < next)
+        if (d->polls < d->cfg->concurrency && next_due(d, LEDGER_DUE_POLL, &t) > 0 && t < next)
                 next = t;
         if (next == UINT64_MAX) {
                 sd_event_source_set_enabled(d->timer, SD_EVENT_OFF);
                 return;
         }
-        if (next < now + USEC_PER_MSEC)
-                next = now + USEC_PER_MSEC;
+        /* PostgreSQL: a job due now that the claim did not get is another's, locked for a
+         * moment: look again a little later, not at once. */
+        uint64_t floor = d->pg ? 20 * USEC_PER_MSEC : USEC_PER_MSEC;
+        if (next < now + floor)
+                next = now + floor;
         sd_event_source_set_time(d->timer, next);
         sd_event_source_set_enabled(d->timer, SD_EVENT_ONESHOT);
 }
@@ -777,6 +873,97 @@ static int apply_accepted(struct dispatcher *d, struct call *c, uint64_t now)
         return 1;
 }
 
+/* What a submission's answer makes of its job j (as it was marked `submitting`): its state and
+ * fields, the entry written after the commit, the account-wide pause it starts or ends. */
+static void decide_submit(struct dispatcher *d, struct call *c, struct job *j, uint64_t now)
+{
+        struct upstream_result *res = &c->result;
+        j->http_status = (int)c->status;
+        job_set_field(j->upstream_error, sizeof(j->upstream_error), res->error);
+        if (res->verdict != UPSTREAM_ACCEPTED)
+                snprintf(d->last_error, sizeof(d->last_error), "%s", res->error);
+        if (res->verdict != UPSTREAM_ACCOUNT && res->verdict != UPSTREAM_OUTAGE && c->probe)
+                leave_pause(d);
+
+        switch (res->verdict) {
+        case UPSTREAM_ACCEPTED:
+                j->state = JOB_SUBMITTED;
+                job_set_field(j->upscale_task_id, sizeof(j->upscale_task_id), res->task_id);
+                j->upstream_error[0] = 0;
+                j->next_at = now + first_poll_delay(d->cfg);
+                fill_event(c, j, MSGID_SUBMITTED, "submitted");
+                c->entry.priority = LOG_INFO;
+                snprintf(c->entry.message, sizeof(c->entry.message),
+                         "Upscale of %s submitted as task %s (attempt %u)", j->creation_id,
+                         j->upscale_task_id, j->attempt);
+                break;
+        case UPSTREAM_UNCERTAIN:
+                d->m->uncertain++;
+                log_full(LOG_WARNING, MSGID_UPSTREAM_PROTOCOL,
+                         "Upstream protocol error for %s: %s (HTTP %ld); the upstream may have "
+                         "created the task",
+                         j->creation_id, res->error, c->status);
+                if (d->cfg->uncertain == UNCERTAIN_HOLD) {
+                        j->state = JOB_UNCERTAIN;
+                        fill_event(c, j, MSGID_UNCERTAIN, "uncertain");
+                        c->entry.priority = LOG_WARNING;
+                        snprintf(c->entry.message, sizeof(c->entry.message),
+                                 "Upscale of %s is uncertain (%s); held until an operator retries "
+                                 "or abandons it",
+                                 j->creation_id, res->error);
+                        break;
+                }
+                /* resubmit: treat it as retryable; a duplicate upstream is the accepted risk. */
+                /* fall through */
+        case UPSTREAM_RETRY:
+                if (j->attempt >= d->cfg->max_attempts) {
+                        j->state = JOB_DEAD;
+                        d->m->dead++;
+                        fill_event(c, j, MSGID_DEAD, "dead");
+                        c->entry.priority = LOG_ERR;
+                        snprintf(c->entry.message, sizeof(c->entry.message),
+                                 "Upscale of %s given up after %u attempts: %s", j->creation_id,
+                                 j->attempt, res->error);
+                } else {
+                        uint64_t delay = backoff_delay(j->attempt, d->cfg->initial_delay,
+                                                       d->cfg->max_delay, random_u32());
+                        if (c->has_retry_after && c->retry_after_usec > delay)
+                                delay = c->retry_after_usec;
+                        j->state = JOB_WAITING;
+                        j->next_at = now + delay;
+                        d->m->retries++;
+                        fill_event(c, j, MSGID_RETRYING, "retrying");
+                        c->entry.priority = LOG_WARNING;
+                        char buf[32];
+                        format_duration(delay / USEC_PER_MSEC * USEC_PER_MSEC, buf, sizeof(buf));
+                        snprintf(c->entry.message, sizeof(c->entry.message),
+                                 "Upscale of %s failed (%s), attempt %u; retrying in %s",
+                                 j->creation_id, res->error, j->attempt, buf);
+                }
+                break;
+        case UPSTREAM_FINAL:
+                j->state = JOB_DEAD;
+                d->m->dead++;
+                fill_event(c, j, MSGID_DEAD, "dead");
+                c->entry.priority = LOG_ERR;
+                snprintf(c->entry.message, sizeof(c->entry.message),
+                         "Upscale of %s refused by the upstream: %s (HTTP %ld)", j->creation_id,
+                         res->error, c->status);
+                break;
+        case UPSTREAM_ACCOUNT:
+        case UPSTREAM_OUTAGE:
+                /* Not this job's fault: it goes back with its attempt returned. */
+                if (j->attempt > 0)
+                        j->attempt--;
+                j->state = JOB_WAITING;
+                j->next_at = now;
+                enter_pause(d, c,
+                            res->verdict == UPSTREAM_OUTAGE ? "the upstream cannot be reached"
+                                                            : res->error);
+                break;
+        }
+}
+
 /* Decides and records what a submission's answer means for its job (inside the transaction). */
 static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now)
 {
@@ -812,91 +999,21 @@ static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now)
                         res->verdict = UPSTREAM_UNCERTAIN;
                 }
         }
-        j.http_status = (int)c->status;
-        job_set_field(j.upstream_error, sizeof(j.upstream_error), res->error);
-        if (res->verdict != UPSTREAM_ACCEPTED)
-                snprintf(d->last_error, sizeof(d->last_error), "%s", res->error);
-        if (res->verdict != UPSTREAM_ACCOUNT && res->verdict != UPSTREAM_OUTAGE && c->probe)
-                leave_pause(d);
-
-        switch (res->verdict) {
-        case UPSTREAM_ACCEPTED:
-                j.state = JOB_SUBMITTED;
-                job_set_field(j.upscale_task_id, sizeof(j.upscale_task_id), res->task_id);
-                j.upstream_error[0] = 0;
-                j.next_at = now + first_poll_delay(d->cfg);
-                fill_event(c, &j, MSGID_SUBMITTED, "submitted");
-                c->entry.priority = LOG_INFO;
-                snprintf(c->entry.message, sizeof(c->entry.message),
-                         "Upscale of %s submitted as task %s (attempt %u)", j.creation_id,
-                         j.upscale_task_id, j.attempt);
-                break;
-        case UPSTREAM_UNCERTAIN:
-                d->m->uncertain++;
-                log_full(LOG_WARNING, MSGID_UPSTREAM_PROTOCOL,
-                         "Upstream protocol error for %s: %s (HTTP %ld); the upstream may have "
-                         "created the task",
-                         j.creation_id, res->error, c->status);
-                if (d->cfg->uncertain == UNCERTAIN_HOLD) {
-                        j.state = JOB_UNCERTAIN;
-                        fill_event(c, &j, MSGID_UNCERTAIN, "uncertain");
-                        c->entry.priority = LOG_WARNING;
-                        snprintf(c->entry.message, sizeof(c->entry.message),
-                                 "Upscale of %s is uncertain (%s); held until an operator retries "
-                                 "or abandons it",
-                                 j.creation_id, res->error);
-                        break;
-                }
-                /* resubmit: treat it as retryable; a duplicate upstream is the accepted risk. */
-                /* fall through */
-        case UPSTREAM_RETRY:
-                if (j.attempt >= d->cfg->max_attempts) {
-                        j.state = JOB_DEAD;
-                        d->m->dead++;
-                        fill_event(c, &j, MSGID_DEAD, "dead");
-                        c->entry.priority = LOG_ERR;
-                        snprintf(c->entry.message, sizeof(c->entry.message),
-                                 "Upscale of %s given up after %u attempts: %s", j.creation_id,
-                                 j.attempt, res->error);
-                } else {
-                        uint64_t delay = backoff_delay(j.attempt, d->cfg->initial_delay,
-                                                       d->cfg->max_delay, random_u32());
-                        if (c->has_retry_after && c->retry_after_usec > delay)
-                                delay = c->retry_after_usec;
-                        j.state = JOB_WAITING;
-                        j.next_at = now + delay;
-                        d->m->retries++;
-                        fill_event(c, &j, MSGID_RETRYING, "retrying");
-                        c->entry.priority = LOG_WARNING;
-                        char buf[32];
-                        format_duration(delay / USEC_PER_MSEC * USEC_PER_MSEC, buf, sizeof(buf));
-                        snprintf(c->entry.message, sizeof(c->entry.message),
-                                 "Upscale of %s failed (%s), attempt %u; retrying in %s",
-                                 j.creation_id, res->error, j.attempt, buf);
-                }
-                break;
-        case UPSTREAM_FINAL:
-                j.state = JOB_DEAD;
-                d->m->dead++;
-                fill_event(c, &j, MSGID_DEAD, "dead");
-                c->entry.priority = LOG_ERR;
-                snprintf(c->entry.message, sizeof(c->entry.message),
-                         "Upscale of %s refused by the upstream: %s (HTTP %ld)", j.creation_id,
-                         res->error, c->status);
-                break;
-        case UPSTREAM_ACCOUNT:
-        case UPSTREAM_OUTAGE:
-                /* Not this job's fault: it goes back with its attempt returned. */
-                if (j.attempt > 0)
-                        j.attempt--;
-                j.state = JOB_WAITING;
-                j.next_at = now;
-                enter_pause(d, c,
-                            res->verdict == UPSTREAM_OUTAGE ? "the upstream cannot be reached"
-                                                            : res->error);
-                break;
-        }
+        decide_submit(d, c, &j, now);
         return ledger_save_from(d->ledger, &j, JOB_SUBMITTING, now);
+}
+
+/* What an upscale's final outcome makes of its job. */
+static void outcome_job(struct job *j, const struct upstream_poll *p)
+{
+        bool ok = p->state == UPSTREAM_TASK_SUCCESS;
+        j->state = ok ? JOB_SUCCEEDED : JOB_FAILED;
+        if (ok) {
+                job_set_field(j->result_url, sizeof(j->result_url), p->result_url);
+                j->upstream_error[0] = 0;
+        } else
+                job_set_field(j->upstream_error, sizeof(j->upstream_error),
+                              isempty(p->error) ? "failed" : p->error);
 }
 
 /* Records a final outcome: a job changed since j was read (an operator, the other way of
@@ -907,14 +1024,7 @@ static int record_outcome(struct ledger *ledger, struct job *j, const struct ups
         if (j->state != JOB_SUBMITTED && j->state != JOB_UNCERTAIN && j->state != JOB_SUBMITTING)
                 return 0;
         enum job_state from = j->state;
-        bool ok = p->state == UPSTREAM_TASK_SUCCESS;
-        j->state = ok ? JOB_SUCCEEDED : JOB_FAILED;
-        if (ok) {
-                job_set_field(j->result_url, sizeof(j->result_url), p->result_url);
-                j->upstream_error[0] = 0;
-        } else
-                job_set_field(j->upstream_error, sizeof(j->upstream_error),
-                              isempty(p->error) ? "failed" : p->error);
+        outcome_job(j, p);
         return ledger_save_if(ledger, j, from, now);
 }
 
@@ -923,6 +1033,26 @@ int dispatcher_note_credits(struct ledger *ledger, const struct job *j, int64_t 
         if (credits < 0 || credits == j->credits)
                 return 0;
         return ledger_set_credits(ledger, j->creation_id, credits);
+}
+
+/* The outcome's count and journal entry, for a job outcome_job closed. */
+static void outcome_entry(struct dispatcher *d, struct job *j, enum outcome_via via,
+                          int http_status, struct job_entry *ret)
+{
+        bool ok = j->state == JOB_SUCCEEDED;
+        d->m->outcomes[via][ok ? 0 : 1]++;
+        if (http_status > 0)
+                j->http_status = http_status;
+        fill_entry(ret, j, ok ? MSGID_SUCCEEDED : MSGID_FAILED, ok ? "succeeded" : "failed");
+        ret->priority = ok ? LOG_INFO : LOG_WARNING;
+        const char *how = via == OUTCOME_VIA_CALLBACK ? " (callback)" : "";
+        if (ok)
+                snprintf(ret->message, sizeof(ret->message), "Upscale of %s succeeded%s: %s",
+                         j->creation_id, how,
+                         isempty(j->result_url) ? "(no result URL)" : j->result_url);
+        else
+                snprintf(ret->message, sizeof(ret->message), "Upscale of %s failed upstream%s: %s",
+                         j->creation_id, how, j->upstream_error);
 }
 
 int dispatcher_close_job(struct dispatcher *d, const struct job *job, const struct upstream_poll *p,
@@ -934,20 +1064,7 @@ int dispatcher_close_job(struct dispatcher *d, const struct job *job, const stru
         int r = record_outcome(d->ledger, &j, p, now);
         if (r <= 0)
                 return r;
-        bool ok = j.state == JOB_SUCCEEDED;
-        d->m->outcomes[via][ok ? 0 : 1]++;
-        if (http_status > 0)
-                j.http_status = http_status;
-        fill_entry(ret, &j, ok ? MSGID_SUCCEEDED : MSGID_FAILED, ok ? "succeeded" : "failed");
-        ret->priority = ok ? LOG_INFO : LOG_WARNING;
-        const char *how = via == OUTCOME_VIA_CALLBACK ? " (callback)" : "";
-        if (ok)
-                snprintf(ret->message, sizeof(ret->message), "Upscale of %s succeeded%s: %s",
-                         j.creation_id, how,
-                         isempty(j.result_url) ? "(no result URL)" : j.result_url);
-        else
-                snprintf(ret->message, sizeof(ret->message), "Upscale of %s failed upstream%s: %s",
-                         j.creation_id, how, j.upstream_error);
+        outcome_entry(d, &j, via, http_status, ret);
         return (int)j.state;
 }
 
@@ -991,6 +1108,469 @@ static int apply_poll(struct dispatcher *d, struct call *c, uint64_t now)
         }
         r = dispatcher_close_job(d, &j, p, OUTCOME_VIA_POLL, (int)c->status, now, &c->entry);
         return r < 0 ? r : 0;
+}
+
+/* PostgreSQL ---------------------------------------------------------------------------------- */
+
+static const char *nonempty(const char *s)
+{
+        return isempty(s) ? NULL : s;
+}
+
+static int rows_of(const PGresult *r)
+{
+        return r && PQresultStatus(r) == PGRES_TUPLES_OK ? PQntuples(r) : 0;
+}
+
+/* What a poll's answer makes of its job j (as it was claimed): asked again on the cadence while
+ * it runs or cannot be read, closed by a final outcome. */
+static void decide_poll(struct dispatcher *d, struct call *c, struct job *j, uint64_t now)
+{
+        const struct upstream_poll *p = &c->poll_result;
+        switch (p->state) {
+        case UPSTREAM_TASK_UNREADABLE:
+                snprintf(d->last_error, sizeof(d->last_error), "poll: %.240s", p->error);
+                if (strcmp(j->upstream_error, p->error) != 0)
+                        log_notice(
+                            "Cannot read the state of upscale task %s for %s: %s; asking again "
+                            "every upstream.poll_interval",
+                            j->upscale_task_id, j->creation_id, p->error);
+                job_set_field(j->upstream_error, sizeof(j->upstream_error), p->error);
+                /* fall through */
+        case UPSTREAM_TASK_RUNNING:
+                j->next_at = now + d->cfg->poll_interval;
+                return;
+        case UPSTREAM_TASK_SUCCESS:
+        case UPSTREAM_TASK_FAILED:
+                outcome_job(j, p);
+                outcome_entry(d, j, OUTCOME_VIA_POLL, (int)c->status, &c->entry);
+                return;
+        }
+}
+
+/* An answer's statements: what it makes of the job, saved only under the claim it was taken
+ * with (PGSCHEMA_SAVE_FENCED); an accepted submission also settles the job if a takeover holds it
+ * `uncertain` from that very claim (PGSCHEMA_SETTLE_UNCERTAIN: after a save that matched, the job
+ * is `submitted` and the settle matches nothing). */
+static int stage_answer(struct dispatcher *d, struct call *c, struct txn_batch *b, uint64_t now)
+{
+        struct job j = c->job;
+        bool settle = false;
+        c->entry.log = false;
+        c->fate = ANSWER_SAVED;
+        if (c->poll)
+                decide_poll(d, c, &j, now);
+        else {
+                if (c->probe)
+                        d->probe_in_flight = false;
+                /* Anything but the common answer: its `accepted` entry first, not folded. */
+                if (c->result.verdict != UPSTREAM_ACCEPTED)
+                        dispatcher_settle_accepted(d, j.creation_id);
+                decide_submit(d, c, &j, now);
+                settle = j.state == JOB_SUBMITTED;
+        }
+        c->saved = j;
+        const struct job *s = &c->saved;
+        snprintf(c->p_seq, sizeof(c->p_seq), "%lld", (long long)c->claim_seq);
+        snprintf(c->p_attempt, sizeof(c->p_attempt), "%u", s->attempt);
+        snprintf(c->p_next, sizeof(c->p_next), "%llu",
+                 (unsigned long long)(s->next_at > now ? s->next_at - now : 0));
+        snprintf(c->p_status, sizeof(c->p_status), "%d", s->http_status);
+        const char *status = s->http_status > 0 ? c->p_status : NULL;
+        const char *params[] = {s->creation_id,
+                                d->instance,
+                                c->p_seq,
+                                job_state_to_string(s->state),
+                                c->p_attempt,
+                                c->p_next,
+                                nonempty(s->upscale_task_id),
+                                status,
+                                nonempty(s->upstream_error),
+                                nonempty(s->result_url)};
+        memcpy(c->params, params, sizeof(params));
+        const char *settle_params[] = {s->creation_id,
+                                       c->p_seq,
+                                       job_state_to_string(s->state),
+                                       nonempty(s->upscale_task_id),
+                                       status,
+                                       nonempty(s->upstream_error),
+                                       nonempty(s->result_url),
+                                       c->p_next};
+        memcpy(c->settle_params, settle_params, sizeof(settle_params));
+        c->n_stmts = 1;
+        int r = txn_batch_add(b, PGSCHEMA_SAVE_FENCED, ELEMENTSOF(params), c->params);
+        if (r >= 0 && settle) {
+                r = txn_batch_add(b, PGSCHEMA_SETTLE_UNCERTAIN, ELEMENTSOF(settle_params),
+                                  c->settle_params);
+                c->n_stmts = 2;
+        }
+        return r;
+}
+
+/* PostgreSQL: the dispatcher's part of the turn, after the webhook's intake in the same
+ * transaction: the claims whose commit had an unknown outcome put back, the answers saved under
+ * their claims, due jobs claimed up to the free slots (so a job accepted in this turn is marked
+ * `submitting` in its very commit) and submitted ones claimed for a poll, then when the next
+ * job is due, for the timer. */
+static int writer_stage_pg(void *userdata, struct txn_batch *b, uint64_t now)
+{
+        struct dispatcher *d = userdata;
+        int r;
+        d->staged_turn = 0;
+        d->staged_submit = d->staged_poll = false;
+        d->n_release_staged = d->n_unsent;
+        for (size_t i = 0; i < d->n_unsent; i++) {
+                d->unsent_params[i][0] = d->instance;
+                d->unsent_params[i][1] = d->unsent_str[i];
+                r = txn_batch_add(b, PGSCHEMA_RELEASE_UNSENT, 2, d->unsent_params[i]);
+                if (r < 0)
+                        return r;
+        }
+        /* The answers go with this batch; those that come before its end wait for the next. */
+        d->staged = d->done_head;
+        d->done_head = d->done_tail = NULL;
+        for (struct call *c = d->staged; c; c = c->next) {
+                r = stage_answer(d, c, b, now);
+                if (r < 0)
+                        return r;
+        }
+        if (!d->draining) {
+                size_t slots =
+                    d->cfg->concurrency > d->submits ? d->cfg->concurrency - d->submits : 0;
+                if (d->paused)
+                        slots =
+                            now < d->pause_until || d->probe_in_flight || d->submits > 0 ? 0 : 1;
+                if (slots > BATCH_MAX)
+                        slots = BATCH_MAX;
+                size_t pslots = d->cfg->concurrency > d->polls ? d->cfg->concurrency - d->polls : 0;
+                if (pslots > BATCH_MAX)
+                        pslots = BATCH_MAX;
+                snprintf(d->p_lease, sizeof(d->p_lease), "%llu",
+                         (unsigned long long)d->cfg->store_lease);
+                if (slots > 0) {
+                        d->staged_turn = ++d->turn_seq;
+                        snprintf(d->p_slots, sizeof(d->p_slots), "%zu", slots);
+                        snprintf(d->p_turn, sizeof(d->p_turn), "%lld", (long long)d->staged_turn);
+                        const char *params[] = {d->instance, d->p_lease, d->p_slots, d->p_turn};
+                        memcpy(d->claim_params, params, sizeof(params));
+                        r = txn_batch_add(b, PGSCHEMA_CLAIM_SUBMIT, 4, d->claim_params);
+                        if (r < 0)
+                                return r;
+                        d->staged_submit = true;
+                }
+                if (pslots > 0) {
+                        if (!d->staged_turn) {
+                                d->staged_turn = ++d->turn_seq;
+                                snprintf(d->p_turn, sizeof(d->p_turn), "%lld",
+                                         (long long)d->staged_turn);
+                        }
+                        snprintf(d->p_pslots, sizeof(d->p_pslots), "%zu", pslots);
+                        snprintf(d->p_pushed, sizeof(d->p_pushed), "%llu",
+                                 (unsigned long long)(d->cfg->poll_interval + d->cfg->timeout));
+                        const char *params[] = {d->instance, d->p_lease, d->p_pslots, d->p_turn,
+                                                d->p_pushed};
+                        memcpy(d->poll_params, params, sizeof(params));
+                        r = txn_batch_add(b, PGSCHEMA_CLAIM_POLL, 5, d->poll_params);
+                        if (r < 0)
+                                return r;
+                        d->staged_poll = true;
+                }
+        }
+        r = txn_batch_add(b, PGSCHEMA_NEXT_SUBMIT, 0, NULL);
+        if (r >= 0)
+                r = txn_batch_add(b, PGSCHEMA_NEXT_POLL, 0, NULL);
+        return r;
+}
+
+/* Calls for the jobs a claim returned (col: where the job's columns start). */
+static int claimed_calls(struct dispatcher *d, const PGresult *res, int col, bool poll)
+{
+        for (int i = 0; i < rows_of(res); i++) {
+                struct call *c = calloc(1, sizeof(*c));
+                if (!c)
+                        return -ENOMEM;
+                struct pgschema_claim claim;
+                if (pgschema_row_to_job(res, i, col, &c->job, &claim) < 0) {
+                        free(c);
+                        return -EBADMSG;
+                }
+                c->d = d;
+                c->poll = poll;
+                c->claim_seq = claim.seq;
+                if (!poll) {
+                        c->fresh = strcmp(PQgetvalue(res, i, 0), "pending") == 0;
+                        c->probe = d->paused;
+                        if (c->probe)
+                                d->probe_in_flight = true;
+                }
+                c->next = d->turn_new;
+                d->turn_new = c;
+        }
+        return 0;
+}
+
+static uint64_t due_at(const PGresult *res, uint64_t now)
+{
+        if (rows_of(res) < 1 || PQgetisnull(res, 0, 0))
+                return UINT64_MAX;
+        long long delta = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        return delta <= 0 ? now : now + (uint64_t)delta;
+}
+
+static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
+{
+        struct dispatcher *d = userdata;
+        size_t i = 0;
+        uint64_t now = now_realtime_usec();
+        size_t released = 0;
+        for (size_t k = 0; k < d->n_release_staged && i < n; k++)
+                released += (size_t)rows_of(results[i++]);
+        if (d->n_release_staged > 0) {
+                /* Committed: those claim turns are settled. */
+                memmove(d->unsent, d->unsent + d->n_release_staged,
+                        (d->n_unsent - d->n_release_staged) * sizeof(d->unsent[0]));
+                memmove(d->unsent_str, d->unsent_str + d->n_release_staged,
+                        (d->n_unsent - d->n_release_staged) * sizeof(d->unsent_str[0]));
+                d->n_unsent -= d->n_release_staged;
+                d->n_release_staged = 0;
+                if (released > 0)
+                        log_notice("%zu job(s) marked submitting in a commit whose outcome was "
+                                   "unknown were never sent: due again",
+                                   released);
+        }
+        for (struct call *c = d->staged; c && i < n; c = c->next) {
+                if (rows_of(results[i]) > 0)
+                        c->fate = ANSWER_SAVED;
+                else if (c->n_stmts == 2 && i + 1 < n && rows_of(results[i + 1]) > 0)
+                        c->fate = ANSWER_SETTLED;
+                else
+                        c->fate = ANSWER_STALE;
+                i += c->n_stmts;
+        }
+        int r = 0;
+        if (d->staged_submit && i < n)
+                r = claimed_calls(d, results[i++], 1, false);
+        if (r >= 0 && d->staged_poll && i < n)
+                r = claimed_calls(d, results[i++], 0, true);
+        if (r < 0)
+                return r;
+        d->next_submit_at = i < n ? due_at(results[i++], now) : UINT64_MAX;
+        d->next_poll_at = i < n ? due_at(results[i++], now) : UINT64_MAX;
+        return 0;
+}
+
+/* After the commit: an answer's entry, or the stale answer's. */
+static void write_answer_entry(struct dispatcher *d, struct call *c)
+{
+        if (!d->pg || c->fate == ANSWER_SAVED) {
+                dispatcher_write_entry(d, &c->entry);
+                return;
+        }
+        if (c->fate == ANSWER_SETTLED) {
+                size_t len = strlen(c->entry.message);
+                snprintf(c->entry.message + len, sizeof(c->entry.message) - len,
+                         "; it settles the job, held uncertain after a takeover");
+                dispatcher_write_entry(d, &c->entry);
+                return;
+        }
+        /* Fenced out: another instance took the job over; what it decided stands. A running
+         * poll's answer is no news. */
+        if (c->poll && c->poll_result.state != UPSTREAM_TASK_SUCCESS &&
+            c->poll_result.state != UPSTREAM_TASK_FAILED)
+                return;
+        dispatcher_settle_accepted(d, c->job.creation_id);
+        d->m->stale_answers++;
+        const char *task = c->poll ? c->job.upscale_task_id : c->saved.upscale_task_id;
+        struct job_event ev = {
+            .message_id = MSGID_STALE_ANSWER,
+            .creation_id = c->job.creation_id,
+            .source_task_id = c->job.source_task_id,
+            .upscale_task_id = nonempty(task),
+            .job_state = "stale",
+            .attempt = c->job.attempt,
+            .http_status = (int)c->status,
+            .upstream_error = nonempty(c->saved.upstream_error),
+        };
+        log_job(LOG_WARNING, &ev,
+                "Late answer for %s (%s %s, upscale task %s) fenced out: this instance's claim "
+                "lapsed and another took the job over; not recorded",
+                c->job.creation_id, c->poll ? "poll" : "submission",
+                c->poll ? (c->poll_result.state == UPSTREAM_TASK_SUCCESS ? "succeeded" : "failed")
+                        : job_state_to_string(c->saved.state),
+                isempty(task) ? "none" : task);
+}
+
+/* The lease timer: renews this instance's claims, takes over lapsed ones and asks when the next
+ * job is due, on the housekeeping connection, never on the turns'. */
+static void arm_lease_timer(struct dispatcher *d, uint64_t usec)
+{
+        if (d->lease_timer)
+                event_timer_in(d->lease_timer, usec);
+}
+
+/* A third of the lease, so a claim is renewed twice before it could lapse; at most a second,
+ * so an idle instance finds due work within about that. */
+static uint64_t lease_period(const struct dispatcher *d)
+{
+        uint64_t p = d->cfg->store_lease / 3;
+        if (p > LEASE_TIMER_MAX_USEC)
+                p = LEASE_TIMER_MAX_USEC;
+        return p < 50 * USEC_PER_MSEC ? 50 * USEC_PER_MSEC : p;
+}
+
+static void on_leased(struct pgconn *conn, const struct pgconn_result *res, void *userdata)
+{
+        struct dispatcher *d = userdata;
+        d->lease_in_flight = false;
+        arm_lease_timer(d, lease_period(d));
+        if (res->error < 0) {
+                log_debug("Cannot renew leases or take over lapsed claims: %s", res->message);
+                return;
+        }
+        /* Due work another instance recorded, or an operator released: an idle instance finds it
+         * here, with no turn (no commit) while there is none. */
+        uint64_t now = now_realtime_usec();
+        uint64_t sub = res->n > 2 ? due_at(res->results[2], now) : UINT64_MAX;
+        uint64_t pol = res->n > 3 ? due_at(res->results[3], now) : UINT64_MAX;
+        if (!d->draining && ((sub <= now && d->submits < d->cfg->concurrency && !d->paused) ||
+                             (pol <= now && d->polls < d->cfg->concurrency)))
+                dispatcher_kick(d);
+        else if (!d->draining && (sub < d->next_submit_at || pol < d->next_poll_at)) {
+                if (sub < d->next_submit_at)
+                        d->next_submit_at = sub;
+                if (pol < d->next_poll_at)
+                        d->next_poll_at = pol;
+                arm_timer(d);
+        }
+        const PGresult *taken = res->n > 1 ? res->results[1] : NULL;
+        int n = rows_of(taken);
+        bool hold = d->cfg->uncertain == UNCERTAIN_HOLD;
+        for (int i = 0; i < n; i++) {
+                struct job j;
+                if (pgschema_row_to_job(taken, i, 1, &j, NULL) < 0)
+                        continue;
+                dispatcher_settle_accepted(d, j.creation_id);
+                struct job_event ev = {
+                    .message_id = hold ? MSGID_UNCERTAIN : MSGID_RETRYING,
+                    .creation_id = j.creation_id,
+                    .source_task_id = j.source_task_id,
+                    .job_state = hold ? "uncertain" : "retrying",
+                    .attempt = j.attempt,
+                    .upstream_error = j.upstream_error,
+                };
+                const char *lost = PQgetisnull(taken, i, 0) ? "?" : PQgetvalue(taken, i, 0);
+                if (hold) {
+                        d->m->uncertain++;
+                        log_job(LOG_WARNING, &ev,
+                                "Upscale of %s was interrupted mid-submission (instance %s lost "
+                                "its lease); the upstream may have it. Held "
+                                "(retry.uncertain=hold) until an operator retries or abandons it",
+                                j.creation_id, lost);
+                } else
+                        log_job(LOG_WARNING, &ev,
+                                "Upscale of %s was interrupted mid-submission (instance %s lost "
+                                "its lease); submitting again (retry.uncertain=resubmit)",
+                                j.creation_id, lost);
+        }
+        if (n > 0)
+                dispatcher_kick(d);
+}
+
+static int on_lease_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        struct dispatcher *d = userdata;
+        if (d->lease_in_flight)
+                return 0;
+        snprintf(d->p_lease, sizeof(d->p_lease), "%llu", (unsigned long long)d->cfg->store_lease);
+        /* Only the claims this instance still acts on: the calls in flight, and the claim
+         * turns that await their release (never sent). A claim whose call could not start, or
+         * that an earlier process under the same name left, lapses and is taken over. */
+        size_t n = 0;
+        for (struct call *c = d->flight_head; c; c = c->fl_next)
+                n++;
+        _cleanup_free_ const char **ids = calloc(n + 1, sizeof(*ids));
+        const char *turns[UNSENT_MAX];
+        if (!ids) {
+                arm_lease_timer(d, lease_period(d));
+                return 0;
+        }
+        n = 0;
+        for (struct call *c = d->flight_head; c; c = c->fl_next)
+                ids[n++] = c->job.creation_id;
+        for (size_t i = 0; i < d->n_unsent; i++)
+                turns[i] = d->unsent_str[i];
+        free(TAKE_PTR(d->renew_ids));
+        free(TAKE_PTR(d->renew_turns));
+        if (pgschema_text_array(ids, n, &d->renew_ids) < 0 ||
+            pgschema_text_array(turns, d->n_unsent, &d->renew_turns) < 0) {
+                arm_lease_timer(d, lease_period(d));
+                return 0;
+        }
+        const char *renew[] = {d->instance, d->p_lease, d->renew_ids, d->renew_turns};
+        const char *takeover[] = {d->cfg->uncertain == UNCERTAIN_HOLD ? "hold" : "resubmit", "100"};
+        memcpy(d->renew_params, renew, sizeof(renew));
+        memcpy(d->takeover_params, takeover, sizeof(takeover));
+        const struct pgconn_stmt stmts[] = {
+            {.sql = PGSCHEMA_RENEW_HELD, .n_params = 4, .params = d->renew_params},
+            {.sql = PGSCHEMA_TAKEOVER, .n_params = 2, .params = d->takeover_params},
+            {.sql = PGSCHEMA_NEXT_SUBMIT},
+            {.sql = PGSCHEMA_NEXT_POLL},
+        };
+        int r = pgconn_send(d->house, stmts, ELEMENTSOF(stmts), on_leased, d);
+        if (r >= 0)
+                d->lease_in_flight = true;
+        else /* busy with the counts or a purge, or not connected: soon again */
+                arm_lease_timer(d, r == -EBUSY ? 20 * USEC_PER_MSEC : lease_period(d));
+        return 0;
+}
+
+int dispatcher_new_pg(sd_event *event, struct txn *txn, struct pgconn *house,
+                      const struct config *cfg, struct metrics *metrics, struct dispatcher **ret)
+{
+        struct dispatcher *d = calloc(1, sizeof(*d));
+        int r;
+        if (!d)
+                return -ENOMEM;
+        d->event = sd_event_ref(event);
+        d->cfg = cfg;
+        d->m = metrics;
+        d->txn = txn;
+        d->pg = true;
+        d->house = house;
+        d->turn_seq = (int64_t)now_realtime_usec();
+        d->next_submit_at = d->next_poll_at = UINT64_MAX;
+        d->writer = (struct txn_writer){.stage = writer_stage_pg,
+                                        .read = writer_read_pg,
+                                        .done = writer_done,
+                                        .userdata = d,
+                                        .order = 1};
+        r = config_store_instance(cfg, d->instance, sizeof(d->instance));
+        if (r >= 0)
+                r = httpc_new(event, (unsigned)cfg->concurrency * 2, &d->httpc);
+        if (r >= 0)
+                r = sd_event_add_time(event, &d->timer, CLOCK_REALTIME, UINT64_MAX, USEC_PER_MSEC,
+                                      on_timer, d);
+        if (r >= 0)
+                r = owed_new(OWED_MAX, &d->owed);
+        if (r >= 0)
+                r = sd_event_add_time(event, &d->owed_timer, CLOCK_MONOTONIC, UINT64_MAX,
+                                      OWED_ACCURACY_USEC, on_owed_timer, d);
+        if (r >= 0)
+                r = sd_event_add_time(event, &d->lease_timer, CLOCK_MONOTONIC, UINT64_MAX,
+                                      USEC_PER_MSEC, on_lease_timer, d);
+        if (r < 0) {
+                dispatcher_free(d);
+                return r;
+        }
+        sd_event_source_set_enabled(d->timer, SD_EVENT_OFF);
+        sd_event_source_set_description(d->timer, "dispatch-timer");
+        sd_event_source_set_enabled(d->owed_timer, SD_EVENT_OFF);
+        sd_event_source_set_description(d->owed_timer, "owed-accepted-timer");
+        sd_event_source_set_description(d->lease_timer, "lease-timer");
+        arm_lease_timer(d, lease_period(d));
+        txn_add_writer(txn, &d->writer);
+        *ret = d;
+        return 0;
 }
 
 int dispatcher_new(sd_event *event, struct ledger *ledger, struct txn *txn,
@@ -1043,11 +1623,15 @@ struct dispatcher *dispatcher_free(struct dispatcher *d)
         httpc_abandon(d->httpc, free);
         httpc_free(d->httpc);
         free_calls(d->done_head);
+        free_calls(d->staged);
         free_calls(d->turn_new);
+        free(d->renew_ids);
+        free(d->renew_turns);
         txn_remove_writer(d->txn, &d->writer);
         sd_event_source_disable_unref(d->timer);
         sd_event_source_disable_unref(d->drain_timer);
         sd_event_source_disable_unref(d->owed_timer);
+        sd_event_source_disable_unref(d->lease_timer);
         sd_event_unref(d->event);
         drop_auth(d);
         free(d);
@@ -1088,6 +1672,8 @@ int dispatcher_recover(struct dispatcher *d)
 {
         struct recover_ctx ctx = {.d = d};
         uint64_t now = now_realtime_usec();
+        if (d->pg)
+                return 0; /* PostgreSQL: the lease timer's takeover */
         int r = ledger_foreach(d->ledger, JOB_SUBMITTING, collect, &ctx);
         if (r < 0 || ctx.n == 0) {
                 free(ctx.jobs);
@@ -1202,8 +1788,8 @@ int dispatcher_control(struct dispatcher *d, struct dispatcher_control *ret)
 {
         struct dispatcher_control c = {0};
         struct budget_limits lim;
-        if (!d)
-                return -ENOENT;
+        if (!d || d->pg)
+                return -ENOENT; /* PostgreSQL: no operator's pause or budget there yet */
         uint64_t now = now_realtime_usec();
         int r = control_operator_paused(d->ledger, &c.paused_since);
         if (r < 0)

@@ -11,6 +11,7 @@
 #include "journal.h"
 #include "ledger.h"
 #include "metrics.h"
+#include "pgconn.h"
 #include "txn.h"
 #include "upstream.h"
 
@@ -18,6 +19,11 @@ struct dispatcher;
 
 int dispatcher_new(sd_event *event, struct ledger *ledger, struct txn *txn,
                    const struct config *cfg, struct metrics *metrics, struct dispatcher **ret);
+/* PostgreSQL (txn_new_pg): claims due jobs under store.instance in the turns' transaction,
+ * saves answers under the claim they were taken with, renews its leases and takes over lapsed
+ * ones on house (the housekeeping connection, shared with the manager's counts). */
+int dispatcher_new_pg(sd_event *event, struct txn *txn, struct pgconn *house,
+                      const struct config *cfg, struct metrics *metrics, struct dispatcher **ret);
 struct dispatcher *dispatcher_free(struct dispatcher *d);
 
 /* The configuration changed (reload); the pointer stays owned by the caller. */

@@ -139,10 +139,19 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
 /* Renews every live lease of instance $1 to $2 usec from now. A lease that lapsed is not
  * renewed: the instance must treat the jobs missing from the answer as no longer its own.
  * Returns creation_id, claim_seq of those renewed. */
-#define PGSCHEMA_RENEW                                                                             \
+#define PGSCHEMA_RENEW_WHERE(more)                                                                 \
         "UPDATE jobs SET lease_until = now() + " PGSCHEMA_USEC(                                    \
             "$2") " WHERE claimed_by = $1 "                                                        \
-                  "AND lease_until > now() RETURNING creation_id, claim_seq"
+                  "AND lease_until > now()" more " RETURNING creation_id, claim_seq"
+#define PGSCHEMA_RENEW PGSCHEMA_RENEW_WHERE("")
+
+/* The same, only for the claims the instance still acts on: the jobs $3 (text array: its
+ * requests in flight) and those of claim turns $4 (bigint array: commits of unknown outcome,
+ * awaiting PGSCHEMA_RELEASE_UNSENT). Any other claim of its name lapses and is taken over: one
+ * whose request could not start, or one an earlier process under the same store.instance left. */
+#define PGSCHEMA_RENEW_HELD                                                                        \
+        PGSCHEMA_RENEW_WHERE(                                                                      \
+            " AND (creation_id = ANY($3::text[]) OR claim_turn = ANY($4::bigint[]))")
 
 /* Records what became of a claimed job, only under the claim it was taken with: $1 creation id,
  * $2 instance, $3 claim_seq (the fence), then $4 state, $5 attempt, $6 next_at in usec from now,

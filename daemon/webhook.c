@@ -656,6 +656,10 @@ static int writer_stage(void *userdata, struct txn_batch *b, uint64_t now)
         const char *params[] = {in->keys,      in->until,    in->ids,    in->sources,
                                 in->durations, in->payloads, in->id_keys};
         memcpy(in->params, params, sizeof(params));
+        /* Creations that may be new: the dispatcher claims in this same turn, after the intake,
+         * so a new job can be marked `submitting` in the commit that records it. */
+        if (j > 0)
+                dispatcher_kick(w->dispatcher);
         return txn_batch_add(b, PGSCHEMA_INTAKE, ELEMENTSOF(params), in->params);
 }
 
@@ -896,7 +900,7 @@ int webhook_new(sd_event *event, struct ledger *ledger, struct txn *txn, const s
 }
 
 int webhook_new_pg(sd_event *event, struct txn *txn, const struct config *cfg,
-                   struct metrics *metrics, struct webhook **ret)
+                   struct metrics *metrics, struct dispatcher *dispatcher, struct webhook **ret)
 {
         struct webhook *w = calloc(1, sizeof(*w));
         if (!w)
@@ -905,6 +909,7 @@ int webhook_new_pg(sd_event *event, struct txn *txn, const struct config *cfg,
         w->cfg = cfg;
         w->m = metrics;
         w->pg = true;
+        w->dispatcher = dispatcher;
         w->ledger_ok = false;
         w->txn = txn;
         w->writer = (struct txn_writer){.stage = writer_stage,

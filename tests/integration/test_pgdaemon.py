@@ -12,6 +12,7 @@ import hmac
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +24,8 @@ import harness  # noqa: E402
 import pgserver  # noqa: E402
 from harness import Daemon, FakeUpstream, make_task, new_creation_ids, poll  # noqa: E402
 
+# A job's states once recorded: the dispatcher takes it on at once.
+RECORDED = ("pending", "submitting", "waiting", "submitted", "succeeded")
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
@@ -92,19 +95,20 @@ class PgDaemon(unittest.TestCase):
             self.assertEqual(sorted(body["accepted"]), sorted([a, b]))
             # Committed before the answer: the rows are there the moment it came.
             jobs = self.jobs(db)
-            self.assertEqual(jobs.get(a), "pending")
-            self.assertEqual(jobs.get(b), "pending")
+            self.assertIn(jobs.get(a), RECORDED)
+            self.assertIn(jobs.get(b), RECORDED)
             # The same again: a duplicate, by the unique key.
             status, _, body = self.post(d, make_task("9800000000000001", [a, b]))
             self.assertEqual(status, 200)
             self.assertEqual(sorted(body["duplicate"]), sorted([a, b]))
             self.assertEqual(len(harness.accepted_entries(CREATION_ID=a)), 1)
             # The counts reach STATUS= (housekeeping on its own connection) and /metrics.
-            d.wait_notify(lambda m: m.get("STATUS", "").startswith("2 pending"), timeout=15)
-            self.assertEqual(d.metrics_value('vidu_upscaled_jobs{state="pending"}'), 2)
+            d.wait_notify(lambda m: ", 2 succeeded," in m.get("STATUS", ""), timeout=15)
+            poll(lambda: d.metrics_value('vidu_upscaled_jobs{state="succeeded"}') == 2, timeout=15,
+                 what="the counts in /metrics")
             self.assertEqual(d.get("/healthz")[0], 200)
-            # No dispatcher on PostgreSQL yet: nothing submitted, no SQLite ledger made.
-            self.assertNotIn(a, self.fake.stats()["created"])
+            # Submitted once each by the dispatcher; no SQLite ledger made.
+            self.assertEqual(self.fake.stats()["created"].get(a), 1)
             self.assertFalse(os.path.exists(d.ledger_path))
             # A reload keeps it serving on the same connection.
             since = len(d.notify_messages)
@@ -114,7 +118,7 @@ class PgDaemon(unittest.TestCase):
             self.assertEqual(self.post(d, make_task("9800000000000021", [c]))[0], 202)
             # A stop drains and exits 0.
             self.assertEqual(d.stop(), 0)
-        self.assertEqual(self.jobs(db), {a: "pending", b: "pending", c: "pending"})
+        self.assertEqual(sorted(self.jobs(db)), sorted([a, b, c]))
 
     def test_two_daemons_one_database_one_job(self):
         db = self.database()
@@ -145,7 +149,7 @@ class PgDaemon(unittest.TestCase):
                 self.assertEqual(sorted(a[0] for a in answers), [200, 202], answers)
                 self.assertEqual(sum(len(a[2]["accepted"]) for a in answers), 1)
                 self.assertEqual(sum(len(a[2]["duplicate"]) for a in answers), 1)
-                self.assertEqual(self.jobs(db).get(cid), "pending")
+                self.assertIn(self.jobs(db).get(cid), RECORDED)
             self.assertEqual(len(self.jobs(db)), 4)
 
     def test_delivery_replayed_to_another_instance_is_a_replay(self):
@@ -162,7 +166,7 @@ class PgDaemon(unittest.TestCase):
             self.assertTrue(answer.get("replayed"), answer)
             self.assertEqual(self.pg.sql("SELECT count(*) FROM replay WHERE key LIKE %s" % ("'%" + msg + "%'"),
                                          db=db), [["1"]])
-            self.assertEqual(self.jobs(db), {cid: "pending"})
+            self.assertEqual(list(self.jobs(db)), [cid])
 
     def test_through_pgbouncer_in_transaction_mode(self):
         # One server connection for both daemons' four: nothing may rely on session state.
@@ -184,8 +188,8 @@ class PgDaemon(unittest.TestCase):
                 # Another delivery (another webhook-id) of the same creation: a duplicate.
                 status, _, answer = self.post(d2, body, headers=sw_headers(msg + "-again", body))
                 self.assertEqual((status, answer["duplicate"]), (200, [cid]), answer)
-                self.assertEqual(self.jobs(db).get(cid), "pending")
-            d1.wait_notify(lambda m: m.get("STATUS", "").startswith("3 pending"), timeout=15)
+                self.assertIn(self.jobs(db).get(cid), RECORDED)
+            d1.wait_notify(lambda m: ", 3 succeeded," in m.get("STATUS", ""), timeout=15)
 
     def test_database_away_503_at_once_and_back_by_itself(self):
         db = self.database()
@@ -222,13 +226,13 @@ class PgDaemon(unittest.TestCase):
                 # Back: both take notifications again without a restart.
                 for one in (d, late):
                     cid2 = self.wait_available(one, db)
-                    self.assertEqual(self.jobs(db).get(cid2), "pending")
+                    self.assertIn(self.jobs(db).get(cid2), RECORDED)
                     poll(lambda: one.get("/healthz")[0] == 200, timeout=15, what="/healthz 200")
                 late.stop()
             finally:
                 if not self.pg_running():
                     self.pg.resume()
-            self.assertEqual(self.jobs(db).get(cid), "pending")
+            self.assertIn(self.jobs(db).get(cid), RECORDED)
             self.assertEqual(d.proc.poll(), None)
 
     def lock_jobs(self, db):
@@ -257,7 +261,14 @@ class PgDaemon(unittest.TestCase):
         # Group commit: while one turn's batch is in flight, every notification that arrives
         # waits, and all of them leave together in the next batch: one commit, one round trip.
         db = self.database()
-        with self.daemon(db) as d:
+        # An upstream that takes the submissions and never answers: no answer adds a turn of its
+        # own to the count.
+        hole = socket.socket()
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        d = self.daemon(db)
+        d.config["upstream"]["base_url"] = "http://127.0.0.1:%d" % hole.getsockname()[1]
+        with d, hole:
             d.wait_ledger()
             release = self.lock_jobs(db)
             answers = []
@@ -283,7 +294,7 @@ class PgDaemon(unittest.TestCase):
             self.assertEqual(d.metrics_value("vidu_upscaled_ledger_commit_seconds_count"), commits + 2)
             self.assertEqual(d.metrics_value("vidu_upscaled_webhook_staged"), 0)
             jobs = self.jobs(db)
-            self.assertEqual([jobs.get(cid) for cid in ids], ["pending"] * 8)
+            self.assertEqual([jobs.get(cid) in RECORDED for cid in ids], [True] * 8)
 
     def test_slow_database_delays_answers_never_the_loop(self):
         db = self.database()
@@ -313,7 +324,7 @@ class PgDaemon(unittest.TestCase):
             # The failed transaction was ended: the next turn commits.
             status, _, body = self.post(d, make_task("9800000000000008", [cid]))
             self.assertEqual(status, 202, body)
-            self.assertEqual(self.jobs(db).get(cid), "pending")
+            self.assertIn(self.jobs(db).get(cid), RECORDED)
 
     def test_expired_replay_keys_purged_in_batches(self):
         db = self.database()
@@ -399,9 +410,9 @@ class PgDaemon(unittest.TestCase):
             finally:
                 self.pg.thaw()
             cid3 = self.wait_available(d, db)
-            self.assertEqual(self.jobs(db).get(cid3), "pending")
+            self.assertIn(self.jobs(db).get(cid3), RECORDED)
             # Given up mid-batch: whether that turn committed is unknown, and either is right.
-            self.assertIn(self.jobs(db).get(cid), (None, "pending"))
+            self.assertIn(self.jobs(db).get(cid), (None,) + RECORDED)
 
     def pg_running(self):
         try:
@@ -446,6 +457,41 @@ class PgDaemon(unittest.TestCase):
             missing = [cid for cid, _ in acked if cid not in jobs]
             self.assertEqual(missing, [], "acknowledged but not in the database")
             self.assertTrue(all(s == 503 for _, s in refused), refused[:5])
+
+    # --- the dispatcher on PostgreSQL ------------------------------------------------------
+
+    def journal(self, d, cid, **match):
+        return harness.journal_entries(CREATION_ID=cid, _PID=str(d.pid), **match)
+
+    def wait_state(self, d, cid, state, timeout=15):
+        return harness.wait_journal(lambda: [e for e in self.journal(d, cid) if e.get("JOB_STATE") == state],
+                                    timeout=timeout)
+
+    def test_submitted_once_and_followed_to_success(self):
+        db = self.database()
+        with self.daemon(db) as d:
+            d.wait_ledger()
+            a, b = new_creation_ids(2)
+            status, _, body = self.post(d, make_task("9800000000000040", [a, b]))
+            self.assertEqual(status, 202, body)
+            for cid in (a, b):
+                done = self.wait_state(d, cid, "succeeded")
+                self.assertTrue(done[0]["RESULT_URL"].startswith("http://"))
+                entries = self.journal(d, cid)
+                # The same story as on SQLite (the accepted entry folded or not).
+                self.assertEqual(harness.job_states(entries), ["accepted", "submitted", "succeeded"])
+                submitted = [e for e in entries if e.get("JOB_STATE") == "submitted"][0]
+                self.assertEqual(submitted["ATTEMPT"], "1")
+                self.assertEqual(submitted["SOURCE_TASK_ID"], "9800000000000040")
+                if not harness.VALGRIND:
+                    # Marked `submitting` in the commit that recorded it, answered within the
+                    # second: the submitted entry folds the accepted one (log.fold_accepted).
+                    self.assertIn("ACCEPTED_AT", submitted)
+                self.assertEqual(self.fake.stats()["created"].get(cid), 1)
+            rows = self.pg.sql("SELECT creation_id, state, attempt, upscale_task_id IS NOT NULL, claimed_by "
+                               "FROM jobs ORDER BY creation_id", db=db)
+            self.assertEqual(sorted(rows), sorted([[a, "succeeded", "1", "t", ""], [b, "succeeded", "1", "t", ""]]))
+            self.assertEqual(d.metrics_value("vidu_upscaled_submissions_total"), 2)
 
 
 if __name__ == "__main__":
