@@ -5,7 +5,10 @@ notification answered 2xx is a job row; one notification to two daemons on one d
 job and a delivery replayed to the other instance is a replay; the database stopped gives 503 with
 Retry-After at once and /healthz 503, and work resumes by itself when it is back, also for a
 daemon that started while it was away; an immediate restart under load loses no acknowledged
-creation. The dispatcher does not run on PostgreSQL yet: jobs stay pending."""
+creation. The dispatcher on PostgreSQL: a notification submitted once and followed to success with
+SQLite's journal story, retries, dead and uncertain jobs; two instances sharing 200 notifications
+submit each once; a kill -9 mid-submission is taken over within 2 x store.lease and nothing is
+sent twice under hold; an instance stopped past its lease has its late answer fenced out."""
 import base64
 import hashlib
 import hmac
@@ -492,6 +495,163 @@ class PgDaemon(unittest.TestCase):
                                "FROM jobs ORDER BY creation_id", db=db)
             self.assertEqual(sorted(rows), sorted([[a, "succeeded", "1", "t", ""], [b, "succeeded", "1", "t", ""]]))
             self.assertEqual(d.metrics_value("vidu_upscaled_submissions_total"), 2)
+
+    def dispatching(self, db, instance=None, lease=None, uncertain=None, concurrency=None, timeout=None):
+        d = self.daemon(db)
+        if instance:
+            d.config["store"]["instance"] = instance
+        if lease:
+            d.config["store"]["lease"] = lease
+        if uncertain:
+            d.config.setdefault("retry", {})["uncertain"] = uncertain
+        if concurrency:
+            d.config["upstream"]["concurrency"] = str(concurrency)
+        if timeout:
+            d.config["upstream"]["timeout"] = timeout
+        return d
+
+    def db_job(self, db, cid):
+        rows = self.pg.sql("SELECT state, attempt, coalesce(upscale_task_id, ''), coalesce(claimed_by, '') "
+                           "FROM jobs WHERE creation_id = '%s'" % cid, db=db)
+        return rows[0] if rows else None
+
+    def test_retries_and_dead_as_on_sqlite(self):
+        db = self.database()
+        a, b, c = new_creation_ids(3)
+        self.fake.faults([
+            {"on": "submit", "creation_id": a, "status": 500, "times": 1},
+            {"on": "submit", "creation_id": b, "status": 429, "reason": "TooManyRequests", "retry_after": "1"},
+            {"on": "submit", "creation_id": c, "status": 404, "reason": "CreationNotFound", "times": -1},
+        ])
+        with self.dispatching(db) as d:
+            d.wait_ledger()
+            self.assertEqual(self.post(d, make_task("9800000000000041", [a, b, c]))[0], 202)
+            for cid, status in ((a, "500"), (b, "429")):
+                done = self.wait_state(d, cid, "succeeded")
+                self.assertTrue(done)
+                entries = self.journal(d, cid)
+                self.assertEqual(harness.job_states(entries), ["accepted", "retrying", "submitted", "succeeded"])
+                retrying = [e for e in entries if e.get("JOB_STATE") == "retrying"]
+                self.assertEqual([e["HTTP_STATUS"] for e in retrying], [status])
+                submitted = [e for e in entries if e.get("JOB_STATE") == "submitted"][0]
+                self.assertEqual(submitted["ATTEMPT"], "2")
+                self.assertEqual(self.fake.stats()["created"].get(cid), 1)
+            # The retry waited what the upstream asked (Retry-After: 1), on the database's clock.
+            first, second = self.fake.arrivals(b)
+            self.assertGreaterEqual(second - first, 1.0)
+            dead = self.wait_state(d, c, "dead")
+            self.assertEqual((dead[0]["HTTP_STATUS"], dead[0]["UPSTREAM_ERROR"]), ("404", "CreationNotFound"))
+            self.assertEqual(self.db_job(db, c), ["dead", "1", "", ""])
+            self.assertEqual(d.metrics_value("vidu_upscaled_retries_total"), 2)
+            self.assertEqual(d.metrics_value("vidu_upscaled_dead_total"), 1)
+        self.fake.faults([])
+
+    def test_lost_answer_is_held_uncertain(self):
+        db = self.database()
+        (cid,) = new_creation_ids(1)
+        self.fake.faults([{"on": "submit", "creation_id": cid, "action": "drop"}])
+        with self.dispatching(db, uncertain="hold") as d:
+            d.wait_ledger()
+            self.assertEqual(self.post(d, make_task("9800000000000042", [cid]))[0], 202)
+            held = self.wait_state(d, cid, "uncertain")
+            self.assertEqual(len(held), 1)
+            self.assertEqual(self.db_job(db, cid), ["uncertain", "1", "", ""])
+            # Nothing more is sent: the upstream created it once and saw it once.
+            self.assertEqual(self.fake.stats()["created"].get(cid), 1)
+            self.assertEqual(len(self.fake.arrivals(cid)), 1)
+            self.assertEqual(d.metrics_value("vidu_upscaled_uncertain_total"), 1)
+
+    def test_two_instances_share_the_work_each_job_submitted_once(self):
+        db = self.database()
+        n = 200 if not harness.VALGRIND else 40
+        ids = new_creation_ids(n)
+        with self.dispatching(db, instance="one") as d1, self.dispatching(db, instance="two") as d2:
+            d1.wait_ledger(), d2.wait_ledger()
+            answers = []
+
+            def send(part, d):
+                for i, cid in enumerate(part):
+                    answers.append(self.post(d, make_task("98%014d" % (500000 + ids.index(cid)), [cid]))[0])
+            threads = [threading.Thread(target=send, args=(ids[k::4], (d1, d2)[k % 2])) for k in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.assertEqual(answers, [202] * n)
+            q = "SELECT count(*) FROM jobs WHERE state = 'succeeded'"
+            poll(lambda: self.pg.sql(q, db=db) == [[str(n)]], timeout=60, what="every job succeeded")
+            created = self.fake.stats()["created"]
+            self.assertEqual([cid for cid in ids if created.get(cid) != 1], [])
+            s1 = d1.metrics_value("vidu_upscaled_submissions_total")
+            s2 = d2.metrics_value("vidu_upscaled_submissions_total")
+            self.assertEqual(s1 + s2, n)
+            self.assertGreater(s1, 0)
+            self.assertGreater(s2, 0)
+            self.assertEqual(d1.metrics_value("vidu_upscaled_stale_answers_total") +
+                             d2.metrics_value("vidu_upscaled_stale_answers_total"), 0)
+
+    def test_kill9_survivor_takes_over_within_two_leases(self):
+        db = self.database()
+        slow = new_creation_ids(3)
+        rest = new_creation_ids(3)
+        self.fake.faults([{"on": "submit", "creation_id": cid, "action": "delay", "delay_ms": 6000} for cid in slow])
+        lease = 2.0
+        with self.dispatching(db, instance="doomed", lease="2s", uncertain="hold", concurrency=3) as a, \
+                self.dispatching(db, instance="survivor", lease="2s", uncertain="hold") as b:
+            a.wait_ledger(), b.wait_ledger()
+            # The three slow ones fill a's slots in the commit that records them; the rest wait
+            # for a slot, and the idle survivor finds them.
+            self.assertEqual(self.post(a, make_task("9800000000000043", slow))[0], 202)
+            self.assertEqual(self.post(a, make_task("9800000000000044", rest))[0], 202)
+            poll(lambda: all(self.fake.stats()["created"].get(cid) == 1 for cid in slow), timeout=15,
+                 what="the slow submissions in flight")
+            self.assertEqual({self.db_job(db, cid)[3] for cid in slow}, {"doomed"})
+            a.kill(signal.SIGKILL)
+            a.wait_exit()
+            killed = time.monotonic()
+            q = "SELECT count(*) FROM jobs WHERE state = 'uncertain'"
+            poll(lambda: self.pg.sql(q, db=db) == [["3"]], timeout=2 * lease + 1, interval=0.05,
+                 what="the dead instance's submissions taken over")
+            self.assertLess(time.monotonic() - killed, 2 * lease * harness.TIMEOUT_SCALE + 0.5)
+            for cid in slow:
+                entry = self.wait_state(b, cid, "uncertain")
+                self.assertIn("doomed", entry[0]["MESSAGE"])
+            for cid in rest:
+                self.wait_state(b, cid, "succeeded", timeout=20)
+            # Held: `uncertain` is final under hold, nothing sends them again.
+            created = self.fake.stats()["created"]
+            self.assertEqual([created.get(cid) for cid in slow + rest], [1] * 6)
+            self.assertEqual([self.db_job(db, cid)[0] for cid in slow], ["uncertain"] * 3)
+        self.fake.faults([])
+
+    def test_instance_stopped_past_its_lease_is_fenced(self):
+        db = self.database()
+        (cid,) = new_creation_ids(1)
+        self.fake.faults([{"on": "submit", "creation_id": cid, "action": "delay", "delay_ms": 3000}])
+        with self.dispatching(db, instance="sleeper", lease="1s", uncertain="resubmit", timeout="60s") as a, \
+                self.dispatching(db, instance="awake", lease="1s", uncertain="resubmit") as b:
+            a.wait_ledger(), b.wait_ledger()
+            self.assertEqual(self.post(a, make_task("9800000000000045", [cid]))[0], 202)
+            poll(lambda: self.fake.stats()["created"].get(cid) == 1, timeout=15, what="the submission in flight")
+            a.kill(signal.SIGSTOP)
+            try:
+                # The survivor takes the lapsed claim over (resubmit: due again), submits it
+                # under a claim of its own and follows it to the end.
+                self.wait_state(b, cid, "succeeded", timeout=30)
+                ours = self.db_job(db, cid)
+                first = min(self.fake.tasks(cid), key=lambda t: t["created_ns"])["id"]
+                self.assertNotEqual(ours[2], first)
+            finally:
+                a.kill(signal.SIGCONT)
+            # The sleeper's late answer (the first task) is fenced out: journaled as stale with
+            # the task id it carried, never recorded over what the survivor decided.
+            stale = self.wait_state(a, cid, "stale", timeout=30)
+            self.assertEqual(stale[0]["UPSCALE_TASK_ID"], first)
+            poll(lambda: a.metrics_value("vidu_upscaled_stale_answers_total") == 1, timeout=10,
+                 what="the stale answer counted")
+            self.assertEqual(self.db_job(db, cid), ["succeeded", ours[1], ours[2], ""])
+            self.assertEqual(self.fake.stats()["created"].get(cid), 2)
+        self.fake.faults([])
 
 
 if __name__ == "__main__":
