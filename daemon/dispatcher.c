@@ -1055,6 +1055,12 @@ static void outcome_entry(struct dispatcher *d, struct job *j, enum outcome_via 
                          j->creation_id, how, j->upstream_error);
 }
 
+void dispatcher_outcome_entry(struct dispatcher *d, struct job *j, enum outcome_via via,
+                              int http_status, struct job_entry *ret)
+{
+        outcome_entry(d, j, via, http_status, ret);
+}
+
 int dispatcher_close_job(struct dispatcher *d, const struct job *job, const struct upstream_poll *p,
                          enum outcome_via via, int http_status, uint64_t now, struct job_entry *ret)
 {
@@ -1373,14 +1379,17 @@ static void write_answer_entry(struct dispatcher *d, struct call *c)
                 dispatcher_write_entry(d, &c->entry);
                 return;
         }
-        /* Fenced out: another instance took the job over; what it decided stands. A running
-         * poll's answer is no news. */
-        if (c->poll && c->poll_result.state != UPSTREAM_TASK_SUCCESS &&
-            c->poll_result.state != UPSTREAM_TASK_FAILED)
+        /* Fenced out: another instance took the job over; what it decided stands. A poll's
+         * answer is no news: the job was closed meanwhile (a callback) or is polled by another. */
+        if (c->poll) {
+                log_debug("Poll answer for %s (upscale task %s) fenced out: the job was closed or "
+                          "claimed meanwhile",
+                          c->job.creation_id, c->job.upscale_task_id);
                 return;
+        }
         dispatcher_settle_accepted(d, c->job.creation_id);
         d->m->stale_answers++;
-        const char *task = c->poll ? c->job.upscale_task_id : c->saved.upscale_task_id;
+        const char *task = c->saved.upscale_task_id;
         struct job_event ev = {
             .message_id = MSGID_STALE_ANSWER,
             .creation_id = c->job.creation_id,
@@ -1392,11 +1401,9 @@ static void write_answer_entry(struct dispatcher *d, struct call *c)
             .upstream_error = nonempty(c->saved.upstream_error),
         };
         log_job(LOG_WARNING, &ev,
-                "Late answer for %s (%s %s, upscale task %s) fenced out: this instance's claim "
-                "lapsed and another took the job over; not recorded",
-                c->job.creation_id, c->poll ? "poll" : "submission",
-                c->poll ? (c->poll_result.state == UPSTREAM_TASK_SUCCESS ? "succeeded" : "failed")
-                        : job_state_to_string(c->saved.state),
+                "Late answer for %s (submission %s, upscale task %s) fenced out: this instance's "
+                "claim lapsed and another took the job over; not recorded",
+                c->job.creation_id, job_state_to_string(c->saved.state),
                 isempty(task) ? "none" : task);
 }
 

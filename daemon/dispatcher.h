@@ -94,6 +94,11 @@ enum outcome_via {
  * on its job and latest submission, for the spend guard; nothing when already known. */
 int dispatcher_note_credits(struct ledger *ledger, const struct job *j, int64_t credits);
 
+/* PostgreSQL: the count and journal entry of a job an outcome closed in the database (j as it is
+ * now), as dispatcher_close_job makes them. */
+void dispatcher_outcome_entry(struct dispatcher *d, struct job *j, enum outcome_via via,
+                              int http_status, struct job_entry *ret);
+
 /* Closes a job from its upscale's outcome, a poll's answer or a callback alike: records it inside
  * the caller's transaction, counts it under `via`, and fills *ret for the journal entry the
  * caller writes after the commit (http_status > 0: the answer's status, for the entry). Returns

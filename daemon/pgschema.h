@@ -107,6 +107,25 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
 #define PGSCHEMA_GET_BY_UPSCALE                                                                    \
         "SELECT " PGSCHEMA_JOB_COLUMNS " FROM jobs WHERE upscale_task_id = $1"
 
+/* A turn's upscale outcomes (callbacks) in one statement: $1 upscale task ids, $2 the state each
+ * reports ('succeeded', 'failed'; NULL: still running), $3 result URLs, $4 errors (text arrays of
+ * one length; a task twice keeps its final report). Each job of ours still open (submitted,
+ * uncertain, submitting) under a final outcome is closed and its claim ended, so a poll in flight
+ * for it is fenced out. Returns ('closed' or 'open', PGSCHEMA_JOB_COLUMNS) for each job the ids
+ * name: 'closed' as it is now, 'open' as it was (still running, or already final). */
+#define PGSCHEMA_CLOSE_BY_UPSCALE                                                                  \
+        "WITH t AS (SELECT DISTINCT ON (uid) uid, st, url, err FROM unnest($1::text[], "           \
+        "$2::text[], $3::text[], $4::text[]) AS t(uid, st, url, err) WHERE uid IS NOT NULL "       \
+        "ORDER BY uid, st NULLS LAST), "                                                           \
+        "closed AS (UPDATE jobs SET state = t.st, result_url = coalesce(t.url, jobs.result_url), " \
+        "upstream_error = t.err, updated_at = now(), claimed_by = NULL, claim_turn = NULL, "       \
+        "lease_until = NULL FROM t WHERE t.st IS NOT NULL AND jobs.upscale_task_id = t.uid "       \
+        "AND jobs.state IN ('submitted', 'uncertain', 'submitting') "                              \
+        "RETURNING " PGSCHEMA_JOB_COLUMNS                                                          \
+        ") SELECT 'closed', closed.* FROM closed UNION ALL SELECT 'open', " PGSCHEMA_JOB_COLUMNS   \
+        " FROM jobs WHERE jobs.upscale_task_id IN (SELECT uid FROM t) AND "                        \
+        "jobs.upscale_task_id NOT IN (SELECT upscale_task_id FROM closed)"
+
 /* Claims up to $3 due jobs for submission and marks them `submitting` in the same statement:
  * attempt + 1, claimed by $1 under a new claim_seq, for the lease $2 usec, tagged with the
  * claiming batch $4 (an instance's counter, to find them again if that batch's commit had an

@@ -653,6 +653,46 @@ class PgDaemon(unittest.TestCase):
             self.assertEqual(self.fake.stats()["created"].get(cid), 2)
         self.fake.faults([])
 
+    def test_callbacks_close_their_jobs(self):
+        from test_callbacks import vidu_headers
+        db = self.database()
+        ok, bad = new_creation_ids(2)
+        self.fake.outcome(bad, "failed", "UpscaleSourceTooLarge")
+        self.fake.callbacks(sign=True, processing=True, withhold=False)
+        d = self.daemon(db)
+        # Callbacks on and the first poll 10 minutes away: an outcome within the test is a
+        # callback's.
+        d.config["upstream"].update({"flavor": "v1", "callback_grace": "10m"})
+        d.config["auth"] = {"scheme": "vidu", "secret": self.fake.api_key}
+        d.config["upstream"]["callback_url"] = d.url + "/hooks/vidu"
+        try:
+            with d:
+                d.wait_ledger()
+                body = json.dumps(make_task("9800000000000046", [ok, bad])).encode()
+                status, _, answer = d.post(body=body, headers=vidu_headers(d.api_key, "POST", "/hooks/vidu", ""))
+                self.assertEqual(status, 202, answer)
+                done = self.wait_state(d, ok, "succeeded")[0]
+                failed = self.wait_state(d, bad, "failed")[0]
+                self.assertIn("(callback)", done["MESSAGE"])
+                self.assertEqual(failed["UPSTREAM_ERROR"], "UpscaleSourceTooLarge")
+                for cid, state in ((ok, "succeeded"), (bad, "failed")):
+                    task = self.fake.tasks(cid)[0]
+                    # Closed by the callback (after a `processing` one that changed nothing),
+                    # never polled; the journal story as on SQLite.
+                    self.assertEqual(task["polls"], 0)
+                    self.assertEqual(task["callbacks"], [{"state": "processing", "status": 200},
+                                                         {"state": "success" if state == "succeeded" else state,
+                                                          "status": 200}])
+                    self.assertEqual(self.db_job(db, cid), [state, "1", task["id"], ""])
+                    self.assertEqual(harness.job_states(self.journal(d, cid)), ["accepted", "submitted", state])
+                self.assertEqual(d.metrics_value('vidu_upscaled_outcomes_total{via="callback",state="succeeded"}'), 1)
+                self.assertEqual(d.metrics_value('vidu_upscaled_outcomes_total{via="callback",state="failed"}'), 1)
+                self.assertEqual(d.metrics_value('vidu_upscaled_outcomes_total{via="poll",state="succeeded"}'), 0)
+                # A callback for an upscale of ours is never a new job.
+                self.assertEqual(sorted(self.jobs(db)), sorted([ok, bad]))
+        finally:
+            self.fake.callbacks(sign=False, processing=False, withhold=False)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
