@@ -121,6 +121,19 @@ struct dispatcher {
         uint64_t next_submit_at, next_poll_at; /* realtime usec, from the database's answer */
         sd_event_source *lease_timer;
         bool lease_in_flight;
+        /* The account-wide pause shared through the database (control table): written when
+         * this instance starts, extends or ends one, read on the lease timer; one probe at a
+         * time across instances, under the `probe` token. */
+        bool pause_shared;
+        enum { PAUSE_SYNC_NONE, PAUSE_SYNC_SET, PAUSE_SYNC_CLEAR } pause_sync;
+        bool have_token, release_token, staged_take;
+        bool control_staged;        /* this turn writes the pause */
+        bool token_staged;          /* this turn gives the probe token back */
+        uint64_t control_committed; /* when a write of the pause last committed (monotonic) */
+        uint64_t lease_sent;        /* when the lease timer's batch left (monotonic) */
+        size_t n_control_staged;
+        char p_pause_for[24];
+        const char *pause_params[3], *token_params[3], *take_params[3];
         struct call *staged;      /* the answers this turn's batch saves */
         struct call *flight_head; /* every call in flight */
         char *renew_ids, *renew_turns;
@@ -662,6 +675,12 @@ static void writer_done(void *userdata, int r)
         d->staged_turn = 0;
         d->staged = NULL;
         if (r < 0) {
+                /* PostgreSQL: what the batch wrote of the pause and the token, again next turn. */
+                if (d->control_staged)
+                        d->pause_sync = d->paused ? PAUSE_SYNC_SET : PAUSE_SYNC_CLEAR;
+                if (d->token_staged)
+                        d->release_token = true;
+                d->control_staged = d->token_staged = false;
                 /* PostgreSQL: the answers the batch held go back first in line. */
                 if (staged) {
                         struct call *last = staged;
@@ -808,6 +827,11 @@ static void enter_pause(struct dispatcher *d, struct call *c, const char *why)
         d->pause_until = now + delay;
         d->m->paused = 1;
         snprintf(d->pause_reason, sizeof(d->pause_reason), "%s", why);
+        /* PostgreSQL: an account-wide error pauses every instance sharing the ledger. */
+        if (d->pg && (c->result.verdict == UPSTREAM_ACCOUNT || d->pause_shared)) {
+                d->pause_shared = true;
+                d->pause_sync = PAUSE_SYNC_SET;
+        }
         char buf[32];
         format_duration(delay / USEC_PER_MSEC * USEC_PER_MSEC, buf, sizeof(buf));
         if (first)
@@ -827,6 +851,9 @@ static void leave_pause(struct dispatcher *d)
         d->paused = false;
         d->pause_level = 0;
         d->m->paused = 0;
+        if (d->pause_shared)
+                d->pause_sync = PAUSE_SYNC_CLEAR;
+        d->pause_shared = false;
         log_full(LOG_NOTICE, MSGID_ACCOUNT_RESUMED,
                  "Submissions resumed: the upstream accepts requests again (was: %s)",
                  d->pause_reason);
@@ -1169,6 +1196,10 @@ static int stage_answer(struct dispatcher *d, struct call *c, struct txn_batch *
         else {
                 if (c->probe)
                         d->probe_in_flight = false;
+                if (c->probe && d->have_token) {
+                        d->have_token = false;
+                        d->release_token = true;
+                }
                 /* Anything but the common answer: its `accepted` entry first, not folded. */
                 if (c->result.verdict != UPSTREAM_ACCEPTED)
                         dispatcher_settle_accepted(d, j.creation_id);
@@ -1213,6 +1244,39 @@ static int stage_answer(struct dispatcher *d, struct call *c, struct txn_batch *
         return r;
 }
 
+static uint64_t lease_period(const struct dispatcher *d);
+
+/* The shared pause as this instance last decided it, and the probe token given back. */
+static int stage_control(struct dispatcher *d, struct txn_batch *b, uint64_t now)
+{
+        int r;
+        if (d->pause_sync != PAUSE_SYNC_NONE) {
+                bool set = d->pause_sync == PAUSE_SYNC_SET;
+                snprintf(
+                    d->p_pause_for, sizeof(d->p_pause_for), "%llu",
+                    (unsigned long long)(set && d->pause_until > now ? d->pause_until - now : 0));
+                const char *params[] = {"pause", set ? d->pause_reason : NULL, d->p_pause_for};
+                memcpy(d->pause_params, params, sizeof(params));
+                r = txn_batch_add(b, PGSCHEMA_CONTROL_SET, 3, d->pause_params);
+                if (r < 0)
+                        return r;
+                d->pause_sync = PAUSE_SYNC_NONE;
+                d->control_staged = true;
+                d->n_control_staged++;
+        }
+        if (d->release_token) {
+                const char *params[] = {"probe", NULL, "0"};
+                memcpy(d->token_params, params, sizeof(params));
+                r = txn_batch_add(b, PGSCHEMA_CONTROL_SET, 3, d->token_params);
+                if (r < 0)
+                        return r;
+                d->release_token = false;
+                d->token_staged = true;
+                d->n_control_staged++;
+        }
+        return 0;
+}
+
 /* PostgreSQL: the dispatcher's part of the turn, after the webhook's intake in the same
  * transaction: the claims whose commit had an unknown outcome put back, the answers saved under
  * their claims, due jobs claimed up to the free slots (so a job accepted in this turn is marked
@@ -1223,7 +1287,8 @@ static int writer_stage_pg(void *userdata, struct txn_batch *b, uint64_t now)
         struct dispatcher *d = userdata;
         int r;
         d->staged_turn = 0;
-        d->staged_submit = d->staged_poll = false;
+        d->staged_submit = d->staged_poll = d->staged_take = false;
+        d->n_control_staged = 0;
         d->n_release_staged = d->n_unsent;
         for (size_t i = 0; i < d->n_unsent; i++) {
                 d->unsent_params[i][0] = d->instance;
@@ -1240,12 +1305,27 @@ static int writer_stage_pg(void *userdata, struct txn_batch *b, uint64_t now)
                 if (r < 0)
                         return r;
         }
+        r = stage_control(d, b, now);
+        if (r < 0)
+                return r;
         if (!d->draining) {
                 size_t slots =
                     d->cfg->concurrency > d->submits ? d->cfg->concurrency - d->submits : 0;
                 if (d->paused)
                         slots =
                             now < d->pause_until || d->probe_in_flight || d->submits > 0 ? 0 : 1;
+                /* A shared pause: the probe only under the token, taken in a turn of its own. */
+                if (d->paused && d->pause_shared && slots > 0 && !d->have_token) {
+                        slots = 0;
+                        snprintf(d->p_lease, sizeof(d->p_lease), "%llu",
+                                 (unsigned long long)d->cfg->store_lease);
+                        const char *take[] = {"probe", d->instance, d->p_lease};
+                        memcpy(d->take_params, take, sizeof(take));
+                        r = txn_batch_add(b, PGSCHEMA_CONTROL_TAKE, 3, d->take_params);
+                        if (r < 0)
+                                return r;
+                        d->staged_take = true;
+                }
                 if (slots > BATCH_MAX)
                         slots = BATCH_MAX;
                 size_t pslots = d->cfg->concurrency > d->polls ? d->cfg->concurrency - d->polls : 0;
@@ -1353,7 +1433,27 @@ static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
                         c->fate = ANSWER_STALE;
                 i += c->n_stmts;
         }
+        /* The pause's and token's writes: nothing to read. */
+        i += d->n_control_staged;
+        d->n_control_staged = 0;
+        if (d->staged_take && i < n) {
+                d->have_token = rows_of(results[i++]) > 0;
+                if (d->have_token)
+                        dispatcher_kick(d); /* the probe, in the next turn */
+                else if (d->paused)
+                        /* Another instance probes: what it finds comes through the control
+                         * table; look again later. */
+                        d->pause_until = now + lease_period(d);
+        }
+        if (d->control_staged)
+                d->control_committed = now_monotonic_usec();
+        d->control_staged = d->token_staged = false;
         int r = 0;
+        if (d->staged_submit && i < n && d->have_token && d->paused && rows_of(results[i]) == 0) {
+                /* Nothing due to probe with: the token goes back. */
+                d->have_token = false;
+                d->release_token = true;
+        }
         if (d->staged_submit && i < n)
                 r = claimed_calls(d, results[i++], 1, false);
         if (r >= 0 && d->staged_poll && i < n)
@@ -1425,6 +1525,46 @@ static uint64_t lease_period(const struct dispatcher *d)
         return p < 50 * USEC_PER_MSEC ? 50 * USEC_PER_MSEC : p;
 }
 
+/* What the control table says of the account-wide pause (value, holder, seq, usec left): one
+ * another instance found pauses this one too; one cleared (value NULL) ends it here. A pause
+ * whose wait is over stays until a probe (under the token) passes. */
+static void follow_shared_pause(struct dispatcher *d, const PGresult *r, uint64_t now)
+{
+        /* This instance's own decision is on its way, or was read before it committed. */
+        if (d->pause_sync != PAUSE_SYNC_NONE || d->control_staged ||
+            d->lease_sent <= d->control_committed)
+                return;
+        bool active = rows_of(r) > 0 && !PQgetisnull(r, 0, 0);
+        if (!active) {
+                if (d->paused && d->pause_shared && !d->probe_in_flight) {
+                        d->pause_shared = false; /* cleared by whoever probed: no need to say */
+                        leave_pause(d);
+                        dispatcher_kick(d);
+                }
+                return;
+        }
+        long long left = PQgetisnull(r, 0, 3) ? 0 : strtoll(PQgetvalue(r, 0, 3), NULL, 10);
+        uint64_t until = left > 0 ? now + (uint64_t)left : now;
+        if (d->paused) {
+                d->pause_shared = true;
+                if (!d->probe_in_flight && until > d->pause_until)
+                        d->pause_until = until;
+                return;
+        }
+        d->paused = true;
+        d->pause_shared = true;
+        d->pause_level = 1;
+        d->pause_until = until;
+        d->m->paused = 1;
+        d->m->account_pauses++;
+        snprintf(d->pause_reason, sizeof(d->pause_reason), "%s", PQgetvalue(r, 0, 0));
+        log_full(LOG_ERR, MSGID_ACCOUNT_PAUSED,
+                 "All submissions paused: %s (found by another instance sharing the ledger); one "
+                 "instance probes at a time; no job loses an attempt meanwhile",
+                 d->pause_reason);
+        arm_timer(d);
+}
+
 static void on_leased(struct pgconn *conn, const struct pgconn_result *res, void *userdata)
 {
         struct dispatcher *d = userdata;
@@ -1449,6 +1589,8 @@ static void on_leased(struct pgconn *conn, const struct pgconn_result *res, void
                         d->next_poll_at = pol;
                 arm_timer(d);
         }
+        if (res->n > 4)
+                follow_shared_pause(d, res->results[4], now);
         const PGresult *taken = res->n > 1 ? res->results[1] : NULL;
         int n = rows_of(taken);
         bool hold = d->cfg->uncertain == UNCERTAIN_HOLD;
@@ -1517,16 +1659,19 @@ static int on_lease_timer(sd_event_source *s, uint64_t usec, void *userdata)
         const char *takeover[] = {d->cfg->uncertain == UNCERTAIN_HOLD ? "hold" : "resubmit", "100"};
         memcpy(d->renew_params, renew, sizeof(renew));
         memcpy(d->takeover_params, takeover, sizeof(takeover));
+        static const char *const pause_key[] = {"pause"};
         const struct pgconn_stmt stmts[] = {
             {.sql = PGSCHEMA_RENEW_HELD, .n_params = 4, .params = d->renew_params},
             {.sql = PGSCHEMA_TAKEOVER, .n_params = 2, .params = d->takeover_params},
             {.sql = PGSCHEMA_NEXT_SUBMIT},
             {.sql = PGSCHEMA_NEXT_POLL},
+            {.sql = PGSCHEMA_CONTROL_GET, .n_params = 1, .params = pause_key},
         };
         int r = pgconn_send(d->house, stmts, ELEMENTSOF(stmts), on_leased, d);
-        if (r >= 0)
+        if (r >= 0) {
                 d->lease_in_flight = true;
-        else /* busy with the counts or a purge, or not connected: soon again */
+                d->lease_sent = now_monotonic_usec();
+        } else /* busy with the counts or a purge, or not connected: soon again */
                 arm_lease_timer(d, r == -EBUSY ? 20 * USEC_PER_MSEC : lease_period(d));
         return 0;
 }

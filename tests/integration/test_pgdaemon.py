@@ -693,6 +693,50 @@ class PgDaemon(unittest.TestCase):
         finally:
             self.fake.callbacks(sign=False, processing=False, withhold=False)
 
+    def test_account_pause_is_shared_one_probe_at_a_time(self):
+        db = self.database()
+        first, *more = new_creation_ids(7)
+        with FakeUpstream(complete_after_ms=100) as fake:
+            # Every submission refused (401) three times, each answer 300 ms late: the first
+            # finds the error, two probes meet it again, the third passes.
+            fake.faults([{"on": "submit", "status": 401, "reason": "Unauthorized", "times": 3, "delay_ms": 300}])
+
+            def instance(name):
+                return Daemon({"upstream": {"base_url": fake.url, "concurrency": "1"},
+                               "store": {"instance": name},
+                               "retry": {"initial_delay": "200ms", "max_delay": "500ms", "max_attempts": "2"}},
+                              fake=fake, pg=self.pg, pg_db=db)
+            with instance("finder") as a, instance("follower") as b:
+                a.wait_ledger(), b.wait_ledger()
+                self.assertEqual(self.post(a, make_task("9800000000000047", [first]))[0], 202)
+                # The other instance pauses too, from the database.
+                poll(lambda: b.metrics_value('vidu_upscaled_dispatch_paused{reason="account"}') == 1,
+                     timeout=15, what="the follower paused")
+                for i, cid in enumerate(more):
+                    self.assertEqual(self.post((a, b)[i % 2], make_task("98000000000001%02d" % (50 + i), [cid]))[0],
+                                     202)
+                q = "SELECT count(*) FROM jobs WHERE state = 'succeeded'"
+                poll(lambda: self.pg.sql(q, db=db) == [["7"]], timeout=60, what="every job succeeded")
+                arrivals = sorted(t for cid in [first] + more for t in fake.arrivals(cid))
+                # The refused submission and every probe one after the other, never two at once
+                # across the instances: each left after the previous one's 300 ms answer.
+                gaps = [b2 - a2 for a2, b2 in zip(arrivals[:4], arrivals[1:4])]
+                self.assertTrue(all(g >= 0.3 for g in gaps), arrivals)
+                self.assertEqual(fake.stats()["submit_requests"], 10)  # 7 jobs, 3 refusals
+                for cid in [first] + more:
+                    self.assertEqual(fake.stats()["created"].get(cid), 1)
+                    # No job lost an attempt to the account-wide error.
+                    self.assertEqual(self.db_job(db, cid)[1], "1")
+                for d, how in ((a, "HTTP 401"), (b, "found by another instance")):
+                    paused = [e for e in harness.journal_entries(_PID=str(d.pid))
+                              if e.get("MESSAGE", "").startswith("All submissions paused")]
+                    self.assertEqual(len(paused), 1, paused)
+                    self.assertIn(how, paused[0]["MESSAGE"])
+                    resumed = harness.wait_journal(lambda: [
+                        e for e in harness.journal_entries(_PID=str(d.pid))
+                        if e.get("MESSAGE", "").startswith("Submissions resumed")])
+                    self.assertEqual(len(resumed), 1)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
