@@ -54,7 +54,12 @@ struct call {
         char p_seq[24], p_attempt[24], p_next[24], p_status[24];
         const char *params[10];
         const char *settle_params[8];
-        size_t n_stmts; /* in the turn's batch: 1 (the fenced save) or 2 (and the settle) */
+        size_t n_stmts; /* in the turn's batch: the fenced save, the settle, the check */
+        bool settles;
+        /* Its save was in a batch of unknown outcome: if that committed, the claim is ended, so
+         * the next save finds nothing; a read of the job tells that from a takeover. */
+        bool maybe_saved;
+        const char *get_params[1];
         enum { ANSWER_SAVED, ANSWER_SETTLED, ANSWER_STALE } fate;
         struct call *fl_prev, *fl_next; /* in flight: the claims the lease timer renews */
         struct call *next;
@@ -127,6 +132,7 @@ struct dispatcher {
         bool pause_shared;
         enum { PAUSE_SYNC_NONE, PAUSE_SYNC_SET, PAUSE_SYNC_CLEAR } pause_sync;
         bool have_token, release_token, staged_take;
+        bool staged_paused;         /* the claim was staged paused: a probe */
         bool control_staged;        /* this turn writes the pause */
         bool token_staged;          /* this turn gives the probe token back */
         uint64_t control_committed; /* when a write of the pause last committed (monotonic) */
@@ -682,6 +688,9 @@ static void writer_done(void *userdata, int r)
                         d->release_token = true;
                 d->control_staged = d->token_staged = false;
                 /* PostgreSQL: the answers the batch held go back first in line. */
+                for (struct call *c = staged; c; c = c->next)
+                        if (r != -ENOTCONN)
+                                c->maybe_saved = true;
                 if (staged) {
                         struct call *last = staged;
                         while (last->next)
@@ -1235,11 +1244,17 @@ static int stage_answer(struct dispatcher *d, struct call *c, struct txn_batch *
                                        c->p_next};
         memcpy(c->settle_params, settle_params, sizeof(settle_params));
         c->n_stmts = 1;
+        c->settles = settle;
         int r = txn_batch_add(b, PGSCHEMA_SAVE_FENCED, ELEMENTSOF(params), c->params);
         if (r >= 0 && settle) {
                 r = txn_batch_add(b, PGSCHEMA_SETTLE_UNCERTAIN, ELEMENTSOF(settle_params),
                                   c->settle_params);
-                c->n_stmts = 2;
+                c->n_stmts++;
+        }
+        if (r >= 0 && c->maybe_saved) {
+                c->get_params[0] = s->creation_id;
+                r = txn_batch_add(b, PGSCHEMA_GET, 1, c->get_params);
+                c->n_stmts++;
         }
         return r;
 }
@@ -1282,6 +1297,8 @@ static int stage_control(struct dispatcher *d, struct txn_batch *b, uint64_t now
  * their claims, due jobs claimed up to the free slots (so a job accepted in this turn is marked
  * `submitting` in its very commit) and submitted ones claimed for a poll, then when the next
  * job is due, for the timer. */
+static const char *const pause_key[] = {"pause"};
+
 static int writer_stage_pg(void *userdata, struct txn_batch *b, uint64_t now)
 {
         struct dispatcher *d = userdata;
@@ -1339,10 +1356,17 @@ static int writer_stage_pg(void *userdata, struct txn_batch *b, uint64_t now)
                         snprintf(d->p_turn, sizeof(d->p_turn), "%lld", (long long)d->staged_turn);
                         const char *params[] = {d->instance, d->p_lease, d->p_slots, d->p_turn};
                         memcpy(d->claim_params, params, sizeof(params));
-                        r = txn_batch_add(b, PGSCHEMA_CLAIM_SUBMIT, 4, d->claim_params);
+                        /* Unpaused, nothing is claimed while the database records a pause
+                         * this instance has not read yet; paused, this is the probe. */
+                        r = txn_batch_add(
+                            b, d->paused ? PGSCHEMA_CLAIM_SUBMIT : PGSCHEMA_CLAIM_SUBMIT_UNPAUSED,
+                            4, d->claim_params);
+                        if (r >= 0 && !d->paused)
+                                r = txn_batch_add(b, PGSCHEMA_CONTROL_GET, 1, pause_key);
                         if (r < 0)
                                 return r;
                         d->staged_submit = true;
+                        d->staged_paused = d->paused;
                 }
                 if (pslots > 0) {
                         if (!d->staged_turn) {
@@ -1385,7 +1409,7 @@ static int claimed_calls(struct dispatcher *d, const PGresult *res, int col, boo
                 c->claim_seq = claim.seq;
                 if (!poll) {
                         c->fresh = strcmp(PQgetvalue(res, i, 0), "pending") == 0;
-                        c->probe = d->paused;
+                        c->probe = d->staged_paused;
                         if (c->probe)
                                 d->probe_in_flight = true;
                 }
@@ -1402,6 +1426,21 @@ static uint64_t due_at(const PGresult *res, uint64_t now)
         long long delta = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
         return delta <= 0 ? now : now + (uint64_t)delta;
 }
+
+/* Whether the job (PGSCHEMA_GET's answer) is what c's save makes of it, unclaimed: that save
+ * committed in a batch whose outcome was unknown. */
+static bool saved_already(const struct call *c, const PGresult *get)
+{
+        struct job j;
+        struct pgschema_claim claim;
+        if (rows_of(get) < 1 || pgschema_row_to_job(get, 0, 0, &j, &claim) < 0)
+                return false;
+        return j.state == c->saved.state && j.attempt == c->saved.attempt &&
+               strcmp(j.upscale_task_id, c->saved.upscale_task_id) == 0 && !claim.claimed_by[0];
+}
+
+static void follow_shared_pause(struct dispatcher *d, const PGresult *r, uint64_t now,
+                                bool in_turn);
 
 static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
 {
@@ -1424,11 +1463,14 @@ static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
                                    "unknown were never sent: due again",
                                    released);
         }
-        for (struct call *c = d->staged; c && i < n; c = c->next) {
+        for (struct call *c = d->staged; c && i + c->n_stmts <= n; c = c->next) {
+                const PGresult *get = c->maybe_saved ? results[i + c->n_stmts - 1] : NULL;
                 if (rows_of(results[i]) > 0)
                         c->fate = ANSWER_SAVED;
-                else if (c->n_stmts == 2 && i + 1 < n && rows_of(results[i + 1]) > 0)
+                else if (c->settles && rows_of(results[i + 1]) > 0)
                         c->fate = ANSWER_SETTLED;
+                else if (saved_already(c, get))
+                        c->fate = ANSWER_SAVED;
                 else
                         c->fate = ANSWER_STALE;
                 i += c->n_stmts;
@@ -1456,6 +1498,10 @@ static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
         }
         if (d->staged_submit && i < n)
                 r = claimed_calls(d, results[i++], 1, false);
+        /* Read in the claim's own transaction: a pause another instance recorded is followed
+         * at once, not at the next lease timer. */
+        if (r >= 0 && d->staged_submit && !d->staged_paused && i < n)
+                follow_shared_pause(d, results[i++], now, true);
         if (r >= 0 && d->staged_poll && i < n)
                 r = claimed_calls(d, results[i++], 0, true);
         if (r < 0)
@@ -1528,11 +1574,11 @@ static uint64_t lease_period(const struct dispatcher *d)
 /* What the control table says of the account-wide pause (value, holder, seq, usec left): one
  * another instance found pauses this one too; one cleared (value NULL) ends it here. A pause
  * whose wait is over stays until a probe (under the token) passes. */
-static void follow_shared_pause(struct dispatcher *d, const PGresult *r, uint64_t now)
+static void follow_shared_pause(struct dispatcher *d, const PGresult *r, uint64_t now, bool in_turn)
 {
         /* This instance's own decision is on its way, or was read before it committed. */
         if (d->pause_sync != PAUSE_SYNC_NONE || d->control_staged ||
-            d->lease_sent <= d->control_committed)
+            (!in_turn && d->lease_sent <= d->control_committed))
                 return;
         bool active = rows_of(r) > 0 && !PQgetisnull(r, 0, 0);
         if (!active) {
@@ -1590,7 +1636,7 @@ static void on_leased(struct pgconn *conn, const struct pgconn_result *res, void
                 arm_timer(d);
         }
         if (res->n > 4)
-                follow_shared_pause(d, res->results[4], now);
+                follow_shared_pause(d, res->results[4], now, false);
         const PGresult *taken = res->n > 1 ? res->results[1] : NULL;
         int n = rows_of(taken);
         bool hold = d->cfg->uncertain == UNCERTAIN_HOLD;
@@ -1659,7 +1705,6 @@ static int on_lease_timer(sd_event_source *s, uint64_t usec, void *userdata)
         const char *takeover[] = {d->cfg->uncertain == UNCERTAIN_HOLD ? "hold" : "resubmit", "100"};
         memcpy(d->renew_params, renew, sizeof(renew));
         memcpy(d->takeover_params, takeover, sizeof(takeover));
-        static const char *const pause_key[] = {"pause"};
         const struct pgconn_stmt stmts[] = {
             {.sql = PGSCHEMA_RENEW_HELD, .n_params = 4, .params = d->renew_params},
             {.sql = PGSCHEMA_TAKEOVER, .n_params = 2, .params = d->takeover_params},

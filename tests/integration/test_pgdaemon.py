@@ -689,9 +689,12 @@ class PgDaemon(unittest.TestCase):
                     # Closed by the callback (after a `processing` one that changed nothing),
                     # never polled; the journal story as on SQLite.
                     self.assertEqual(task["polls"], 0)
-                    self.assertEqual(task["callbacks"], [{"state": "processing", "status": 200},
-                                                         {"state": "success" if state == "succeeded" else state,
-                                                          "status": 200}])
+                    # (The `processing` one only while the task still runs: a slow daemon, as
+                    # under valgrind, may submit it too late for one.)
+                    final = {"state": "success" if state == "succeeded" else state, "status": 200}
+                    self.assertEqual(task["callbacks"][-1], final)
+                    self.assertTrue(all(cb == {"state": "processing", "status": 200} for cb in task["callbacks"][:-1]),
+                                    task["callbacks"])
                     self.assertEqual(self.db_job(db, cid), [state, "1", task["id"], ""])
                     self.assertEqual(harness.job_states(self.journal(d, cid)), ["accepted", "submitted", state])
                 self.assertEqual(d.metrics_value('vidu_upscaled_outcomes_total{via="callback",state="succeeded"}'), 1)
