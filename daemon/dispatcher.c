@@ -1368,7 +1368,9 @@ static int writer_stage_pg(void *userdata, struct txn_batch *b, uint64_t now)
                         d->staged_submit = true;
                         d->staged_paused = d->paused;
                 }
-                if (pslots > 0) {
+                /* Polls only when one is due, by what the last turn or lease timer read: a
+                 * turn of pure intake costs no poll claim. */
+                if (pslots > 0 && d->next_poll_at <= now) {
                         if (!d->staged_turn) {
                                 d->staged_turn = ++d->turn_seq;
                                 snprintf(d->p_turn, sizeof(d->p_turn), "%lld",
@@ -1625,16 +1627,16 @@ static void on_leased(struct pgconn *conn, const struct pgconn_result *res, void
         uint64_t now = now_realtime_usec();
         uint64_t sub = res->n > 2 ? due_at(res->results[2], now) : UINT64_MAX;
         uint64_t pol = res->n > 3 ? due_at(res->results[3], now) : UINT64_MAX;
+        bool sooner = sub < d->next_submit_at || pol < d->next_poll_at;
+        if (sub < d->next_submit_at)
+                d->next_submit_at = sub;
+        if (pol < d->next_poll_at)
+                d->next_poll_at = pol;
         if (!d->draining && ((sub <= now && d->submits < d->cfg->concurrency && !d->paused) ||
                              (pol <= now && d->polls < d->cfg->concurrency)))
                 dispatcher_kick(d);
-        else if (!d->draining && (sub < d->next_submit_at || pol < d->next_poll_at)) {
-                if (sub < d->next_submit_at)
-                        d->next_submit_at = sub;
-                if (pol < d->next_poll_at)
-                        d->next_poll_at = pol;
+        else if (!d->draining && sooner)
                 arm_timer(d);
-        }
         if (res->n > 4)
                 follow_shared_pause(d, res->results[4], now, false);
         const PGresult *taken = res->n > 1 ? res->results[1] : NULL;
