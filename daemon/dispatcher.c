@@ -1935,7 +1935,8 @@ static int on_drain_timeout(sd_event_source *s, uint64_t usec, void *userdata)
 
 static void check_idle(struct dispatcher *d)
 {
-        if (!d->idle || httpc_in_flight(d->httpc) > 0 || d->done_head)
+        /* Answers not yet recorded (or in a batch on its way, on PostgreSQL) keep it busy. */
+        if (!d->idle || httpc_in_flight(d->httpc) > 0 || d->done_head || d->staged)
                 return;
         dispatcher_idle_fn idle = d->idle;
         d->idle = NULL;

@@ -750,6 +750,20 @@ class PgDaemon(unittest.TestCase):
                         if e.get("MESSAGE", "").startswith("Submissions resumed")])
                     self.assertEqual(len(resumed), 1)
 
+    def test_stop_records_the_answer_in_flight(self):
+        db = self.database()
+        (cid,) = new_creation_ids(1)
+        self.fake.faults([{"on": "submit", "creation_id": cid, "action": "delay", "delay_ms": 1000}])
+        with self.dispatching(db) as d:
+            d.wait_ledger()
+            self.assertEqual(self.post(d, make_task("9800000000000048", [cid]))[0], 202)
+            poll(lambda: self.fake.stats()["created"].get(cid) == 1, timeout=15, what="the submission in flight")
+            # A stop waits for the answer and records it before the daemon exits.
+            self.assertEqual(d.stop(), 0)
+        state, attempt, task, claimed = self.db_job(db, cid)
+        self.assertIn(state, ("submitted", "succeeded"))
+        self.assertEqual((attempt, task, claimed), ("1", self.fake.tasks(cid)[0]["id"], ""))
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
