@@ -97,8 +97,9 @@ struct dispatcher {
         /* What the ledger's switches said at the last dispatch decision (control.h); the ledger
          * holds the truth, these only spare rereading it while jobs are held back. */
         bool operator_paused;
-        bool budget_known;   /* budget_blocked was read from the ledger once */
-        bool budget_blocked; /* the budget holds due jobs back until budget.free_at */
+        uint64_t operator_since; /* PostgreSQL: as last read */
+        bool budget_known;       /* budget_blocked was read from the ledger once */
+        bool budget_blocked;     /* the budget holds due jobs back until budget.free_at */
         struct control_budget budget;
         struct ledger_spend budget_used; /* at the decision that found it full */
         uint64_t hold_checked;           /* when the switches were last read while holding */
@@ -1297,8 +1298,6 @@ static int stage_control(struct dispatcher *d, struct txn_batch *b, uint64_t now
  * their claims, due jobs claimed up to the free slots (so a job accepted in this turn is marked
  * `submitting` in its very commit) and submitted ones claimed for a poll, then when the next
  * job is due, for the timer. */
-static const char *const pause_key[] = {"pause"};
-
 static int writer_stage_pg(void *userdata, struct txn_batch *b, uint64_t now)
 {
         struct dispatcher *d = userdata;
@@ -1358,11 +1357,12 @@ static int writer_stage_pg(void *userdata, struct txn_batch *b, uint64_t now)
                         memcpy(d->claim_params, params, sizeof(params));
                         /* Unpaused, nothing is claimed while the database records a pause
                          * this instance has not read yet; paused, this is the probe. */
-                        r = txn_batch_add(
-                            b, d->paused ? PGSCHEMA_CLAIM_SUBMIT : PGSCHEMA_CLAIM_SUBMIT_UNPAUSED,
-                            4, d->claim_params);
-                        if (r >= 0 && !d->paused)
-                                r = txn_batch_add(b, PGSCHEMA_CONTROL_GET, 1, pause_key);
+                        r = txn_batch_add(b,
+                                          d->paused ? PGSCHEMA_CLAIM_SUBMIT_ALLOWED
+                                                    : PGSCHEMA_CLAIM_SUBMIT_UNPAUSED,
+                                          4, d->claim_params);
+                        if (r >= 0)
+                                r = txn_batch_add(b, PGSCHEMA_PAUSES, 0, NULL);
                         if (r < 0)
                                 return r;
                         d->staged_submit = true;
@@ -1444,6 +1444,20 @@ static bool saved_already(const struct call *c, const PGresult *get)
 static void follow_shared_pause(struct dispatcher *d, const PGresult *r, uint64_t now,
                                 bool in_turn);
 
+/* The operator's pause (`jobs pause`), column 4 of PGSCHEMA_PAUSES: while it holds, the claims
+ * take nothing and the timers do not ask for turns. */
+static void follow_operator_pause(struct dispatcher *d, const PGresult *r)
+{
+        if (rows_of(r) < 1 || PQnfields(r) < 5)
+                return;
+        d->operator_paused = !PQgetisnull(r, 0, 4);
+        d->m->operator_paused = d->operator_paused;
+        d->operator_since = 0;
+        if (d->operator_paused &&
+            parse_uint(PQgetvalue(r, 0, 4), 0, UINT64_MAX, &d->operator_since) < 0)
+                d->operator_since = 0;
+}
+
 static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
 {
         struct dispatcher *d = userdata;
@@ -1502,8 +1516,11 @@ static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
                 r = claimed_calls(d, results[i++], 1, false);
         /* Read in the claim's own transaction: a pause another instance recorded is followed
          * at once, not at the next lease timer. */
-        if (r >= 0 && d->staged_submit && !d->staged_paused && i < n)
-                follow_shared_pause(d, results[i++], now, true);
+        if (r >= 0 && d->staged_submit && i < n) {
+                if (!d->staged_paused)
+                        follow_shared_pause(d, results[i], now, true);
+                follow_operator_pause(d, results[i++]);
+        }
         if (r >= 0 && d->staged_poll && i < n)
                 r = claimed_calls(d, results[i++], 0, true);
         if (r < 0)
@@ -1632,13 +1649,19 @@ static void on_leased(struct pgconn *conn, const struct pgconn_result *res, void
                 d->next_submit_at = sub;
         if (pol < d->next_poll_at)
                 d->next_poll_at = pol;
-        if (!d->draining && ((sub <= now && d->submits < d->cfg->concurrency && !d->paused) ||
+        if (!d->draining && ((sub <= now && d->submits < d->cfg->concurrency && !d->paused &&
+                              !d->operator_paused) ||
                              (pol <= now && d->polls < d->cfg->concurrency)))
                 dispatcher_kick(d);
         else if (!d->draining && sooner)
                 arm_timer(d);
-        if (res->n > 4)
+        if (res->n > 4) {
+                bool was = d->operator_paused;
                 follow_shared_pause(d, res->results[4], now, false);
+                follow_operator_pause(d, res->results[4]);
+                if (was && !d->operator_paused && !d->draining)
+                        dispatcher_kick(d); /* `jobs resume`: what is due leaves */
+        }
         const PGresult *taken = res->n > 1 ? res->results[1] : NULL;
         int n = rows_of(taken);
         bool hold = d->cfg->uncertain == UNCERTAIN_HOLD;
@@ -1712,7 +1735,7 @@ static int on_lease_timer(sd_event_source *s, uint64_t usec, void *userdata)
             {.sql = PGSCHEMA_TAKEOVER, .n_params = 2, .params = d->takeover_params},
             {.sql = PGSCHEMA_NEXT_SUBMIT},
             {.sql = PGSCHEMA_NEXT_POLL},
-            {.sql = PGSCHEMA_CONTROL_GET, .n_params = 1, .params = pause_key},
+            {.sql = PGSCHEMA_PAUSES},
         };
         int r = pgconn_send(d->house, stmts, ELEMENTSOF(stmts), on_leased, d);
         if (r >= 0) {
@@ -1988,8 +2011,14 @@ int dispatcher_control(struct dispatcher *d, struct dispatcher_control *ret)
 {
         struct dispatcher_control c = {0};
         struct budget_limits lim;
-        if (!d || d->pg)
-                return -ENOENT; /* PostgreSQL: no operator's pause or budget there yet */
+        if (!d)
+                return -ENOENT;
+        if (d->pg) {
+                /* PostgreSQL: the operator's pause as last read; no budget there yet. */
+                *ret = (struct dispatcher_control){.operator_paused = d->operator_paused,
+                                                   .paused_since = d->operator_since};
+                return 0;
+        }
         uint64_t now = now_realtime_usec();
         int r = control_operator_paused(d->ledger, &c.paused_since);
         if (r < 0)

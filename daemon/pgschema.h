@@ -142,12 +142,17 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
             "$2") " FROM due WHERE jobs.creation_id = due.creation_id "                            \
                   "RETURNING due.state, " PGSCHEMA_JOB_COLUMNS
 #define PGSCHEMA_CLAIM_SUBMIT PGSCHEMA_CLAIM_SUBMIT_WHERE("")
-/* The same, claiming nothing while an account-wide pause is recorded (PGSCHEMA_CONTROL_SET of
- * key 'pause' with a value): an instance that has not read the pause yet sends nothing into it;
- * only the probe, under its token, uses PGSCHEMA_CLAIM_SUBMIT. */
+/* The same, claiming nothing while an operator's pause (`jobs pause`: meta key
+ * 'operator_pause') is recorded: the probe of an account-wide pause. */
+#define PGSCHEMA_CLAIM_SUBMIT_ALLOWED                                                              \
+        PGSCHEMA_CLAIM_SUBMIT_WHERE(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
+                                    "'operator_pause')")
+/* Nor while an account-wide pause is recorded (PGSCHEMA_CONTROL_SET of key 'pause' with a
+ * value): an instance that has not read the pause yet sends nothing into it. */
 #define PGSCHEMA_CLAIM_SUBMIT_UNPAUSED                                                             \
-        PGSCHEMA_CLAIM_SUBMIT_WHERE(" AND NOT EXISTS (SELECT 1 FROM control WHERE key = 'pause' "  \
-                                    "AND value IS NOT NULL)")
+        PGSCHEMA_CLAIM_SUBMIT_WHERE(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
+                                    "'operator_pause') AND NOT EXISTS (SELECT 1 FROM control "     \
+                                    "WHERE key = 'pause' AND value IS NOT NULL)")
 
 /* Claims up to $3 submitted jobs due a poll, for $1 under a new claim_seq with lease $2 usec
  * and batch $4, their next poll pushed $5 usec out (the poll interval plus the request's
@@ -271,6 +276,14 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
 #define PGSCHEMA_CONTROL_GET                                                                       \
         "SELECT value, holder, seq, (extract(epoch FROM until - now()) * 1000000)::bigint "        \
         "FROM control WHERE key = $1"
+/* Both pauses, one row: the account-wide pause as PGSCHEMA_CONTROL_GET's four columns for key
+ * 'pause' (all NULL when none was ever recorded), then the operator's pause (meta
+ * 'operator_pause': since when, usec since the epoch as text; NULL: none). */
+#define PGSCHEMA_PAUSES                                                                            \
+        "SELECT c.value, c.holder, c.seq, (extract(epoch FROM c.until - now()) * "                 \
+        "1000000)::bigint, "                                                                       \
+        "(SELECT value FROM meta WHERE key = 'operator_pause') FROM (SELECT 1) AS one "            \
+        "LEFT JOIN control c ON c.key = 'pause'"
 /* Takes key $1 (a token: the probe) for holder $2 for $3 usec, if nobody holds it or their hold
  * lapsed: one row back (the new seq) if taken, none if another holds it. */
 #define PGSCHEMA_CONTROL_TAKE                                                                      \

@@ -764,6 +764,25 @@ class PgDaemon(unittest.TestCase):
         self.assertIn(state, ("submitted", "succeeded"))
         self.assertEqual((attempt, task, claimed), ("1", self.fake.tasks(cid)[0]["id"], ""))
 
+    def test_operator_pause_holds_submissions(self):
+        db = self.database()
+        (cid,) = new_creation_ids(1)
+        with self.dispatching(db) as d:
+            d.wait_ledger()
+            r = d.jobs("pause")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(self.post(d, make_task("9800000000000049", [cid]))[0], 202)
+            # The claim in the notification's own commit takes nothing, and says why.
+            d.wait_notify(lambda m: "paused by an operator" in m.get("STATUS", ""), timeout=15)
+            self.assertEqual(d.metrics_value('vidu_upscaled_dispatch_paused{reason="operator"}'), 1)
+            self.assertEqual(self.db_job(db, cid)[:2], ["pending", "0"])
+            self.assertNotIn(cid, self.fake.stats()["created"])
+            r = d.jobs("resume")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            # Seen on the lease timer: what was held leaves, once.
+            self.wait_state(d, cid, "succeeded")
+            self.assertEqual(self.fake.stats()["created"].get(cid), 1)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
