@@ -1246,7 +1246,8 @@ static int stage_answer(struct dispatcher *d, struct call *c, struct txn_batch *
         memcpy(c->settle_params, settle_params, sizeof(settle_params));
         c->n_stmts = 1;
         c->settles = settle;
-        int r = txn_batch_add(b, PGSCHEMA_SAVE_FENCED, ELEMENTSOF(params), c->params);
+        int r = txn_batch_add(b, settle ? PGSCHEMA_SAVE_ACCEPTED : PGSCHEMA_SAVE_FENCED,
+                              ELEMENTSOF(params), c->params);
         if (r >= 0 && settle) {
                 r = txn_batch_add(b, PGSCHEMA_SETTLE_UNCERTAIN, ELEMENTSOF(settle_params),
                                   c->settle_params);
@@ -1458,6 +1459,26 @@ static void follow_operator_pause(struct dispatcher *d, const PGresult *r)
                 d->operator_since = 0;
 }
 
+/* The accepted answer's task id was already another job's: the save held the job `uncertain`
+ * instead; its entries say so, as on SQLite. */
+static void held_for_duplicate_task(struct dispatcher *d, struct call *c, const char *error)
+{
+        struct job *j = &c->saved;
+        log_full(LOG_WARNING, MSGID_UPSTREAM_PROTOCOL,
+                 "Upstream protocol error for %s: %s (HTTP %ld); the upstream may have created the "
+                 "task",
+                 j->creation_id, error, c->status);
+        d->m->uncertain++;
+        j->state = JOB_UNCERTAIN;
+        j->upscale_task_id[0] = 0;
+        job_set_field(j->upstream_error, sizeof(j->upstream_error), error);
+        fill_event(c, j, MSGID_UNCERTAIN, "uncertain");
+        c->entry.priority = LOG_WARNING;
+        snprintf(c->entry.message, sizeof(c->entry.message),
+                 "Upscale of %s is uncertain (%s); held until an operator retries or abandons it",
+                 j->creation_id, j->upstream_error);
+}
+
 static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
 {
         struct dispatcher *d = userdata;
@@ -1481,9 +1502,11 @@ static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
         }
         for (struct call *c = d->staged; c && i + c->n_stmts <= n; c = c->next) {
                 const PGresult *get = c->maybe_saved ? results[i + c->n_stmts - 1] : NULL;
-                if (rows_of(results[i]) > 0)
+                if (rows_of(results[i]) > 0) {
                         c->fate = ANSWER_SAVED;
-                else if (c->settles && rows_of(results[i + 1]) > 0)
+                        if (c->settles && strcmp(PQgetvalue(results[i], 0, 0), "uncertain") == 0)
+                                held_for_duplicate_task(d, c, PQgetvalue(results[i], 0, 1));
+                } else if (c->settles && rows_of(results[i + 1]) > 0)
                         c->fate = ANSWER_SETTLED;
                 else if (saved_already(c, get))
                         c->fate = ANSWER_SAVED;

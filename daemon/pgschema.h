@@ -196,16 +196,38 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
                   "updated_at = now(), claimed_by = NULL, claim_turn = NULL, lease_until = NULL "  \
                   "WHERE creation_id = $1 AND claimed_by = $2 AND claim_seq = $3 RETURNING state"
 
+/* PGSCHEMA_SAVE_FENCED for an accepted submission ($4 'submitted', $7 its task id): if another
+ * job already holds that upscale task id (an upstream that numbers its tasks alike after a
+ * reload, or an upstream bug), the job is held `uncertain` with no task id and an error naming
+ * the other creation, instead of failing the turn on the unique index (the task may exist and
+ * cost credits: it is not sent again blindly). Returns state, upstream_error. */
+#define PGSCHEMA_SAVE_ACCEPTED                                                                     \
+        "WITH other AS (SELECT creation_id FROM jobs WHERE upscale_task_id = $7 "                  \
+        "AND creation_id <> $1 LIMIT 1) "                                                          \
+        "UPDATE jobs SET state = CASE WHEN EXISTS (SELECT 1 FROM other) THEN 'uncertain' "         \
+        "ELSE $4 END, attempt = $5, next_at = now() + " PGSCHEMA_USEC(                             \
+            "$6") ", upscale_task_id = CASE WHEN EXISTS (SELECT 1 FROM other) THEN NULL "          \
+                  "ELSE $7 END, http_status = $8, upstream_error = CASE WHEN EXISTS (SELECT 1 "    \
+                  "FROM other) THEN 'the upstream answered with task id ' || left($7, 64) || "     \
+                  "', already recorded for creation ' || left((SELECT creation_id FROM other), "   \
+                  "64) ELSE $9 END, result_url = $10, updated_at = now(), claimed_by = NULL, "     \
+                  "claim_turn = NULL, lease_until = NULL "                                         \
+                  "WHERE creation_id = $1 AND claimed_by = $2 AND claim_seq = $3 "                 \
+                  "RETURNING state, upstream_error"
+
 /* A stale answer may still settle a job held `uncertain` from that very claim (a takeover under
- * retry.uncertain=hold keeps claim_seq): it is news, not a conflict. $1 creation id, $2
- * claim_seq, $3 state, $4 upscale task id, $5 HTTP status, $6 upstream error, $7 result URL,
- * $8 next_at in usec from now. */
+ * retry.uncertain=hold keeps claim_seq): it is news, not a conflict, unless another job holds
+ * its task id (see PGSCHEMA_SAVE_ACCEPTED). $1 creation id, $2 claim_seq, $3 state, $4 upscale task
+ * id, $5 HTTP status, $6 upstream error, $7 result URL, $8 next_at in usec from now. */
 #define PGSCHEMA_SETTLE_UNCERTAIN                                                                  \
         "UPDATE jobs SET state = $3, upscale_task_id = $4, http_status = $5, upstream_error = "    \
         "$6, "                                                                                     \
         "result_url = $7, next_at = now() + " PGSCHEMA_USEC(                                       \
             "$8") ", updated_at = now() "                                                          \
-                  "WHERE creation_id = $1 AND state = 'uncertain' AND claim_seq = $2 RETURNING "   \
+                  "WHERE creation_id = $1 AND state = 'uncertain' AND claim_seq = $2 AND NOT "     \
+                  "EXISTS "                                                                        \
+                  "(SELECT 1 FROM jobs o WHERE o.upscale_task_id = $4 AND o.creation_id <> $1) "   \
+                  "RETURNING "                                                                     \
                   "state"
 
 /* Takes over up to $2 jobs whose instance lost its lease mid-submission, as a restart would:

@@ -783,6 +783,26 @@ class PgDaemon(unittest.TestCase):
             self.wait_state(d, cid, "succeeded")
             self.assertEqual(self.fake.stats()["created"].get(cid), 1)
 
+    def test_task_id_already_recorded_is_held_uncertain(self):
+        db = self.database()
+        a, b = new_creation_ids(2)
+        with FakeUpstream(complete_after_ms=100) as fake:
+            # A fresh fake numbers its first task 2371000000000001: another creation already
+            # holds that id (an upstream that numbers its tasks alike after a change).
+            with Daemon({"upstream": {"base_url": fake.url}}, fake=fake, pg=self.pg, pg_db=db) as d:
+                d.wait_ledger()
+                self.pg.sql("INSERT INTO jobs (creation_id, state, upscale_task_id, attempt, next_at, "
+                            "created_at, updated_at) VALUES ('other', 'succeeded', '2371000000000001', 1, "
+                            "now(), now(), now())", db=db)
+                self.assertEqual(self.post(d, make_task("9800000000000050", [a]))[0], 202)
+                held = self.wait_state(d, a, "uncertain")
+                self.assertIn("already recorded for creation other", held[0]["UPSTREAM_ERROR"])
+                self.assertEqual(self.db_job(db, a), ["uncertain", "1", "", ""])
+                # The turn was not failed for it: the next notification goes through.
+                self.assertEqual(self.post(d, make_task("9800000000000051", [b]))[0], 202)
+                self.wait_state(d, b, "succeeded")
+                self.assertEqual(fake.stats()["created"].get(a), 1)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
