@@ -50,6 +50,7 @@ struct call {
         /* PostgreSQL: the claim the job was taken under (the fence), what the answer makes of
          * the job, the statements' parameters (kept until the turn's end) and how it went. */
         int64_t claim_seq;
+        const char *payload; /* ent-v2: in the claim's answer, valid until the call starts */
         struct job saved;
         char p_seq[24], p_attempt[24], p_next[24], p_status[24];
         const char *params[10];
@@ -123,7 +124,7 @@ struct dispatcher {
         size_t n_unsent, n_release_staged;
         bool staged_submit, staged_poll;
         char p_lease[24], p_slots[24], p_turn[24], p_pslots[24], p_pushed[24];
-        const char *claim_params[4], *poll_params[5], *renew_params[4], *takeover_params[2];
+        const char *claim_params[5], *poll_params[5], *renew_params[4], *takeover_params[2];
         uint64_t next_submit_at, next_poll_at; /* realtime usec, from the database's answer */
         sd_event_source *lease_timer;
         bool lease_in_flight;
@@ -376,7 +377,8 @@ static int start_call(struct dispatcher *d, struct call *c)
                         r = ledger_get_payload(d->ledger, c->job.creation_id, &payload);
                 if (r >= 0)
                         r = upstream_build_submit(d->cfg, c->job.creation_id, c->job.duration,
-                                                  payload, &url, &body);
+                                                  payload ? payload : c->payload, &url, &body);
+                c->payload = NULL; /* PostgreSQL: it pointed into the claim's answer */
         }
         if (r < 0)
                 return r;
@@ -1354,14 +1356,16 @@ static int writer_stage_pg(void *userdata, struct txn_batch *b, uint64_t now)
                         d->staged_turn = ++d->turn_seq;
                         snprintf(d->p_slots, sizeof(d->p_slots), "%zu", slots);
                         snprintf(d->p_turn, sizeof(d->p_turn), "%lld", (long long)d->staged_turn);
-                        const char *params[] = {d->instance, d->p_lease, d->p_slots, d->p_turn};
+                        const char *params[] = {d->instance, d->p_lease, d->p_slots, d->p_turn,
+                                                d->cfg->flavor == UPSTREAM_FLAVOR_ENT_V2 ? "true"
+                                                                                         : "false"};
                         memcpy(d->claim_params, params, sizeof(params));
                         /* Unpaused, nothing is claimed while the database records a pause
                          * this instance has not read yet; paused, this is the probe. */
                         r = txn_batch_add(b,
                                           d->paused ? PGSCHEMA_CLAIM_SUBMIT_ALLOWED
                                                     : PGSCHEMA_CLAIM_SUBMIT_UNPAUSED,
-                                          4, d->claim_params);
+                                          5, d->claim_params);
                         if (r >= 0)
                                 r = txn_batch_add(b, PGSCHEMA_PAUSES, 0, NULL);
                         if (r < 0)
@@ -1410,6 +1414,9 @@ static int claimed_calls(struct dispatcher *d, const PGresult *res, int col, boo
                 c->d = d;
                 c->poll = poll;
                 c->claim_seq = claim.seq;
+                int pcol = col + PGSCHEMA_JOB_NCOLUMNS;
+                if (!poll && PQnfields(res) > pcol && !PQgetisnull(res, i, pcol))
+                        c->payload = PQgetvalue(res, i, pcol);
                 if (!poll) {
                         c->fresh = strcmp(PQgetvalue(res, i, 0), "pending") == 0;
                         c->probe = d->staged_paused;

@@ -132,7 +132,7 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
  * unknown outcome). SKIP LOCKED: instances never wait on each other's rows, and a row another
  * transaction holds is someone else's. The CTE is materialised so the locking subquery runs
  * once. Returns the state each job came from, then PGSCHEMA_JOB_COLUMNS. */
-#define PGSCHEMA_CLAIM_SUBMIT_WHERE(more)                                                          \
+#define PGSCHEMA_CLAIM_SUBMIT_WHERE(more, ret)                                                     \
         "WITH due AS MATERIALIZED (SELECT creation_id, state FROM jobs "                           \
         "WHERE state IN ('pending', 'waiting') AND next_at <= now()" more " "                      \
         "ORDER BY next_at, creation_id LIMIT $3 FOR UPDATE SKIP LOCKED) "                          \
@@ -140,19 +140,24 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
         "updated_at = now(), claimed_by = $1, claim_seq = jobs.claim_seq + 1, claim_turn = $4, "   \
         "lease_until = now() + " PGSCHEMA_USEC(                                                    \
             "$2") " FROM due WHERE jobs.creation_id = due.creation_id "                            \
-                  "RETURNING due.state, " PGSCHEMA_JOB_COLUMNS
-#define PGSCHEMA_CLAIM_SUBMIT PGSCHEMA_CLAIM_SUBMIT_WHERE("")
+                  "RETURNING due.state, " PGSCHEMA_JOB_COLUMNS ret
+#define PGSCHEMA_CLAIM_SUBMIT PGSCHEMA_CLAIM_SUBMIT_WHERE("", "")
+/* The daemon's claims also return the source's payload after the job's columns when $5 is true
+ * (ent-v2 passes it on), so a submission needs no read of its own. */
+#define PGSCHEMA_CLAIM_PAYLOAD ", CASE WHEN $5::boolean THEN jobs.payload END"
 /* The same, claiming nothing while an operator's pause (`jobs pause`: meta key
  * 'operator_pause') is recorded: the probe of an account-wide pause. */
 #define PGSCHEMA_CLAIM_SUBMIT_ALLOWED                                                              \
         PGSCHEMA_CLAIM_SUBMIT_WHERE(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
-                                    "'operator_pause')")
+                                    "'operator_pause')",                                           \
+                                    PGSCHEMA_CLAIM_PAYLOAD)
 /* Nor while an account-wide pause is recorded (PGSCHEMA_CONTROL_SET of key 'pause' with a
  * value): an instance that has not read the pause yet sends nothing into it. */
 #define PGSCHEMA_CLAIM_SUBMIT_UNPAUSED                                                             \
         PGSCHEMA_CLAIM_SUBMIT_WHERE(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
                                     "'operator_pause') AND NOT EXISTS (SELECT 1 FROM control "     \
-                                    "WHERE key = 'pause' AND value IS NOT NULL)")
+                                    "WHERE key = 'pause' AND value IS NOT NULL)",                  \
+                                    PGSCHEMA_CLAIM_PAYLOAD)
 
 /* Claims up to $3 submitted jobs due a poll, for $1 under a new claim_seq with lease $2 usec
  * and batch $4, their next poll pushed $5 usec out (the poll interval plus the request's

@@ -803,6 +803,24 @@ class PgDaemon(unittest.TestCase):
                 self.wait_state(d, b, "succeeded")
                 self.assertEqual(fake.stats()["created"].get(a), 1)
 
+    def test_ent_v2_passes_the_source_payload_on(self):
+        db = self.database()
+        a, b = new_creation_ids(2)
+        payload = '{"pipeline": "edit-42", "note": "caf\u00e9"}'
+        d = self.dispatching(db)
+        d.config["upstream"]["flavor"] = "ent-v2"
+        with d:
+            d.wait_ledger()
+            task = make_task("9800000000000052", [a])
+            task["payload"] = payload
+            self.assertEqual(self.post(d, task)[0], 202)
+            self.assertEqual(self.post(d, make_task("9800000000000053", [b]))[0], 202)
+            for cid in (a, b):
+                harness.poll(lambda: self.fake.tasks(cid), what="the submission of " + cid)
+            # Read back with the claim, untouched; without one, the payload naming the creation.
+            self.assertEqual(json.loads(self.fake.tasks(a)[0]["body"])["payload"], payload)
+            self.assertEqual(json.loads(json.loads(self.fake.tasks(b)[0]["body"])["payload"]), {"creation_id": b})
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
