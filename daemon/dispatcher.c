@@ -1,7 +1,10 @@
 /* dispatcher.c: the job scheduler: due jobs out to the upstream with bounded concurrency, answers
  * classified, retries scheduled, account-wide pauses probed, upscales followed to their end.
  * Every transition is committed to the ledger (in the loop's shared transaction, txn.c) before it
- * is acted on or logged: answers recorded and new jobs marked `submitting` in one commit. */
+ * is acted on or logged: answers recorded and new jobs marked `submitting` in one commit. On
+ * PostgreSQL (dispatcher_new_pg) the same decisions are statements of the turn's batch: claims
+ * under this instance's name and a claim counter, answers saved only under their claim, leases
+ * renewed and lapsed claims taken over on the housekeeping connection. */
 #include "dispatcher.h"
 
 #include <errno.h>
