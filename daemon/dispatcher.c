@@ -1,7 +1,10 @@
 /* dispatcher.c: the job scheduler: due jobs out to the upstream with bounded concurrency, answers
  * classified, retries scheduled, account-wide pauses probed, upscales followed to their end.
  * Every transition is committed to the ledger (in the loop's shared transaction, txn.c) before it
- * is acted on or logged: answers recorded and new jobs marked `submitting` in one commit. */
+ * is acted on or logged: answers recorded and new jobs marked `submitting` in one commit. On
+ * PostgreSQL (dispatcher_new_pg) the same decisions are statements of the turn's batch: claims
+ * under this instance's name and a claim counter, answers saved only under their claim, leases
+ * renewed and lapsed claims taken over on the housekeeping connection. */
 #include "dispatcher.h"
 
 #include <errno.h>
@@ -15,6 +18,7 @@
 #include "httpc.h"
 #include "journal.h"
 #include "owed.h"
+#include "pgschema.h"
 #include "txn.h"
 #include "upstream.h"
 #include "util.h"
@@ -46,8 +50,28 @@ struct call {
         bool has_retry_after;
         /* Filled when the transition is decided, logged after the commit. */
         struct job_entry entry;
+        /* PostgreSQL: the claim the job was taken under (the fence), what the answer makes of
+         * the job, the statements' parameters (kept until the turn's end) and how it went. */
+        int64_t claim_seq;
+        const char *payload; /* ent-v2: in the claim's answer, valid until the call starts */
+        struct job saved;
+        char p_seq[24], p_attempt[24], p_next[24], p_status[24];
+        const char *params[10];
+        const char *settle_params[8];
+        size_t n_stmts; /* in the turn's batch: the fenced save, the settle, the check */
+        bool settles;
+        /* Its save was in a batch of unknown outcome: if that committed, the claim is ended, so
+         * the next save finds nothing; a read of the job tells that from a takeover. */
+        bool maybe_saved;
+        const char *get_params[1];
+        enum { ANSWER_SAVED, ANSWER_SETTLED, ANSWER_STALE } fate;
+        struct call *fl_prev, *fl_next; /* in flight: the claims the lease timer renews */
         struct call *next;
 };
+
+/* PostgreSQL: claim turns whose commit had an unknown outcome, put back before any new claim. */
+#define UNSENT_MAX           32
+#define LEASE_TIMER_MAX_USEC (1 * USEC_PER_SEC)
 
 struct dispatcher {
         sd_event *event;
@@ -77,8 +101,9 @@ struct dispatcher {
         /* What the ledger's switches said at the last dispatch decision (control.h); the ledger
          * holds the truth, these only spare rereading it while jobs are held back. */
         bool operator_paused;
-        bool budget_known;   /* budget_blocked was read from the ledger once */
-        bool budget_blocked; /* the budget holds due jobs back until budget.free_at */
+        uint64_t operator_since; /* PostgreSQL: as last read */
+        bool budget_known;       /* budget_blocked was read from the ledger once */
+        bool budget_blocked;     /* the budget holds due jobs back until budget.free_at */
         struct control_budget budget;
         struct ledger_spend budget_used; /* at the decision that found it full */
         uint64_t hold_checked;           /* when the switches were last read while holding */
@@ -88,6 +113,41 @@ struct dispatcher {
         struct owed *owed;     /* `accepted` entries owed (log.fold_accepted) */
         sd_event_source *owed_timer;
         bool owed_armed;
+        /* PostgreSQL (dispatcher_new_pg): claims under this instance's name, a claim turn
+         * counter that starts at the start time (so a restart under the same store.instance
+         * never reuses one), the leases renewed and lapsed ones taken over on `house`. */
+        bool pg;
+        struct pgconn *house;
+        char instance[128];
+        int64_t turn_seq;
+        int64_t staged_turn; /* the claim turn this turn's batch holds, 0 if none */
+        int64_t unsent[UNSENT_MAX];
+        char unsent_str[UNSENT_MAX][24];
+        const char *unsent_params[UNSENT_MAX][2];
+        size_t n_unsent, n_release_staged;
+        bool staged_submit, staged_poll;
+        char p_lease[24], p_slots[24], p_turn[24], p_pslots[24], p_pushed[24];
+        const char *claim_params[5], *poll_params[5], *renew_params[4], *takeover_params[2];
+        uint64_t next_submit_at, next_poll_at; /* realtime usec, from the database's answer */
+        sd_event_source *lease_timer;
+        bool lease_in_flight;
+        /* The account-wide pause shared through the database (control table): written when
+         * this instance starts, extends or ends one, read on the lease timer; one probe at a
+         * time across instances, under the `probe` token. */
+        bool pause_shared;
+        enum { PAUSE_SYNC_NONE, PAUSE_SYNC_SET, PAUSE_SYNC_CLEAR } pause_sync;
+        bool have_token, release_token, staged_take;
+        bool staged_paused;         /* the claim was staged paused: a probe */
+        bool control_staged;        /* this turn writes the pause */
+        bool token_staged;          /* this turn gives the probe token back */
+        uint64_t control_committed; /* when a write of the pause last committed (monotonic) */
+        uint64_t lease_sent;        /* when the lease timer's batch left (monotonic) */
+        size_t n_control_staged;
+        char p_pause_for[24];
+        const char *pause_params[3], *token_params[3], *take_params[3];
+        struct call *staged;      /* the answers this turn's batch saves */
+        struct call *flight_head; /* every call in flight */
+        char *renew_ids, *renew_turns;
 };
 
 static uint32_t random_u32(void)
@@ -99,6 +159,7 @@ static uint32_t random_u32(void)
 }
 
 static void arm_timer(struct dispatcher *d);
+static void write_answer_entry(struct dispatcher *d, struct call *c);
 static void check_idle(struct dispatcher *d);
 
 void dispatcher_kick(struct dispatcher *d)
@@ -262,6 +323,13 @@ static void call_done(const struct httpc_response *resp, void *userdata)
 {
         struct call *c = userdata;
         struct dispatcher *d = c->d;
+        if (c->fl_prev)
+                c->fl_prev->fl_next = c->fl_next;
+        else if (d->flight_head == c)
+                d->flight_head = c->fl_next;
+        if (c->fl_next)
+                c->fl_next->fl_prev = c->fl_prev;
+        c->fl_prev = c->fl_next = NULL;
         struct upstream_answer a = {
             .transport = resp->transport,
             .transport_error = resp->transport_error,
@@ -308,11 +376,12 @@ static int start_call(struct dispatcher *d, struct call *c)
                 /* Only ent-v2 passes the source's payload on; read when it is needed, never
                  * carried with the job (it may be 1 MiB). */
                 r = 0;
-                if (d->cfg->flavor == UPSTREAM_FLAVOR_ENT_V2)
+                if (d->cfg->flavor == UPSTREAM_FLAVOR_ENT_V2 && d->ledger)
                         r = ledger_get_payload(d->ledger, c->job.creation_id, &payload);
                 if (r >= 0)
                         r = upstream_build_submit(d->cfg, c->job.creation_id, c->job.duration,
-                                                  payload, &url, &body);
+                                                  payload ? payload : c->payload, &url, &body);
+                c->payload = NULL; /* PostgreSQL: it pointed into the claim's answer */
         }
         if (r < 0)
                 return r;
@@ -335,6 +404,11 @@ static int start_call(struct dispatcher *d, struct call *c)
         r = httpc_start(d->httpc, &req, call_done, c);
         if (r < 0)
                 return r;
+        c->fl_prev = NULL;
+        c->fl_next = d->flight_head;
+        if (d->flight_head)
+                d->flight_head->fl_prev = c;
+        d->flight_head = c;
         if (c->poll) {
                 d->polls++;
                 d->m->polls++;
@@ -351,12 +425,13 @@ static int start_call(struct dispatcher *d, struct call *c)
         return 0;
 }
 
-static void note_ledger_failure(struct dispatcher *d, const char *what)
+static void note_ledger_failure(struct dispatcher *d, const char *what, int r)
 {
-        if (!d->ledger_failing)
+        /* PostgreSQL: the manager says when the database is away. */
+        if (!d->ledger_failing && !(d->pg && r == -ENOTCONN))
                 log_full(LOG_ERR, MSGID_LEDGER_ERROR,
                          "Ledger cannot commit while %s: %s; will retry", what,
-                         ledger_errmsg(d->ledger));
+                         d->pg ? strerror(-r) : ledger_errmsg(d->ledger));
         d->ledger_failing = true;
         /* Try again shortly: the disk may have space again, the lock may be gone. */
         uint64_t now;
@@ -607,7 +682,47 @@ static void writer_done(void *userdata, int r)
         struct dispatcher *d = userdata;
         struct call *fresh = d->turn_new;
         d->turn_new = NULL;
+        int64_t staged_turn = d->staged_turn;
+        struct call *staged = d->staged;
+        d->staged_turn = 0;
+        d->staged = NULL;
         if (r < 0) {
+                /* PostgreSQL: what the batch wrote of the pause and the token, again next turn. */
+                if (d->control_staged)
+                        d->pause_sync = d->paused ? PAUSE_SYNC_SET : PAUSE_SYNC_CLEAR;
+                if (d->token_staged)
+                        d->release_token = true;
+                d->control_staged = d->token_staged = false;
+                /* PostgreSQL: the answers the batch held go back first in line. */
+                for (struct call *c = staged; c; c = c->next)
+                        if (r != -ENOTCONN)
+                                c->maybe_saved = true;
+                if (staged) {
+                        struct call *last = staged;
+                        while (last->next)
+                                last = last->next;
+                        last->next = d->done_head;
+                        if (!d->done_head)
+                                d->done_tail = last;
+                        d->done_head = staged;
+                }
+                /* PostgreSQL: a claim that may have committed (an unknown outcome) is put back
+                 * by the next turn, before it claims anything: none of its jobs was sent. On a
+                 * turn that rolled back it matches nothing. */
+                if (d->pg && staged_turn && r != -ENOTCONN) {
+                        if (d->n_unsent == UNSENT_MAX) {
+                                /* Left to lapse: the takeover treats them as a restart would. */
+                                memmove(d->unsent, d->unsent + 1,
+                                        (UNSENT_MAX - 1) * sizeof(d->unsent[0]));
+                                memmove(d->unsent_str, d->unsent_str + 1,
+                                        (UNSENT_MAX - 1) * sizeof(d->unsent_str[0]));
+                                d->n_unsent--;
+                        }
+                        d->unsent[d->n_unsent] = staged_turn;
+                        snprintf(d->unsent_str[d->n_unsent], sizeof(d->unsent_str[0]), "%lld",
+                                 (long long)staged_turn);
+                        d->n_unsent++;
+                }
                 /* What the switches said may have been undone with the rest: read them again. */
                 d->budget_known = false;
                 d->budget_log = BUDGET_LOG_NONE;
@@ -617,17 +732,20 @@ static void writer_done(void *userdata, int r)
                         if (c->probe)
                                 d->probe_in_flight = false;
                 free_calls(fresh);
-                note_ledger_failure(d, d->done_head ? "recording upstream answers"
-                                                    : "marking jobs due");
+                note_ledger_failure(
+                    d, d->done_head ? "recording upstream answers" : "marking jobs due", r);
                 return;
         }
         d->ledger_failing = false;
         log_budget(d);
-        struct call *done = d->done_head;
-        d->done_head = d->done_tail = NULL;
+        struct call *done = staged;
+        if (!d->pg) {
+                done = d->done_head;
+                d->done_head = d->done_tail = NULL;
+        }
         while (done) {
                 struct call *next = done->next;
-                dispatcher_write_entry(d, &done->entry);
+                write_answer_entry(d, done);
                 free(done);
                 done = next;
         }
@@ -640,7 +758,7 @@ static void writer_done(void *userdata, int r)
                         started = true;
                 else {
                         /* Left in `submitting`: at worst it is treated as uncertain at the next
-                         * start. */
+                         * start (on PostgreSQL: its claim is not renewed and lapses). */
                         log_error("Cannot start an upstream request for %s: %s", c->job.creation_id,
                                   strerror(-e));
                         if (c->probe)
@@ -663,6 +781,16 @@ static int on_timer(sd_event_source *s, uint64_t usec, void *userdata)
         return 0;
 }
 
+/* When the next job of a kind is due (realtime usec): the ledger's, or on PostgreSQL what the
+ * last turn's answer said. 1 and *ret, or 0 when none is. */
+static int next_due(struct dispatcher *d, enum ledger_due_kind kind, uint64_t *ret)
+{
+        if (!d->pg)
+                return ledger_next_due(d->ledger, kind, ret);
+        *ret = kind == LEDGER_DUE_SUBMIT ? d->next_submit_at : d->next_poll_at;
+        return *ret != UINT64_MAX;
+}
+
 static void arm_timer(struct dispatcher *d)
 {
         uint64_t next = UINT64_MAX, t;
@@ -670,7 +798,7 @@ static void arm_timer(struct dispatcher *d)
         if (d->paused && !d->probe_in_flight)
                 next = d->pause_until;
         else if (!d->paused && !d->operator_paused && d->submits < d->cfg->concurrency &&
-                 ledger_next_due(d->ledger, LEDGER_DUE_SUBMIT, &t) > 0) {
+                 next_due(d, LEDGER_DUE_SUBMIT, &t) > 0) {
                 next = t;
                 /* Held by the budget: wake when its window frees room, not before. (An
                  * operator's pause has no end to wait for: the manager's status timer kicks the
@@ -678,15 +806,17 @@ static void arm_timer(struct dispatcher *d)
                 if (d->budget_blocked && next < d->budget.free_at)
                         next = d->budget.free_at;
         }
-        if (d->polls < d->cfg->concurrency && ledger_next_due(d->ledger, LEDGER_DUE_POLL, &t) > 0 &&
-            t < next)
+        if (d->polls < d->cfg->concurrency && next_due(d, LEDGER_DUE_POLL, &t) > 0 && t < next)
                 next = t;
         if (next == UINT64_MAX) {
                 sd_event_source_set_enabled(d->timer, SD_EVENT_OFF);
                 return;
         }
-        if (next < now + USEC_PER_MSEC)
-                next = now + USEC_PER_MSEC;
+        /* PostgreSQL: a job due now that the claim did not get is another's, locked for a
+         * moment: look again a little later, not at once. */
+        uint64_t floor = d->pg ? 20 * USEC_PER_MSEC : USEC_PER_MSEC;
+        if (next < now + floor)
+                next = now + floor;
         sd_event_source_set_time(d->timer, next);
         sd_event_source_set_enabled(d->timer, SD_EVENT_ONESHOT);
 }
@@ -712,6 +842,11 @@ static void enter_pause(struct dispatcher *d, struct call *c, const char *why)
         d->pause_until = now + delay;
         d->m->paused = 1;
         snprintf(d->pause_reason, sizeof(d->pause_reason), "%s", why);
+        /* PostgreSQL: an account-wide error pauses every instance sharing the ledger. */
+        if (d->pg && (c->result.verdict == UPSTREAM_ACCOUNT || d->pause_shared)) {
+                d->pause_shared = true;
+                d->pause_sync = PAUSE_SYNC_SET;
+        }
         char buf[32];
         format_duration(delay / USEC_PER_MSEC * USEC_PER_MSEC, buf, sizeof(buf));
         if (first)
@@ -731,6 +866,9 @@ static void leave_pause(struct dispatcher *d)
         d->paused = false;
         d->pause_level = 0;
         d->m->paused = 0;
+        if (d->pause_shared)
+                d->pause_sync = PAUSE_SYNC_CLEAR;
+        d->pause_shared = false;
         log_full(LOG_NOTICE, MSGID_ACCOUNT_RESUMED,
                  "Submissions resumed: the upstream accepts requests again (was: %s)",
                  d->pause_reason);
@@ -777,6 +915,97 @@ static int apply_accepted(struct dispatcher *d, struct call *c, uint64_t now)
         return 1;
 }
 
+/* What a submission's answer makes of its job j (as it was marked `submitting`): its state and
+ * fields, the entry written after the commit, the account-wide pause it starts or ends. */
+static void decide_submit(struct dispatcher *d, struct call *c, struct job *j, uint64_t now)
+{
+        struct upstream_result *res = &c->result;
+        j->http_status = (int)c->status;
+        job_set_field(j->upstream_error, sizeof(j->upstream_error), res->error);
+        if (res->verdict != UPSTREAM_ACCEPTED)
+                snprintf(d->last_error, sizeof(d->last_error), "%s", res->error);
+        if (res->verdict != UPSTREAM_ACCOUNT && res->verdict != UPSTREAM_OUTAGE && c->probe)
+                leave_pause(d);
+
+        switch (res->verdict) {
+        case UPSTREAM_ACCEPTED:
+                j->state = JOB_SUBMITTED;
+                job_set_field(j->upscale_task_id, sizeof(j->upscale_task_id), res->task_id);
+                j->upstream_error[0] = 0;
+                j->next_at = now + first_poll_delay(d->cfg);
+                fill_event(c, j, MSGID_SUBMITTED, "submitted");
+                c->entry.priority = LOG_INFO;
+                snprintf(c->entry.message, sizeof(c->entry.message),
+                         "Upscale of %s submitted as task %s (attempt %u)", j->creation_id,
+                         j->upscale_task_id, j->attempt);
+                break;
+        case UPSTREAM_UNCERTAIN:
+                d->m->uncertain++;
+                log_full(LOG_WARNING, MSGID_UPSTREAM_PROTOCOL,
+                         "Upstream protocol error for %s: %s (HTTP %ld); the upstream may have "
+                         "created the task",
+                         j->creation_id, res->error, c->status);
+                if (d->cfg->uncertain == UNCERTAIN_HOLD) {
+                        j->state = JOB_UNCERTAIN;
+                        fill_event(c, j, MSGID_UNCERTAIN, "uncertain");
+                        c->entry.priority = LOG_WARNING;
+                        snprintf(c->entry.message, sizeof(c->entry.message),
+                                 "Upscale of %s is uncertain (%s); held until an operator retries "
+                                 "or abandons it",
+                                 j->creation_id, res->error);
+                        break;
+                }
+                /* resubmit: treat it as retryable; a duplicate upstream is the accepted risk. */
+                /* fall through */
+        case UPSTREAM_RETRY:
+                if (j->attempt >= d->cfg->max_attempts) {
+                        j->state = JOB_DEAD;
+                        d->m->dead++;
+                        fill_event(c, j, MSGID_DEAD, "dead");
+                        c->entry.priority = LOG_ERR;
+                        snprintf(c->entry.message, sizeof(c->entry.message),
+                                 "Upscale of %s given up after %u attempts: %s", j->creation_id,
+                                 j->attempt, res->error);
+                } else {
+                        uint64_t delay = backoff_delay(j->attempt, d->cfg->initial_delay,
+                                                       d->cfg->max_delay, random_u32());
+                        if (c->has_retry_after && c->retry_after_usec > delay)
+                                delay = c->retry_after_usec;
+                        j->state = JOB_WAITING;
+                        j->next_at = now + delay;
+                        d->m->retries++;
+                        fill_event(c, j, MSGID_RETRYING, "retrying");
+                        c->entry.priority = LOG_WARNING;
+                        char buf[32];
+                        format_duration(delay / USEC_PER_MSEC * USEC_PER_MSEC, buf, sizeof(buf));
+                        snprintf(c->entry.message, sizeof(c->entry.message),
+                                 "Upscale of %s failed (%s), attempt %u; retrying in %s",
+                                 j->creation_id, res->error, j->attempt, buf);
+                }
+                break;
+        case UPSTREAM_FINAL:
+                j->state = JOB_DEAD;
+                d->m->dead++;
+                fill_event(c, j, MSGID_DEAD, "dead");
+                c->entry.priority = LOG_ERR;
+                snprintf(c->entry.message, sizeof(c->entry.message),
+                         "Upscale of %s refused by the upstream: %s (HTTP %ld)", j->creation_id,
+                         res->error, c->status);
+                break;
+        case UPSTREAM_ACCOUNT:
+        case UPSTREAM_OUTAGE:
+                /* Not this job's fault: it goes back with its attempt returned. */
+                if (j->attempt > 0)
+                        j->attempt--;
+                j->state = JOB_WAITING;
+                j->next_at = now;
+                enter_pause(d, c,
+                            res->verdict == UPSTREAM_OUTAGE ? "the upstream cannot be reached"
+                                                            : res->error);
+                break;
+        }
+}
+
 /* Decides and records what a submission's answer means for its job (inside the transaction). */
 static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now)
 {
@@ -812,91 +1041,21 @@ static int apply_submit(struct dispatcher *d, struct call *c, uint64_t now)
                         res->verdict = UPSTREAM_UNCERTAIN;
                 }
         }
-        j.http_status = (int)c->status;
-        job_set_field(j.upstream_error, sizeof(j.upstream_error), res->error);
-        if (res->verdict != UPSTREAM_ACCEPTED)
-                snprintf(d->last_error, sizeof(d->last_error), "%s", res->error);
-        if (res->verdict != UPSTREAM_ACCOUNT && res->verdict != UPSTREAM_OUTAGE && c->probe)
-                leave_pause(d);
-
-        switch (res->verdict) {
-        case UPSTREAM_ACCEPTED:
-                j.state = JOB_SUBMITTED;
-                job_set_field(j.upscale_task_id, sizeof(j.upscale_task_id), res->task_id);
-                j.upstream_error[0] = 0;
-                j.next_at = now + first_poll_delay(d->cfg);
-                fill_event(c, &j, MSGID_SUBMITTED, "submitted");
-                c->entry.priority = LOG_INFO;
-                snprintf(c->entry.message, sizeof(c->entry.message),
-                         "Upscale of %s submitted as task %s (attempt %u)", j.creation_id,
-                         j.upscale_task_id, j.attempt);
-                break;
-        case UPSTREAM_UNCERTAIN:
-                d->m->uncertain++;
-                log_full(LOG_WARNING, MSGID_UPSTREAM_PROTOCOL,
-                         "Upstream protocol error for %s: %s (HTTP %ld); the upstream may have "
-                         "created the task",
-                         j.creation_id, res->error, c->status);
-                if (d->cfg->uncertain == UNCERTAIN_HOLD) {
-                        j.state = JOB_UNCERTAIN;
-                        fill_event(c, &j, MSGID_UNCERTAIN, "uncertain");
-                        c->entry.priority = LOG_WARNING;
-                        snprintf(c->entry.message, sizeof(c->entry.message),
-                                 "Upscale of %s is uncertain (%s); held until an operator retries "
-                                 "or abandons it",
-                                 j.creation_id, res->error);
-                        break;
-                }
-                /* resubmit: treat it as retryable; a duplicate upstream is the accepted risk. */
-                /* fall through */
-        case UPSTREAM_RETRY:
-                if (j.attempt >= d->cfg->max_attempts) {
-                        j.state = JOB_DEAD;
-                        d->m->dead++;
-                        fill_event(c, &j, MSGID_DEAD, "dead");
-                        c->entry.priority = LOG_ERR;
-                        snprintf(c->entry.message, sizeof(c->entry.message),
-                                 "Upscale of %s given up after %u attempts: %s", j.creation_id,
-                                 j.attempt, res->error);
-                } else {
-                        uint64_t delay = backoff_delay(j.attempt, d->cfg->initial_delay,
-                                                       d->cfg->max_delay, random_u32());
-                        if (c->has_retry_after && c->retry_after_usec > delay)
-                                delay = c->retry_after_usec;
-                        j.state = JOB_WAITING;
-                        j.next_at = now + delay;
-                        d->m->retries++;
-                        fill_event(c, &j, MSGID_RETRYING, "retrying");
-                        c->entry.priority = LOG_WARNING;
-                        char buf[32];
-                        format_duration(delay / USEC_PER_MSEC * USEC_PER_MSEC, buf, sizeof(buf));
-                        snprintf(c->entry.message, sizeof(c->entry.message),
-                                 "Upscale of %s failed (%s), attempt %u; retrying in %s",
-                                 j.creation_id, res->error, j.attempt, buf);
-                }
-                break;
-        case UPSTREAM_FINAL:
-                j.state = JOB_DEAD;
-                d->m->dead++;
-                fill_event(c, &j, MSGID_DEAD, "dead");
-                c->entry.priority = LOG_ERR;
-                snprintf(c->entry.message, sizeof(c->entry.message),
-                         "Upscale of %s refused by the upstream: %s (HTTP %ld)", j.creation_id,
-                         res->error, c->status);
-                break;
-        case UPSTREAM_ACCOUNT:
-        case UPSTREAM_OUTAGE:
-                /* Not this job's fault: it goes back with its attempt returned. */
-                if (j.attempt > 0)
-                        j.attempt--;
-                j.state = JOB_WAITING;
-                j.next_at = now;
-                enter_pause(d, c,
-                            res->verdict == UPSTREAM_OUTAGE ? "the upstream cannot be reached"
-                                                            : res->error);
-                break;
-        }
+        decide_submit(d, c, &j, now);
         return ledger_save_from(d->ledger, &j, JOB_SUBMITTING, now);
+}
+
+/* What an upscale's final outcome makes of its job. */
+static void outcome_job(struct job *j, const struct upstream_poll *p)
+{
+        bool ok = p->state == UPSTREAM_TASK_SUCCESS;
+        j->state = ok ? JOB_SUCCEEDED : JOB_FAILED;
+        if (ok) {
+                job_set_field(j->result_url, sizeof(j->result_url), p->result_url);
+                j->upstream_error[0] = 0;
+        } else
+                job_set_field(j->upstream_error, sizeof(j->upstream_error),
+                              isempty(p->error) ? "failed" : p->error);
 }
 
 /* Records a final outcome: a job changed since j was read (an operator, the other way of
@@ -907,14 +1066,7 @@ static int record_outcome(struct ledger *ledger, struct job *j, const struct ups
         if (j->state != JOB_SUBMITTED && j->state != JOB_UNCERTAIN && j->state != JOB_SUBMITTING)
                 return 0;
         enum job_state from = j->state;
-        bool ok = p->state == UPSTREAM_TASK_SUCCESS;
-        j->state = ok ? JOB_SUCCEEDED : JOB_FAILED;
-        if (ok) {
-                job_set_field(j->result_url, sizeof(j->result_url), p->result_url);
-                j->upstream_error[0] = 0;
-        } else
-                job_set_field(j->upstream_error, sizeof(j->upstream_error),
-                              isempty(p->error) ? "failed" : p->error);
+        outcome_job(j, p);
         return ledger_save_if(ledger, j, from, now);
 }
 
@@ -923,6 +1075,32 @@ int dispatcher_note_credits(struct ledger *ledger, const struct job *j, int64_t 
         if (credits < 0 || credits == j->credits)
                 return 0;
         return ledger_set_credits(ledger, j->creation_id, credits);
+}
+
+/* The outcome's count and journal entry, for a job outcome_job closed. */
+static void outcome_entry(struct dispatcher *d, struct job *j, enum outcome_via via,
+                          int http_status, struct job_entry *ret)
+{
+        bool ok = j->state == JOB_SUCCEEDED;
+        d->m->outcomes[via][ok ? 0 : 1]++;
+        if (http_status > 0)
+                j->http_status = http_status;
+        fill_entry(ret, j, ok ? MSGID_SUCCEEDED : MSGID_FAILED, ok ? "succeeded" : "failed");
+        ret->priority = ok ? LOG_INFO : LOG_WARNING;
+        const char *how = via == OUTCOME_VIA_CALLBACK ? " (callback)" : "";
+        if (ok)
+                snprintf(ret->message, sizeof(ret->message), "Upscale of %s succeeded%s: %s",
+                         j->creation_id, how,
+                         isempty(j->result_url) ? "(no result URL)" : j->result_url);
+        else
+                snprintf(ret->message, sizeof(ret->message), "Upscale of %s failed upstream%s: %s",
+                         j->creation_id, how, j->upstream_error);
+}
+
+void dispatcher_outcome_entry(struct dispatcher *d, struct job *j, enum outcome_via via,
+                              int http_status, struct job_entry *ret)
+{
+        outcome_entry(d, j, via, http_status, ret);
 }
 
 int dispatcher_close_job(struct dispatcher *d, const struct job *job, const struct upstream_poll *p,
@@ -934,20 +1112,7 @@ int dispatcher_close_job(struct dispatcher *d, const struct job *job, const stru
         int r = record_outcome(d->ledger, &j, p, now);
         if (r <= 0)
                 return r;
-        bool ok = j.state == JOB_SUCCEEDED;
-        d->m->outcomes[via][ok ? 0 : 1]++;
-        if (http_status > 0)
-                j.http_status = http_status;
-        fill_entry(ret, &j, ok ? MSGID_SUCCEEDED : MSGID_FAILED, ok ? "succeeded" : "failed");
-        ret->priority = ok ? LOG_INFO : LOG_WARNING;
-        const char *how = via == OUTCOME_VIA_CALLBACK ? " (callback)" : "";
-        if (ok)
-                snprintf(ret->message, sizeof(ret->message), "Upscale of %s succeeded%s: %s",
-                         j.creation_id, how,
-                         isempty(j.result_url) ? "(no result URL)" : j.result_url);
-        else
-                snprintf(ret->message, sizeof(ret->message), "Upscale of %s failed upstream%s: %s",
-                         j.creation_id, how, j.upstream_error);
+        outcome_entry(d, &j, via, http_status, ret);
         return (int)j.state;
 }
 
@@ -991,6 +1156,676 @@ static int apply_poll(struct dispatcher *d, struct call *c, uint64_t now)
         }
         r = dispatcher_close_job(d, &j, p, OUTCOME_VIA_POLL, (int)c->status, now, &c->entry);
         return r < 0 ? r : 0;
+}
+
+/* PostgreSQL ---------------------------------------------------------------------------------- */
+
+static const char *nonempty(const char *s)
+{
+        return isempty(s) ? NULL : s;
+}
+
+static int rows_of(const PGresult *r)
+{
+        return r && PQresultStatus(r) == PGRES_TUPLES_OK ? PQntuples(r) : 0;
+}
+
+/* What a poll's answer makes of its job j (as it was claimed): asked again on the cadence while
+ * it runs or cannot be read, closed by a final outcome. */
+static void decide_poll(struct dispatcher *d, struct call *c, struct job *j, uint64_t now)
+{
+        const struct upstream_poll *p = &c->poll_result;
+        switch (p->state) {
+        case UPSTREAM_TASK_UNREADABLE:
+                snprintf(d->last_error, sizeof(d->last_error), "poll: %.240s", p->error);
+                if (strcmp(j->upstream_error, p->error) != 0)
+                        log_notice(
+                            "Cannot read the state of upscale task %s for %s: %s; asking again "
+                            "every upstream.poll_interval",
+                            j->upscale_task_id, j->creation_id, p->error);
+                job_set_field(j->upstream_error, sizeof(j->upstream_error), p->error);
+                /* fall through */
+        case UPSTREAM_TASK_RUNNING:
+                j->next_at = now + d->cfg->poll_interval;
+                return;
+        case UPSTREAM_TASK_SUCCESS:
+        case UPSTREAM_TASK_FAILED:
+                outcome_job(j, p);
+                outcome_entry(d, j, OUTCOME_VIA_POLL, (int)c->status, &c->entry);
+                return;
+        }
+}
+
+/* An answer's statements: what it makes of the job, saved only under the claim it was taken
+ * with (PGSCHEMA_SAVE_FENCED); an accepted submission also settles the job if a takeover holds it
+ * `uncertain` from that very claim (PGSCHEMA_SETTLE_UNCERTAIN: after a save that matched, the job
+ * is `submitted` and the settle matches nothing). */
+static int stage_answer(struct dispatcher *d, struct call *c, struct txn_batch *b, uint64_t now)
+{
+        struct job j = c->job;
+        bool settle = false;
+        c->entry.log = false;
+        c->fate = ANSWER_SAVED;
+        if (c->poll)
+                decide_poll(d, c, &j, now);
+        else {
+                if (c->probe)
+                        d->probe_in_flight = false;
+                if (c->probe && d->have_token) {
+                        d->have_token = false;
+                        d->release_token = true;
+                }
+                /* Anything but the common answer: its `accepted` entry first, not folded. */
+                if (c->result.verdict != UPSTREAM_ACCEPTED)
+                        dispatcher_settle_accepted(d, j.creation_id);
+                decide_submit(d, c, &j, now);
+                settle = j.state == JOB_SUBMITTED;
+        }
+        c->saved = j;
+        const struct job *s = &c->saved;
+        snprintf(c->p_seq, sizeof(c->p_seq), "%lld", (long long)c->claim_seq);
+        snprintf(c->p_attempt, sizeof(c->p_attempt), "%u", s->attempt);
+        snprintf(c->p_next, sizeof(c->p_next), "%llu",
+                 (unsigned long long)(s->next_at > now ? s->next_at - now : 0));
+        snprintf(c->p_status, sizeof(c->p_status), "%d", s->http_status);
+        const char *status = s->http_status > 0 ? c->p_status : NULL;
+        const char *params[] = {s->creation_id,
+                                d->instance,
+                                c->p_seq,
+                                job_state_to_string(s->state),
+                                c->p_attempt,
+                                c->p_next,
+                                nonempty(s->upscale_task_id),
+                                status,
+                                nonempty(s->upstream_error),
+                                nonempty(s->result_url)};
+        memcpy(c->params, params, sizeof(params));
+        const char *settle_params[] = {s->creation_id,
+                                       c->p_seq,
+                                       job_state_to_string(s->state),
+                                       nonempty(s->upscale_task_id),
+                                       status,
+                                       nonempty(s->upstream_error),
+                                       nonempty(s->result_url),
+                                       c->p_next};
+        memcpy(c->settle_params, settle_params, sizeof(settle_params));
+        c->n_stmts = 1;
+        c->settles = settle;
+        int r = txn_batch_add(b, settle ? PGSCHEMA_SAVE_ACCEPTED : PGSCHEMA_SAVE_FENCED,
+                              ELEMENTSOF(params), c->params);
+        if (r >= 0 && settle) {
+                r = txn_batch_add(b, PGSCHEMA_SETTLE_UNCERTAIN, ELEMENTSOF(settle_params),
+                                  c->settle_params);
+                c->n_stmts++;
+        }
+        if (r >= 0 && c->maybe_saved) {
+                c->get_params[0] = s->creation_id;
+                r = txn_batch_add(b, PGSCHEMA_GET, 1, c->get_params);
+                c->n_stmts++;
+        }
+        return r;
+}
+
+static uint64_t lease_period(const struct dispatcher *d);
+
+/* The shared pause as this instance last decided it, and the probe token given back. */
+static int stage_control(struct dispatcher *d, struct txn_batch *b, uint64_t now)
+{
+        int r;
+        if (d->pause_sync != PAUSE_SYNC_NONE) {
+                bool set = d->pause_sync == PAUSE_SYNC_SET;
+                snprintf(
+                    d->p_pause_for, sizeof(d->p_pause_for), "%llu",
+                    (unsigned long long)(set && d->pause_until > now ? d->pause_until - now : 0));
+                const char *params[] = {"pause", set ? d->pause_reason : NULL, d->p_pause_for};
+                memcpy(d->pause_params, params, sizeof(params));
+                r = txn_batch_add(b, PGSCHEMA_CONTROL_SET, 3, d->pause_params);
+                if (r < 0)
+                        return r;
+                d->pause_sync = PAUSE_SYNC_NONE;
+                d->control_staged = true;
+                d->n_control_staged++;
+        }
+        if (d->release_token) {
+                const char *params[] = {"probe", NULL, "0"};
+                memcpy(d->token_params, params, sizeof(params));
+                r = txn_batch_add(b, PGSCHEMA_CONTROL_SET, 3, d->token_params);
+                if (r < 0)
+                        return r;
+                d->release_token = false;
+                d->token_staged = true;
+                d->n_control_staged++;
+        }
+        return 0;
+}
+
+/* PostgreSQL: the dispatcher's part of the turn, after the webhook's intake in the same
+ * transaction: the claims whose commit had an unknown outcome put back, the answers saved under
+ * their claims, due jobs claimed up to the free slots (so a job accepted in this turn is marked
+ * `submitting` in its very commit) and submitted ones claimed for a poll, then when the next
+ * job is due, for the timer. */
+static int writer_stage_pg(void *userdata, struct txn_batch *b, uint64_t now)
+{
+        struct dispatcher *d = userdata;
+        int r;
+        d->staged_turn = 0;
+        d->staged_submit = d->staged_poll = d->staged_take = false;
+        d->n_control_staged = 0;
+        d->n_release_staged = d->n_unsent;
+        for (size_t i = 0; i < d->n_unsent; i++) {
+                d->unsent_params[i][0] = d->instance;
+                d->unsent_params[i][1] = d->unsent_str[i];
+                r = txn_batch_add(b, PGSCHEMA_RELEASE_UNSENT, 2, d->unsent_params[i]);
+                if (r < 0)
+                        return r;
+        }
+        /* The answers go with this batch; those that come before its end wait for the next. */
+        d->staged = d->done_head;
+        d->done_head = d->done_tail = NULL;
+        for (struct call *c = d->staged; c; c = c->next) {
+                r = stage_answer(d, c, b, now);
+                if (r < 0)
+                        return r;
+        }
+        r = stage_control(d, b, now);
+        if (r < 0)
+                return r;
+        if (!d->draining) {
+                size_t slots =
+                    d->cfg->concurrency > d->submits ? d->cfg->concurrency - d->submits : 0;
+                if (d->paused)
+                        slots =
+                            now < d->pause_until || d->probe_in_flight || d->submits > 0 ? 0 : 1;
+                /* A shared pause: the probe only under the token, taken in a turn of its own. */
+                if (d->paused && d->pause_shared && slots > 0 && !d->have_token) {
+                        slots = 0;
+                        snprintf(d->p_lease, sizeof(d->p_lease), "%llu",
+                                 (unsigned long long)d->cfg->store_lease);
+                        const char *take[] = {"probe", d->instance, d->p_lease};
+                        memcpy(d->take_params, take, sizeof(take));
+                        r = txn_batch_add(b, PGSCHEMA_CONTROL_TAKE, 3, d->take_params);
+                        if (r < 0)
+                                return r;
+                        d->staged_take = true;
+                }
+                if (slots > BATCH_MAX)
+                        slots = BATCH_MAX;
+                size_t pslots = d->cfg->concurrency > d->polls ? d->cfg->concurrency - d->polls : 0;
+                if (pslots > BATCH_MAX)
+                        pslots = BATCH_MAX;
+                snprintf(d->p_lease, sizeof(d->p_lease), "%llu",
+                         (unsigned long long)d->cfg->store_lease);
+                if (slots > 0) {
+                        d->staged_turn = ++d->turn_seq;
+                        snprintf(d->p_slots, sizeof(d->p_slots), "%zu", slots);
+                        snprintf(d->p_turn, sizeof(d->p_turn), "%lld", (long long)d->staged_turn);
+                        const char *params[] = {d->instance, d->p_lease, d->p_slots, d->p_turn,
+                                                d->cfg->flavor == UPSTREAM_FLAVOR_ENT_V2 ? "true"
+                                                                                         : "false"};
+                        memcpy(d->claim_params, params, sizeof(params));
+                        /* Unpaused, nothing is claimed while the database records a pause
+                         * this instance has not read yet; paused, this is the probe. */
+                        r = txn_batch_add(b,
+                                          d->paused ? PGSCHEMA_CLAIM_SUBMIT_ALLOWED
+                                                    : PGSCHEMA_CLAIM_SUBMIT_UNPAUSED,
+                                          5, d->claim_params);
+                        if (r >= 0)
+                                r = txn_batch_add(b, PGSCHEMA_PAUSES, 0, NULL);
+                        if (r < 0)
+                                return r;
+                        d->staged_submit = true;
+                        d->staged_paused = d->paused;
+                }
+                /* Polls only when one is due, by what the last turn or lease timer read: a
+                 * turn of pure intake costs no poll claim. */
+                if (pslots > 0 && d->next_poll_at <= now) {
+                        if (!d->staged_turn) {
+                                d->staged_turn = ++d->turn_seq;
+                                snprintf(d->p_turn, sizeof(d->p_turn), "%lld",
+                                         (long long)d->staged_turn);
+                        }
+                        snprintf(d->p_pslots, sizeof(d->p_pslots), "%zu", pslots);
+                        snprintf(d->p_pushed, sizeof(d->p_pushed), "%llu",
+                                 (unsigned long long)(d->cfg->poll_interval + d->cfg->timeout));
+                        const char *params[] = {d->instance, d->p_lease, d->p_pslots, d->p_turn,
+                                                d->p_pushed};
+                        memcpy(d->poll_params, params, sizeof(params));
+                        r = txn_batch_add(b, PGSCHEMA_CLAIM_POLL, 5, d->poll_params);
+                        if (r < 0)
+                                return r;
+                        d->staged_poll = true;
+                }
+        }
+        r = txn_batch_add(b, PGSCHEMA_NEXT_SUBMIT, 0, NULL);
+        if (r >= 0)
+                r = txn_batch_add(b, PGSCHEMA_NEXT_POLL, 0, NULL);
+        return r;
+}
+
+/* Calls for the jobs a claim returned (col: where the job's columns start). */
+static int claimed_calls(struct dispatcher *d, const PGresult *res, int col, bool poll)
+{
+        for (int i = 0; i < rows_of(res); i++) {
+                struct call *c = calloc(1, sizeof(*c));
+                if (!c)
+                        return -ENOMEM;
+                struct pgschema_claim claim;
+                if (pgschema_row_to_job(res, i, col, &c->job, &claim) < 0) {
+                        free(c);
+                        return -EBADMSG;
+                }
+                c->d = d;
+                c->poll = poll;
+                c->claim_seq = claim.seq;
+                int pcol = col + PGSCHEMA_JOB_NCOLUMNS;
+                if (!poll && PQnfields(res) > pcol && !PQgetisnull(res, i, pcol))
+                        c->payload = PQgetvalue(res, i, pcol);
+                if (!poll) {
+                        c->fresh = strcmp(PQgetvalue(res, i, 0), "pending") == 0;
+                        c->probe = d->staged_paused;
+                        if (c->probe)
+                                d->probe_in_flight = true;
+                }
+                c->next = d->turn_new;
+                d->turn_new = c;
+        }
+        return 0;
+}
+
+static uint64_t due_at(const PGresult *res, uint64_t now)
+{
+        if (rows_of(res) < 1 || PQgetisnull(res, 0, 0))
+                return UINT64_MAX;
+        long long delta = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        return delta <= 0 ? now : now + (uint64_t)delta;
+}
+
+/* Whether the job (PGSCHEMA_GET's answer) is what c's save makes of it, unclaimed: that save
+ * committed in a batch whose outcome was unknown. */
+static bool saved_already(const struct call *c, const PGresult *get)
+{
+        struct job j;
+        struct pgschema_claim claim;
+        if (rows_of(get) < 1 || pgschema_row_to_job(get, 0, 0, &j, &claim) < 0)
+                return false;
+        return j.state == c->saved.state && j.attempt == c->saved.attempt &&
+               strcmp(j.upscale_task_id, c->saved.upscale_task_id) == 0 && !claim.claimed_by[0];
+}
+
+static void follow_shared_pause(struct dispatcher *d, const PGresult *r, uint64_t now,
+                                bool in_turn);
+
+/* The operator's pause (`jobs pause`), column 4 of PGSCHEMA_PAUSES: while it holds, the claims
+ * take nothing and the timers do not ask for turns. */
+static void follow_operator_pause(struct dispatcher *d, const PGresult *r)
+{
+        if (rows_of(r) < 1 || PQnfields(r) < 5)
+                return;
+        d->operator_paused = !PQgetisnull(r, 0, 4);
+        d->m->operator_paused = d->operator_paused;
+        d->operator_since = 0;
+        if (d->operator_paused &&
+            parse_uint(PQgetvalue(r, 0, 4), 0, UINT64_MAX, &d->operator_since) < 0)
+                d->operator_since = 0;
+}
+
+/* The accepted answer's task id was already another job's: the save held the job `uncertain`
+ * instead; its entries say so, as on SQLite. */
+static void held_for_duplicate_task(struct dispatcher *d, struct call *c, const char *error)
+{
+        struct job *j = &c->saved;
+        log_full(LOG_WARNING, MSGID_UPSTREAM_PROTOCOL,
+                 "Upstream protocol error for %s: %s (HTTP %ld); the upstream may have created the "
+                 "task",
+                 j->creation_id, error, c->status);
+        d->m->uncertain++;
+        j->state = JOB_UNCERTAIN;
+        j->upscale_task_id[0] = 0;
+        job_set_field(j->upstream_error, sizeof(j->upstream_error), error);
+        fill_event(c, j, MSGID_UNCERTAIN, "uncertain");
+        c->entry.priority = LOG_WARNING;
+        snprintf(c->entry.message, sizeof(c->entry.message),
+                 "Upscale of %s is uncertain (%s); held until an operator retries or abandons it",
+                 j->creation_id, j->upstream_error);
+}
+
+static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
+{
+        struct dispatcher *d = userdata;
+        size_t i = 0;
+        uint64_t now = now_realtime_usec();
+        size_t released = 0;
+        for (size_t k = 0; k < d->n_release_staged && i < n; k++)
+                released += (size_t)rows_of(results[i++]);
+        if (d->n_release_staged > 0) {
+                /* Committed: those claim turns are settled. */
+                memmove(d->unsent, d->unsent + d->n_release_staged,
+                        (d->n_unsent - d->n_release_staged) * sizeof(d->unsent[0]));
+                memmove(d->unsent_str, d->unsent_str + d->n_release_staged,
+                        (d->n_unsent - d->n_release_staged) * sizeof(d->unsent_str[0]));
+                d->n_unsent -= d->n_release_staged;
+                d->n_release_staged = 0;
+                if (released > 0)
+                        log_notice("%zu job(s) marked submitting in a commit whose outcome was "
+                                   "unknown were never sent: due again",
+                                   released);
+        }
+        for (struct call *c = d->staged; c && i + c->n_stmts <= n; c = c->next) {
+                const PGresult *get = c->maybe_saved ? results[i + c->n_stmts - 1] : NULL;
+                if (rows_of(results[i]) > 0) {
+                        c->fate = ANSWER_SAVED;
+                        if (c->settles && strcmp(PQgetvalue(results[i], 0, 0), "uncertain") == 0)
+                                held_for_duplicate_task(d, c, PQgetvalue(results[i], 0, 1));
+                } else if (c->settles && rows_of(results[i + 1]) > 0)
+                        c->fate = ANSWER_SETTLED;
+                else if (saved_already(c, get))
+                        c->fate = ANSWER_SAVED;
+                else
+                        c->fate = ANSWER_STALE;
+                i += c->n_stmts;
+        }
+        /* The pause's and token's writes: nothing to read. */
+        i += d->n_control_staged;
+        d->n_control_staged = 0;
+        if (d->staged_take && i < n) {
+                d->have_token = rows_of(results[i++]) > 0;
+                if (d->have_token)
+                        dispatcher_kick(d); /* the probe, in the next turn */
+                else if (d->paused)
+                        /* Another instance probes: what it finds comes through the control
+                         * table; look again later. */
+                        d->pause_until = now + lease_period(d);
+        }
+        if (d->control_staged)
+                d->control_committed = now_monotonic_usec();
+        d->control_staged = d->token_staged = false;
+        int r = 0;
+        if (d->staged_submit && i < n && d->have_token && d->paused && rows_of(results[i]) == 0) {
+                /* Nothing due to probe with: the token goes back. */
+                d->have_token = false;
+                d->release_token = true;
+        }
+        if (d->staged_submit && i < n)
+                r = claimed_calls(d, results[i++], 1, false);
+        /* Read in the claim's own transaction: a pause another instance recorded is followed
+         * at once, not at the next lease timer. */
+        if (r >= 0 && d->staged_submit && i < n) {
+                if (!d->staged_paused)
+                        follow_shared_pause(d, results[i], now, true);
+                follow_operator_pause(d, results[i++]);
+        }
+        if (r >= 0 && d->staged_poll && i < n)
+                r = claimed_calls(d, results[i++], 0, true);
+        if (r < 0)
+                return r;
+        d->next_submit_at = i < n ? due_at(results[i++], now) : UINT64_MAX;
+        d->next_poll_at = i < n ? due_at(results[i++], now) : UINT64_MAX;
+        return 0;
+}
+
+/* After the commit: an answer's entry, or the stale answer's. */
+static void write_answer_entry(struct dispatcher *d, struct call *c)
+{
+        if (!d->pg || c->fate == ANSWER_SAVED) {
+                dispatcher_write_entry(d, &c->entry);
+                return;
+        }
+        if (c->fate == ANSWER_SETTLED) {
+                size_t len = strlen(c->entry.message);
+                snprintf(c->entry.message + len, sizeof(c->entry.message) - len,
+                         "; it settles the job, held uncertain after a takeover");
+                dispatcher_write_entry(d, &c->entry);
+                return;
+        }
+        /* Fenced out: another instance took the job over; what it decided stands. A poll's
+         * answer is no news: the job was closed meanwhile (a callback) or is polled by another. */
+        if (c->poll) {
+                log_debug("Poll answer for %s (upscale task %s) fenced out: the job was closed or "
+                          "claimed meanwhile",
+                          c->job.creation_id, c->job.upscale_task_id);
+                return;
+        }
+        dispatcher_settle_accepted(d, c->job.creation_id);
+        d->m->stale_answers++;
+        const char *task = c->saved.upscale_task_id;
+        struct job_event ev = {
+            .message_id = MSGID_STALE_ANSWER,
+            .creation_id = c->job.creation_id,
+            .source_task_id = c->job.source_task_id,
+            .upscale_task_id = nonempty(task),
+            .job_state = "stale",
+            .attempt = c->job.attempt,
+            .http_status = (int)c->status,
+            .upstream_error = nonempty(c->saved.upstream_error),
+        };
+        log_job(LOG_WARNING, &ev,
+                "Late answer for %s (submission %s, upscale task %s) fenced out: this instance's "
+                "claim lapsed and another took the job over; not recorded",
+                c->job.creation_id, job_state_to_string(c->saved.state),
+                isempty(task) ? "none" : task);
+}
+
+/* The lease timer: renews this instance's claims, takes over lapsed ones and asks when the next
+ * job is due, on the housekeeping connection, never on the turns'. */
+static void arm_lease_timer(struct dispatcher *d, uint64_t usec)
+{
+        if (d->lease_timer)
+                event_timer_in(d->lease_timer, usec);
+}
+
+/* A third of the lease, so a claim is renewed twice before it could lapse; at most a second,
+ * so an idle instance finds due work within about that. */
+static uint64_t lease_period(const struct dispatcher *d)
+{
+        uint64_t p = d->cfg->store_lease / 3;
+        if (p > LEASE_TIMER_MAX_USEC)
+                p = LEASE_TIMER_MAX_USEC;
+        return p < 50 * USEC_PER_MSEC ? 50 * USEC_PER_MSEC : p;
+}
+
+/* What the control table says of the account-wide pause (value, holder, seq, usec left): one
+ * another instance found pauses this one too; one cleared (value NULL) ends it here. A pause
+ * whose wait is over stays until a probe (under the token) passes. */
+static void follow_shared_pause(struct dispatcher *d, const PGresult *r, uint64_t now, bool in_turn)
+{
+        /* This instance's own decision is on its way, or was read before it committed. */
+        if (d->pause_sync != PAUSE_SYNC_NONE || d->control_staged ||
+            (!in_turn && d->lease_sent <= d->control_committed))
+                return;
+        bool active = rows_of(r) > 0 && !PQgetisnull(r, 0, 0);
+        if (!active) {
+                if (d->paused && d->pause_shared && !d->probe_in_flight) {
+                        d->pause_shared = false; /* cleared by whoever probed: no need to say */
+                        leave_pause(d);
+                        dispatcher_kick(d);
+                }
+                return;
+        }
+        long long left = PQgetisnull(r, 0, 3) ? 0 : strtoll(PQgetvalue(r, 0, 3), NULL, 10);
+        uint64_t until = left > 0 ? now + (uint64_t)left : now;
+        if (d->paused) {
+                d->pause_shared = true;
+                if (!d->probe_in_flight && until > d->pause_until)
+                        d->pause_until = until;
+                return;
+        }
+        d->paused = true;
+        d->pause_shared = true;
+        d->pause_level = 1;
+        d->pause_until = until;
+        d->m->paused = 1;
+        d->m->account_pauses++;
+        snprintf(d->pause_reason, sizeof(d->pause_reason), "%s", PQgetvalue(r, 0, 0));
+        log_full(LOG_ERR, MSGID_ACCOUNT_PAUSED,
+                 "All submissions paused: %s (found by another instance sharing the ledger); one "
+                 "instance probes at a time; no job loses an attempt meanwhile",
+                 d->pause_reason);
+        arm_timer(d);
+}
+
+static void on_leased(struct pgconn *conn, const struct pgconn_result *res, void *userdata)
+{
+        struct dispatcher *d = userdata;
+        d->lease_in_flight = false;
+        arm_lease_timer(d, lease_period(d));
+        if (res->error < 0) {
+                log_debug("Cannot renew leases or take over lapsed claims: %s", res->message);
+                return;
+        }
+        /* Due work another instance recorded, or an operator released: an idle instance finds it
+         * here, with no turn (no commit) while there is none. */
+        uint64_t now = now_realtime_usec();
+        uint64_t sub = res->n > 2 ? due_at(res->results[2], now) : UINT64_MAX;
+        uint64_t pol = res->n > 3 ? due_at(res->results[3], now) : UINT64_MAX;
+        bool sooner = sub < d->next_submit_at || pol < d->next_poll_at;
+        if (sub < d->next_submit_at)
+                d->next_submit_at = sub;
+        if (pol < d->next_poll_at)
+                d->next_poll_at = pol;
+        if (!d->draining && ((sub <= now && d->submits < d->cfg->concurrency && !d->paused &&
+                              !d->operator_paused) ||
+                             (pol <= now && d->polls < d->cfg->concurrency)))
+                dispatcher_kick(d);
+        else if (!d->draining && sooner)
+                arm_timer(d);
+        if (res->n > 4) {
+                bool was = d->operator_paused;
+                follow_shared_pause(d, res->results[4], now, false);
+                follow_operator_pause(d, res->results[4]);
+                if (was && !d->operator_paused && !d->draining)
+                        dispatcher_kick(d); /* `jobs resume`: what is due leaves */
+        }
+        const PGresult *taken = res->n > 1 ? res->results[1] : NULL;
+        int n = rows_of(taken);
+        bool hold = d->cfg->uncertain == UNCERTAIN_HOLD;
+        for (int i = 0; i < n; i++) {
+                struct job j;
+                if (pgschema_row_to_job(taken, i, 1, &j, NULL) < 0)
+                        continue;
+                dispatcher_settle_accepted(d, j.creation_id);
+                struct job_event ev = {
+                    .message_id = hold ? MSGID_UNCERTAIN : MSGID_RETRYING,
+                    .creation_id = j.creation_id,
+                    .source_task_id = j.source_task_id,
+                    .job_state = hold ? "uncertain" : "retrying",
+                    .attempt = j.attempt,
+                    .upstream_error = j.upstream_error,
+                };
+                const char *lost = PQgetisnull(taken, i, 0) ? "?" : PQgetvalue(taken, i, 0);
+                if (hold) {
+                        d->m->uncertain++;
+                        log_job(LOG_WARNING, &ev,
+                                "Upscale of %s was interrupted mid-submission (instance %s lost "
+                                "its lease); the upstream may have it. Held "
+                                "(retry.uncertain=hold) until an operator retries or abandons it",
+                                j.creation_id, lost);
+                } else
+                        log_job(LOG_WARNING, &ev,
+                                "Upscale of %s was interrupted mid-submission (instance %s lost "
+                                "its lease); submitting again (retry.uncertain=resubmit)",
+                                j.creation_id, lost);
+        }
+        if (n > 0)
+                dispatcher_kick(d);
+}
+
+static int on_lease_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        struct dispatcher *d = userdata;
+        if (d->lease_in_flight)
+                return 0;
+        snprintf(d->p_lease, sizeof(d->p_lease), "%llu", (unsigned long long)d->cfg->store_lease);
+        /* Only the claims this instance still acts on: the calls in flight, and the claim
+         * turns that await their release (never sent). A claim whose call could not start, or
+         * that an earlier process under the same name left, lapses and is taken over. */
+        size_t n = 0;
+        for (struct call *c = d->flight_head; c; c = c->fl_next)
+                n++;
+        _cleanup_free_ const char **ids = calloc(n + 1, sizeof(*ids));
+        const char *turns[UNSENT_MAX];
+        if (!ids) {
+                arm_lease_timer(d, lease_period(d));
+                return 0;
+        }
+        n = 0;
+        for (struct call *c = d->flight_head; c; c = c->fl_next)
+                ids[n++] = c->job.creation_id;
+        for (size_t i = 0; i < d->n_unsent; i++)
+                turns[i] = d->unsent_str[i];
+        free(TAKE_PTR(d->renew_ids));
+        free(TAKE_PTR(d->renew_turns));
+        if (pgschema_text_array(ids, n, &d->renew_ids) < 0 ||
+            pgschema_text_array(turns, d->n_unsent, &d->renew_turns) < 0) {
+                arm_lease_timer(d, lease_period(d));
+                return 0;
+        }
+        const char *renew[] = {d->instance, d->p_lease, d->renew_ids, d->renew_turns};
+        const char *takeover[] = {d->cfg->uncertain == UNCERTAIN_HOLD ? "hold" : "resubmit", "100"};
+        memcpy(d->renew_params, renew, sizeof(renew));
+        memcpy(d->takeover_params, takeover, sizeof(takeover));
+        const struct pgconn_stmt stmts[] = {
+            {.sql = PGSCHEMA_RENEW_HELD, .n_params = 4, .params = d->renew_params},
+            {.sql = PGSCHEMA_TAKEOVER, .n_params = 2, .params = d->takeover_params},
+            {.sql = PGSCHEMA_NEXT_SUBMIT},
+            {.sql = PGSCHEMA_NEXT_POLL},
+            {.sql = PGSCHEMA_PAUSES},
+        };
+        int r = pgconn_send(d->house, stmts, ELEMENTSOF(stmts), on_leased, d);
+        if (r >= 0) {
+                d->lease_in_flight = true;
+                d->lease_sent = now_monotonic_usec();
+        } else /* busy with the counts or a purge, or not connected: soon again */
+                arm_lease_timer(d, r == -EBUSY ? 20 * USEC_PER_MSEC : lease_period(d));
+        return 0;
+}
+
+int dispatcher_new_pg(sd_event *event, struct txn *txn, struct pgconn *house,
+                      const struct config *cfg, struct metrics *metrics, struct dispatcher **ret)
+{
+        struct dispatcher *d = calloc(1, sizeof(*d));
+        int r;
+        if (!d)
+                return -ENOMEM;
+        d->event = sd_event_ref(event);
+        d->cfg = cfg;
+        d->m = metrics;
+        d->txn = txn;
+        d->pg = true;
+        d->house = house;
+        d->turn_seq = (int64_t)now_realtime_usec();
+        d->next_submit_at = d->next_poll_at = UINT64_MAX;
+        d->writer = (struct txn_writer){.stage = writer_stage_pg,
+                                        .read = writer_read_pg,
+                                        .done = writer_done,
+                                        .userdata = d,
+                                        .order = 1};
+        r = config_store_instance(cfg, d->instance, sizeof(d->instance));
+        if (r >= 0)
+                r = httpc_new(event, (unsigned)cfg->concurrency * 2, &d->httpc);
+        if (r >= 0)
+                r = sd_event_add_time(event, &d->timer, CLOCK_REALTIME, UINT64_MAX, USEC_PER_MSEC,
+                                      on_timer, d);
+        if (r >= 0)
+                r = owed_new(OWED_MAX, &d->owed);
+        if (r >= 0)
+                r = sd_event_add_time(event, &d->owed_timer, CLOCK_MONOTONIC, UINT64_MAX,
+                                      OWED_ACCURACY_USEC, on_owed_timer, d);
+        if (r >= 0)
+                r = sd_event_add_time(event, &d->lease_timer, CLOCK_MONOTONIC, UINT64_MAX,
+                                      USEC_PER_MSEC, on_lease_timer, d);
+        if (r < 0) {
+                dispatcher_free(d);
+                return r;
+        }
+        sd_event_source_set_enabled(d->timer, SD_EVENT_OFF);
+        sd_event_source_set_description(d->timer, "dispatch-timer");
+        sd_event_source_set_enabled(d->owed_timer, SD_EVENT_OFF);
+        sd_event_source_set_description(d->owed_timer, "owed-accepted-timer");
+        sd_event_source_set_description(d->lease_timer, "lease-timer");
+        arm_lease_timer(d, lease_period(d));
+        txn_add_writer(txn, &d->writer);
+        *ret = d;
+        return 0;
 }
 
 int dispatcher_new(sd_event *event, struct ledger *ledger, struct txn *txn,
@@ -1043,11 +1878,15 @@ struct dispatcher *dispatcher_free(struct dispatcher *d)
         httpc_abandon(d->httpc, free);
         httpc_free(d->httpc);
         free_calls(d->done_head);
+        free_calls(d->staged);
         free_calls(d->turn_new);
+        free(d->renew_ids);
+        free(d->renew_turns);
         txn_remove_writer(d->txn, &d->writer);
         sd_event_source_disable_unref(d->timer);
         sd_event_source_disable_unref(d->drain_timer);
         sd_event_source_disable_unref(d->owed_timer);
+        sd_event_source_disable_unref(d->lease_timer);
         sd_event_unref(d->event);
         drop_auth(d);
         free(d);
@@ -1088,6 +1927,8 @@ int dispatcher_recover(struct dispatcher *d)
 {
         struct recover_ctx ctx = {.d = d};
         uint64_t now = now_realtime_usec();
+        if (d->pg)
+                return 0; /* PostgreSQL: the lease timer's takeover */
         int r = ledger_foreach(d->ledger, JOB_SUBMITTING, collect, &ctx);
         if (r < 0 || ctx.n == 0) {
                 free(ctx.jobs);
@@ -1150,7 +1991,8 @@ static int on_drain_timeout(sd_event_source *s, uint64_t usec, void *userdata)
 
 static void check_idle(struct dispatcher *d)
 {
-        if (!d->idle || httpc_in_flight(d->httpc) > 0 || d->done_head)
+        /* Answers not yet recorded (or in a batch on its way, on PostgreSQL) keep it busy. */
+        if (!d->idle || httpc_in_flight(d->httpc) > 0 || d->done_head || d->staged)
                 return;
         dispatcher_idle_fn idle = d->idle;
         d->idle = NULL;
@@ -1204,6 +2046,12 @@ int dispatcher_control(struct dispatcher *d, struct dispatcher_control *ret)
         struct budget_limits lim;
         if (!d)
                 return -ENOENT;
+        if (d->pg) {
+                /* PostgreSQL: the operator's pause as last read; no budget there yet. */
+                *ret = (struct dispatcher_control){.operator_paused = d->operator_paused,
+                                                   .paused_since = d->operator_since};
+                return 0;
+        }
         uint64_t now = now_realtime_usec();
         int r = control_operator_paused(d->ledger, &c.paused_since);
         if (r < 0)

@@ -11,6 +11,7 @@
 #include "journal.h"
 #include "ledger.h"
 #include "metrics.h"
+#include "pgconn.h"
 #include "txn.h"
 #include "upstream.h"
 
@@ -18,6 +19,11 @@ struct dispatcher;
 
 int dispatcher_new(sd_event *event, struct ledger *ledger, struct txn *txn,
                    const struct config *cfg, struct metrics *metrics, struct dispatcher **ret);
+/* PostgreSQL (txn_new_pg): claims due jobs under store.instance in the turns' transaction,
+ * saves answers under the claim they were taken with, renews its leases and takes over lapsed
+ * ones on house (the housekeeping connection, shared with the manager's counts). */
+int dispatcher_new_pg(sd_event *event, struct txn *txn, struct pgconn *house,
+                      const struct config *cfg, struct metrics *metrics, struct dispatcher **ret);
 struct dispatcher *dispatcher_free(struct dispatcher *d);
 
 /* The configuration changed (reload); the pointer stays owned by the caller. */
@@ -87,6 +93,11 @@ enum outcome_via {
 /* Records the credits an upscale cost as an answer or a callback reported them (-1: not said)
  * on its job and latest submission, for the spend guard; nothing when already known. */
 int dispatcher_note_credits(struct ledger *ledger, const struct job *j, int64_t credits);
+
+/* PostgreSQL: the count and journal entry of a job an outcome closed in the database (j as it is
+ * now), as dispatcher_close_job makes them. */
+void dispatcher_outcome_entry(struct dispatcher *d, struct job *j, enum outcome_via via,
+                              int http_status, struct job_entry *ret);
 
 /* Closes a job from its upscale's outcome, a poll's answer or a callback alike: records it inside
  * the caller's transaction, counts it under `via`, and fills *ret for the journal entry the

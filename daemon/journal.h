@@ -37,6 +37,7 @@
 #define MSGID_OPERATOR_PAUSED   "d747f6be114d46b8b1cc0c5eb21600fe"
 #define MSGID_OPERATOR_RESUMED  "a63f193cd63944cb84892399ca82cb30"
 #define MSGID_EVENT_DELIVERED   "aa7488e057974680992a8981d0b91885"
+#define MSGID_STALE_ANSWER      "2f501fac37f24958baab75468f6c559f"
 #define MSGID_EVENT_DEAD        "7a3d7749a58b45ac9d15a2964c9bf240"
 
 /* What a job-transition entry carries; NULL / 0 fields are left out. */

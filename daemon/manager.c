@@ -139,8 +139,10 @@ static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata)
         struct manager *m = userdata;
         update_status(m);
         house_next(m, true); /* PostgreSQL: the counts, for the next */
-        /* Operators change jobs from outside (vidu-upscaled jobs retry): look for them. */
-        dispatcher_kick(m->dispatcher);
+        /* Operators change jobs from outside (vidu-upscaled jobs retry): look for them. (On
+         * PostgreSQL the dispatcher's lease timer asks the database what is due instead.) */
+        if (!m->pg)
+                dispatcher_kick(m->dispatcher);
         events_kick(m->events); /* and events (vidu-upscaled events retry, jobs abandon) */
         sd_event_source_set_time(s, usec + STATUS_INTERVAL_USEC);
         return 0;
@@ -496,8 +498,9 @@ static void on_house_state(struct pgconn *c, enum pgconn_event ev, void *userdat
                 house_next(userdata, true);
 }
 
-/* PostgreSQL: the two connections, the turns on the first, the webhook on them; no dispatcher
- * and no event deliveries yet (jobs stay pending: README, Shared ledger on PostgreSQL). */
+/* PostgreSQL: the two connections, the turns (webhook, then dispatcher) on the first, the
+ * counts, purges and the dispatcher's leases on the second; no event deliveries yet (README,
+ * Shared ledger on PostgreSQL). */
 static int setup_pg(struct manager *m)
 {
         struct pgconn_options o = {
@@ -514,7 +517,11 @@ static int setup_pg(struct manager *m)
         if (r >= 0)
                 r = txn_new_pg(m->event, m->pg, &m->metrics, &m->txn);
         if (r >= 0)
-                r = webhook_new_pg(m->event, m->txn, m->cfg, &m->metrics, &m->webhook);
+                r = dispatcher_new_pg(m->event, m->txn, m->house, m->cfg, &m->metrics,
+                                      &m->dispatcher);
+        if (r >= 0)
+                r = webhook_new_pg(m->event, m->txn, m->cfg, &m->metrics, m->dispatcher,
+                                   &m->webhook);
         if (r >= 0)
                 r = sd_event_add_time(m->event, &m->migrate_timer, CLOCK_MONOTONIC, UINT64_MAX, 0,
                                       on_migrate_timer, m);

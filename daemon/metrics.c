@@ -137,6 +137,10 @@ void metrics_render(const struct metrics *m, FILE *f)
                 "Submissions scheduled again after a retryable error.", m->retries);
         counter(f, "vidu_upscaled_uncertain_total",
                 "Submissions whose outcome upstream is unknown.", m->uncertain);
+        counter(f, "vidu_upscaled_stale_answers_total",
+                "Upstream answers fenced out: the claim they were made under had lapsed and "
+                "another instance had taken the job over (PostgreSQL).",
+                m->stale_answers);
         counter(f, "vidu_upscaled_dead_total", "Jobs given up.", m->dead);
         counter(f, "vidu_upscaled_polls_total", "State queries sent upstream.", m->polls);
         fprintf(f, "# HELP vidu_upscaled_outcomes_total Jobs closed by their upscale's outcome, by "

@@ -40,6 +40,7 @@ struct metrics {
         uint64_t submissions;
         uint64_t retries;
         uint64_t uncertain;
+        uint64_t stale_answers; /* PostgreSQL: late answers fenced out */
         uint64_t dead;
         uint64_t polls;
         uint64_t outcomes[2][2]; /* [enum outcome_via][succeeded, failed]: jobs closed */

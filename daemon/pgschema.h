@@ -107,21 +107,57 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
 #define PGSCHEMA_GET_BY_UPSCALE                                                                    \
         "SELECT " PGSCHEMA_JOB_COLUMNS " FROM jobs WHERE upscale_task_id = $1"
 
+/* A turn's upscale outcomes (callbacks) in one statement: $1 upscale task ids, $2 the state each
+ * reports ('succeeded', 'failed'; NULL: still running), $3 result URLs, $4 errors (text arrays of
+ * one length; a task twice keeps its final report). Each job of ours still open (submitted,
+ * uncertain, submitting) under a final outcome is closed and its claim ended, so a poll in flight
+ * for it is fenced out. Returns ('closed' or 'open', PGSCHEMA_JOB_COLUMNS) for each job the ids
+ * name: 'closed' as it is now, 'open' as it was (still running, or already final). */
+#define PGSCHEMA_CLOSE_BY_UPSCALE                                                                  \
+        "WITH t AS (SELECT DISTINCT ON (uid) uid, st, url, err FROM unnest($1::text[], "           \
+        "$2::text[], $3::text[], $4::text[]) AS t(uid, st, url, err) WHERE uid IS NOT NULL "       \
+        "ORDER BY uid, st NULLS LAST), "                                                           \
+        "closed AS (UPDATE jobs SET state = t.st, result_url = coalesce(t.url, jobs.result_url), " \
+        "upstream_error = t.err, updated_at = now(), claimed_by = NULL, claim_turn = NULL, "       \
+        "lease_until = NULL FROM t WHERE t.st IS NOT NULL AND jobs.upscale_task_id = t.uid "       \
+        "AND jobs.state IN ('submitted', 'uncertain', 'submitting') "                              \
+        "RETURNING " PGSCHEMA_JOB_COLUMNS                                                          \
+        ") SELECT 'closed', closed.* FROM closed UNION ALL SELECT 'open', " PGSCHEMA_JOB_COLUMNS   \
+        " FROM jobs WHERE jobs.upscale_task_id IN (SELECT uid FROM t) AND "                        \
+        "jobs.upscale_task_id NOT IN (SELECT upscale_task_id FROM closed)"
+
 /* Claims up to $3 due jobs for submission and marks them `submitting` in the same statement:
  * attempt + 1, claimed by $1 under a new claim_seq, for the lease $2 usec, tagged with the
  * claiming batch $4 (an instance's counter, to find them again if that batch's commit had an
  * unknown outcome). SKIP LOCKED: instances never wait on each other's rows, and a row another
  * transaction holds is someone else's. The CTE is materialised so the locking subquery runs
  * once. Returns the state each job came from, then PGSCHEMA_JOB_COLUMNS. */
-#define PGSCHEMA_CLAIM_SUBMIT                                                                      \
+#define PGSCHEMA_CLAIM_SUBMIT_WHERE(more, ret)                                                     \
         "WITH due AS MATERIALIZED (SELECT creation_id, state FROM jobs "                           \
-        "WHERE state IN ('pending', 'waiting') AND next_at <= now() "                              \
+        "WHERE state IN ('pending', 'waiting') AND next_at <= now()" more " "                      \
         "ORDER BY next_at, creation_id LIMIT $3 FOR UPDATE SKIP LOCKED) "                          \
         "UPDATE jobs SET state = 'submitting', attempt = jobs.attempt + 1, next_at = now(), "      \
         "updated_at = now(), claimed_by = $1, claim_seq = jobs.claim_seq + 1, claim_turn = $4, "   \
         "lease_until = now() + " PGSCHEMA_USEC(                                                    \
             "$2") " FROM due WHERE jobs.creation_id = due.creation_id "                            \
-                  "RETURNING due.state, " PGSCHEMA_JOB_COLUMNS
+                  "RETURNING due.state, " PGSCHEMA_JOB_COLUMNS ret
+#define PGSCHEMA_CLAIM_SUBMIT PGSCHEMA_CLAIM_SUBMIT_WHERE("", "")
+/* The daemon's claims also return the source's payload after the job's columns when $5 is true
+ * (ent-v2 passes it on), so a submission needs no read of its own. */
+#define PGSCHEMA_CLAIM_PAYLOAD ", CASE WHEN $5::boolean THEN jobs.payload END"
+/* The same, claiming nothing while an operator's pause (`jobs pause`: meta key
+ * 'operator_pause') is recorded: the probe of an account-wide pause. */
+#define PGSCHEMA_CLAIM_SUBMIT_ALLOWED                                                              \
+        PGSCHEMA_CLAIM_SUBMIT_WHERE(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
+                                    "'operator_pause')",                                           \
+                                    PGSCHEMA_CLAIM_PAYLOAD)
+/* Nor while an account-wide pause is recorded (PGSCHEMA_CONTROL_SET of key 'pause' with a
+ * value): an instance that has not read the pause yet sends nothing into it. */
+#define PGSCHEMA_CLAIM_SUBMIT_UNPAUSED                                                             \
+        PGSCHEMA_CLAIM_SUBMIT_WHERE(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
+                                    "'operator_pause') AND NOT EXISTS (SELECT 1 FROM control "     \
+                                    "WHERE key = 'pause' AND value IS NOT NULL)",                  \
+                                    PGSCHEMA_CLAIM_PAYLOAD)
 
 /* Claims up to $3 submitted jobs due a poll, for $1 under a new claim_seq with lease $2 usec
  * and batch $4, their next poll pushed $5 usec out (the poll interval plus the request's
@@ -139,10 +175,19 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
 /* Renews every live lease of instance $1 to $2 usec from now. A lease that lapsed is not
  * renewed: the instance must treat the jobs missing from the answer as no longer its own.
  * Returns creation_id, claim_seq of those renewed. */
-#define PGSCHEMA_RENEW                                                                             \
+#define PGSCHEMA_RENEW_WHERE(more)                                                                 \
         "UPDATE jobs SET lease_until = now() + " PGSCHEMA_USEC(                                    \
             "$2") " WHERE claimed_by = $1 "                                                        \
-                  "AND lease_until > now() RETURNING creation_id, claim_seq"
+                  "AND lease_until > now()" more " RETURNING creation_id, claim_seq"
+#define PGSCHEMA_RENEW PGSCHEMA_RENEW_WHERE("")
+
+/* The same, only for the claims the instance still acts on: the jobs $3 (text array: its
+ * requests in flight) and those of claim turns $4 (bigint array: commits of unknown outcome,
+ * awaiting PGSCHEMA_RELEASE_UNSENT). Any other claim of its name lapses and is taken over: one
+ * whose request could not start, or one an earlier process under the same store.instance left. */
+#define PGSCHEMA_RENEW_HELD                                                                        \
+        PGSCHEMA_RENEW_WHERE(                                                                      \
+            " AND (creation_id = ANY($3::text[]) OR claim_turn = ANY($4::bigint[]))")
 
 /* Records what became of a claimed job, only under the claim it was taken with: $1 creation id,
  * $2 instance, $3 claim_seq (the fence), then $4 state, $5 attempt, $6 next_at in usec from now,
@@ -156,16 +201,38 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
                   "updated_at = now(), claimed_by = NULL, claim_turn = NULL, lease_until = NULL "  \
                   "WHERE creation_id = $1 AND claimed_by = $2 AND claim_seq = $3 RETURNING state"
 
+/* PGSCHEMA_SAVE_FENCED for an accepted submission ($4 'submitted', $7 its task id): if another
+ * job already holds that upscale task id (an upstream that numbers its tasks alike after a
+ * reload, or an upstream bug), the job is held `uncertain` with no task id and an error naming
+ * the other creation, instead of failing the turn on the unique index (the task may exist and
+ * cost credits: it is not sent again blindly). Returns state, upstream_error. */
+#define PGSCHEMA_SAVE_ACCEPTED                                                                     \
+        "WITH other AS (SELECT creation_id FROM jobs WHERE upscale_task_id = $7 "                  \
+        "AND creation_id <> $1 LIMIT 1) "                                                          \
+        "UPDATE jobs SET state = CASE WHEN EXISTS (SELECT 1 FROM other) THEN 'uncertain' "         \
+        "ELSE $4 END, attempt = $5, next_at = now() + " PGSCHEMA_USEC(                             \
+            "$6") ", upscale_task_id = CASE WHEN EXISTS (SELECT 1 FROM other) THEN NULL "          \
+                  "ELSE $7 END, http_status = $8, upstream_error = CASE WHEN EXISTS (SELECT 1 "    \
+                  "FROM other) THEN 'the upstream answered with task id ' || left($7, 64) || "     \
+                  "', already recorded for creation ' || left((SELECT creation_id FROM other), "   \
+                  "64) ELSE $9 END, result_url = $10, updated_at = now(), claimed_by = NULL, "     \
+                  "claim_turn = NULL, lease_until = NULL "                                         \
+                  "WHERE creation_id = $1 AND claimed_by = $2 AND claim_seq = $3 "                 \
+                  "RETURNING state, upstream_error"
+
 /* A stale answer may still settle a job held `uncertain` from that very claim (a takeover under
- * retry.uncertain=hold keeps claim_seq): it is news, not a conflict. $1 creation id, $2
- * claim_seq, $3 state, $4 upscale task id, $5 HTTP status, $6 upstream error, $7 result URL,
- * $8 next_at in usec from now. */
+ * retry.uncertain=hold keeps claim_seq): it is news, not a conflict, unless another job holds
+ * its task id (see PGSCHEMA_SAVE_ACCEPTED). $1 creation id, $2 claim_seq, $3 state, $4 upscale task
+ * id, $5 HTTP status, $6 upstream error, $7 result URL, $8 next_at in usec from now. */
 #define PGSCHEMA_SETTLE_UNCERTAIN                                                                  \
         "UPDATE jobs SET state = $3, upscale_task_id = $4, http_status = $5, upstream_error = "    \
         "$6, "                                                                                     \
         "result_url = $7, next_at = now() + " PGSCHEMA_USEC(                                       \
             "$8") ", updated_at = now() "                                                          \
-                  "WHERE creation_id = $1 AND state = 'uncertain' AND claim_seq = $2 RETURNING "   \
+                  "WHERE creation_id = $1 AND state = 'uncertain' AND claim_seq = $2 AND NOT "     \
+                  "EXISTS "                                                                        \
+                  "(SELECT 1 FROM jobs o WHERE o.upscale_task_id = $4 AND o.creation_id <> $1) "   \
+                  "RETURNING "                                                                     \
                   "state"
 
 /* Takes over up to $2 jobs whose instance lost its lease mid-submission, as a restart would:
@@ -236,6 +303,14 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
 #define PGSCHEMA_CONTROL_GET                                                                       \
         "SELECT value, holder, seq, (extract(epoch FROM until - now()) * 1000000)::bigint "        \
         "FROM control WHERE key = $1"
+/* Both pauses, one row: the account-wide pause as PGSCHEMA_CONTROL_GET's four columns for key
+ * 'pause' (all NULL when none was ever recorded), then the operator's pause (meta
+ * 'operator_pause': since when, usec since the epoch as text; NULL: none). */
+#define PGSCHEMA_PAUSES                                                                            \
+        "SELECT c.value, c.holder, c.seq, (extract(epoch FROM c.until - now()) * "                 \
+        "1000000)::bigint, "                                                                       \
+        "(SELECT value FROM meta WHERE key = 'operator_pause') FROM (SELECT 1) AS one "            \
+        "LEFT JOIN control c ON c.key = 'pause'"
 /* Takes key $1 (a token: the probe) for holder $2 for $3 usec, if nobody holds it or their hold
  * lapsed: one row back (the new seq) if taken, none if another holds it. */
 #define PGSCHEMA_CONTROL_TAKE                                                                      \

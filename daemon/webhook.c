@@ -63,10 +63,24 @@ struct fresh {
         bool taken;
 };
 
+/* PostgreSQL: a job of ours an upscale task id named in the turn (PGSCHEMA_CLOSE_BY_UPSCALE):
+ * closed by the turn's callback (as it is now) or left open (as it was). */
+struct upscaled {
+        const char *id; /* its upscale task id, in the job */
+        bool closed, taken;
+        struct job job;
+};
+
 struct intake {
         /* What the statement was given; kept until the turn's end. */
         char *keys, *until, *ids, *sources, *durations, *payloads, *id_keys;
         const char *params[7];
+        /* The tasks that may be upscales of ours and what each reports, for the close. */
+        char *o_ids, *o_states, *o_urls, *o_errors;
+        const char *o_params[4];
+        bool outcomes; /* the close statement is in the batch */
+        struct upscaled *ups;
+        size_t n_ups;
         /* What it answered, sorted. */
         struct fresh *fresh_keys, *fresh_jobs;
         size_t n_fresh_keys, n_fresh_jobs;
@@ -214,6 +228,11 @@ static void intake_clear(struct intake *in)
         free(in->id_keys);
         free(in->fresh_keys);
         free(in->fresh_jobs);
+        free(in->o_ids);
+        free(in->o_states);
+        free(in->o_urls);
+        free(in->o_errors);
+        free(in->ups);
         *in = (struct intake){0};
 }
 
@@ -243,12 +262,36 @@ static int replay_remember(struct webhook *w, struct staged *s, uint64_t now)
         return fresh_take(w->intake.fresh_keys, w->intake.n_fresh_keys, s->replay_key);
 }
 
-/* 1 and *ret if an upscale task of this daemon's, 0 if not, <0 on errors. On PostgreSQL no
- * upscale is submitted yet (the dispatcher does not run there): none is. */
+static int upscaled_cmp(const void *a, const void *b)
+{
+        return strcmp(((const struct upscaled *)a)->id, ((const struct upscaled *)b)->id);
+}
+
+static int upscaled_job_cmp(const void *a, const void *b)
+{
+        return strcmp(((const struct upscaled *)a)->job.upscale_task_id,
+                      ((const struct upscaled *)b)->job.upscale_task_id);
+}
+
+static struct upscaled *find_upscaled(struct webhook *w, const char *task_id)
+{
+        struct upscaled key = {.id = task_id};
+        if (!w->intake.n_ups)
+                return NULL;
+        return bsearch(&key, w->intake.ups, w->intake.n_ups, sizeof(key), upscaled_cmp);
+}
+
+/* 1 and *ret if an upscale task of this daemon's, 0 if not, <0 on errors. On PostgreSQL, from
+ * the turn's close statement's answer. */
 static int get_by_upscale(struct webhook *w, const char *task_id, struct job *ret)
 {
-        if (w->pg)
-                return 0;
+        if (w->pg) {
+                struct upscaled *u = find_upscaled(w, task_id);
+                if (!u)
+                        return 0;
+                *ret = u->job;
+                return 1;
+        }
         return ledger_get_by_upscale(w->ledger, task_id, ret);
 }
 
@@ -284,12 +327,20 @@ static int stage_outcome(struct webhook *w, struct staged *s, const struct note_
         struct upstream_poll p;
         upstream_outcome_from_note(t, &p);
         /* The official callback carries the upscale's cost: the spend guard counts it, even while
-         * the task still runs. */
-        int r = dispatcher_note_credits(w->ledger, j, p.credits);
+         * the task still runs. (Not on PostgreSQL yet.) */
+        int r = w->pg ? 0 : dispatcher_note_credits(w->ledger, j, p.credits);
         if (r < 0)
                 return r;
         if (p.state != UPSTREAM_TASK_SUCCESS && p.state != UPSTREAM_TASK_FAILED)
                 return 0; /* still running: nothing to record */
+        struct upscaled *u = w->pg ? find_upscaled(w, t->id) : NULL;
+        if (w->pg) {
+                /* Closed in the database by the turn's statement, once: a second report of the
+                 * same task (or a job already final) changes nothing, as on SQLite. */
+                if (!u || !u->closed || u->taken)
+                        return 0;
+                u->taken = true;
+        }
         struct job_entry **closed = realloc(s->closed, (s->n_closed + 1) * sizeof(*closed));
         if (!closed)
                 return -ENOMEM;
@@ -297,7 +348,12 @@ static int stage_outcome(struct webhook *w, struct staged *s, const struct note_
         struct job_entry *e = calloc(1, sizeof(*e));
         if (!e)
                 return -ENOMEM;
-        r = dispatcher_close_job(w->dispatcher, j, &p, OUTCOME_VIA_CALLBACK, 0, now, e);
+        if (u) {
+                struct job now_closed = u->job;
+                dispatcher_outcome_entry(w->dispatcher, &now_closed, OUTCOME_VIA_CALLBACK, 0, e);
+                r = 1;
+        } else
+                r = dispatcher_close_job(w->dispatcher, j, &p, OUTCOME_VIA_CALLBACK, 0, now, e);
         if (r <= 0) {
                 free(e);
                 return r;
@@ -583,6 +639,51 @@ static int writer_apply(void *userdata, uint64_t now)
         return 0;
 }
 
+/* PostgreSQL: every task of the turn may be an upscale of ours (a callback, or a notification
+ * of one); what each reports goes in one close statement after the intake, which closes the jobs
+ * whose outcome is final and says which tasks are ours. */
+static int stage_outcomes(struct webhook *w, struct txn_batch *b)
+{
+        struct intake *in = &w->intake;
+        size_t n = 0;
+        for (struct staged *s = w->flight; s; s = s->next)
+                for (size_t i = 0; i < s->note->n_tasks; i++)
+                        n += s->note->tasks[i].id ? 1 : 0;
+        if (n == 0)
+                return 0;
+        _cleanup_free_ const char **ids = calloc(n, sizeof(*ids));
+        _cleanup_free_ const char **states = calloc(n, sizeof(*states));
+        _cleanup_free_ const char **urls = calloc(n, sizeof(*urls));
+        _cleanup_free_ const char **errors = calloc(n, sizeof(*errors));
+        if (!ids || !states || !urls || !errors)
+                return -ENOMEM;
+        size_t k = 0;
+        for (struct staged *s = w->flight; s; s = s->next)
+                for (size_t i = 0; i < s->note->n_tasks; i++) {
+                        const struct note_task *t = &s->note->tasks[i];
+                        if (!t->id)
+                                continue;
+                        ids[k] = t->id;
+                        if (note_task_succeeded(t)) {
+                                states[k] = "succeeded";
+                                urls[k] = isempty(t->result_url) ? NULL : t->result_url;
+                        } else if (note_task_failed(t)) {
+                                states[k] = "failed";
+                                errors[k] = isempty(t->err_code) ? "failed" : t->err_code;
+                        }
+                        k++;
+                }
+        if (pgschema_text_array(ids, k, &in->o_ids) < 0 ||
+            pgschema_text_array(states, k, &in->o_states) < 0 ||
+            pgschema_text_array(urls, k, &in->o_urls) < 0 ||
+            pgschema_text_array(errors, k, &in->o_errors) < 0)
+                return -ENOMEM;
+        const char *params[] = {in->o_ids, in->o_states, in->o_urls, in->o_errors};
+        memcpy(in->o_params, params, sizeof(params));
+        in->outcomes = true;
+        return txn_batch_add(b, PGSCHEMA_CLOSE_BY_UPSCALE, ELEMENTSOF(params), in->o_params);
+}
+
 /* PostgreSQL: the turn's notifications leave as one intake statement: every replay key, and
  * every creation that would become a job, tagged with the key of the delivery it came in (the
  * statement records none of a replayed delivery's). Which were new comes back in its answer. */
@@ -656,7 +757,16 @@ static int writer_stage(void *userdata, struct txn_batch *b, uint64_t now)
         const char *params[] = {in->keys,      in->until,    in->ids,    in->sources,
                                 in->durations, in->payloads, in->id_keys};
         memcpy(in->params, params, sizeof(params));
-        return txn_batch_add(b, PGSCHEMA_INTAKE, ELEMENTSOF(params), in->params);
+        int r = txn_batch_add(b, PGSCHEMA_INTAKE, ELEMENTSOF(params), in->params);
+        if (r >= 0)
+                r = stage_outcomes(w, b);
+        if (r < 0)
+                return r;
+        /* Creations that may be new: the dispatcher claims in this same turn, after the intake,
+         * so a new job can be marked `submitting` in the commit that records it. */
+        if (j > 0)
+                dispatcher_kick(w->dispatcher);
+        return 0;
 }
 
 /* PostgreSQL: the committed intake's answer, ('replay', key) and ('job', creation id) rows;
@@ -682,6 +792,25 @@ static int writer_read(void *userdata, PGresult *const *results, size_t n)
         }
         qsort(in->fresh_keys, in->n_fresh_keys, sizeof(struct fresh), fresh_cmp);
         qsort(in->fresh_jobs, in->n_fresh_jobs, sizeof(struct fresh), fresh_cmp);
+        const PGresult *ups = in->outcomes && n > 1 ? results[1] : NULL;
+        if (in->outcomes && (!ups || PQresultStatus(ups) != PGRES_TUPLES_OK))
+                return -EBADMSG;
+        int n_ups = ups ? PQntuples(ups) : 0;
+        if (n_ups > 0) {
+                in->ups = calloc((size_t)n_ups, sizeof(*in->ups));
+                if (!in->ups)
+                        return -ENOMEM;
+                for (int i = 0; i < n_ups; i++) {
+                        struct upscaled *u = &in->ups[in->n_ups];
+                        if (pgschema_row_to_job(ups, i, 1, &u->job, NULL) < 0)
+                                return -EBADMSG;
+                        u->closed = strcmp(PQgetvalue(ups, i, 0), "closed") == 0;
+                        in->n_ups++;
+                }
+                qsort(in->ups, in->n_ups, sizeof(*in->ups), upscaled_job_cmp);
+                for (size_t i = 0; i < in->n_ups; i++)
+                        in->ups[i].id = in->ups[i].job.upscale_task_id;
+        }
         uint64_t now = now_realtime_usec();
         int r = 0;
         for (struct staged *s = w->flight; s && r >= 0; s = s->next)
@@ -689,8 +818,10 @@ static int writer_read(void *userdata, PGresult *const *results, size_t n)
         /* The answer's strings go with it: nothing may look them up after this. */
         free(in->fresh_keys);
         free(in->fresh_jobs);
+        free(in->ups);
         in->fresh_keys = in->fresh_jobs = NULL;
-        in->n_fresh_keys = in->n_fresh_jobs = 0;
+        in->ups = NULL;
+        in->n_fresh_keys = in->n_fresh_jobs = in->n_ups = 0;
         return r;
 }
 
@@ -896,7 +1027,7 @@ int webhook_new(sd_event *event, struct ledger *ledger, struct txn *txn, const s
 }
 
 int webhook_new_pg(sd_event *event, struct txn *txn, const struct config *cfg,
-                   struct metrics *metrics, struct webhook **ret)
+                   struct metrics *metrics, struct dispatcher *dispatcher, struct webhook **ret)
 {
         struct webhook *w = calloc(1, sizeof(*w));
         if (!w)
@@ -905,6 +1036,7 @@ int webhook_new_pg(sd_event *event, struct txn *txn, const struct config *cfg,
         w->cfg = cfg;
         w->m = metrics;
         w->pg = true;
+        w->dispatcher = dispatcher;
         w->ledger_ok = false;
         w->txn = txn;
         w->writer = (struct txn_writer){.stage = writer_stage,

@@ -19,7 +19,7 @@ int webhook_new(sd_event *event, struct ledger *ledger, struct txn *txn, const s
 /* On PostgreSQL (store.backend): turns go through txn's batches (txn_new_pg); no dispatcher
  * yet. Refuses notifications (503) until webhook_set_available. */
 int webhook_new_pg(sd_event *event, struct txn *txn, const struct config *cfg,
-                   struct metrics *metrics, struct webhook **ret);
+                   struct metrics *metrics, struct dispatcher *dispatcher, struct webhook **ret);
 /* PostgreSQL: whether the database is there (connected, schema migrated). */
 void webhook_set_available(struct webhook *w, bool available);
 struct webhook *webhook_free(struct webhook *w);
