@@ -282,9 +282,6 @@ def _probe_dispatcher(pg, fake, timeout):
     return ok
 
 
-NO_DISPATCHER = "dispatcher not on PostgreSQL yet"
-
-
 def wait_for(predicate, timeout, what, interval=0.1):
     """poll() that also returns how long it took (seconds, unscaled wall time)."""
     t0 = time.monotonic()

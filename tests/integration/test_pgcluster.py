@@ -9,9 +9,9 @@ load acknowledges nothing it did not commit; an instance stopped (SIGSTOP) past 
 apply its stale answers over a survivor's decision; two instances through PgBouncer in
 transaction mode.
 
-The tests that need the dispatcher on PostgreSQL first probe for it (a job reaching `submitted`)
-and skip with "dispatcher not on PostgreSQL yet" until it is there. Under VIDU_VALGRIND=1 the
-counts are smaller; the rounds are not."""
+The tests that need the dispatcher first check that a job on PostgreSQL reaches `submitted` (a
+failure, not a skip, when it does not). Under VIDU_VALGRIND=1 the counts are smaller; the rounds
+are not."""
 import os
 import re
 import signal
@@ -22,7 +22,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 import pgserver  # noqa: E402
-from cluster import (NO_DISPATCHER, OPEN_STATES, SUBMITTED_STATES, Cluster, Load, created, dispatcher_on_pg,  # noqa: E402
+from cluster import (OPEN_STATES, SUBMITTED_STATES, Cluster, Load, created, dispatcher_on_pg,  # noqa: E402
                      journal_by_pid, post, wait_for)
 from harness import VALGRIND, FakeUpstream, make_task, new_creation_ids, poll  # noqa: E402
 
@@ -67,8 +67,8 @@ class PgCluster(unittest.TestCase):
         return fake
 
     def require_dispatcher(self):
-        if not dispatcher_on_pg(self.pg, self.fake):
-            self.skipTest(NO_DISPATCHER)
+        self.assertTrue(dispatcher_on_pg(self.pg, self.fake),
+                        "a job on PostgreSQL was never taken by the dispatcher")
 
     def fault_config(self):
         return {"store": {"lease": "%ds" % LEASE}, "retry": {"uncertain": "hold"},
