@@ -1096,7 +1096,11 @@ class PgBench:
     def __init__(self, tmp, fake, backlog):
         sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
         import pgserver
-        self.srv = pgserver.PgServer(settings={"shared_buffers": "128MB", "max_connections": "60"})
+        # pg_stat_statements (its default, top-level statements) says which statements the
+        # server's time went to; its own cost falls on every PostgreSQL turn alike.
+        self.srv = pgserver.PgServer(settings={
+            "shared_buffers": "128MB", "max_connections": "60",
+            "shared_preload_libraries": "'pg_stat_statements'"})
         self.srv.start()
         self.turn = 0
         # The schema as the daemon makes it: one instance started on the database, then stopped.
@@ -1113,6 +1117,21 @@ class PgBench:
                      FROM generate_series(0, {backlog - 1}) x""", db="tmpl_backlog")
         self.sql("VACUUM ANALYZE jobs", db="tmpl_backlog")
         self.sql("CHECKPOINT", db="postgres")
+        self.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", db="postgres")
+
+    def statements_reset(self):
+        self.sql("SELECT pg_stat_statements_reset()")
+
+    def statements(self, db, limit=5):
+        """The statements DB's sessions spent the most execution time on since the reset:
+        [{calls, total_ms, rows, query}], the query's text shortened."""
+        rows = self.sql(f"""SELECT s.calls, round(s.total_exec_time::numeric, 1), s.rows,
+                                   left(regexp_replace(s.query, '[[:space:]]+', ' ', 'g'), 100)
+                            FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+                            WHERE d.datname = '{db}' ORDER BY s.total_exec_time DESC
+                            LIMIT {limit}""")
+        return [{"calls": int(c), "total_ms": float(t), "rows": int(r), "query": q}
+                for c, t, r, q in rows]
 
     def url(self, db):
         return self.srv.conninfo(db=db, tcp=True)
@@ -1207,6 +1226,7 @@ def pg_ingest_turn(tmp, fake, pg, schema, hole, n, outdir, tag, journald):
         else:
             db = pg.fresh("tmpl_empty")
             x0 = pg.xact_commit(db)
+            pg.statements_reset()
             for k in range(n):
                 daemons.append(Daemon(tmp, fake, None, f"pg-{k + 1}", base_url=hole.url,
                                       upstream_conf=PURE_UPSTREAM, pg_url=pg.url(db)))
@@ -1237,6 +1257,7 @@ def pg_ingest_turn(tmp, fake, pg, schema, hole, n, outdir, tag, journald):
             rows = distinct = sum(states.values())
         else:
             r["xact_commit"] = pg.xact_commit(db) - x0
+            r["statements"] = pg.statements(db)
             rows, distinct = (int(v) for v in pg.sql(
                 "SELECT count(*), count(DISTINCT creation_id) FROM jobs", db=db)[0])
             states = {s: int(c) for s, c in pg.sql(
@@ -1301,6 +1322,7 @@ def pg_submit_turn(tmp, fake, pg, backlog_db, n, outdir):
         else:
             db = pg.fresh("tmpl_backlog")
             x0 = pg.xact_commit(db)
+            pg.statements_reset()
             daemons = [Daemon(tmp, fake, None, f"pg-{k + 1}", pg_url=pg.url(db))
                        for k in range(n)]
         pg0 = pg.cpu() if n else 0
@@ -1340,6 +1362,7 @@ def pg_submit_turn(tmp, fake, pg, backlog_db, n, outdir):
             states = jobs_by_state(ledger)
         else:
             r["xact_commit"] = pg.xact_commit(db) - x0
+            r["statements"] = pg.statements(db)
             states = {s: int(c) for s, c in pg.sql(
                 "SELECT state, count(*) FROM jobs GROUP BY state", db=db)}
     finally:
@@ -1512,6 +1535,22 @@ def pg_report(res, plot_dir):
              "socket error, every daemon exited 0, nothing submitted beyond the slots the silent "
              "upstream holds; after every backlog: every job `submitted`, the fake created each "
              "exactly once.\n")
+    L.append("### Where the server's time went (pg_stat_statements, last run)\n")
+    L.append("The statements each load's sessions spent the most execution time on (top-level "
+             "statements, text normalised and cut at 100 characters), per acknowledged "
+             "notification or per submission.\n")
+    L.append("| load | statement | calls | total ms | ms a call | µs per ack / submission |")
+    L.append("| --- | --- | --- | --- | --- | --- |")
+    for kind, unit in (("ingest", "acked"), ("submit", "submitted")):
+        for n in PG_INSTANCES:
+            last = pgr[kind][n][-1]
+            for st in last.get("statements") or []:
+                q = st["query"].replace("|", "\\|")
+                L.append(f"| {'ingestion' if kind == 'ingest' else 'submissions'}, {n} "
+                         f"instance(s) | `{q}` | {fmt(st['calls'])} | {fmt(st['total_ms'])} | "
+                         f"{fmt(st['total_ms'] / st['calls'] if st['calls'] else None, 3)} | "
+                         f"{fmt(st['total_ms'] * 1000 / last[unit] if last[unit] else None)} |")
+    L.append("")
     # What a larger machine would give, from the per-notification costs at one instance.
     one = s["ingest"][1]
     d_us, p_us, pc_us = one["daemon_cpu_us"], one["pg_cpu_us"], one["pg_cpu_us_per_commit"]
@@ -1539,6 +1578,16 @@ def pg_report(res, plot_dir):
             f"the instances' concurrent commits. These are CPU bounds from a 2-CPU run, not "
             f"measurements of a larger machine; journald's cost ({fmt(one['journald_cpu_us'])} "
             f"µs a notification) is each host's own.\n")
+    sub1 = pgr["submit"][1][-1]
+    if sub1.get("statements") and sub1.get("submitted"):
+        st = sub1["statements"][0]
+        L.append(
+            f"Submissions: one instance on PostgreSQL drained the backlog at "
+            f"{fmt(s['submit_ratio'], 3)}× the rate of one on SQLite, the server spending "
+            f"{fmt(s['submit'][1]['pg_cpu_us'])} µs of CPU a submission; its largest statement "
+            f"in the last run, `{st['query'][:60]}…`, took {fmt(st['total_ms'] * 1000 / sub1['submitted'])} "
+            f"µs of execution a submission over {fmt(st['calls'])} calls ({fmt(sub1['commits'])} "
+            "commits).\n")
     return L
 
 
