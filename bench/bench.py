@@ -1578,6 +1578,21 @@ def pg_report(res, plot_dir):
             f"the instances' concurrent commits. These are CPU bounds from a 2-CPU run, not "
             f"measurements of a larger machine; journald's cost ({fmt(one['journald_cpu_us'])} "
             f"µs a notification) is each host's own.\n")
+        last = pgr["ingest"][1][-1]
+        exec_ms = sum(st["total_ms"] for st in last.get("statements") or [])
+        fs = (res.get("machine") or {}).get("fsync_ms") or {}
+        if last.get("commits") and one.get("commit_mean_ms"):
+            L.append(
+                f"A turn's latency bounds an instance too: with one batch in flight, an instance "
+                f"takes at most its connections' worth of notifications a turn, so its rate is at "
+                f"most connections ÷ turn time. Here a turn's commit took "
+                f"{fmt(one['commit_mean_ms'], 2)} ms on the busy CPUs, of which the server "
+                f"executed its statements for {fmt(exec_ms / last['commits'], 2)} ms "
+                f"(pg_stat_statements, the top five) and the disk's fdatasync takes "
+                f"{fmt(fs.get('p50'), 2)} ms (p50, measured at the start); on idle cores a turn "
+                f"near their sum plus a loopback round trip would let 64 connections reach "
+                f"{fmt(64 / ((exec_ms / last['commits']) + (fs.get('p50') or 0) + 0.1) * 1000, 0)} "
+                f"req/s on one instance, before its CPU bound above.\n")
     sub1 = pgr["submit"][1][-1]
     if sub1.get("statements") and sub1.get("submitted"):
         st = sub1["statements"][0]
