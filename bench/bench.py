@@ -1100,7 +1100,9 @@ class PgBench:
         # server's time went to; its own cost falls on every PostgreSQL turn alike.
         self.srv = pgserver.PgServer(settings={
             "shared_buffers": "128MB", "max_connections": "60",
-            "shared_preload_libraries": "'pg_stat_statements'"})
+            "shared_preload_libraries": "'pg_stat_statements'",
+            # pg_stat_wal's time in the WAL's fsyncs (two clock reads a sync).
+            "track_wal_io_timing": "on"})
         self.srv.start()
         self.turn = 0
         # The schema as the daemon makes it: one instance started on the database, then stopped.
@@ -1160,6 +1162,24 @@ class PgBench:
             time.sleep(0.05)
         return int(self.sql(f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{db}'")
                    [0][0])
+
+    def wal(self):
+        """The cluster's WAL counters so far (pg_stat_wal): bytes, full-page images, syncs and
+        the milliseconds spent in them. Read with no session in the load's database, as
+        xact_commit is."""
+        b, fpi, n, ms = self.sql("SELECT wal_bytes, wal_fpi, wal_sync, wal_sync_time "
+                                 "FROM pg_stat_wal")[0]
+        return {"bytes": float(b), "fpi": int(fpi), "syncs": int(n), "sync_ms": float(ms)}
+
+    def wal_delta(self, w0, r, per):
+        """Adds to R the WAL written since W0, per PER (acknowledgements or submissions) and per
+        commit: what each commit makes the disk write and wait for."""
+        w1 = self.wal()
+        d = {k: w1[k] - w0[k] for k in w0}
+        r["wal"] = d
+        r["wal_bytes_per_item"] = round(d["bytes"] / per, 1) if per else None
+        r["wal_fpi_per_commit"] = round(d["fpi"] / r["commits"], 2) if r["commits"] else None
+        r["wal_sync_ms"] = round(d["sync_ms"] / d["syncs"], 3) if d["syncs"] else None
 
     def cpu(self):
         """CPU seconds of every server process so far: the live ones' own, plus what the
@@ -1226,6 +1246,7 @@ def pg_ingest_turn(tmp, fake, pg, schema, hole, n, outdir, tag, journald):
         else:
             db = pg.fresh("tmpl_empty")
             x0 = pg.xact_commit(db)
+            w0 = pg.wal()
             pg.statements_reset()
             for k in range(n):
                 daemons.append(Daemon(tmp, fake, None, f"pg-{k + 1}", base_url=hole.url,
@@ -1257,6 +1278,7 @@ def pg_ingest_turn(tmp, fake, pg, schema, hole, n, outdir, tag, journald):
             rows = distinct = sum(states.values())
         else:
             r["xact_commit"] = pg.xact_commit(db) - x0
+            pg.wal_delta(w0, r, r["acked"])
             r["statements"] = pg.statements(db)
             rows, distinct = (int(v) for v in pg.sql(
                 "SELECT count(*), count(DISTINCT creation_id) FROM jobs", db=db)[0])
@@ -1322,6 +1344,7 @@ def pg_submit_turn(tmp, fake, pg, backlog_db, n, outdir):
         else:
             db = pg.fresh("tmpl_backlog")
             x0 = pg.xact_commit(db)
+            w0 = pg.wal()
             pg.statements_reset()
             daemons = [Daemon(tmp, fake, None, f"pg-{k + 1}", pg_url=pg.url(db))
                        for k in range(n)]
@@ -1356,12 +1379,15 @@ def pg_submit_turn(tmp, fake, pg, backlog_db, n, outdir):
              "commits": int(sum(metric_sum(b, "vidu_upscaled_ledger_commit_seconds_count")
                                 - metric_sum(a, "vidu_upscaled_ledger_commit_seconds_count")
                                 for a, b in zip(m0, m1))),
+             "commit_mean_ms": median([hist_mean_ms(a, b, "vidu_upscaled_ledger_commit_seconds")
+                                       for a, b in zip(m0, m1)]),
              "exit_status": rcs, "upstream_tasks": st["tasks_created"],
              "upstream_duplicates": sum(1 for v in st["created"].values() if v > 1)}
         if n == 0:
             states = jobs_by_state(ledger)
         else:
             r["xact_commit"] = pg.xact_commit(db) - x0
+            pg.wal_delta(w0, r, int(done))
             r["statements"] = pg.statements(db)
             states = {s: int(c) for s, c in pg.sql(
                 "SELECT state, count(*) FROM jobs GROUP BY state", db=db)}
@@ -1423,9 +1449,11 @@ def pg_summary(res):
         return None
     keys_i = ("rps", "daemon_cpu_us", "pg_cpu_us", "journald_cpu_us", "wrk_cpu_us",
               "total_cpu_us", "commits", "acks_per_commit", "commit_mean_ms", "xact_commit",
-              "xacts_per_ack", "pg_cpu_us_per_commit", "acked")
+              "xacts_per_ack", "pg_cpu_us_per_commit", "acked", "wal_bytes_per_item",
+              "wal_fpi_per_commit", "wal_sync_ms")
     keys_s = ("rate", "daemon_cpu_us", "pg_cpu_us", "commits", "submissions_per_commit",
-              "xact_commit", "seconds")
+              "xact_commit", "seconds", "commit_mean_ms", "wal_bytes_per_item",
+              "wal_fpi_per_commit", "wal_sync_ms")
     s = {"ingest": {}, "submit": {}}
     for n, runs in pgr["ingest"].items():
         s["ingest"][n] = {k: median_of(runs, k) for k in keys_i}
@@ -1509,8 +1537,10 @@ def pg_report(res, plot_dir):
         L.append(f"![instances on PostgreSQL]({plot_dir}pg.png)\n")
     L.append("| ingestion | req/s | p99 ms | daemons µs/ack | postgres µs/ack | both | journald "
              "µs/ack | wrk µs/ack | commits (round trips) | acks per commit | commit ms | "
-             "xact_commit | postgres µs/commit | checks |")
-    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+             "xact_commit | postgres µs/commit | WAL bytes/ack | full pages/commit | WAL sync ms | "
+             "checks |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+             "| --- | --- | --- |")
     for n in [0] + PG_INSTANCES:
         x = s["ingest"][n]
         L.append(f"| {'SQLite, 1 instance' if n == 0 else f'PostgreSQL, {n} instance(s)'} | "
@@ -1518,17 +1548,22 @@ def pg_report(res, plot_dir):
                  f"{fmt(x['pg_cpu_us'])} | {fmt(x['total_cpu_us'])} | {fmt(x['journald_cpu_us'])} | "
                  f"{fmt(x['wrk_cpu_us'])} | {fmt(x['commits'])} | {fmt(x['acks_per_commit'])} | "
                  f"{fmt(x['commit_mean_ms'], 3)} | {fmt(x['xact_commit'])} | "
-                 f"{fmt(x['pg_cpu_us_per_commit'])} | {'ok' if x['checks_ok'] else 'FAILED'} |")
+                 f"{fmt(x['pg_cpu_us_per_commit'])} | {fmt(x['wal_bytes_per_item'], 0)} | "
+                 f"{fmt(x['wal_fpi_per_commit'], 2)} | {fmt(x['wal_sync_ms'], 3)} | "
+                 f"{'ok' if x['checks_ok'] else 'FAILED'} |")
     L.append("")
     L.append("| submissions | per s | daemons µs/submission | postgres µs/submission | commits | "
-             "submissions per commit | xact_commit | checks |")
-    L.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+             "submissions per commit | commit ms | xact_commit | WAL bytes/submission | "
+             "full pages/commit | WAL sync ms | checks |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in [0] + PG_INSTANCES:
         x = s["submit"][n]
         L.append(f"| {'SQLite, 1 instance' if n == 0 else f'PostgreSQL, {n} instance(s)'} | "
                  f"{fmt(x['rate'])} | {fmt(x['daemon_cpu_us'])} | {fmt(x['pg_cpu_us'])} | "
                  f"{fmt(x['commits'])} | {fmt(x['submissions_per_commit'])} | "
-                 f"{fmt(x['xact_commit'])} | {'ok' if x['checks_ok'] else 'FAILED'} |")
+                 f"{fmt(x['commit_mean_ms'], 3)} | {fmt(x['xact_commit'])} | "
+                 f"{fmt(x['wal_bytes_per_item'], 0)} | {fmt(x['wal_fpi_per_commit'], 2)} | "
+                 f"{fmt(x['wal_sync_ms'], 3)} | {'ok' if x['checks_ok'] else 'FAILED'} |")
     L.append("")
     L.append("Checks after every load: every acknowledged creation is a job (rows ≥ wrk's 2xx), "
              "each once (creation ids distinct, rows ≤ requests sent + connections), no 5xx or "
