@@ -1,7 +1,10 @@
 /* dispatcher.c: the job scheduler: due jobs out to the upstream with bounded concurrency, answers
  * classified, retries scheduled, account-wide pauses probed, upscales followed to their end.
  * Every transition is committed to the ledger (in the loop's shared transaction, txn.c) before it
- * is acted on or logged: answers recorded and new jobs marked `submitting` in one commit. */
+ * is acted on or logged: answers recorded and new jobs marked `submitting` in one commit. On
+ * PostgreSQL (dispatcher_new_pg) the same decisions are statements of the turn's batch: claims
+ * under this instance's name and a claim counter, answers saved only under their claim, leases
+ * renewed and lapsed claims taken over on the housekeeping connection. */
 #include "dispatcher.h"
 
 #include <errno.h>
@@ -50,6 +53,7 @@ struct call {
         /* PostgreSQL: the claim the job was taken under (the fence), what the answer makes of
          * the job, the statements' parameters (kept until the turn's end) and how it went. */
         int64_t claim_seq;
+        const char *payload; /* ent-v2: in the claim's answer, valid until the call starts */
         struct job saved;
         char p_seq[24], p_attempt[24], p_next[24], p_status[24];
         const char *params[10];
@@ -97,8 +101,9 @@ struct dispatcher {
         /* What the ledger's switches said at the last dispatch decision (control.h); the ledger
          * holds the truth, these only spare rereading it while jobs are held back. */
         bool operator_paused;
-        bool budget_known;   /* budget_blocked was read from the ledger once */
-        bool budget_blocked; /* the budget holds due jobs back until budget.free_at */
+        uint64_t operator_since; /* PostgreSQL: as last read */
+        bool budget_known;       /* budget_blocked was read from the ledger once */
+        bool budget_blocked;     /* the budget holds due jobs back until budget.free_at */
         struct control_budget budget;
         struct ledger_spend budget_used; /* at the decision that found it full */
         uint64_t hold_checked;           /* when the switches were last read while holding */
@@ -122,7 +127,7 @@ struct dispatcher {
         size_t n_unsent, n_release_staged;
         bool staged_submit, staged_poll;
         char p_lease[24], p_slots[24], p_turn[24], p_pslots[24], p_pushed[24];
-        const char *claim_params[4], *poll_params[5], *renew_params[4], *takeover_params[2];
+        const char *claim_params[5], *poll_params[5], *renew_params[4], *takeover_params[2];
         uint64_t next_submit_at, next_poll_at; /* realtime usec, from the database's answer */
         sd_event_source *lease_timer;
         bool lease_in_flight;
@@ -375,7 +380,8 @@ static int start_call(struct dispatcher *d, struct call *c)
                         r = ledger_get_payload(d->ledger, c->job.creation_id, &payload);
                 if (r >= 0)
                         r = upstream_build_submit(d->cfg, c->job.creation_id, c->job.duration,
-                                                  payload, &url, &body);
+                                                  payload ? payload : c->payload, &url, &body);
+                c->payload = NULL; /* PostgreSQL: it pointed into the claim's answer */
         }
         if (r < 0)
                 return r;
@@ -1245,7 +1251,8 @@ static int stage_answer(struct dispatcher *d, struct call *c, struct txn_batch *
         memcpy(c->settle_params, settle_params, sizeof(settle_params));
         c->n_stmts = 1;
         c->settles = settle;
-        int r = txn_batch_add(b, PGSCHEMA_SAVE_FENCED, ELEMENTSOF(params), c->params);
+        int r = txn_batch_add(b, settle ? PGSCHEMA_SAVE_ACCEPTED : PGSCHEMA_SAVE_FENCED,
+                              ELEMENTSOF(params), c->params);
         if (r >= 0 && settle) {
                 r = txn_batch_add(b, PGSCHEMA_SETTLE_UNCERTAIN, ELEMENTSOF(settle_params),
                                   c->settle_params);
@@ -1297,8 +1304,6 @@ static int stage_control(struct dispatcher *d, struct txn_batch *b, uint64_t now
  * their claims, due jobs claimed up to the free slots (so a job accepted in this turn is marked
  * `submitting` in its very commit) and submitted ones claimed for a poll, then when the next
  * job is due, for the timer. */
-static const char *const pause_key[] = {"pause"};
-
 static int writer_stage_pg(void *userdata, struct txn_batch *b, uint64_t now)
 {
         struct dispatcher *d = userdata;
@@ -1354,21 +1359,26 @@ static int writer_stage_pg(void *userdata, struct txn_batch *b, uint64_t now)
                         d->staged_turn = ++d->turn_seq;
                         snprintf(d->p_slots, sizeof(d->p_slots), "%zu", slots);
                         snprintf(d->p_turn, sizeof(d->p_turn), "%lld", (long long)d->staged_turn);
-                        const char *params[] = {d->instance, d->p_lease, d->p_slots, d->p_turn};
+                        const char *params[] = {d->instance, d->p_lease, d->p_slots, d->p_turn,
+                                                d->cfg->flavor == UPSTREAM_FLAVOR_ENT_V2 ? "true"
+                                                                                         : "false"};
                         memcpy(d->claim_params, params, sizeof(params));
                         /* Unpaused, nothing is claimed while the database records a pause
                          * this instance has not read yet; paused, this is the probe. */
-                        r = txn_batch_add(
-                            b, d->paused ? PGSCHEMA_CLAIM_SUBMIT : PGSCHEMA_CLAIM_SUBMIT_UNPAUSED,
-                            4, d->claim_params);
-                        if (r >= 0 && !d->paused)
-                                r = txn_batch_add(b, PGSCHEMA_CONTROL_GET, 1, pause_key);
+                        r = txn_batch_add(b,
+                                          d->paused ? PGSCHEMA_CLAIM_SUBMIT_ALLOWED
+                                                    : PGSCHEMA_CLAIM_SUBMIT_UNPAUSED,
+                                          5, d->claim_params);
+                        if (r >= 0)
+                                r = txn_batch_add(b, PGSCHEMA_PAUSES, 0, NULL);
                         if (r < 0)
                                 return r;
                         d->staged_submit = true;
                         d->staged_paused = d->paused;
                 }
-                if (pslots > 0) {
+                /* Polls only when one is due, by what the last turn or lease timer read: a
+                 * turn of pure intake costs no poll claim. */
+                if (pslots > 0 && d->next_poll_at <= now) {
                         if (!d->staged_turn) {
                                 d->staged_turn = ++d->turn_seq;
                                 snprintf(d->p_turn, sizeof(d->p_turn), "%lld",
@@ -1407,6 +1417,9 @@ static int claimed_calls(struct dispatcher *d, const PGresult *res, int col, boo
                 c->d = d;
                 c->poll = poll;
                 c->claim_seq = claim.seq;
+                int pcol = col + PGSCHEMA_JOB_NCOLUMNS;
+                if (!poll && PQnfields(res) > pcol && !PQgetisnull(res, i, pcol))
+                        c->payload = PQgetvalue(res, i, pcol);
                 if (!poll) {
                         c->fresh = strcmp(PQgetvalue(res, i, 0), "pending") == 0;
                         c->probe = d->staged_paused;
@@ -1442,6 +1455,40 @@ static bool saved_already(const struct call *c, const PGresult *get)
 static void follow_shared_pause(struct dispatcher *d, const PGresult *r, uint64_t now,
                                 bool in_turn);
 
+/* The operator's pause (`jobs pause`), column 4 of PGSCHEMA_PAUSES: while it holds, the claims
+ * take nothing and the timers do not ask for turns. */
+static void follow_operator_pause(struct dispatcher *d, const PGresult *r)
+{
+        if (rows_of(r) < 1 || PQnfields(r) < 5)
+                return;
+        d->operator_paused = !PQgetisnull(r, 0, 4);
+        d->m->operator_paused = d->operator_paused;
+        d->operator_since = 0;
+        if (d->operator_paused &&
+            parse_uint(PQgetvalue(r, 0, 4), 0, UINT64_MAX, &d->operator_since) < 0)
+                d->operator_since = 0;
+}
+
+/* The accepted answer's task id was already another job's: the save held the job `uncertain`
+ * instead; its entries say so, as on SQLite. */
+static void held_for_duplicate_task(struct dispatcher *d, struct call *c, const char *error)
+{
+        struct job *j = &c->saved;
+        log_full(LOG_WARNING, MSGID_UPSTREAM_PROTOCOL,
+                 "Upstream protocol error for %s: %s (HTTP %ld); the upstream may have created the "
+                 "task",
+                 j->creation_id, error, c->status);
+        d->m->uncertain++;
+        j->state = JOB_UNCERTAIN;
+        j->upscale_task_id[0] = 0;
+        job_set_field(j->upstream_error, sizeof(j->upstream_error), error);
+        fill_event(c, j, MSGID_UNCERTAIN, "uncertain");
+        c->entry.priority = LOG_WARNING;
+        snprintf(c->entry.message, sizeof(c->entry.message),
+                 "Upscale of %s is uncertain (%s); held until an operator retries or abandons it",
+                 j->creation_id, j->upstream_error);
+}
+
 static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
 {
         struct dispatcher *d = userdata;
@@ -1465,9 +1512,11 @@ static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
         }
         for (struct call *c = d->staged; c && i + c->n_stmts <= n; c = c->next) {
                 const PGresult *get = c->maybe_saved ? results[i + c->n_stmts - 1] : NULL;
-                if (rows_of(results[i]) > 0)
+                if (rows_of(results[i]) > 0) {
                         c->fate = ANSWER_SAVED;
-                else if (c->settles && rows_of(results[i + 1]) > 0)
+                        if (c->settles && strcmp(PQgetvalue(results[i], 0, 0), "uncertain") == 0)
+                                held_for_duplicate_task(d, c, PQgetvalue(results[i], 0, 1));
+                } else if (c->settles && rows_of(results[i + 1]) > 0)
                         c->fate = ANSWER_SETTLED;
                 else if (saved_already(c, get))
                         c->fate = ANSWER_SAVED;
@@ -1500,8 +1549,11 @@ static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
                 r = claimed_calls(d, results[i++], 1, false);
         /* Read in the claim's own transaction: a pause another instance recorded is followed
          * at once, not at the next lease timer. */
-        if (r >= 0 && d->staged_submit && !d->staged_paused && i < n)
-                follow_shared_pause(d, results[i++], now, true);
+        if (r >= 0 && d->staged_submit && i < n) {
+                if (!d->staged_paused)
+                        follow_shared_pause(d, results[i], now, true);
+                follow_operator_pause(d, results[i++]);
+        }
         if (r >= 0 && d->staged_poll && i < n)
                 r = claimed_calls(d, results[i++], 0, true);
         if (r < 0)
@@ -1625,18 +1677,24 @@ static void on_leased(struct pgconn *conn, const struct pgconn_result *res, void
         uint64_t now = now_realtime_usec();
         uint64_t sub = res->n > 2 ? due_at(res->results[2], now) : UINT64_MAX;
         uint64_t pol = res->n > 3 ? due_at(res->results[3], now) : UINT64_MAX;
-        if (!d->draining && ((sub <= now && d->submits < d->cfg->concurrency && !d->paused) ||
+        bool sooner = sub < d->next_submit_at || pol < d->next_poll_at;
+        if (sub < d->next_submit_at)
+                d->next_submit_at = sub;
+        if (pol < d->next_poll_at)
+                d->next_poll_at = pol;
+        if (!d->draining && ((sub <= now && d->submits < d->cfg->concurrency && !d->paused &&
+                              !d->operator_paused) ||
                              (pol <= now && d->polls < d->cfg->concurrency)))
                 dispatcher_kick(d);
-        else if (!d->draining && (sub < d->next_submit_at || pol < d->next_poll_at)) {
-                if (sub < d->next_submit_at)
-                        d->next_submit_at = sub;
-                if (pol < d->next_poll_at)
-                        d->next_poll_at = pol;
+        else if (!d->draining && sooner)
                 arm_timer(d);
-        }
-        if (res->n > 4)
+        if (res->n > 4) {
+                bool was = d->operator_paused;
                 follow_shared_pause(d, res->results[4], now, false);
+                follow_operator_pause(d, res->results[4]);
+                if (was && !d->operator_paused && !d->draining)
+                        dispatcher_kick(d); /* `jobs resume`: what is due leaves */
+        }
         const PGresult *taken = res->n > 1 ? res->results[1] : NULL;
         int n = rows_of(taken);
         bool hold = d->cfg->uncertain == UNCERTAIN_HOLD;
@@ -1710,7 +1768,7 @@ static int on_lease_timer(sd_event_source *s, uint64_t usec, void *userdata)
             {.sql = PGSCHEMA_TAKEOVER, .n_params = 2, .params = d->takeover_params},
             {.sql = PGSCHEMA_NEXT_SUBMIT},
             {.sql = PGSCHEMA_NEXT_POLL},
-            {.sql = PGSCHEMA_CONTROL_GET, .n_params = 1, .params = pause_key},
+            {.sql = PGSCHEMA_PAUSES},
         };
         int r = pgconn_send(d->house, stmts, ELEMENTSOF(stmts), on_leased, d);
         if (r >= 0) {
@@ -1933,7 +1991,8 @@ static int on_drain_timeout(sd_event_source *s, uint64_t usec, void *userdata)
 
 static void check_idle(struct dispatcher *d)
 {
-        if (!d->idle || httpc_in_flight(d->httpc) > 0 || d->done_head)
+        /* Answers not yet recorded (or in a batch on its way, on PostgreSQL) keep it busy. */
+        if (!d->idle || httpc_in_flight(d->httpc) > 0 || d->done_head || d->staged)
                 return;
         dispatcher_idle_fn idle = d->idle;
         d->idle = NULL;
@@ -1985,8 +2044,14 @@ int dispatcher_control(struct dispatcher *d, struct dispatcher_control *ret)
 {
         struct dispatcher_control c = {0};
         struct budget_limits lim;
-        if (!d || d->pg)
-                return -ENOENT; /* PostgreSQL: no operator's pause or budget there yet */
+        if (!d)
+                return -ENOENT;
+        if (d->pg) {
+                /* PostgreSQL: the operator's pause as last read; no budget there yet. */
+                *ret = (struct dispatcher_control){.operator_paused = d->operator_paused,
+                                                   .paused_since = d->operator_since};
+                return 0;
+        }
         uint64_t now = now_realtime_usec();
         int r = control_operator_paused(d->ledger, &c.paused_since);
         if (r < 0)

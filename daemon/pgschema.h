@@ -132,7 +132,7 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
  * unknown outcome). SKIP LOCKED: instances never wait on each other's rows, and a row another
  * transaction holds is someone else's. The CTE is materialised so the locking subquery runs
  * once. Returns the state each job came from, then PGSCHEMA_JOB_COLUMNS. */
-#define PGSCHEMA_CLAIM_SUBMIT_WHERE(more)                                                          \
+#define PGSCHEMA_CLAIM_SUBMIT_WHERE(more, ret)                                                     \
         "WITH due AS MATERIALIZED (SELECT creation_id, state FROM jobs "                           \
         "WHERE state IN ('pending', 'waiting') AND next_at <= now()" more " "                      \
         "ORDER BY next_at, creation_id LIMIT $3 FOR UPDATE SKIP LOCKED) "                          \
@@ -140,14 +140,24 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
         "updated_at = now(), claimed_by = $1, claim_seq = jobs.claim_seq + 1, claim_turn = $4, "   \
         "lease_until = now() + " PGSCHEMA_USEC(                                                    \
             "$2") " FROM due WHERE jobs.creation_id = due.creation_id "                            \
-                  "RETURNING due.state, " PGSCHEMA_JOB_COLUMNS
-#define PGSCHEMA_CLAIM_SUBMIT PGSCHEMA_CLAIM_SUBMIT_WHERE("")
-/* The same, claiming nothing while an account-wide pause is recorded (PGSCHEMA_CONTROL_SET of
- * key 'pause' with a value): an instance that has not read the pause yet sends nothing into it;
- * only the probe, under its token, uses PGSCHEMA_CLAIM_SUBMIT. */
+                  "RETURNING due.state, " PGSCHEMA_JOB_COLUMNS ret
+#define PGSCHEMA_CLAIM_SUBMIT PGSCHEMA_CLAIM_SUBMIT_WHERE("", "")
+/* The daemon's claims also return the source's payload after the job's columns when $5 is true
+ * (ent-v2 passes it on), so a submission needs no read of its own. */
+#define PGSCHEMA_CLAIM_PAYLOAD ", CASE WHEN $5::boolean THEN jobs.payload END"
+/* The same, claiming nothing while an operator's pause (`jobs pause`: meta key
+ * 'operator_pause') is recorded: the probe of an account-wide pause. */
+#define PGSCHEMA_CLAIM_SUBMIT_ALLOWED                                                              \
+        PGSCHEMA_CLAIM_SUBMIT_WHERE(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
+                                    "'operator_pause')",                                           \
+                                    PGSCHEMA_CLAIM_PAYLOAD)
+/* Nor while an account-wide pause is recorded (PGSCHEMA_CONTROL_SET of key 'pause' with a
+ * value): an instance that has not read the pause yet sends nothing into it. */
 #define PGSCHEMA_CLAIM_SUBMIT_UNPAUSED                                                             \
-        PGSCHEMA_CLAIM_SUBMIT_WHERE(" AND NOT EXISTS (SELECT 1 FROM control WHERE key = 'pause' "  \
-                                    "AND value IS NOT NULL)")
+        PGSCHEMA_CLAIM_SUBMIT_WHERE(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
+                                    "'operator_pause') AND NOT EXISTS (SELECT 1 FROM control "     \
+                                    "WHERE key = 'pause' AND value IS NOT NULL)",                  \
+                                    PGSCHEMA_CLAIM_PAYLOAD)
 
 /* Claims up to $3 submitted jobs due a poll, for $1 under a new claim_seq with lease $2 usec
  * and batch $4, their next poll pushed $5 usec out (the poll interval plus the request's
@@ -191,16 +201,38 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
                   "updated_at = now(), claimed_by = NULL, claim_turn = NULL, lease_until = NULL "  \
                   "WHERE creation_id = $1 AND claimed_by = $2 AND claim_seq = $3 RETURNING state"
 
+/* PGSCHEMA_SAVE_FENCED for an accepted submission ($4 'submitted', $7 its task id): if another
+ * job already holds that upscale task id (an upstream that numbers its tasks alike after a
+ * reload, or an upstream bug), the job is held `uncertain` with no task id and an error naming
+ * the other creation, instead of failing the turn on the unique index (the task may exist and
+ * cost credits: it is not sent again blindly). Returns state, upstream_error. */
+#define PGSCHEMA_SAVE_ACCEPTED                                                                     \
+        "WITH other AS (SELECT creation_id FROM jobs WHERE upscale_task_id = $7 "                  \
+        "AND creation_id <> $1 LIMIT 1) "                                                          \
+        "UPDATE jobs SET state = CASE WHEN EXISTS (SELECT 1 FROM other) THEN 'uncertain' "         \
+        "ELSE $4 END, attempt = $5, next_at = now() + " PGSCHEMA_USEC(                             \
+            "$6") ", upscale_task_id = CASE WHEN EXISTS (SELECT 1 FROM other) THEN NULL "          \
+                  "ELSE $7 END, http_status = $8, upstream_error = CASE WHEN EXISTS (SELECT 1 "    \
+                  "FROM other) THEN 'the upstream answered with task id ' || left($7, 64) || "     \
+                  "', already recorded for creation ' || left((SELECT creation_id FROM other), "   \
+                  "64) ELSE $9 END, result_url = $10, updated_at = now(), claimed_by = NULL, "     \
+                  "claim_turn = NULL, lease_until = NULL "                                         \
+                  "WHERE creation_id = $1 AND claimed_by = $2 AND claim_seq = $3 "                 \
+                  "RETURNING state, upstream_error"
+
 /* A stale answer may still settle a job held `uncertain` from that very claim (a takeover under
- * retry.uncertain=hold keeps claim_seq): it is news, not a conflict. $1 creation id, $2
- * claim_seq, $3 state, $4 upscale task id, $5 HTTP status, $6 upstream error, $7 result URL,
- * $8 next_at in usec from now. */
+ * retry.uncertain=hold keeps claim_seq): it is news, not a conflict, unless another job holds
+ * its task id (see PGSCHEMA_SAVE_ACCEPTED). $1 creation id, $2 claim_seq, $3 state, $4 upscale task
+ * id, $5 HTTP status, $6 upstream error, $7 result URL, $8 next_at in usec from now. */
 #define PGSCHEMA_SETTLE_UNCERTAIN                                                                  \
         "UPDATE jobs SET state = $3, upscale_task_id = $4, http_status = $5, upstream_error = "    \
         "$6, "                                                                                     \
         "result_url = $7, next_at = now() + " PGSCHEMA_USEC(                                       \
             "$8") ", updated_at = now() "                                                          \
-                  "WHERE creation_id = $1 AND state = 'uncertain' AND claim_seq = $2 RETURNING "   \
+                  "WHERE creation_id = $1 AND state = 'uncertain' AND claim_seq = $2 AND NOT "     \
+                  "EXISTS "                                                                        \
+                  "(SELECT 1 FROM jobs o WHERE o.upscale_task_id = $4 AND o.creation_id <> $1) "   \
+                  "RETURNING "                                                                     \
                   "state"
 
 /* Takes over up to $2 jobs whose instance lost its lease mid-submission, as a restart would:
@@ -275,6 +307,14 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
 #define PGSCHEMA_CONTROL_GET                                                                       \
         "SELECT value, holder, seq, (extract(epoch FROM until - now()) * 1000000)::bigint "        \
         "FROM control WHERE key = $1"
+/* Both pauses, one row: the account-wide pause as PGSCHEMA_CONTROL_GET's four columns for key
+ * 'pause' (all NULL when none was ever recorded), then the operator's pause (meta
+ * 'operator_pause': since when, usec since the epoch as text; NULL: none). */
+#define PGSCHEMA_PAUSES                                                                            \
+        "SELECT c.value, c.holder, c.seq, (extract(epoch FROM c.until - now()) * "                 \
+        "1000000)::bigint, "                                                                       \
+        "(SELECT value FROM meta WHERE key = 'operator_pause') FROM (SELECT 1) AS one "            \
+        "LEFT JOIN control c ON c.key = 'pause'"
 /* Takes key $1 (a token: the probe) for holder $2 for $3 usec, if nobody holds it or their hold
  * lapsed: one row back (the new seq) if taken, none if another holds it. */
 #define PGSCHEMA_CONTROL_TAKE                                                                      \
