@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # run.sh: the benchmark in one command: installs what it needs, builds the daemon (Release) into
 # build-bench/, and measures it against nginx and adnanh/webhook on loopback (bench/bench.py).
-# BENCH_QUICK=1: a short smoke run. Results land in bench/results/<timestamp>/report.md; a full
+# BENCH_QUICK=1: a short smoke run. BENCH_ONLY=pg: only instances on one PostgreSQL vs SQLite. Results land in bench/results/<timestamp>/report.md; a full
 # run also refreshes bench/RESULTS.md and bench/plots/. BENCH_SETUP_ONLY=1: install and build, no
 # measuring (bench/compare.sh).
 set -euo pipefail
@@ -14,6 +14,11 @@ command -v nginx >/dev/null || have nginx-light || have nginx || need+=(nginx-li
 for p in webhook wrk gnuplot-nox sqlite3 python3 gcc libcurl4-openssl-dev; do
         have "$p" || need+=("$p")
 done
+# The instances-on-PostgreSQL loads (BENCH_ONLY=pg, and inside a full run) start a throwaway
+# server from PostgreSQL 15's binaries (tests/integration/pgserver.py), never the packaged one.
+if [ "${BENCH_ONLY:-}" != pure ]; then
+        have postgresql-15 || need+=(postgresql-15)
+fi
 if [ ${#need[@]} -gt 0 ] || ! command -v perf >/dev/null; then
         if [ "$(id -u)" -ne 0 ]; then
                 echo "bench: missing packages: ${need[*]} (run as root, or install them)" >&2

@@ -284,13 +284,17 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
             "$1") " ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
 
 /* Usec from now until the next job is due for submission, or for a poll (negative: overdue;
- * NULL: none), from the due indexes' first entry: an idle instance's timer, no busy poll. */
+ * NULL: none), from the due indexes' first entry: an idle instance's timer, no busy poll. Asked
+ * as the first row in order, never min(): with statistics older than a backlog (autovacuum's
+ * analyze not run yet) the planner aggregated the whole partial index for min() (7.7 ms for
+ * 20,000 submitted jobs, every turn), where ORDER BY ... LIMIT 1 reads its first entry whatever
+ * the statistics say. */
 #define PGSCHEMA_NEXT_SUBMIT                                                                       \
-        "SELECT (extract(epoch FROM min(next_at) - now()) * 1000000)::bigint FROM jobs "           \
-        "WHERE state IN ('pending', 'waiting')"
+        "SELECT (extract(epoch FROM (SELECT next_at FROM jobs WHERE state IN ('pending', "         \
+        "'waiting') ORDER BY next_at LIMIT 1) - now()) * 1000000)::bigint"
 #define PGSCHEMA_NEXT_POLL                                                                         \
-        "SELECT (extract(epoch FROM min(next_at) - now()) * 1000000)::bigint FROM jobs "           \
-        "WHERE state = 'submitted'"
+        "SELECT (extract(epoch FROM (SELECT next_at FROM jobs WHERE state = 'submitted' "          \
+        "ORDER BY next_at LIMIT 1) - now()) * 1000000)::bigint"
 
 /* Shared state (the account-wide pause, the one probe across instances). Set key $1 to value
  * $2 until $3 usec from now (NULL: no end). */
