@@ -365,6 +365,7 @@ class Crash(unittest.TestCase):
             d.stop()
             fake.stop()
 
+    @harness.sqlite_only("a damaged ledger file; a PostgreSQL ledger has no file of ours to damage")
     def test_damaged_ledger_is_a_clear_error(self):
         harness.ensure_journald()
         d = Daemon({"upstream": {"base_url": "http://127.0.0.1:9"}})
@@ -379,6 +380,8 @@ class Crash(unittest.TestCase):
         self.assertTrue(os.path.getsize(d.ledger_path) > 8192)  # untouched, never reset
 
 
+@harness.sqlite_only("SQLite's file write lock (BEGIN EXCLUSIVE from another process); the database "
+                     "frozen, restarted or unreachable is test_pgdaemon's")
 class LedgerLocked(unittest.TestCase):
     def test_locked_ledger_answers_503_and_recovers(self):
         import sqlite3
@@ -401,6 +404,7 @@ class LedgerLocked(unittest.TestCase):
                 wait_state(d, second, "succeeded")
 
 
+@harness.sqlite_only("the SQLite file and its WAL on a full tmpfs")
 class DiskFull(unittest.TestCase):
     def test_disk_full_answers_503_and_recovers(self):
         harness.ensure_journald()
