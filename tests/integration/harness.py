@@ -482,8 +482,28 @@ class Daemon:
     def wait_ledger(self, timeout=30):
         """PostgreSQL: READY comes once the daemon listens, the database may follow; waits for
         /healthz to say it is there."""
-        poll(lambda: self.get("/healthz")[0] == 200, timeout=timeout, what="/healthz 200 (the ledger)")
+        poll(lambda: self._healthz() == 200, timeout=timeout, what="/healthz 200 (the ledger)")
         return self
+
+    def _healthz(self):
+        """/healthz's status, over the unix socket when the daemon listens on one."""
+        listen = self.config["server"].get("listen", "")
+        if not listen.startswith("unix:"):
+            return self.get("/healthz")[0]
+        path = listen[len("unix:"):]
+
+        class Unix(http.client.HTTPConnection):
+            def connect(self):
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(path)
+        c = Unix("localhost", timeout=10 * TIMEOUT_SCALE)
+        try:
+            c.request("GET", "/healthz")
+            return c.getresponse().status
+        except OSError:
+            return None
+        finally:
+            c.close()
 
     @property
     def pid(self):
