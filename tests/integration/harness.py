@@ -475,9 +475,15 @@ class Daemon:
         r = poll(ready, timeout=15, what="READY=1")
         if r == "exited":
             raise RuntimeError("daemon exited with %s:\n%s" % (self.proc.returncode, self.stderr_text()))
-        # Unless the daemon refuses loopback (server.allow_from without it: the test is about that).
-        if self.auto_pg and "127." in self.config["server"].get("allow_from", "127."):
-            self.wait_ledger()
+        if self.auto_pg:
+            if "127." in self.config["server"].get("allow_from", "127."):
+                self.wait_ledger()
+            else:
+                # The daemon refuses loopback (server.allow_from without it: the test is about
+                # that), so its journal says when the ledger is there.
+                wait_journal(lambda: [e for e in journal_entries(_PID=str(self.proc.pid))
+                                      if e.get("MESSAGE", "").startswith("Ledger database reachable")],
+                             timeout=30)
         return self
 
     def wait_ledger(self, timeout=30):
