@@ -25,6 +25,13 @@ FIXTURES = os.environ.get("FIXTURES_DIR") or (_shared if os.path.isdir(_shared) 
 VALGRIND = os.environ.get("VIDU_VALGRIND") == "1"
 TIMEOUT_SCALE = 20 if VALGRIND else 1
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+# The ledger backend every Daemon gets unless a test chooses: sqlite (the default), or postgresql:
+# one throwaway PostgreSQL server for this test process (pgserver.py), a fresh database for each
+# Daemon. tests/CMakeLists.txt runs the backend-neutral test files once with each.
+BACKEND = os.environ.get("VIDU_TEST_BACKEND", "sqlite")
+if BACKEND not in ("sqlite", "postgresql"):
+    raise RuntimeError("VIDU_TEST_BACKEND: sqlite or postgresql, not %r" % BACKEND)
+ON_PG = BACKEND == "postgresql"
 
 _children = []
 _journald = None
@@ -41,6 +48,42 @@ def _cleanup():
 
 
 atexit.register(_cleanup)
+
+
+_pg_shared = None
+_pg_databases = 0
+
+
+def shared_pg():
+    """The PostgreSQL server this process's Daemons share under VIDU_TEST_BACKEND=postgresql,
+    started on first use and stopped at exit (pgserver registers it)."""
+    global _pg_shared
+    if _pg_shared is None:
+        import pgserver
+        _pg_shared = pgserver.PgServer().start()
+    return _pg_shared
+
+
+def fresh_pg_database():
+    """A new, empty database on shared_pg(): each Daemon's ledger starts as a new file would."""
+    global _pg_databases
+    _pg_databases += 1
+    name = "ledger_%d" % _pg_databases
+    shared_pg().create_database(name)
+    return name
+
+
+def sqlite_only(reason):
+    """Skips a test (or class) under VIDU_TEST_BACKEND=postgresql: reason says why it is about
+    SQLite itself."""
+    import unittest
+    return unittest.skipIf(ON_PG, "SQLite only: " + reason)
+
+
+def skip_on_pg(reason):
+    """Skips a test that shows a PostgreSQL daemon bug or missing feature; reason names it."""
+    import unittest
+    return unittest.skipIf(ON_PG, "not yet on PostgreSQL: " + reason)
 
 
 def poll(predicate, timeout=10.0, interval=0.02, what="a condition"):
@@ -295,7 +338,10 @@ class Daemon:
 
     def __init__(self, config=None, fake=None, extra_env=None, args=None, wrapper=None, pg=None, pg_db=None):
         """pg: a pgserver.PgServer: the ledger on it (store.backend = postgresql, database pg_db or its
-        default), with the experimental switch VIDU_EXPERIMENTAL_PG_DAEMON=1 set."""
+        default), with the experimental switch VIDU_EXPERIMENTAL_PG_DAEMON=1 set. Without pg, under
+        VIDU_TEST_BACKEND=postgresql, the ledger is a fresh database on shared_pg() (unless config
+        names a store.path of its own: a test about the SQLite file), and start() waits for
+        /healthz, so that a test begins, as on SQLite, with the ledger open."""
         self.tmp = tempfile.mkdtemp(prefix="vidu-daemon-")
         self.binary = DAEMON
         self.port = free_port()
@@ -314,7 +360,12 @@ class Daemon:
         }
         if fake:
             self.config["upstream"]["base_url"] = fake.url
+        self.auto_pg = False
+        if pg is None and ON_PG and "path" not in (config or {}).get("store", {}):
+            pg, pg_db = shared_pg(), fresh_pg_database()
+            self.auto_pg = True
         self.pg = pg
+        self.pg_db = pg_db
         if pg:
             self.config["store"] = {"backend": "postgresql",
                                     "url": pg.conninfo(db=pg_db) if pg_db else pg.conninfo()}
@@ -424,13 +475,53 @@ class Daemon:
         r = poll(ready, timeout=15, what="READY=1")
         if r == "exited":
             raise RuntimeError("daemon exited with %s:\n%s" % (self.proc.returncode, self.stderr_text()))
+        if self.auto_pg:
+            if "127." in self.config["server"].get("allow_from", "127."):
+                self.wait_ledger()
+            else:
+                # The daemon refuses loopback (server.allow_from without it: the test is about
+                # that), so its journal says when the ledger is there.
+                wait_journal(lambda: [e for e in journal_entries(_PID=str(self.proc.pid))
+                                      if e.get("MESSAGE", "").startswith("Ledger database reachable")],
+                             timeout=30)
         return self
 
     def wait_ledger(self, timeout=30):
         """PostgreSQL: READY comes once the daemon listens, the database may follow; waits for
         /healthz to say it is there."""
-        poll(lambda: self.get("/healthz")[0] == 200, timeout=timeout, what="/healthz 200 (the ledger)")
+        poll(lambda: self._healthz() == 200, timeout=timeout, what="/healthz 200 (the ledger)")
         return self
+
+    def _healthz(self):
+        """/healthz's status, over the unix socket when the daemon listens on one."""
+        listen = self.config["server"].get("listen", "")
+        if self.config["server"].get("tls_cert"):
+            import ssl
+            c = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10 * TIMEOUT_SCALE,
+                                            context=ssl._create_unverified_context())
+            try:
+                c.request("GET", "/healthz")
+                return c.getresponse().status
+            except OSError:
+                return None
+            finally:
+                c.close()
+        if not listen.startswith("unix:"):
+            return self.get("/healthz")[0]
+        path = listen[len("unix:"):]
+
+        class Unix(http.client.HTTPConnection):
+            def connect(self):
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(path)
+        c = Unix("localhost", timeout=10 * TIMEOUT_SCALE)
+        try:
+            c.request("GET", "/healthz")
+            return c.getresponse().status
+        except OSError:
+            return None
+        finally:
+            c.close()
 
     @property
     def pid(self):
@@ -521,6 +612,19 @@ class Daemon:
             return ""
 
     def ledger_rows(self):
+        """Every jobs row as a dict, from either backend: the columns both have, times as
+        CLOCK_REALTIME microseconds as in SQLite; on PostgreSQL the claim columns too."""
+        if self.pg:
+            out = []
+            query = ("SELECT row_to_json(j) FROM (SELECT *, %s FROM jobs) j" %
+                     ", ".join("(extract(epoch FROM %s) * 1000000)::bigint AS %s" % (c, c + "_us")
+                               for c in ("next_at", "created_at", "updated_at")))
+            for (line,) in self.pg.sql(query, db=self.pg_db or "vidu"):
+                r = json.loads(line)
+                for c in ("next_at", "created_at", "updated_at"):
+                    r[c] = r.pop(c + "_us")
+                out.append(r)
+            return out
         db = sqlite3.connect(self.config["store"]["path"], timeout=5)  # reads only; WAL lets it run beside the daemon
         try:
             db.row_factory = sqlite3.Row
@@ -535,7 +639,10 @@ class Daemon:
                               timeout=30 * TIMEOUT_SCALE)
 
     def ledger_execute(self, sql, params=()):
-        """A write beside the running daemon (the tests move the budget's clock this way)."""
+        """A write beside the running daemon (the tests move the budget's clock this way).
+        SQLite's SQL: a test that uses it is SQLite-only or says what it writes on PostgreSQL."""
+        if self.pg:
+            raise AssertionError("ledger_execute: SQLite only (%s)" % sql)
         db = sqlite3.connect(self.config["store"]["path"], timeout=10)
         try:
             with db:

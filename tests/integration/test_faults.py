@@ -337,7 +337,13 @@ class Crash(unittest.TestCase):
         fake.start()
         (cid,) = new_creation_ids(1)
         fake.faults([{"on": "submit", "creation_id": cid, "delay_ms": 5000, "status": 500}])
-        d = Daemon({"upstream": {"base_url": fake.url}}, fake=fake)
+        config = {"upstream": {"base_url": fake.url}}
+        if harness.ON_PG:
+            # On PostgreSQL the restarted daemon is another instance (the default store.instance
+            # holds the pid): it treats the dead one's `submitting` job as a restart would once
+            # that claim's lease lapses (within 2 x store.lease), so the lease is kept short.
+            config["store"] = {"lease": "2s"}
+        d = Daemon(config, fake=fake)
         try:
             d.start()
             self.assertEqual(d.post(body=make_task("9300000000000005", [cid]))[0], 202)
@@ -365,6 +371,7 @@ class Crash(unittest.TestCase):
             d.stop()
             fake.stop()
 
+    @harness.sqlite_only("a damaged ledger file; a PostgreSQL ledger has no file of ours to damage")
     def test_damaged_ledger_is_a_clear_error(self):
         harness.ensure_journald()
         d = Daemon({"upstream": {"base_url": "http://127.0.0.1:9"}})
@@ -379,6 +386,8 @@ class Crash(unittest.TestCase):
         self.assertTrue(os.path.getsize(d.ledger_path) > 8192)  # untouched, never reset
 
 
+@harness.sqlite_only("SQLite's file write lock (BEGIN EXCLUSIVE from another process); the database "
+                     "frozen, restarted or unreachable is test_pgdaemon's")
 class LedgerLocked(unittest.TestCase):
     def test_locked_ledger_answers_503_and_recovers(self):
         import sqlite3
@@ -401,6 +410,7 @@ class LedgerLocked(unittest.TestCase):
                 wait_state(d, second, "succeeded")
 
 
+@harness.sqlite_only("the SQLite file and its WAL on a full tmpfs")
 class DiskFull(unittest.TestCase):
     def test_disk_full_answers_503_and_recovers(self):
         harness.ensure_journald()
