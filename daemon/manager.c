@@ -56,6 +56,7 @@ struct manager {
         /* PostgreSQL: pg carries the turns (txn) and the migration; house the counts and the
          * purges, so that neither waits behind the other. */
         struct pgconn *pg, *house;
+        struct pgschema_migration *migration; /* in flight on pg, or NULL */
         bool pg_available; /* connected and the schema migrated: notifications taken */
         bool pg_migrated;  /* once: house may query the tables */
         bool pg_said_down; /* the outage was logged */
@@ -460,7 +461,7 @@ static int try_migrate(struct manager *m)
 {
         if (!pgconn_is_connected(m->pg) || pgconn_busy(m->pg) || txn_busy(m->txn))
                 return -EBUSY;
-        return pgschema_migrate(m->pg, on_migrated, m);
+        return pgschema_migrate(m->pg, on_migrated, m, &m->migration);
 }
 
 static int on_migrate_timer(sd_event_source *s, uint64_t usec, void *userdata)
@@ -544,6 +545,8 @@ static void manager_free(struct manager *m)
         http_server_free(m->http);
         /* A batch in flight is abandoned with it (the requests it held went with the server). */
         pgconn_free(m->pg);
+        /* So is a schema migration under way (a stop before the database answered it). */
+        pgschema_migration_abandon(&m->migration);
         pgconn_free(m->house);
         sd_event_source_disable_unref(m->migrate_timer);
         /* Owed `accepted` entries (log.fold_accepted) leave with what waits for journald, on

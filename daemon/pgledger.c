@@ -465,7 +465,7 @@ static void on_state(struct pgconn *c, enum pgconn_event ev, void *userdata)
         if (m->done)
                 return;
         if (ev == PGCONN_CONNECTED) {
-                int r = pgschema_migrate(c, on_migrated, m);
+                int r = pgschema_migrate(c, on_migrated, m, NULL);
                 if (r < 0) {
                         m->done = true;
                         m->result = r;

@@ -107,8 +107,9 @@ static const char *const *const migrations[PGSCHEMA_VERSION] = {
     migration_2,
 };
 
-struct migration {
+struct pgschema_migration {
         struct pgconn *conn;
+        struct pgschema_migration **slot; /* the caller's handle, cleared when it ends */
         pgschema_done_fn done;
         void *userdata;
         int from;
@@ -116,19 +117,29 @@ struct migration {
         char error[512];
 };
 
-static void finish(struct migration *m, int r)
+static void finish(struct pgschema_migration *m, int r)
 {
+        if (m->slot)
+                *m->slot = NULL;
         m->done(r, m->from, r < 0 ? m->error : NULL, m->userdata);
         free(m);
 }
 
+void pgschema_migration_abandon(struct pgschema_migration **p)
+{
+        if (p && *p) {
+                free(*p);
+                *p = NULL;
+        }
+}
+
 static void on_rolled_back(struct pgconn *c, const struct pgconn_result *res, void *userdata)
 {
-        finish(userdata, ((struct migration *)userdata)->result);
+        finish(userdata, ((struct pgschema_migration *)userdata)->result);
 }
 
 /* Ends the open transaction without keeping anything, then reports r. */
-static void roll_back(struct migration *m, int r)
+static void roll_back(struct pgschema_migration *m, int r)
 {
         static const struct pgconn_stmt rollback = {.sql = "ROLLBACK"};
         m->result = r;
@@ -138,7 +149,7 @@ static void roll_back(struct migration *m, int r)
 
 /* A failed step: the transaction is still open on a live connection (a statement failed, or
  * the statement timeout cancelled one) and is rolled back; with the connection it went too. */
-static void end(struct migration *m, int r)
+static void end(struct pgschema_migration *m, int r)
 {
         if (pgconn_is_connected(m->conn))
                 roll_back(m, r);
@@ -146,7 +157,8 @@ static void end(struct migration *m, int r)
                 finish(m, r);
 }
 
-static void describe(struct migration *m, const char *what, const struct pgconn_result *res)
+static void describe(struct pgschema_migration *m, const char *what,
+                     const struct pgconn_result *res)
 {
         char *msg = strndup_safe(res->message, sizeof(m->error));
         if (msg) {
@@ -160,7 +172,7 @@ static void describe(struct migration *m, const char *what, const struct pgconn_
 
 static void on_migrated(struct pgconn *c, const struct pgconn_result *res, void *userdata)
 {
-        struct migration *m = userdata;
+        struct pgschema_migration *m = userdata;
         if (res->error < 0) {
                 describe(m, "migrating the ledger's schema", res);
                 end(m, res->error);
@@ -171,7 +183,7 @@ static void on_migrated(struct pgconn *c, const struct pgconn_result *res, void 
 
 static void on_version(struct pgconn *c, const struct pgconn_result *res, void *userdata)
 {
-        struct migration *m = userdata;
+        struct pgschema_migration *m = userdata;
         if (res->error < 0) {
                 describe(m, "reading the ledger's schema version", res);
                 end(m, res->error);
@@ -231,9 +243,10 @@ static void on_version(struct pgconn *c, const struct pgconn_result *res, void *
         }
 }
 
-int pgschema_migrate(struct pgconn *c, pgschema_done_fn done, void *userdata)
+int pgschema_migrate(struct pgconn *c, pgschema_done_fn done, void *userdata,
+                     struct pgschema_migration **ret)
 {
-        struct migration *m = calloc(1, sizeof(*m));
+        struct pgschema_migration *m = calloc(1, sizeof(*m));
         if (!m)
                 return -ENOMEM;
         m->conn = c;
@@ -249,8 +262,14 @@ int pgschema_migrate(struct pgconn *c, pgschema_done_fn done, void *userdata)
             {.sql = "SELECT value FROM meta WHERE key = 'schema_version'"},
         };
         int r = pgconn_send(c, stmts, ELEMENTSOF(stmts), on_version, m);
-        if (r < 0)
+        if (r < 0) {
                 free(m);
+                return r;
+        }
+        if (ret) {
+                m->slot = ret;
+                *ret = m;
+        }
         return r;
 }
 

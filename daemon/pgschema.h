@@ -20,7 +20,12 @@ typedef void (*pgschema_done_fn)(int r, int from_version, const char *error, voi
  * (so it works through PgBouncer in transaction mode): several instances starting at once
  * migrate it once, the others wait for that and find it done. Two batches: the lock and the
  * version read, then the migrations and the commit. -EBUSY/-ENOTCONN as pgconn_send. */
-int pgschema_migrate(struct pgconn *c, pgschema_done_fn done, void *userdata);
+struct pgschema_migration;
+int pgschema_migrate(struct pgconn *c, pgschema_done_fn done, void *userdata,
+                     struct pgschema_migration **ret);
+/* With ret given, *ret holds the migration until it ends (cleared before done is called). Its
+ * connection freed first (pgconn_free calls no callback), this frees what it held. */
+void pgschema_migration_abandon(struct pgschema_migration **p);
 
 /* The claim a job row carries. */
 struct pgschema_claim {
@@ -84,7 +89,9 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
  * creations as PGSCHEMA_INSERT_MANY's $1 to $4, $7 the replay key of the delivery each came in
  * (NULL: none). A delivery replayed to another instance is a replay here too: of two instances
  * remembering one key at once, the second waits for the first's commit and finds it, and then
- * records none of that delivery's creations. Returns ('replay', key) for each key that was new
+ * records none of that delivery's creations. A task whose id is an upscale of ours (a job's
+ * upscale_task_id: its callback, or a notification of it) is an outcome, never work: none of its
+ * creations is recorded, whatever selected them. Returns ('replay', key) for each key that was new
  * and ('job', creation id) for each job recorded; what is absent was a replay or a duplicate. */
 #define PGSCHEMA_INTAKE                                                                            \
         "WITH keys AS (SELECT DISTINCT k FROM unnest($1::text[]) AS k WHERE k IS NOT NULL), "      \
@@ -97,7 +104,8 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
                   "SELECT DISTINCT ON (id) id, src, dur, pl, 'pending', 0, now(), now(), now() "   \
                   "FROM unnest($3::text[], $4::text[], $5::integer[], $6::text[], $7::text[]) "    \
                   "AS t(id, src, dur, pl, k) WHERE id IS NOT NULL AND (k IS NULL OR k IN "         \
-                  "(SELECT key FROM fresh)) ORDER BY id "                                          \
+                  "(SELECT key FROM fresh)) AND NOT EXISTS (SELECT 1 FROM jobs o WHERE "           \
+                  "o.upscale_task_id = t.src) ORDER BY id "                                        \
                   "ON CONFLICT (creation_id) DO NOTHING RETURNING creation_id) "                   \
                   "SELECT 'replay', key FROM fresh UNION ALL SELECT 'job', creation_id FROM "      \
                   "recorded"

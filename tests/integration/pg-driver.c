@@ -192,7 +192,7 @@ static void on_migrated(int r, int from, const char *error, void *userdata)
 static struct migrated migrate(struct conn *cn)
 {
         struct migrated m = {0};
-        int r = pgschema_migrate(cn->pg, on_migrated, &m);
+        int r = pgschema_migrate(cn->pg, on_migrated, &m, NULL);
         CHECK(r >= 0, "pgschema_migrate: %s", strerror(-r));
         pump(&m.done, 60 * USEC_PER_SEC, "the migration");
         return m;

@@ -99,9 +99,6 @@ class Callbacks(unittest.TestCase):
 
     # --- ent-v2 -------------------------------------------------------------------------------------
 
-    @harness.skip_on_pg("ent-v2 submissions on PostgreSQL do not pass the source notification's "
-                        "payload on (stored, not read back: README, What does not work yet); they "
-                        "send the payload naming the creation")
     def test_ent_v2_callback_closes_the_job_without_a_poll(self):
         (cid,) = new_creation_ids(1)
         payload = '{"pipeline": "edit-42", "note": "caf\u00e9 \\"quoted\\"\\n"}'

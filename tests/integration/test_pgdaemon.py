@@ -364,6 +364,30 @@ class PgDaemon(unittest.TestCase):
             e for e in harness.journal_entries(_PID=str(d.pid))
             if "newer than this vidu-upscaled knows (%s)" % version in e.get("MESSAGE", "")]))
 
+    def test_stop_while_the_schema_migrates(self):
+        """A stop while the migration waits on the database (another instance holds the migration's
+        lock): a clean exit 0, and nothing it held is left behind (the sanitizer and valgrind
+        stages check the daemon's leaks at this stop)."""
+        db = self.database()
+        psql = subprocess.Popen([os.path.join(pgserver.PG_BIN, "psql"), "-X", "-q", "-A", "-t", "-h", self.pg.tmp,
+                                 "-p", str(self.pg.port), "-U", pgserver.ADMIN, "-d", db],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            psql.stdin.write("BEGIN;\nSELECT 1 FROM pg_advisory_xact_lock(508605486369);\nSELECT 'locked';\n")
+            psql.stdin.flush()
+            self.assertEqual([psql.stdout.readline().strip() for _ in range(2)], ["1", "locked"])
+            d = self.daemon(db)
+            with d:
+                self.wait_lock_waiter(db)
+                self.assertEqual(self.pg.sql("SELECT count(*) FROM pg_tables WHERE tablename = 'jobs'", db=db),
+                                 [["0"]])
+                self.assertEqual(d.stop(), 0)
+        finally:
+            psql.stdin.write("ROLLBACK;\n")
+            psql.stdin.close()
+            psql.wait(timeout=30)
+            psql.stdout.close()
+
     def test_unreachable_password_never_shown(self):
         marker = "Pw-Marker-%d" % os.getpid()
         d = self.daemon("x")

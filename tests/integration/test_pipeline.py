@@ -120,9 +120,6 @@ class Pipeline(unittest.TestCase):
         self.assertEqual(self.fake.stats()["created"].get(cid), 1)
         self.assertEqual(len([e for e in self.journal(cid) if e.get("JOB_STATE") == "duplicate"]), 1)
 
-    @harness.skip_on_pg("the official callback of our own upscale (task_id, its own creation id) is "
-                        "recorded as a new job and submitted for upscaling on PostgreSQL (answered "
-                        "accepted: [] but the row is inserted: an upscale of the upscale, paid twice)")
     def test_own_upscale_outcome_is_recorded_never_upscaled(self):
         (cid,) = new_creation_ids(1)
         # Slow the fake down so the notification, not the poll, closes the job.
@@ -144,10 +141,6 @@ class Pipeline(unittest.TestCase):
             self.assertNotIn("9" + cid[1:], {r["creation_id"] for r in d.ledger_rows()})
             self.assertEqual(self.fake.stats()["created"].get(cid), 1)
 
-    @harness.skip_on_pg("the outcome posted here (our own upscale's, official callback shape) is "
-                        "recorded as a new job and submitted on PostgreSQL, so the fake counts a "
-                        "second poll, of that upscale's upscale (the late answer itself changes "
-                        "nothing there, as on SQLite)")
     def test_poll_answered_after_the_outcome_changes_nothing(self):
         """A poll in flight when the notification of the outcome closes the job: its late answer
         is saved from the copy the poll was taken with, which must not overwrite the ledger."""
