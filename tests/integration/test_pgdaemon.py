@@ -29,6 +29,8 @@ from harness import Daemon, FakeUpstream, make_task, new_creation_ids, poll  # n
 
 # A job's states once recorded: the dispatcher takes it on at once.
 RECORDED = ("pending", "submitting", "waiting", "submitted", "succeeded")
+MSGID_BUDGET_REACHED = "ef028423073a48e584fd3846d1b65531"
+MSGID_BUDGET_RESUMED = "2e685d26100844dcb5f8b6125e4f749c"
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
@@ -821,6 +823,59 @@ class PgDaemon(unittest.TestCase):
             self.assertEqual(json.loads(self.fake.tasks(a)[0]["body"])["payload"], payload)
             self.assertEqual(json.loads(json.loads(self.fake.tasks(b)[0]["body"])["payload"]), {"creation_id": b})
 
+
+    def test_budget_cap_holds_across_two_instances(self):
+        """[budget] on PostgreSQL: the cap is counted in the database and checked in the claim's
+        transaction under the budget's row lock, so two instances together never exceed it; the
+        held jobs lose no attempt, each instance says so once (journal, STATUS=, metrics), and
+        they leave when the window frees room."""
+        db = self.database()
+        cap = 5
+        ids = new_creation_ids(12)
+        d1 = self.dispatching(db, instance="one")
+        d2 = self.dispatching(db, instance="two")
+        for d in (d1, d2):
+            d.config["budget"] = {"max_submissions_per_hour": str(cap)}
+        with d1, d2:
+            d1.wait_ledger(), d2.wait_ledger()
+            answers = []
+
+            def send(part, d):
+                for cid in part:
+                    answers.append(self.post(d, make_task("98%014d" % (700000 + ids.index(cid)), [cid]))[0])
+            threads = [threading.Thread(target=send, args=(ids[k::2], (d1, d2)[k])) for k in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.assertEqual(answers, [202] * len(ids))
+            pids = {str(d1.pid), str(d2.pid)}
+            harness.wait_journal(lambda: [e for e in harness.journal_entries(MESSAGE_ID=MSGID_BUDGET_REACHED)
+                                          if e.get("_PID") in pids])
+            q_done = "SELECT count(*) FROM jobs WHERE state NOT IN ('pending', 'waiting')"
+            poll(lambda: self.pg.sql(q_done, db=db) == [[str(cap)]], timeout=20, what="the cap's jobs claimed")
+            # Both instances keep looking (at least once a second); nothing more leaves.
+            d1.wait_notify(lambda m: "budget reached, next submission at" in m.get("STATUS", ""), timeout=15)
+            d2.wait_notify(lambda m: "budget reached, next submission at" in m.get("STATUS", ""), timeout=15)
+            self.assertEqual(sum(self.fake.stats()["created"].get(c, 0) for c in ids), cap)
+            self.assertEqual(self.pg.sql("SELECT count(*) FROM submissions", db=db), [[str(cap)]])
+            self.assertEqual(self.pg.sql("SELECT count(*) FROM jobs WHERE state = 'pending' AND attempt = 0",
+                                         db=db), [[str(len(ids) - cap)]])
+            poll(lambda: d1.metrics_value("vidu_upscaled_budget_blocked") == 1, timeout=10, what="blocked gauge")
+            self.assertEqual(d1.metrics_value('vidu_upscaled_budget_remaining{window="hour"}'), 0)
+            reached = [e for e in harness.journal_entries(MESSAGE_ID=MSGID_BUDGET_REACHED) if e.get("_PID") in pids]
+            self.assertLessEqual(len(reached), 2)
+            self.assertIn("max_submissions_per_hour", reached[0]["MESSAGE"])
+            # The window frees: move the ledger's clock an hour back; five more leave, no more.
+            self.pg.sql("UPDATE submissions SET at = at - interval '61 minutes'", db=db)
+            poll(lambda: self.pg.sql(q_done, db=db) == [[str(2 * cap)]], timeout=20, what="five more claimed")
+            harness.wait_journal(lambda: [e for e in harness.journal_entries(MESSAGE_ID=MSGID_BUDGET_RESUMED)
+                                          if e.get("_PID") in pids])
+            poll(lambda: sum(self.fake.stats()["created"].get(c, 0) for c in ids) == 2 * cap, timeout=20,
+                 what="ten submitted")
+            self.assertEqual(self.pg.sql("SELECT count(*) FROM submissions WHERE at > now() - interval '1 hour'",
+                                         db=db), [[str(cap)]])
+            self.assertEqual(self.pg.sql(q_done, db=db), [[str(2 * cap)]])
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
