@@ -64,6 +64,10 @@ struct call {
          * the next save finds nothing; a read of the job tells that from a takeover. */
         bool maybe_saved;
         const char *get_params[1];
+        /* The upscale's cost the answer reported (the spend guard's), and its statement's
+         * parameters. */
+        char p_credits[24];
+        const char *credits_params[2];
         enum { ANSWER_SAVED, ANSWER_SETTLED, ANSWER_STALE } fate;
         struct call *fl_prev, *fl_next; /* in flight: the claims the lease timer renews */
         struct call *next;
@@ -1266,6 +1270,16 @@ static int stage_answer(struct dispatcher *d, struct call *c, struct txn_batch *
         if (r >= 0 && settle) {
                 r = txn_batch_add(b, PGSCHEMA_SETTLE_UNCERTAIN, ELEMENTSOF(settle_params),
                                   c->settle_params);
+                c->n_stmts++;
+        }
+        /* The cost the upstream reported, for the job and its latest submission (the budget's
+         * credits window), as on SQLite; before the check, which stays last. */
+        int64_t credits = c->poll ? c->poll_result.credits : c->result.credits;
+        if (r >= 0 && credits >= 0) {
+                snprintf(c->p_credits, sizeof(c->p_credits), "%lld", (long long)credits);
+                c->credits_params[0] = s->creation_id;
+                c->credits_params[1] = c->p_credits;
+                r = txn_batch_add(b, PGSCHEMA_SET_CREDITS, 2, c->credits_params);
                 c->n_stmts++;
         }
         if (r >= 0 && c->maybe_saved) {

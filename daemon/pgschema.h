@@ -219,6 +219,15 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
         "AND credits IS DISTINCT FROM $2::bigint RETURNING creation_id) "                          \
         "UPDATE submissions SET credits = $2::bigint WHERE creation_id = $1 AND at = "             \
         "(SELECT max(at) FROM submissions WHERE creation_id = $1)"
+/* The same for the upscales named in $1 (text[]) with their costs $2 (text[] of integers): a
+ * callback's, for jobs of ours only. */
+#define PGSCHEMA_CREDITS_BY_UPSCALE                                                                \
+        "WITH t AS (SELECT DISTINCT ON (uid) uid, c::bigint AS c FROM unnest($1::text[], "         \
+        "$2::text[]) AS t(uid, c) ORDER BY uid), "                                                 \
+        "j AS (UPDATE jobs SET credits = t.c FROM t WHERE jobs.upscale_task_id = t.uid "           \
+        "AND jobs.credits IS DISTINCT FROM t.c RETURNING jobs.creation_id, t.c) "                  \
+        "UPDATE submissions s SET credits = j.c FROM j WHERE s.creation_id = j.creation_id "       \
+        "AND s.at = (SELECT max(at) FROM submissions WHERE creation_id = j.creation_id)"
 /* Submissions older than two days, $1 at a time (housekeeping). */
 #define PGSCHEMA_PURGE_SPEND                                                                       \
         "DELETE FROM submissions WHERE ctid IN (SELECT ctid FROM submissions WHERE at < now() - "  \

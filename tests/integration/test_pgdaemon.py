@@ -705,6 +705,18 @@ class PgDaemon(unittest.TestCase):
                 self.assertEqual(d.metrics_value('vidu_upscaled_outcomes_total{via="poll",state="succeeded"}'), 0)
                 # A callback for an upscale of ours is never a new job.
                 self.assertEqual(sorted(self.jobs(db)), sorted([ok, bad]))
+                # A callback's cost (the official callback carries one; this flavor's fake does
+                # not, so one is sent by hand) is the job's and its latest submission's.
+                tid = self.fake.tasks(ok)[0]["id"]
+                cb = json.dumps({"id": tid, "task_id": tid, "type": "upscale", "state": "success",
+                                 "err_code": "", "credits": 7, "creations": []}).encode()
+                status, _, answer = d.post(path="/hooks/vidu?vidu_upscaled=callback", body=cb,
+                                           headers=vidu_headers(d.api_key, "POST", "/hooks/vidu",
+                                                                "vidu_upscaled=callback"))
+                self.assertLess(status, 300, answer)
+                q = ("SELECT j.credits, s.credits FROM jobs j JOIN submissions s USING (creation_id) "
+                     "WHERE creation_id = '%s'" % ok)
+                poll(lambda: self.pg.sql(q, db=db) == [["7", "7"]], timeout=10, what="the callback's cost recorded")
         finally:
             self.fake.callbacks(sign=False, processing=False, withhold=False)
 
@@ -876,6 +888,35 @@ class PgDaemon(unittest.TestCase):
             self.assertEqual(self.pg.sql("SELECT count(*) FROM submissions WHERE at > now() - interval '1 hour'",
                                          db=db), [[str(cap)]])
             self.assertEqual(self.pg.sql(q_done, db=db), [[str(2 * cap)]])
+
+    def test_credits_from_answers_reach_the_daily_cap(self):
+        """The costs the upstream's answers report are recorded (job and submission) and counted
+        by the credits window across instances' claims, as on SQLite."""
+        db = self.database()
+        with FakeUpstream(complete_after_ms=100, credits=4) as fake:
+            d = Daemon({"upstream": {"base_url": fake.url}, "budget": {"max_credits_per_day": "10"}},
+                       fake=fake, pg=self.pg, pg_db=db)
+            with d:
+                d.wait_ledger()
+                cids = new_creation_ids(4)
+                # One at a time, each followed to its end so its cost is known before the next.
+                for i, c in enumerate(cids[:3]):
+                    self.assertEqual(d.post(body=make_task("98200000000000%02d" % i, [c]))[0], 202)
+                    q = "SELECT state, coalesce(credits, -1) FROM jobs WHERE creation_id = '%s'" % c
+                    poll(lambda: self.pg.sql(q, db=db) == [["succeeded", "4"]], timeout=20,
+                         what="the upscale of %s to succeed with its cost" % c)
+                self.assertEqual(self.pg.sql("SELECT sum(credits) FROM submissions", db=db), [["12"]])
+                # 12 credits spent in the day, over the 10 allowed: the fourth waits.
+                self.assertEqual(d.post(body=make_task("9820000000000099", [cids[3]]))[0], 202)
+                pids = {str(d.pid)}
+                reached = harness.wait_journal(lambda: [e for e in harness.journal_entries(
+                    MESSAGE_ID=MSGID_BUDGET_REACHED) if e.get("_PID") in pids])
+                self.assertIn("12 credits", reached[0]["MESSAGE"])
+                self.assertIn("max_credits_per_day", reached[0]["MESSAGE"])
+                self.assertEqual(self.jobs(db)[cids[3]], "pending")
+                self.assertEqual(fake.stats()["submit_requests"], 3)
+                poll(lambda: d.metrics_value("vidu_upscaled_budget_blocked") == 1, timeout=10, what="blocked gauge")
+                self.assertEqual(d.metrics_value('vidu_upscaled_budget_remaining{window="credits_day"}'), 0)
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
