@@ -230,8 +230,9 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
         "AND s.at = (SELECT max(at) FROM submissions WHERE creation_id = j.creation_id)"
 /* Submissions older than two days, $1 at a time (housekeeping). */
 #define PGSCHEMA_PURGE_SPEND                                                                       \
-        "DELETE FROM submissions WHERE ctid IN (SELECT ctid FROM submissions WHERE at < now() - "  \
-        "interval '2 days' LIMIT $1)"
+        "DELETE FROM submissions WHERE (creation_id, at) IN (SELECT creation_id, at FROM "         \
+        "submissions WHERE at < now() - interval '2 days' ORDER BY at LIMIT $1 "                   \
+        "FOR UPDATE SKIP LOCKED)"
 
 /* Claims up to $3 submitted jobs due a poll, for $1 under a new claim_seq with lease $2 usec
  * and batch $4, their next poll pushed $5 usec out (the poll interval plus the request's

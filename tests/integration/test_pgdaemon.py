@@ -346,6 +346,21 @@ class PgDaemon(unittest.TestCase):
                  what="the expired replay keys purged")
         self.assertEqual(self.pg.sql("SELECT key FROM replay", db=db), [["live"]])
 
+    def test_old_submissions_purged_in_batches(self):
+        """The spend guard's record keeps two days (its windows reach back one), as on SQLite:
+        older submissions go in batches of 1000 on the housekeeping connection."""
+        db = self.database()
+        with self.daemon(db) as d:
+            d.wait_ledger()
+        self.pg.sql("INSERT INTO submissions (creation_id, at) SELECT 'old-' || i, now() - interval '49 hours' "
+                    "FROM generate_series(1, 2500) AS i", db=db)
+        self.pg.sql("INSERT INTO submissions (creation_id, at) VALUES ('recent', now() - interval '47 hours')", db=db)
+        with self.daemon(db) as d:
+            d.wait_ledger()
+            poll(lambda: self.pg.sql("SELECT count(*) FROM submissions", db=db) == [["1"]], timeout=20,
+                 what="the old submissions purged")
+        self.assertEqual(self.pg.sql("SELECT creation_id FROM submissions", db=db), [["recent"]])
+
     def test_newer_schema_stops_the_daemon(self):
         db = self.database()
         with self.daemon(db) as d:
