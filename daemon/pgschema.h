@@ -181,13 +181,15 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
 #define PGSCHEMA_BUDGET_LOCK                                                                       \
         "INSERT INTO control (key, updated_at) VALUES ('budget', now()) "                          \
         "ON CONFLICT (key) DO UPDATE SET updated_at = now()"
-/* The daemon's claim: PGSCHEMA_CLAIM_SUBMIT limited by the budget's room, with the payload
+/* The daemon's claim: PGSCHEMA_CLAIM_SUBMIT limited by the budget's room (with no limit set,
+ * the room's subquery is not run: an InitPlan is evaluated when first needed), with the payload
  * ($5), and every job claimed recorded as a submission (its last known cost standing for its
  * cost until an answer says) in the same statement. */
 #define PGSCHEMA_CLAIM_SUBMIT_SPENT(more)                                                          \
         "WITH due AS MATERIALIZED (SELECT creation_id, state FROM jobs "                           \
         "WHERE state IN ('pending', 'waiting') AND next_at <= now()" more " "                      \
-        "ORDER BY next_at, creation_id LIMIT " PGSCHEMA_BUDGET_ROOM " FOR UPDATE SKIP LOCKED), "   \
+        "ORDER BY next_at, creation_id LIMIT CASE WHEN $6::bigint + $7::bigint + $8::bigint = 0 "  \
+        "THEN $3::bigint ELSE " PGSCHEMA_BUDGET_ROOM " END FOR UPDATE SKIP LOCKED), "              \
         "claimed AS (UPDATE jobs SET state = 'submitting', attempt = jobs.attempt + 1, "           \
         "next_at = now(), updated_at = now(), claimed_by = $1, claim_seq = jobs.claim_seq + 1, "   \
         "claim_turn = $4, lease_until = now() + " PGSCHEMA_USEC(                                   \
