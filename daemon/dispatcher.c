@@ -3,8 +3,9 @@
  * Every transition is committed to the ledger (in the loop's shared transaction, txn.c) before it
  * is acted on or logged: answers recorded and new jobs marked `submitting` in one commit. On
  * PostgreSQL (dispatcher_new_pg) the same decisions are statements of the turn's batch: claims
- * under this instance's name and a claim counter, answers saved only under their claim, leases
- * renewed and lapsed claims taken over on the housekeeping connection. */
+ * under this instance's name and a claim counter (limited by the spend guard's room, counted in
+ * the shared submissions table under the budget's row lock), answers saved only under their
+ * claim, leases renewed and lapsed claims taken over on the housekeeping connection. */
 #include "dispatcher.h"
 
 #include <errno.h>
