@@ -145,19 +145,6 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
 /* The daemon's claims also return the source's payload after the job's columns when $5 is true
  * (ent-v2 passes it on), so a submission needs no read of its own. */
 #define PGSCHEMA_CLAIM_PAYLOAD ", CASE WHEN $5::boolean THEN jobs.payload END"
-/* The same, claiming nothing while an operator's pause (`jobs pause`: meta key
- * 'operator_pause') is recorded: the probe of an account-wide pause. */
-#define PGSCHEMA_CLAIM_SUBMIT_ALLOWED                                                              \
-        PGSCHEMA_CLAIM_SUBMIT_WHERE(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
-                                    "'operator_pause')",                                           \
-                                    PGSCHEMA_CLAIM_PAYLOAD)
-/* Nor while an account-wide pause is recorded (PGSCHEMA_CONTROL_SET of key 'pause' with a
- * value): an instance that has not read the pause yet sends nothing into it. */
-#define PGSCHEMA_CLAIM_SUBMIT_UNPAUSED                                                             \
-        PGSCHEMA_CLAIM_SUBMIT_WHERE(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
-                                    "'operator_pause') AND NOT EXISTS (SELECT 1 FROM control "     \
-                                    "WHERE key = 'pause' AND value IS NOT NULL)",                  \
-                                    PGSCHEMA_CLAIM_PAYLOAD)
 
 /* The spend guard, shared by every instance: how many jobs a claim may take ($3 at most) under
  * the budget's windows over the submissions table ($6 per hour, $7 per day, $8 credits per day,
@@ -198,9 +185,13 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
                       PGSCHEMA_CLAIM_PAYLOAD "), "                                                 \
                   "spent AS (INSERT INTO submissions (creation_id, at, credits) "                  \
                   "SELECT creation_id, now(), credits FROM claimed) SELECT * FROM claimed"
+/* Claiming nothing while an operator's pause (`jobs pause`: meta key 'operator_pause') is
+ * recorded: the probe of an account-wide pause. */
 #define PGSCHEMA_CLAIM_SUBMIT_BUDGET_ALLOWED                                                       \
         PGSCHEMA_CLAIM_SUBMIT_SPENT(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
                                     "'operator_pause')")
+/* Nor while an account-wide pause is recorded (PGSCHEMA_CONTROL_SET of key 'pause' with a
+ * value): an instance that has not read the pause yet sends nothing into it. */
 #define PGSCHEMA_CLAIM_SUBMIT_BUDGET_UNPAUSED                                                      \
         PGSCHEMA_CLAIM_SUBMIT_SPENT(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
                                     "'operator_pause') AND NOT EXISTS (SELECT 1 FROM control "     \
