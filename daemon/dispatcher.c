@@ -3,8 +3,9 @@
  * Every transition is committed to the ledger (in the loop's shared transaction, txn.c) before it
  * is acted on or logged: answers recorded and new jobs marked `submitting` in one commit. On
  * PostgreSQL (dispatcher_new_pg) the same decisions are statements of the turn's batch: claims
- * under this instance's name and a claim counter, answers saved only under their claim, leases
- * renewed and lapsed claims taken over on the housekeeping connection. */
+ * under this instance's name and a claim counter (limited by the spend guard's room, counted in
+ * the shared submissions table under the budget's row lock), answers saved only under their
+ * claim, leases renewed and lapsed claims taken over on the housekeeping connection. */
 #include "dispatcher.h"
 
 #include <errno.h>
@@ -64,6 +65,10 @@ struct call {
          * the next save finds nothing; a read of the job tells that from a takeover. */
         bool maybe_saved;
         const char *get_params[1];
+        /* The upscale's cost the answer reported (the spend guard's), and its statement's
+         * parameters. */
+        char p_credits[24];
+        const char *credits_params[2];
         enum { ANSWER_SAVED, ANSWER_SETTLED, ANSWER_STALE } fate;
         struct call *fl_prev, *fl_next; /* in flight: the claims the lease timer renews */
         struct call *next;
@@ -106,7 +111,9 @@ struct dispatcher {
         bool budget_blocked;     /* the budget holds due jobs back until budget.free_at */
         struct control_budget budget;
         struct ledger_spend budget_used; /* at the decision that found it full */
-        uint64_t hold_checked;           /* when the switches were last read while holding */
+        struct ledger_spend pg_spend;    /* PostgreSQL: the windows' use at the last claim */
+        bool pg_spend_known;
+        uint64_t hold_checked; /* when the switches were last read while holding */
         /* The budget's journal entry to write after the commit that recorded its change. */
         enum { BUDGET_LOG_NONE, BUDGET_LOG_REACHED, BUDGET_LOG_RESUMED } budget_log;
         size_t budget_waiting; /* due jobs found waiting at that decision (at least) */
@@ -127,7 +134,12 @@ struct dispatcher {
         size_t n_unsent, n_release_staged;
         bool staged_submit, staged_poll;
         char p_lease[24], p_slots[24], p_turn[24], p_pslots[24], p_pushed[24];
-        const char *claim_params[5], *poll_params[5], *renew_params[4], *takeover_params[2];
+        const char *claim_params[9], *poll_params[5], *renew_params[4], *takeover_params[2];
+        /* The spend guard's limits as the claim's parameters, and whether the turn reads the
+         * windows' use after its claim (PGSCHEMA_SPEND_USAGE, _LIST). */
+        char p_budget[4][24];
+        const char *spend_params[1];
+        bool staged_budget;
         uint64_t next_submit_at, next_poll_at; /* realtime usec, from the database's answer */
         sd_event_source *lease_timer;
         bool lease_in_flight;
@@ -474,7 +486,10 @@ static int budget_change(struct dispatcher *d, bool blocked)
 {
         if (d->budget_known && blocked == d->budget_blocked)
                 return 0;
-        int r = control_set_budget_blocked(d->ledger, blocked ? &d->budget : NULL);
+        /* PostgreSQL: the change as this process saw it (the first reading at start says
+         * nothing unless it is held). */
+        int r = d->pg ? (d->budget_known || blocked)
+                      : control_set_budget_blocked(d->ledger, blocked ? &d->budget : NULL);
         if (r < 0)
                 return r;
         d->budget_known = true;
@@ -1258,6 +1273,16 @@ static int stage_answer(struct dispatcher *d, struct call *c, struct txn_batch *
                                   c->settle_params);
                 c->n_stmts++;
         }
+        /* The cost the upstream reported, for the job and its latest submission (the budget's
+         * credits window), as on SQLite; before the check, which stays last. */
+        int64_t credits = c->poll ? c->poll_result.credits : c->result.credits;
+        if (r >= 0 && credits >= 0) {
+                snprintf(c->p_credits, sizeof(c->p_credits), "%lld", (long long)credits);
+                c->credits_params[0] = s->creation_id;
+                c->credits_params[1] = c->p_credits;
+                r = txn_batch_add(b, PGSCHEMA_SET_CREDITS, 2, c->credits_params);
+                c->n_stmts++;
+        }
         if (r >= 0 && c->maybe_saved) {
                 c->get_params[0] = s->creation_id;
                 r = txn_batch_add(b, PGSCHEMA_GET, 1, c->get_params);
@@ -1309,7 +1334,7 @@ static int writer_stage_pg(void *userdata, struct txn_batch *b, uint64_t now)
         struct dispatcher *d = userdata;
         int r;
         d->staged_turn = 0;
-        d->staged_submit = d->staged_poll = d->staged_take = false;
+        d->staged_submit = d->staged_poll = d->staged_take = d->staged_budget = false;
         d->n_control_staged = 0;
         d->n_release_staged = d->n_unsent;
         for (size_t i = 0; i < d->n_unsent; i++) {
@@ -1359,18 +1384,46 @@ static int writer_stage_pg(void *userdata, struct txn_batch *b, uint64_t now)
                         d->staged_turn = ++d->turn_seq;
                         snprintf(d->p_slots, sizeof(d->p_slots), "%zu", slots);
                         snprintf(d->p_turn, sizeof(d->p_turn), "%lld", (long long)d->staged_turn);
-                        const char *params[] = {d->instance, d->p_lease, d->p_slots, d->p_turn,
+                        struct budget_limits lim;
+                        dispatcher_budget_limits(d->cfg, &lim);
+                        const uint64_t limits[] = {lim.per_hour, lim.per_day, lim.credits_per_day,
+                                                   lim.assumed_credits};
+                        for (size_t k = 0; k < ELEMENTSOF(limits); k++)
+                                snprintf(d->p_budget[k], sizeof(d->p_budget[k]), "%llu",
+                                         (unsigned long long)limits[k]);
+                        const char *params[] = {d->instance,
+                                                d->p_lease,
+                                                d->p_slots,
+                                                d->p_turn,
                                                 d->cfg->flavor == UPSTREAM_FLAVOR_ENT_V2 ? "true"
-                                                                                         : "false"};
+                                                                                         : "false",
+                                                d->p_budget[0],
+                                                d->p_budget[1],
+                                                d->p_budget[2],
+                                                d->p_budget[3]};
                         memcpy(d->claim_params, params, sizeof(params));
+                        d->spend_params[0] = d->p_budget[3];
+                        /* Under a budget, the claims of all instances take turns on its row,
+                         * so each counts every submission the others committed. */
+                        d->staged_budget = budget_enabled(&lim);
+                        if (d->staged_budget) {
+                                r = txn_batch_add(b, PGSCHEMA_BUDGET_LOCK, 0, NULL);
+                                if (r < 0)
+                                        return r;
+                        }
                         /* Unpaused, nothing is claimed while the database records a pause
-                         * this instance has not read yet; paused, this is the probe. */
+                         * this instance has not read yet; paused, this is the probe. Every job
+                         * claimed is recorded as a submission, within the budget's room. */
                         r = txn_batch_add(b,
-                                          d->paused ? PGSCHEMA_CLAIM_SUBMIT_ALLOWED
-                                                    : PGSCHEMA_CLAIM_SUBMIT_UNPAUSED,
-                                          5, d->claim_params);
+                                          d->paused ? PGSCHEMA_CLAIM_SUBMIT_BUDGET_ALLOWED
+                                                    : PGSCHEMA_CLAIM_SUBMIT_BUDGET_UNPAUSED,
+                                          9, d->claim_params);
                         if (r >= 0)
                                 r = txn_batch_add(b, PGSCHEMA_PAUSES, 0, NULL);
+                        if (r >= 0 && d->staged_budget)
+                                r = txn_batch_add(b, PGSCHEMA_SPEND_USAGE, 1, d->spend_params);
+                        if (r >= 0 && d->staged_budget)
+                                r = txn_batch_add(b, PGSCHEMA_SPEND_LIST, 0, NULL);
                         if (r < 0)
                                 return r;
                         d->staged_submit = true;
@@ -1489,6 +1542,50 @@ static void held_for_duplicate_task(struct dispatcher *d, struct call *c, const 
                  j->creation_id, j->upstream_error);
 }
 
+/* The spend guard after a claim, from the windows' use read in its transaction: held (jobs due
+ * and no room: when room frees, from the day's submissions) or free, journaled after the commit
+ * when that changed (remembered by this process only: each instance says it once). */
+static void follow_budget_pg(struct dispatcher *d, const PGresult *usage, const PGresult *list,
+                             int claimed, uint64_t now)
+{
+        struct budget_limits lim;
+        dispatcher_budget_limits(d->cfg, &lim);
+        if (!usage || rows_of(usage) < 1) {
+                d->pg_spend_known = false;
+                if (!budget_enabled(&lim))
+                        (void)budget_change(d, false);
+                return;
+        }
+        struct ledger_spend used = {
+            .day = strtoull(PQgetvalue(usage, 0, 0), NULL, 10),
+            .hour = strtoull(PQgetvalue(usage, 0, 1), NULL, 10),
+            .day_credits = strtoull(PQgetvalue(usage, 0, 2), NULL, 10),
+        };
+        d->pg_spend = used;
+        d->pg_spend_known = true;
+        d->hold_checked = now;
+        enum budget_window full = BUDGET_WINDOW_HOUR;
+        /* A claim that took jobs had room (as SQLite's decision before it); the next turn, with
+         * jobs still due, finds the window full if it is. */
+        if (claimed > 0 || budget_room(&lim, &used, &full) > 0 || d->next_submit_at > now) {
+                (void)budget_change(d, false);
+                return;
+        }
+        struct budget_scan scan;
+        budget_scan_init(&scan, &lim, &used, now);
+        for (int k = 0; list && k < rows_of(list); k++) {
+                uint64_t at = strtoull(PQgetvalue(list, k, 0), NULL, 10);
+                int64_t credits =
+                    PQgetisnull(list, k, 1) ? -1 : strtoll(PQgetvalue(list, k, 1), NULL, 10);
+                if (budget_scan_feed(&scan, at, credits))
+                        break;
+        }
+        d->budget = (struct control_budget){.full = full, .free_at = budget_scan_result(&scan)};
+        d->budget_used = used;
+        d->budget_waiting = 1;
+        (void)budget_change(d, true);
+}
+
 static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
 {
         struct dispatcher *d = userdata;
@@ -1545,8 +1642,13 @@ static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
                 d->have_token = false;
                 d->release_token = true;
         }
-        if (d->staged_submit && i < n)
+        if (d->staged_budget && i < n)
+                i++; /* the budget's lock */
+        int claimed = 0;
+        if (d->staged_submit && i < n) {
+                claimed = rows_of(results[i]);
                 r = claimed_calls(d, results[i++], 1, false);
+        }
         /* Read in the claim's own transaction: a pause another instance recorded is followed
          * at once, not at the next lease timer. */
         if (r >= 0 && d->staged_submit && i < n) {
@@ -1554,12 +1656,19 @@ static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
                         follow_shared_pause(d, results[i], now, true);
                 follow_operator_pause(d, results[i++]);
         }
+        const PGresult *usage = NULL, *list = NULL;
+        if (d->staged_budget && i + 1 < n) {
+                usage = results[i++];
+                list = results[i++];
+        }
         if (r >= 0 && d->staged_poll && i < n)
                 r = claimed_calls(d, results[i++], 0, true);
         if (r < 0)
                 return r;
         d->next_submit_at = i < n ? due_at(results[i++], now) : UINT64_MAX;
         d->next_poll_at = i < n ? due_at(results[i++], now) : UINT64_MAX;
+        if (d->staged_submit)
+                follow_budget_pg(d, usage, list, claimed, now);
         return 0;
 }
 
@@ -2047,9 +2156,23 @@ int dispatcher_control(struct dispatcher *d, struct dispatcher_control *ret)
         if (!d)
                 return -ENOENT;
         if (d->pg) {
-                /* PostgreSQL: the operator's pause as last read; no budget there yet. */
-                *ret = (struct dispatcher_control){.operator_paused = d->operator_paused,
-                                                   .paused_since = d->operator_since};
+                /* PostgreSQL: the operator's pause and the budget as the last claim read. */
+                c = (struct dispatcher_control){.operator_paused = d->operator_paused,
+                                                .paused_since = d->operator_since,
+                                                .budget_blocked = d->budget_blocked,
+                                                .budget = d->budget};
+                dispatcher_budget_limits(d->cfg, &lim);
+                for (int w = 0; w < _BUDGET_WINDOW_MAX && d->pg_spend_known; w++) {
+                        uint64_t left = budget_remaining(&lim, &d->pg_spend, (enum budget_window)w);
+                        c.has_budget[w] = left != BUDGET_UNLIMITED;
+                        c.budget_remaining[w] = c.has_budget[w] ? left : 0;
+                }
+                d->m->budget_blocked = c.budget_blocked;
+                for (int w = 0; w < _BUDGET_WINDOW_MAX; w++) {
+                        d->m->has_budget[w] = c.has_budget[w];
+                        d->m->budget_remaining[w] = c.budget_remaining[w];
+                }
+                *ret = c;
                 return 0;
         }
         uint64_t now = now_realtime_usec();

@@ -57,10 +57,11 @@ struct manager {
          * purges, so that neither waits behind the other. */
         struct pgconn *pg, *house;
         struct pgschema_migration *migration; /* in flight on pg, or NULL */
-        bool pg_available; /* connected and the schema migrated: notifications taken */
-        bool pg_migrated;  /* once: house may query the tables */
-        bool pg_said_down; /* the outage was logged */
-        bool purge_wanted; /* expired replay keys remain to purge */
+        bool pg_available;       /* connected and the schema migrated: notifications taken */
+        bool pg_migrated;        /* once: house may query the tables */
+        bool pg_said_down;       /* the outage was logged */
+        bool purge_wanted;       /* expired replay keys remain to purge */
+        bool spend_purge_wanted; /* submissions older than two days remain to purge */
         bool counts_ok;
         uint64_t counts[_JOB_STATE_MAX];
         sd_event_source *migrate_timer;
@@ -154,7 +155,7 @@ static int on_purge_timer(sd_event_source *s, uint64_t usec, void *userdata)
         struct manager *m = userdata;
         uint64_t now = now_realtime_usec();
         if (m->pg) {
-                m->purge_wanted = true;
+                m->purge_wanted = m->spend_purge_wanted = true;
                 house_next(m, false);
                 sd_event_source_set_time(s, usec + PURGE_INTERVAL_USEC);
                 return 0;
@@ -394,6 +395,19 @@ static void on_purged(struct pgconn *c, const struct pgconn_result *res, void *u
         house_next(m, false);
 }
 
+static void on_spend_purged(struct pgconn *c, const struct pgconn_result *res, void *userdata)
+{
+        struct manager *m = userdata;
+        const PGresult *r = res->n > 0 ? res->results[0] : NULL;
+        if (res->error < 0) {
+                log_warning("Cannot purge old submissions: %s", res->message);
+                m->spend_purge_wanted = false;
+        } else
+                m->spend_purge_wanted =
+                    r && strcmp(PQcmdTuples((PGresult *)r), PG_PURGE_BATCH_STR) == 0;
+        house_next(m, false);
+}
+
 /* Sends the housekeeping's next statement when its connection is free: the purge while one
  * is wanted, else the counts when asked (the status timer; skipped while busy). */
 static void house_next(struct manager *m, bool count)
@@ -405,8 +419,15 @@ static void house_next(struct manager *m, bool count)
             .sql = "SELECT state, count(*) FROM jobs GROUP BY state"};
         if (!m->house || !m->pg_migrated || !pgconn_is_connected(m->house) || pgconn_busy(m->house))
                 return;
+        static const struct pgconn_stmt spend_purge = {
+            .sql = PGSCHEMA_PURGE_SPEND, .n_params = 1, .params = purge_params};
         if (m->purge_wanted) {
                 (void)pgconn_send(m->house, &purge, 1, on_purged, m);
+                return;
+        }
+        /* The budget's windows reach back a day; a second day is kept for whoever looks. */
+        if (m->spend_purge_wanted) {
+                (void)pgconn_send(m->house, &spend_purge, 1, on_spend_purged, m);
                 return;
         }
         if (count)
@@ -451,7 +472,7 @@ static void on_migrated(int r, int from_version, const char *error, void *userda
         m->pg_said_down = false;
         /* The first connection also purges what expired while no instance ran (then the timer). */
         if (!m->pg_migrated)
-                m->purge_wanted = true;
+                m->purge_wanted = m->spend_purge_wanted = true;
         m->pg_migrated = true;
         pg_set_available(m, true);
         house_next(m, true);

@@ -153,19 +153,87 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
 /* The daemon's claims also return the source's payload after the job's columns when $5 is true
  * (ent-v2 passes it on), so a submission needs no read of its own. */
 #define PGSCHEMA_CLAIM_PAYLOAD ", CASE WHEN $5::boolean THEN jobs.payload END"
-/* The same, claiming nothing while an operator's pause (`jobs pause`: meta key
- * 'operator_pause') is recorded: the probe of an account-wide pause. */
-#define PGSCHEMA_CLAIM_SUBMIT_ALLOWED                                                              \
-        PGSCHEMA_CLAIM_SUBMIT_WHERE(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
-                                    "'operator_pause')",                                           \
-                                    PGSCHEMA_CLAIM_PAYLOAD)
+
+/* The spend guard, shared by every instance: how many jobs a claim may take ($3 at most) under
+ * the budget's windows over the submissions table ($6 per hour, $7 per day, $8 credits per day,
+ * 0: no limit; $9 what a submission of unknown cost counts as: budget_room's arithmetic). Only
+ * sound after PGSCHEMA_BUDGET_LOCK in the same transaction: READ COMMITTED gives each statement
+ * a new snapshot, so the claim sees every submission a concurrent claimer committed. */
+#define PGSCHEMA_BUDGET_CREDITS "coalesce(sum(coalesce(credits, $9::bigint)), 0)"
+#define PGSCHEMA_BUDGET_ROOM                                                                       \
+        "(SELECT least($3::bigint, "                                                               \
+        "CASE WHEN $6::bigint > 0 THEN greatest($6::bigint - count(*) FILTER (WHERE at > now() - " \
+        "interval '1 hour'), 0) ELSE $3::bigint END, "                                             \
+        "CASE WHEN $7::bigint > 0 THEN greatest($7::bigint - count(*), 0) ELSE $3::bigint END, "   \
+        "CASE WHEN $8::bigint <= 0 THEN $3::bigint "                                               \
+        "WHEN " PGSCHEMA_BUDGET_CREDITS " >= $8::bigint THEN 0 "                                   \
+        "WHEN $9::bigint = 0 THEN $3::bigint "                                                     \
+        "ELSE ceil(($8::bigint - " PGSCHEMA_BUDGET_CREDITS ") / $9::bigint)::bigint END)::bigint " \
+        "FROM submissions WHERE at > now() - interval '1 day')"
+/* The budget's lock: a row lock on control's 'budget' row (made by the first to take it), held
+ * to the turn's commit, so two instances' claims under a budget take turns and together never
+ * exceed it. */
+#define PGSCHEMA_BUDGET_LOCK                                                                       \
+        "INSERT INTO control (key, updated_at) VALUES ('budget', now()) "                          \
+        "ON CONFLICT (key) DO UPDATE SET updated_at = now()"
+/* The daemon's claim: PGSCHEMA_CLAIM_SUBMIT limited by the budget's room (with no limit set,
+ * the room's subquery is not run: an InitPlan is evaluated when first needed), with the payload
+ * ($5), and every job claimed recorded as a submission (its last known cost standing for its
+ * cost until an answer says) in the same statement. */
+#define PGSCHEMA_CLAIM_SUBMIT_SPENT(more)                                                          \
+        "WITH due AS MATERIALIZED (SELECT creation_id, state FROM jobs "                           \
+        "WHERE state IN ('pending', 'waiting') AND next_at <= now()" more " "                      \
+        "ORDER BY next_at, creation_id LIMIT CASE WHEN $6::bigint + $7::bigint + $8::bigint = 0 "  \
+        "THEN $3::bigint ELSE " PGSCHEMA_BUDGET_ROOM " END FOR UPDATE SKIP LOCKED), "              \
+        "claimed AS (UPDATE jobs SET state = 'submitting', attempt = jobs.attempt + 1, "           \
+        "next_at = now(), updated_at = now(), claimed_by = $1, claim_seq = jobs.claim_seq + 1, "   \
+        "claim_turn = $4, lease_until = now() + " PGSCHEMA_USEC(                                   \
+            "$2") " FROM due WHERE jobs.creation_id = due.creation_id "                            \
+                  "RETURNING due.state AS from_state, " PGSCHEMA_JOB_COLUMNS                       \
+                      PGSCHEMA_CLAIM_PAYLOAD "), "                                                 \
+                  "spent AS (INSERT INTO submissions (creation_id, at, credits) "                  \
+                  "SELECT creation_id, now(), credits FROM claimed) SELECT * FROM claimed"
+/* Claiming nothing while an operator's pause (`jobs pause`: meta key 'operator_pause') is
+ * recorded: the probe of an account-wide pause. */
+#define PGSCHEMA_CLAIM_SUBMIT_BUDGET_ALLOWED                                                       \
+        PGSCHEMA_CLAIM_SUBMIT_SPENT(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
+                                    "'operator_pause')")
 /* Nor while an account-wide pause is recorded (PGSCHEMA_CONTROL_SET of key 'pause' with a
  * value): an instance that has not read the pause yet sends nothing into it. */
-#define PGSCHEMA_CLAIM_SUBMIT_UNPAUSED                                                             \
-        PGSCHEMA_CLAIM_SUBMIT_WHERE(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
+#define PGSCHEMA_CLAIM_SUBMIT_BUDGET_UNPAUSED                                                      \
+        PGSCHEMA_CLAIM_SUBMIT_SPENT(" AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "             \
                                     "'operator_pause') AND NOT EXISTS (SELECT 1 FROM control "     \
-                                    "WHERE key = 'pause' AND value IS NOT NULL)",                  \
-                                    PGSCHEMA_CLAIM_PAYLOAD)
+                                    "WHERE key = 'pause' AND value IS NOT NULL)")
+/* The windows' use after the claim ($1 what a submission of unknown cost counts as): the day's
+ * submissions, the hour's, the day's credits; then the day's submissions, oldest first, for
+ * budget_scan (usec since the epoch, credits or NULL) in PGSCHEMA_SPEND_LIST. */
+#define PGSCHEMA_SPEND_USAGE                                                                       \
+        "SELECT count(*), count(*) FILTER (WHERE at > now() - interval '1 hour'), "                \
+        "coalesce(sum(coalesce(credits, $1::bigint)), 0)::bigint FROM submissions "                \
+        "WHERE at > now() - interval '1 day'"
+#define PGSCHEMA_SPEND_LIST                                                                        \
+        "SELECT (extract(epoch FROM at) * 1000000)::bigint, credits FROM submissions "             \
+        "WHERE at > now() - interval '1 day' ORDER BY at"
+/* The credits an answer or callback reported ($2) for job $1 and its latest submission. */
+#define PGSCHEMA_SET_CREDITS                                                                       \
+        "WITH j AS (UPDATE jobs SET credits = $2::bigint WHERE creation_id = $1 "                  \
+        "AND credits IS DISTINCT FROM $2::bigint RETURNING creation_id) "                          \
+        "UPDATE submissions SET credits = $2::bigint WHERE creation_id = $1 AND at = "             \
+        "(SELECT max(at) FROM submissions WHERE creation_id = $1)"
+/* The same for the upscales named in $1 (text[]) with their costs $2 (text[] of integers): a
+ * callback's, for jobs of ours only. */
+#define PGSCHEMA_CREDITS_BY_UPSCALE                                                                \
+        "WITH t AS (SELECT DISTINCT ON (uid) uid, c::bigint AS c FROM unnest($1::text[], "         \
+        "$2::text[]) AS t(uid, c) ORDER BY uid), "                                                 \
+        "j AS (UPDATE jobs SET credits = t.c FROM t WHERE jobs.upscale_task_id = t.uid "           \
+        "AND jobs.credits IS DISTINCT FROM t.c RETURNING jobs.creation_id, t.c) "                  \
+        "UPDATE submissions s SET credits = j.c FROM j WHERE s.creation_id = j.creation_id "       \
+        "AND s.at = (SELECT max(at) FROM submissions WHERE creation_id = j.creation_id)"
+/* Submissions older than two days, $1 at a time (housekeeping). */
+#define PGSCHEMA_PURGE_SPEND                                                                       \
+        "DELETE FROM submissions WHERE (creation_id, at) IN (SELECT creation_id, at FROM "         \
+        "submissions WHERE at < now() - interval '2 days' ORDER BY at LIMIT $1 "                   \
+        "FOR UPDATE SKIP LOCKED)"
 
 /* Claims up to $3 submitted jobs due a poll, for $1 under a new claim_seq with lease $2 usec
  * and batch $4, their next poll pushed $5 usec out (the poll interval plus the request's

@@ -78,6 +78,9 @@ struct intake {
         /* The tasks that may be upscales of ours and what each reports, for the close. */
         char *o_ids, *o_states, *o_urls, *o_errors;
         const char *o_params[4];
+        /* The costs callbacks reported (PGSCHEMA_CREDITS_BY_UPSCALE), NULL: none in the turn. */
+        char *o_cids, *o_credits;
+        const char *c_params[2];
         bool outcomes; /* the close statement is in the batch */
         struct upscaled *ups;
         size_t n_ups;
@@ -232,6 +235,8 @@ static void intake_clear(struct intake *in)
         free(in->o_states);
         free(in->o_urls);
         free(in->o_errors);
+        free(in->o_cids);
+        free(in->o_credits);
         free(in->ups);
         *in = (struct intake){0};
 }
@@ -327,7 +332,7 @@ static int stage_outcome(struct webhook *w, struct staged *s, const struct note_
         struct upstream_poll p;
         upstream_outcome_from_note(t, &p);
         /* The official callback carries the upscale's cost: the spend guard counts it, even while
-         * the task still runs. (Not on PostgreSQL yet.) */
+         * the task still runs. (PostgreSQL: PGSCHEMA_CREDITS_BY_UPSCALE, stage_outcomes.) */
         int r = w->pg ? 0 : dispatcher_note_credits(w->ledger, j, p.credits);
         if (r < 0)
                 return r;
@@ -681,7 +686,43 @@ static int stage_outcomes(struct webhook *w, struct txn_batch *b)
         const char *params[] = {in->o_ids, in->o_states, in->o_urls, in->o_errors};
         memcpy(in->o_params, params, sizeof(params));
         in->outcomes = true;
-        return txn_batch_add(b, PGSCHEMA_CLOSE_BY_UPSCALE, ELEMENTSOF(params), in->o_params);
+        int r = txn_batch_add(b, PGSCHEMA_CLOSE_BY_UPSCALE, ELEMENTSOF(params), in->o_params);
+        if (r < 0)
+                return r;
+        /* The costs the callbacks carry: the spend guard counts them, also while the task runs
+         * (as on SQLite), after the close, in the same batch. */
+        _cleanup_free_ char **costs = calloc(n, sizeof(*costs));
+        _cleanup_free_ const char **cost_ids = calloc(n, sizeof(*cost_ids));
+        if (!costs || !cost_ids)
+                return -ENOMEM;
+        size_t m = 0;
+        for (struct staged *s = w->flight; s; s = s->next)
+                for (size_t i = 0; i < s->note->n_tasks; i++) {
+                        const struct note_task *t = &s->note->tasks[i];
+                        struct upstream_poll p;
+                        if (!t->id)
+                                continue;
+                        upstream_outcome_from_note(t, &p);
+                        if (p.credits < 0)
+                                continue;
+                        if (asprintf(&costs[m], "%lld", (long long)p.credits) < 0) {
+                                costs[m] = NULL;
+                                r = -ENOMEM;
+                                break;
+                        }
+                        cost_ids[m++] = t->id;
+                }
+        if (r >= 0 && m > 0 &&
+            (pgschema_text_array(cost_ids, m, &in->o_cids) < 0 ||
+             pgschema_text_array((const char **)costs, m, &in->o_credits) < 0))
+                r = -ENOMEM;
+        for (size_t i = 0; i < m; i++)
+                free(costs[i]);
+        if (r < 0 || m == 0)
+                return r;
+        in->c_params[0] = in->o_cids;
+        in->c_params[1] = in->o_credits;
+        return txn_batch_add(b, PGSCHEMA_CREDITS_BY_UPSCALE, 2, in->c_params);
 }
 
 /* PostgreSQL: the turn's notifications leave as one intake statement: every replay key, and

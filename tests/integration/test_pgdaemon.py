@@ -29,6 +29,8 @@ from harness import Daemon, FakeUpstream, make_task, new_creation_ids, poll  # n
 
 # A job's states once recorded: the dispatcher takes it on at once.
 RECORDED = ("pending", "submitting", "waiting", "submitted", "succeeded")
+MSGID_BUDGET_REACHED = "ef028423073a48e584fd3846d1b65531"
+MSGID_BUDGET_RESUMED = "2e685d26100844dcb5f8b6125e4f749c"
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
@@ -343,6 +345,21 @@ class PgDaemon(unittest.TestCase):
             poll(lambda: self.pg.sql("SELECT count(*) FROM replay", db=db) == [["1"]], timeout=20,
                  what="the expired replay keys purged")
         self.assertEqual(self.pg.sql("SELECT key FROM replay", db=db), [["live"]])
+
+    def test_old_submissions_purged_in_batches(self):
+        """The spend guard's record keeps two days (its windows reach back one), as on SQLite:
+        older submissions go in batches of 1000 on the housekeeping connection."""
+        db = self.database()
+        with self.daemon(db) as d:
+            d.wait_ledger()
+        self.pg.sql("INSERT INTO submissions (creation_id, at) SELECT 'old-' || i, now() - interval '49 hours' "
+                    "FROM generate_series(1, 2500) AS i", db=db)
+        self.pg.sql("INSERT INTO submissions (creation_id, at) VALUES ('recent', now() - interval '47 hours')", db=db)
+        with self.daemon(db) as d:
+            d.wait_ledger()
+            poll(lambda: self.pg.sql("SELECT count(*) FROM submissions", db=db) == [["1"]], timeout=20,
+                 what="the old submissions purged")
+        self.assertEqual(self.pg.sql("SELECT creation_id FROM submissions", db=db), [["recent"]])
 
     def test_newer_schema_stops_the_daemon(self):
         db = self.database()
@@ -727,6 +744,18 @@ class PgDaemon(unittest.TestCase):
                 self.assertEqual(d.metrics_value('vidu_upscaled_outcomes_total{via="poll",state="succeeded"}'), 0)
                 # A callback for an upscale of ours is never a new job.
                 self.assertEqual(sorted(self.jobs(db)), sorted([ok, bad]))
+                # A callback's cost (the official callback carries one; this flavor's fake does
+                # not, so one is sent by hand) is the job's and its latest submission's.
+                tid = self.fake.tasks(ok)[0]["id"]
+                cb = json.dumps({"id": tid, "task_id": tid, "type": "upscale", "state": "success",
+                                 "err_code": "", "credits": 7, "creations": []}).encode()
+                status, _, answer = d.post(path="/hooks/vidu?vidu_upscaled=callback", body=cb,
+                                           headers=vidu_headers(d.api_key, "POST", "/hooks/vidu",
+                                                                "vidu_upscaled=callback"))
+                self.assertLess(status, 300, answer)
+                q = ("SELECT j.credits, s.credits FROM jobs j JOIN submissions s USING (creation_id) "
+                     "WHERE creation_id = '%s'" % ok)
+                poll(lambda: self.pg.sql(q, db=db) == [["7", "7"]], timeout=10, what="the callback's cost recorded")
         finally:
             self.fake.callbacks(sign=False, processing=False, withhold=False)
 
@@ -845,6 +874,88 @@ class PgDaemon(unittest.TestCase):
             self.assertEqual(json.loads(self.fake.tasks(a)[0]["body"])["payload"], payload)
             self.assertEqual(json.loads(json.loads(self.fake.tasks(b)[0]["body"])["payload"]), {"creation_id": b})
 
+
+    def test_budget_cap_holds_across_two_instances(self):
+        """[budget] on PostgreSQL: the cap is counted in the database and checked in the claim's
+        transaction under the budget's row lock, so two instances together never exceed it; the
+        held jobs lose no attempt, each instance says so once (journal, STATUS=, metrics), and
+        they leave when the window frees room."""
+        db = self.database()
+        cap = 5
+        ids = new_creation_ids(12)
+        d1 = self.dispatching(db, instance="one")
+        d2 = self.dispatching(db, instance="two")
+        for d in (d1, d2):
+            d.config["budget"] = {"max_submissions_per_hour": str(cap)}
+        with d1, d2:
+            d1.wait_ledger(), d2.wait_ledger()
+            answers = []
+
+            def send(part, d):
+                for cid in part:
+                    answers.append(self.post(d, make_task("98%014d" % (700000 + ids.index(cid)), [cid]))[0])
+            threads = [threading.Thread(target=send, args=(ids[k::2], (d1, d2)[k])) for k in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.assertEqual(answers, [202] * len(ids))
+            pids = {str(d1.pid), str(d2.pid)}
+            harness.wait_journal(lambda: [e for e in harness.journal_entries(MESSAGE_ID=MSGID_BUDGET_REACHED)
+                                          if e.get("_PID") in pids])
+            q_done = "SELECT count(*) FROM jobs WHERE state NOT IN ('pending', 'waiting')"
+            poll(lambda: self.pg.sql(q_done, db=db) == [[str(cap)]], timeout=20, what="the cap's jobs claimed")
+            # Both instances keep looking (at least once a second); nothing more leaves.
+            d1.wait_notify(lambda m: "budget reached, next submission at" in m.get("STATUS", ""), timeout=15)
+            d2.wait_notify(lambda m: "budget reached, next submission at" in m.get("STATUS", ""), timeout=15)
+            self.assertEqual(sum(self.fake.stats()["created"].get(c, 0) for c in ids), cap)
+            self.assertEqual(self.pg.sql("SELECT count(*) FROM submissions", db=db), [[str(cap)]])
+            self.assertEqual(self.pg.sql("SELECT count(*) FROM jobs WHERE state = 'pending' AND attempt = 0",
+                                         db=db), [[str(len(ids) - cap)]])
+            poll(lambda: d1.metrics_value("vidu_upscaled_budget_blocked") == 1, timeout=10, what="blocked gauge")
+            self.assertEqual(d1.metrics_value('vidu_upscaled_budget_remaining{window="hour"}'), 0)
+            reached = [e for e in harness.journal_entries(MESSAGE_ID=MSGID_BUDGET_REACHED) if e.get("_PID") in pids]
+            self.assertLessEqual(len(reached), 2)
+            self.assertIn("max_submissions_per_hour", reached[0]["MESSAGE"])
+            # The window frees: move the ledger's clock an hour back; five more leave, no more.
+            self.pg.sql("UPDATE submissions SET at = at - interval '61 minutes'", db=db)
+            poll(lambda: self.pg.sql(q_done, db=db) == [[str(2 * cap)]], timeout=20, what="five more claimed")
+            harness.wait_journal(lambda: [e for e in harness.journal_entries(MESSAGE_ID=MSGID_BUDGET_RESUMED)
+                                          if e.get("_PID") in pids])
+            poll(lambda: sum(self.fake.stats()["created"].get(c, 0) for c in ids) == 2 * cap, timeout=20,
+                 what="ten submitted")
+            self.assertEqual(self.pg.sql("SELECT count(*) FROM submissions WHERE at > now() - interval '1 hour'",
+                                         db=db), [[str(cap)]])
+            self.assertEqual(self.pg.sql(q_done, db=db), [[str(2 * cap)]])
+
+    def test_credits_from_answers_reach_the_daily_cap(self):
+        """The costs the upstream's answers report are recorded (job and submission) and counted
+        by the credits window across instances' claims, as on SQLite."""
+        db = self.database()
+        with FakeUpstream(complete_after_ms=100, credits=4) as fake:
+            d = Daemon({"upstream": {"base_url": fake.url}, "budget": {"max_credits_per_day": "10"}},
+                       fake=fake, pg=self.pg, pg_db=db)
+            with d:
+                d.wait_ledger()
+                cids = new_creation_ids(4)
+                # One at a time, each followed to its end so its cost is known before the next.
+                for i, c in enumerate(cids[:3]):
+                    self.assertEqual(d.post(body=make_task("98200000000000%02d" % i, [c]))[0], 202)
+                    q = "SELECT state, coalesce(credits, -1) FROM jobs WHERE creation_id = '%s'" % c
+                    poll(lambda: self.pg.sql(q, db=db) == [["succeeded", "4"]], timeout=20,
+                         what="the upscale of %s to succeed with its cost" % c)
+                self.assertEqual(self.pg.sql("SELECT sum(credits) FROM submissions", db=db), [["12"]])
+                # 12 credits spent in the day, over the 10 allowed: the fourth waits.
+                self.assertEqual(d.post(body=make_task("9820000000000099", [cids[3]]))[0], 202)
+                pids = {str(d.pid)}
+                reached = harness.wait_journal(lambda: [e for e in harness.journal_entries(
+                    MESSAGE_ID=MSGID_BUDGET_REACHED) if e.get("_PID") in pids])
+                self.assertIn("12 credits", reached[0]["MESSAGE"])
+                self.assertIn("max_credits_per_day", reached[0]["MESSAGE"])
+                self.assertEqual(self.jobs(db)[cids[3]], "pending")
+                self.assertEqual(fake.stats()["submit_requests"], 3)
+                poll(lambda: d.metrics_value("vidu_upscaled_budget_blocked") == 1, timeout=10, what="blocked gauge")
+                self.assertEqual(d.metrics_value('vidu_upscaled_budget_remaining{window="credits_day"}'), 0)
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
