@@ -159,14 +159,25 @@ def journald_pid():
     return mine[0]
 
 
+# pid -> when (realtime usec) a daemon this process started under it was started. The kernel
+# reuses pids, and the journal of a machine that has run many tests holds other processes' entries
+# under the same _PID: a match on _PID leaves out what came before our process existed.
+_started_at = {}
+
+
 def journal_entries(**match):
     args = ["journalctl", "-o", "json", "--no-pager", "-q"] + ["%s=%s" % (k, v) for k, v in match.items()]
+    pid = str(match.get("_PID", ""))
+    since = _started_at.get(int(pid)) if pid.isdigit() else None
     out = subprocess.run(args, capture_output=True, text=True).stdout
     entries = []
     for line in out.splitlines():
         line = line.strip()
         if line:
-            entries.append(_normalise(json.loads(line)))
+            e = _normalise(json.loads(line))
+            if since is not None and int(e.get("__REALTIME_TIMESTAMP", "0")) < since:
+                continue
+            entries.append(e)
     return entries
 
 
@@ -463,9 +474,11 @@ class Daemon:
             cmd = ["valgrind", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite",
                    "--track-fds=no", "-q"] + cmd
         since = len(self.notify_messages)
+        started = time.time_ns() // 1000
         with open(self._stderr_path, "ab") as err:
             self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=err)
+        _started_at[self.proc.pid] = started
         _children.append(self.proc)
 
         def ready():
