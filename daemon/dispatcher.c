@@ -116,8 +116,9 @@ struct dispatcher {
         uint64_t hold_checked; /* when the switches were last read while holding */
         /* The budget's journal entry to write after the commit that recorded its change. */
         enum { BUDGET_LOG_NONE, BUDGET_LOG_REACHED, BUDGET_LOG_RESUMED } budget_log;
-        size_t budget_waiting; /* due jobs found waiting at that decision (at least) */
-        struct owed *owed;     /* `accepted` entries owed (log.fold_accepted) */
+        size_t budget_waiting;   /* due jobs found waiting at that decision (at least) */
+        struct owed *owed;       /* `accepted` entries owed (log.fold_accepted) */
+        uint64_t last_submitted; /* CLOCK_MONOTONIC of the last `submitted` entry, 0: none */
         sd_event_source *owed_timer;
         bool owed_armed;
         /* PostgreSQL (dispatcher_new_pg): claims under this instance's name, a claim turn
@@ -261,17 +262,26 @@ static bool marked_this_turn(const struct dispatcher *d, const char *creation_id
         return false;
 }
 
+/* Whether submissions are moving: none held back (pause, operator, budget) and one answered within
+ * the last second, so a job waiting for a slot is likely to be answered within its own. */
+static bool submissions_moving(const struct dispatcher *d)
+{
+        return !d->paused && !d->operator_paused && !d->budget_blocked && d->last_submitted > 0 &&
+               now_monotonic_usec() - d->last_submitted < FOLD_USEC;
+}
+
 void dispatcher_accepted(struct dispatcher *d, const char *creation_id, const char *source_task_id,
                          uint64_t accepted_at)
 {
-        /* Owed only when it would be written at all, and only for a job marked `submitting` in
-         * the very commit that recorded it (this turn's calls, started right after the webhook's
-         * answers): any other is waiting for a slot, the budget or the end of a pause, and its
-         * answer is unlikely within the second, so owing it would only hold it in memory (pure
-         * ingestion, where every slot stays busy, would hold a second of acceptances). Without
-         * a dispatcher (PostgreSQL, for now), at once. */
+        /* Owed only when it would be written at all, and only when the job's answer is likely
+         * within the second: it was marked `submitting` in the very commit that recorded it (this
+         * turn's calls, started right after the webhook's answers), or it waits for a slot while
+         * submissions are answered (a burst). Any other waits for the budget, the end of a pause
+         * or an upstream that answers nothing, and owing it would only hold it in memory (pure
+         * ingestion, where every slot stays busy unanswered, would hold a second of
+         * acceptances). Without a dispatcher, at once. */
         if (!d || !d->cfg->fold_accepted || d->cfg->log_level < LOG_INFO ||
-            !marked_this_turn(d, creation_id)) {
+            !(marked_this_turn(d, creation_id) || submissions_moving(d))) {
                 write_accepted(creation_id, source_task_id);
                 return;
         }
@@ -313,6 +323,8 @@ void dispatcher_write_entry(struct dispatcher *d, const struct job_entry *e)
         struct owed_entry o;
         if (!e->log)
                 return;
+        if (e->ev.job_state && strcmp(e->ev.job_state, "submitted") == 0)
+                d->last_submitted = now_monotonic_usec();
         if (owed_count(d->owed) > 0 && e->ev.creation_id &&
             owed_take(d->owed, e->ev.creation_id, &o) > 0) {
                 if (e->ev.job_state && strcmp(e->ev.job_state, "submitted") == 0 &&
