@@ -45,6 +45,28 @@ class Fold(unittest.TestCase):
         """The job's acceptance as the ledger recorded it (usec since the epoch)."""
         return int(d.ledger_row(cid)["created_at"])
 
+    def test_burst_waiting_for_a_slot_folds(self):
+        """Jobs that wait for a slot while submissions are being answered are folded too: with one
+        slot, a batch of 8 creations accepted right after an answer leaves one at a time, each
+        answered within its second. Owing only the job sent in the recording commit would fold at
+        most one of them."""
+        with Daemon({"upstream": {"concurrency": "1"}}, fake=self.fake) as d:
+            best = 0
+            for attempt in range(3):
+                (first,) = new_creation_ids(1)
+                self.assertEqual(d.post(body=make_task("9611000000000001", [first]))[0], 202)
+                wait_state(d, first, "submitted")
+                cids = new_creation_ids(8)
+                self.assertEqual(d.post(body=make_task("9611000000000002", cids))[0], 202)
+                subs = [wait_state(d, cid, "submitted")[0] for cid in cids]
+                folded = [s for s in subs if "ACCEPTED_AT" in s]
+                for cid in [s["CREATION_ID"] for s in folded]:
+                    self.assertEqual([e for e in entries_for(d, cid) if e.get("JOB_STATE") == "accepted"], [])
+                best = max(best, len(folded))
+                if best > 1:
+                    break
+            self.assertGreater(best, 1, "at most one job of a burst folded")
+
     def test_fast_submission_is_one_entry_with_accepted_at(self):
         with Daemon({}, fake=self.fake) as d:
             # Within the second on any machine these tests run on; a creation whose answer took
