@@ -67,7 +67,7 @@ class Budget(unittest.TestCase):
                 self.assertEqual(reached[0]["PRIORITY"], "4")
                 self.assertIn("max_submissions_per_hour", reached[0]["MESSAGE"])
                 status = d.wait_notify(lambda m: "budget reached, next submission at" in m.get("STATUS", ""))
-                self.assertRegex(status["STATUS"], r"next submission at \d\d:\d\d")
+                self.assertRegex(status["STATUS"], r"next submission at (\d{4}-\d\d-\d\d )?\d\d:\d\d$")
                 self.assertEqual(d.metrics_value("vidu_upscaled_budget_blocked"), 1)
                 self.assertEqual(d.metrics_value('vidu_upscaled_budget_remaining{window="hour"}'), 0)
                 # Notifications are still accepted while the budget holds.
