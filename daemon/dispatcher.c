@@ -1900,17 +1900,41 @@ static int on_lease_timer(sd_event_source *s, uint64_t usec, void *userdata)
         return 0;
 }
 
-int dispatcher_new_pg(sd_event *event, struct txn *txn, struct pgconn *house,
-                      const struct config *cfg, struct metrics *metrics, struct dispatcher **ret)
+/* What both backends' dispatchers share: the client, the dispatch timer and the owed `accepted`
+ * entries with their timer, both off until armed. On failure d is freed. */
+static int dispatcher_init(struct dispatcher *d, sd_event *event, struct txn *txn,
+                           const struct config *cfg, struct metrics *metrics)
 {
-        struct dispatcher *d = calloc(1, sizeof(*d));
-        int r;
-        if (!d)
-                return -ENOMEM;
         d->event = sd_event_ref(event);
         d->cfg = cfg;
         d->m = metrics;
         d->txn = txn;
+        int r = httpc_new(event, (unsigned)cfg->concurrency * 2, &d->httpc);
+        if (r >= 0)
+                r = sd_event_add_time(event, &d->timer, CLOCK_REALTIME, UINT64_MAX, USEC_PER_MSEC,
+                                      on_timer, d);
+        if (r >= 0)
+                r = owed_new(OWED_MAX, &d->owed);
+        if (r >= 0)
+                r = sd_event_add_time(event, &d->owed_timer, CLOCK_MONOTONIC, UINT64_MAX,
+                                      OWED_ACCURACY_USEC, on_owed_timer, d);
+        if (r < 0) {
+                dispatcher_free(d);
+                return r;
+        }
+        sd_event_source_set_enabled(d->timer, SD_EVENT_OFF);
+        sd_event_source_set_description(d->timer, "dispatch-timer");
+        sd_event_source_set_enabled(d->owed_timer, SD_EVENT_OFF);
+        sd_event_source_set_description(d->owed_timer, "owed-accepted-timer");
+        return 0;
+}
+
+int dispatcher_new_pg(sd_event *event, struct txn *txn, struct pgconn *house,
+                      const struct config *cfg, struct metrics *metrics, struct dispatcher **ret)
+{
+        struct dispatcher *d = calloc(1, sizeof(*d));
+        if (!d)
+                return -ENOMEM;
         d->pg = true;
         d->house = house;
         d->turn_seq = (int64_t)now_realtime_usec();
@@ -1920,17 +1944,10 @@ int dispatcher_new_pg(sd_event *event, struct txn *txn, struct pgconn *house,
                                         .done = writer_done,
                                         .userdata = d,
                                         .order = 1};
+        int r = dispatcher_init(d, event, txn, cfg, metrics);
+        if (r < 0)
+                return r;
         r = config_store_instance(cfg, d->instance, sizeof(d->instance));
-        if (r >= 0)
-                r = httpc_new(event, (unsigned)cfg->concurrency * 2, &d->httpc);
-        if (r >= 0)
-                r = sd_event_add_time(event, &d->timer, CLOCK_REALTIME, UINT64_MAX, USEC_PER_MSEC,
-                                      on_timer, d);
-        if (r >= 0)
-                r = owed_new(OWED_MAX, &d->owed);
-        if (r >= 0)
-                r = sd_event_add_time(event, &d->owed_timer, CLOCK_MONOTONIC, UINT64_MAX,
-                                      OWED_ACCURACY_USEC, on_owed_timer, d);
         if (r >= 0)
                 r = sd_event_add_time(event, &d->lease_timer, CLOCK_MONOTONIC, UINT64_MAX,
                                       USEC_PER_MSEC, on_lease_timer, d);
@@ -1938,10 +1955,6 @@ int dispatcher_new_pg(sd_event *event, struct txn *txn, struct pgconn *house,
                 dispatcher_free(d);
                 return r;
         }
-        sd_event_source_set_enabled(d->timer, SD_EVENT_OFF);
-        sd_event_source_set_description(d->timer, "dispatch-timer");
-        sd_event_source_set_enabled(d->owed_timer, SD_EVENT_OFF);
-        sd_event_source_set_description(d->owed_timer, "owed-accepted-timer");
         sd_event_source_set_description(d->lease_timer, "lease-timer");
         arm_lease_timer(d, lease_period(d));
         txn_add_writer(txn, &d->writer);
@@ -1953,33 +1966,14 @@ int dispatcher_new(sd_event *event, struct ledger *ledger, struct txn *txn,
                    const struct config *cfg, struct metrics *metrics, struct dispatcher **ret)
 {
         struct dispatcher *d = calloc(1, sizeof(*d));
-        int r;
         if (!d)
                 return -ENOMEM;
-        d->event = sd_event_ref(event);
         d->ledger = ledger;
-        d->cfg = cfg;
-        d->m = metrics;
-        d->txn = txn;
         d->writer = (struct txn_writer){
             .apply = writer_apply, .done = writer_done, .userdata = d, .order = 1};
-        r = httpc_new(event, (unsigned)cfg->concurrency * 2, &d->httpc);
-        if (r >= 0)
-                r = sd_event_add_time(event, &d->timer, CLOCK_REALTIME, UINT64_MAX, USEC_PER_MSEC,
-                                      on_timer, d);
-        if (r >= 0)
-                r = owed_new(OWED_MAX, &d->owed);
-        if (r >= 0)
-                r = sd_event_add_time(event, &d->owed_timer, CLOCK_MONOTONIC, UINT64_MAX,
-                                      OWED_ACCURACY_USEC, on_owed_timer, d);
-        if (r < 0) {
-                dispatcher_free(d);
+        int r = dispatcher_init(d, event, txn, cfg, metrics);
+        if (r < 0)
                 return r;
-        }
-        sd_event_source_set_enabled(d->timer, SD_EVENT_OFF);
-        sd_event_source_set_description(d->timer, "dispatch-timer");
-        sd_event_source_set_enabled(d->owed_timer, SD_EVENT_OFF);
-        sd_event_source_set_description(d->owed_timer, "owed-accepted-timer");
         txn_add_writer(txn, &d->writer);
         *ret = d;
         return 0;
