@@ -224,13 +224,13 @@ static void on_sync(void *userdata, uint64_t usec)
         metrics_observe(&t->m->sync_seconds, (double)usec / 1e6);
 }
 
-int txn_new(sd_event *event, struct ledger *ledger, struct metrics *metrics, struct txn **ret)
+/* Either backend's: the turn's defer source, off until a writer wants a turn. */
+static int txn_alloc(sd_event *event, struct metrics *metrics, struct txn **ret)
 {
         struct txn *t = calloc(1, sizeof(*t));
         if (!t)
                 return -ENOMEM;
         t->event = sd_event_ref(event);
-        t->ledger = ledger;
         t->m = metrics;
         int r = sd_event_add_defer(event, &t->defer, on_turn, t);
         if (r < 0) {
@@ -240,30 +240,28 @@ int txn_new(sd_event *event, struct ledger *ledger, struct metrics *metrics, str
         sd_event_source_set_priority(t->defer, TXN_PRIORITY);
         sd_event_source_set_enabled(t->defer, SD_EVENT_OFF);
         sd_event_source_set_description(t->defer, "ledger-commit");
+        *ret = t;
+        return 0;
+}
+
+int txn_new(sd_event *event, struct ledger *ledger, struct metrics *metrics, struct txn **ret)
+{
+        int r = txn_alloc(event, metrics, ret);
+        if (r < 0)
+                return r;
+        (*ret)->ledger = ledger;
         /* The ledger is written on this thread, the loop's: its commits' syncs, and those of any
          * other write the loop makes, are timed. */
-        walvfs_observe_syncs(on_sync, t);
-        *ret = t;
+        walvfs_observe_syncs(on_sync, *ret);
         return 0;
 }
 
 int txn_new_pg(sd_event *event, struct pgconn *conn, struct metrics *metrics, struct txn **ret)
 {
-        struct txn *t = calloc(1, sizeof(*t));
-        if (!t)
-                return -ENOMEM;
-        t->event = sd_event_ref(event);
-        t->pg = conn;
-        t->m = metrics;
-        int r = sd_event_add_defer(event, &t->defer, on_turn, t);
-        if (r < 0) {
-                txn_free(t);
+        int r = txn_alloc(event, metrics, ret);
+        if (r < 0)
                 return r;
-        }
-        sd_event_source_set_priority(t->defer, TXN_PRIORITY);
-        sd_event_source_set_enabled(t->defer, SD_EVENT_OFF);
-        sd_event_source_set_description(t->defer, "ledger-commit");
-        *ret = t;
+        (*ret)->pg = conn;
         return 0;
 }
 
