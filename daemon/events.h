@@ -16,6 +16,11 @@ struct events;
  * events.url). */
 int events_new(sd_event *event, struct ledger *ledger, struct txn *txn, const struct config *cfg,
                struct metrics *metrics, struct events **ret);
+/* The same on PostgreSQL, through the turns of txn (txn_new_pg): the events are written by the
+ * schema's trigger, and this instance's events.types is written for every instance
+ * (meta 'event_states') when it has [events]. */
+int events_new_pg(sd_event *event, struct txn *txn, const struct config *cfg,
+                  struct metrics *metrics, struct events **ret);
 /* Deliveries in flight are abandoned: their events stay pending and go again at the next start,
  * with the same webhook-id. */
 struct events *events_free(struct events *e);

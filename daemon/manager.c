@@ -378,6 +378,9 @@ static void on_counted(struct pgconn *c, const struct pgconn_result *res, void *
                 m->counts_ok = true;
                 update_status(m);
         }
+        const PGresult *e = res->n > 1 ? res->results[1] : NULL;
+        if (res->error >= 0 && e && PQresultStatus(e) == PGRES_TUPLES_OK && PQntuples(e) == 1)
+                m->metrics.events_backlog = strtoull(PQgetvalue(e, 0, 0), NULL, 10);
         house_next(m, false);
 }
 
@@ -415,8 +418,10 @@ static void house_next(struct manager *m, bool count)
         static const char *const purge_params[] = {PG_PURGE_BATCH_STR};
         static const struct pgconn_stmt purge = {
             .sql = PGSCHEMA_PURGE_REPLAY, .n_params = 1, .params = purge_params};
-        static const struct pgconn_stmt count_stmt = {
-            .sql = "SELECT state, count(*) FROM jobs GROUP BY state"};
+        static const struct pgconn_stmt count_stmts[] = {
+            {.sql = "SELECT state, count(*) FROM jobs GROUP BY state"},
+            {.sql = PGSCHEMA_EVENTS_BACKLOG},
+        };
         if (!m->house || !m->pg_migrated || !pgconn_is_connected(m->house) || pgconn_busy(m->house))
                 return;
         static const struct pgconn_stmt spend_purge = {
@@ -431,7 +436,7 @@ static void house_next(struct manager *m, bool count)
                 return;
         }
         if (count)
-                (void)pgconn_send(m->house, &count_stmt, 1, on_counted, m);
+                (void)pgconn_send(m->house, count_stmts, ELEMENTSOF(count_stmts), on_counted, m);
 }
 
 static void pg_set_available(struct manager *m, bool available)
@@ -474,6 +479,9 @@ static void on_migrated(int r, int from_version, const char *error, void *userda
         if (!m->pg_migrated)
                 m->purge_wanted = m->spend_purge_wanted = true;
         m->pg_migrated = true;
+        /* The events' setting again: the database may be a new one. */
+        if (m->events)
+                events_set_config(m->events, m->cfg);
         pg_set_available(m, true);
         house_next(m, true);
 }
@@ -520,9 +528,8 @@ static void on_house_state(struct pgconn *c, enum pgconn_event ev, void *userdat
                 house_next(userdata, true);
 }
 
-/* PostgreSQL: the two connections, the turns (webhook, then dispatcher) on the first, the
- * counts, purges and the dispatcher's leases on the second; no event deliveries yet (README,
- * Shared ledger on PostgreSQL). */
+/* PostgreSQL: the two connections, the turns (webhook, dispatcher, events) on the first, the
+ * counts, purges and the dispatcher's leases on the second. */
 static int setup_pg(struct manager *m)
 {
         struct pgconn_options o = {
@@ -541,6 +548,8 @@ static int setup_pg(struct manager *m)
         if (r >= 0)
                 r = dispatcher_new_pg(m->event, m->txn, m->house, m->cfg, &m->metrics,
                                       &m->dispatcher);
+        if (r >= 0)
+                r = events_new_pg(m->event, m->txn, m->cfg, &m->metrics, &m->events);
         if (r >= 0)
                 r = webhook_new_pg(m->event, m->txn, m->cfg, &m->metrics, m->dispatcher,
                                    &m->webhook);

@@ -23,7 +23,6 @@
 struct pgledger {
         PGconn *conn;
         bool in_transaction;
-        unsigned event_states; /* as ledger.c's: what the daemon last set, read at open */
         int schema_version;
         char errbuf[512];
 };
@@ -148,42 +147,9 @@ static const char *empty_null(const char *s)
         return isempty(s) ? NULL : s;
 }
 
-/* As ledger.c's add_event: the event a transition into j's state calls for, with the source's
- * payload, in the save's transaction. */
-static int add_event(struct pgledger *p, const struct job *j, uint64_t now_usec)
-{
-        if (!(p->event_states & (1u << j->state)) || !event_type_for_state(j->state))
-                return 0;
-        PGresult *res = NULL;
-        const char *id[] = {j->creation_id};
-        int r = run(p, "writing an event", "SELECT payload FROM jobs WHERE creation_id = $1", 1, id,
-                    &res);
-        if (r < 0)
-                return r;
-        char *body = NULL;
-        r = event_body(j,
-                       PQntuples(res) > 0 && !PQgetisnull(res, 0, 0) ? PQgetvalue(res, 0, 0) : NULL,
-                       now_usec, &body);
-        PQclear(res);
-        if (r < 0) {
-                snprintf(p->errbuf, sizeof(p->errbuf), "writing an event: %s", strerror(-r));
-                return r;
-        }
-        char now[UINT_DEC_SIZE];
-        format_uint(now_usec, now);
-        const char *params[] = {event_type_for_state(j->state), j->creation_id, now, body};
-        r = run(p, "writing an event",
-                "INSERT INTO events (id, type, creation_id, state, attempts, next_at, since, "
-                "created_at, updated_at, body) VALUES ('evt_' || "
-                "left(replace(gen_random_uuid()::text, '-', ''), 24), $1, $2, 'pending', 0, " AT(
-                    "$3") ", " AT("$3") ", " AT("$3") ", " AT("$3") ", $4)",
-                4, params, NULL);
-        free(body);
-        return r;
-}
-
-/* Every mutable field, as ledger_save writes them, and the event a change of state calls for.
- * The claim ends with it and its counter moves on: an instance still holding an answer for the
+/* Every mutable field, as ledger_save writes them; the event a change of state calls for is the
+ * schema's trigger's (pgschema.c, version 3), as for the daemon's own transitions. The claim ends
+ * with it and its counter moves on: an instance still holding an answer for the
  * job under the old claim is fenced out. */
 static int pl_save(void *impl, struct job *j, uint64_t now_usec)
 {
@@ -203,24 +169,15 @@ static int pl_save(void *impl, struct job *j, uint64_t now_usec)
                                 empty_null(j->upstream_error),
                                 empty_null(j->result_url),
                                 now};
-        PGresult *res = NULL;
         j->updated_at = now_usec;
-        int r = run(p, "updating a job",
-                    "WITH old AS (SELECT state FROM jobs WHERE creation_id = $1 FOR UPDATE) "
-                    "UPDATE jobs SET state = $2, attempt = $3, next_at = " AT(
-                        "$4") ", upscale_task_id = $5, http_status = $6, upstream_error = $7, "
-                              "result_url = $8, updated_at = " AT(
-                                  "$9") ", claimed_by = NULL, claim_turn = NULL, "
-                                        "lease_until = NULL, claim_seq = claim_seq + 1 "
-                                        "FROM old WHERE creation_id = $1 RETURNING old.state",
-                    (int)ELEMENTSOF(params), params, &res);
-        if (r < 0)
-                return r;
-        /* No such job, or no change of state: no event, as ledger.c. */
-        bool changed =
-            PQntuples(res) > 0 && strcmp(PQgetvalue(res, 0, 0), job_state_to_string(j->state)) != 0;
-        PQclear(res);
-        return changed ? add_event(p, j, now_usec) : 0;
+        return run(p, "updating a job",
+                   "UPDATE jobs SET state = $2, attempt = $3, next_at = " AT(
+                       "$4") ", upscale_task_id = $5, http_status = $6, upstream_error = $7, "
+                             "result_url = $8, updated_at = " AT(
+                                 "$9") ", claimed_by = NULL, claim_turn = NULL, "
+                                       "lease_until = NULL, claim_seq = claim_seq + 1 "
+                                       "WHERE creation_id = $1",
+                   (int)ELEMENTSOF(params), params, NULL);
 }
 
 /* Streams a query's rows (single-row mode), so a ledger of millions of rows is listed in constant
@@ -330,31 +287,6 @@ static int pl_meta_set(void *impl, const char *key, const char *value)
         return r;
 }
 
-#define EVENT_COLUMNS                                                                              \
-        "id, type, creation_id, state, attempts, "                                                 \
-        "(extract(epoch FROM next_at) * 1000000)::bigint, "                                        \
-        "(extract(epoch FROM since) * 1000000)::bigint, "                                          \
-        "(extract(epoch FROM created_at) * 1000000)::bigint, "                                     \
-        "(extract(epoch FROM updated_at) * 1000000)::bigint, http_status, error"
-
-static void row_to_event(const PGresult *res, int row, struct ledger_event *e)
-{
-        memset(e, 0, sizeof(*e));
-        job_set_field(e->id, sizeof(e->id), PQgetvalue(res, row, 0));
-        job_set_field(e->type, sizeof(e->type), PQgetvalue(res, row, 1));
-        job_set_field(e->creation_id, sizeof(e->creation_id), PQgetvalue(res, row, 2));
-        int st = ledger_event_state_from_string(PQgetvalue(res, row, 3));
-        e->state = st < 0 ? LEDGER_EVENT_DEAD : (enum ledger_event_state)st;
-        e->attempts = (unsigned)strtoul(PQgetvalue(res, row, 4), NULL, 10);
-        e->next_at = strtoull(PQgetvalue(res, row, 5), NULL, 10);
-        e->since = strtoull(PQgetvalue(res, row, 6), NULL, 10);
-        e->created_at = strtoull(PQgetvalue(res, row, 7), NULL, 10);
-        e->updated_at = strtoull(PQgetvalue(res, row, 8), NULL, 10);
-        e->http_status = (int)strtol(PQgetvalue(res, row, 9), NULL, 10);
-        if (!PQgetisnull(res, row, 10))
-                job_set_field(e->error, sizeof(e->error), PQgetvalue(res, row, 10));
-}
-
 /* Every event in state (all when state < 0) in the order they were written, streamed. */
 struct event_cb_ctx {
         ledger_event_cb cb;
@@ -366,19 +298,20 @@ static int event_row(struct pgledger *p, const PGresult *res, void *ctx)
         struct event_cb_ctx *c = ctx;
         struct ledger_event e;
         (void)p;
-        row_to_event(res, 0, &e);
+        pgschema_row_to_event(res, 0, &e);
         return c->cb(&e, c->userdata);
 }
 
 static int pl_events_foreach(void *impl, int state, ledger_event_cb cb, void *userdata)
 {
         struct event_cb_ctx c = {cb, userdata};
-        return stream(
-            impl, "listing events",
-            state < 0 ? "SELECT " EVENT_COLUMNS " FROM events ORDER BY seq"
-                      : "SELECT " EVENT_COLUMNS " FROM events WHERE state = $1 ORDER BY seq",
-            state >= 0 ? ledger_event_state_to_string((enum ledger_event_state)state) : NULL,
-            event_row, &c);
+        return stream(impl, "listing events",
+                      state < 0 ? "SELECT " PGSCHEMA_EVENT_COLUMNS " FROM events ORDER BY seq"
+                                : "SELECT " PGSCHEMA_EVENT_COLUMNS
+                                  " FROM events WHERE state = $1 ORDER BY seq",
+                      state >= 0 ? ledger_event_state_to_string((enum ledger_event_state)state)
+                                 : NULL,
+                      event_row, &c);
 }
 
 /* Pending again, due now, a new run of attempts: the count changed, as ledger.c's. */
@@ -530,17 +463,6 @@ int pgledger_open(const char *conninfo, const char *password, struct ledger **re
                         (*ret_error)[n - 1] = 0;
                 pl_close(p);
                 return -ECONNREFUSED;
-        }
-        /* The events the daemon writes, so that an operator's save writes the same. */
-        char v[UINT_DEC_SIZE];
-        uint64_t mask = 0;
-        r = pl_meta_get(p, "event_states", v, sizeof(v));
-        if (r > 0 && parse_uint(v, 0, UINT32_MAX, &mask) >= 0)
-                p->event_states = (unsigned)mask;
-        if (r < 0) {
-                *ret_error = strdup(p->errbuf);
-                pl_close(p);
-                return r;
         }
         return ledger_open_backend(&backend, p, ret);
 }

@@ -102,9 +102,55 @@ static const char *const migration_2[] = {
     NULL,
 };
 
+/* 3: the outcome events written by the database itself, whoever makes the transition (any
+ * instance's turn, the housekeeping's takeover, an operator's `jobs abandon`): a trigger on the
+ * job's change of state, in that change's transaction, as ledger.c's add_event on SQLite. Which
+ * states write one is meta 'event_states' (a mask of 1 << enum job_state, as on SQLite), which
+ * each daemon sets from its [events] at start and reload. The body is event.c's, field for
+ * field: fields without a value left out (json_strip_nulls), the time of the transition. */
+static const char *const migration_3[] = {
+    "CREATE FUNCTION vidu_job_event() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+    "DECLARE\n"
+    "  bit bigint := CASE NEW.state WHEN 'succeeded' THEN 16 WHEN 'failed' THEN 32\n"
+    "                 WHEN 'dead' THEN 64 WHEN 'uncertain' THEN 128 END;\n"
+    "  mask bigint;\n"
+    "BEGIN\n"
+    "  SELECT value::bigint INTO mask FROM meta WHERE key = 'event_states';\n"
+    "  IF bit IS NULL OR mask IS NULL OR mask & bit = 0 THEN\n"
+    "    RETURN NULL;\n"
+    "  END IF;\n"
+    "  INSERT INTO events (id, type, creation_id, state, attempts, next_at, since, created_at,\n"
+    "                      updated_at, body)\n"
+    "  VALUES ('evt_' || left(replace(gen_random_uuid()::text, '-', ''), 24),\n"
+    "    'upscale.' || NEW.state, NEW.creation_id, 'pending', 0, now(), now(), now(), now(),\n"
+    "    json_strip_nulls(json_build_object(\n"
+    "      'type', 'upscale.' || NEW.state,\n"
+    "      'timestamp', to_char(NEW.updated_at AT TIME ZONE 'UTC',\n"
+    "                           'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),\n"
+    "      'data', json_build_object(\n"
+    "        'creation_id', NEW.creation_id,\n"
+    "        'source_task_id', nullif(NEW.source_task_id, ''),\n"
+    "        'upscale_task_id', nullif(NEW.upscale_task_id, ''),\n"
+    "        'state', NEW.state,\n"
+    "        'result_url', nullif(NEW.result_url, ''),\n"
+    "        'attempt', CASE WHEN NEW.attempt > 0 THEN NEW.attempt END,\n"
+    "        'http_status', CASE WHEN NEW.http_status > 0 THEN NEW.http_status END,\n"
+    "        'error', nullif(NEW.upstream_error, ''),\n"
+    "        'payload', nullif(NEW.payload, ''))))::text);\n"
+    "  RETURN NULL;\n"
+    "END\n"
+    "$$",
+    "CREATE TRIGGER jobs_event AFTER UPDATE OF state ON jobs FOR EACH ROW"
+    "  WHEN (OLD.state IS DISTINCT FROM NEW.state"
+    "    AND NEW.state IN ('succeeded', 'failed', 'dead', 'uncertain'))"
+    "  EXECUTE FUNCTION vidu_job_event()",
+    NULL,
+};
+
 static const char *const *const migrations[PGSCHEMA_VERSION] = {
     migration_1,
     migration_2,
+    migration_3,
 };
 
 struct pgschema_migration {
@@ -315,6 +361,26 @@ int pgschema_row_to_job(const PGresult *res, int row, int col, struct job *j,
                 claim->seq = int_or_zero(res, row, col + 12);
                 claim->lease_until = int_or_zero(res, row, col + 13);
         }
+        return 0;
+}
+
+int pgschema_row_to_event(const PGresult *res, int row, struct ledger_event *e)
+{
+        if (row < 0 || row >= PQntuples(res) || PGSCHEMA_EVENT_NCOLUMNS > PQnfields(res))
+                return -EBADMSG;
+        memset(e, 0, sizeof(*e));
+        job_set_field(e->id, sizeof(e->id), text_or_null(res, row, 0));
+        job_set_field(e->type, sizeof(e->type), text_or_null(res, row, 1));
+        job_set_field(e->creation_id, sizeof(e->creation_id), text_or_null(res, row, 2));
+        int st = ledger_event_state_from_string(text_or_null(res, row, 3));
+        e->state = st < 0 ? LEDGER_EVENT_DEAD : (enum ledger_event_state)st;
+        e->attempts = (unsigned)int_or_zero(res, row, 4);
+        e->next_at = (uint64_t)int_or_zero(res, row, 5);
+        e->since = (uint64_t)int_or_zero(res, row, 6);
+        e->created_at = (uint64_t)int_or_zero(res, row, 7);
+        e->updated_at = (uint64_t)int_or_zero(res, row, 8);
+        e->http_status = (int)int_or_zero(res, row, 9);
+        job_set_field(e->error, sizeof(e->error), text_or_null(res, row, 10));
         return 0;
 }
 

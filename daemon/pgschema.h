@@ -6,10 +6,11 @@
 #include <stdint.h>
 
 #include "job.h"
+#include "ledger.h"
 #include "pgconn.h"
 
 /* The schema this binary knows; a database at a newer one is refused. */
-#define PGSCHEMA_VERSION 2
+#define PGSCHEMA_VERSION 3
 
 /* Called once: r 0 (the schema is at PGSCHEMA_VERSION; from_version says what it was, 0 for an
  * empty database), -EPROTONOSUPPORT (the database's schema is newer than this binary: error
@@ -400,3 +401,47 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
                   "SET holder = EXCLUDED.holder, seq = control.seq + 1, until = EXCLUDED.until, "  \
                   "updated_at = now() WHERE control.holder IS NULL OR control.until < now() "      \
                   "OR control.holder = EXCLUDED.holder RETURNING seq"
+
+/* The outbox of outcome events (written by the trigger of schema version 3). Its columns as
+ * pgschema_row_to_event reads them (11; times usec since the epoch). */
+#define PGSCHEMA_EVENT_COLUMNS                                                                     \
+        "id, type, creation_id, state, attempts, "                                                 \
+        "(extract(epoch FROM next_at) * 1000000)::bigint, "                                        \
+        "(extract(epoch FROM since) * 1000000)::bigint, "                                          \
+        "(extract(epoch FROM created_at) * 1000000)::bigint, "                                     \
+        "(extract(epoch FROM updated_at) * 1000000)::bigint, http_status, error"
+#define PGSCHEMA_EVENT_NCOLUMNS 11
+/* Claims up to $1 due events, oldest first, with their bodies (column 11): their next_at moves
+ * $2 usec on, so no other instance sends one meanwhile (an instance that dies with it in flight
+ * leaves it due again then, to go with the same webhook-id); locked rows are skipped. */
+#define PGSCHEMA_EVENTS_CLAIM                                                                      \
+        "UPDATE events SET next_at = now() + " PGSCHEMA_USEC(                                      \
+            "$2") " WHERE seq IN (SELECT seq FROM events WHERE state = 'pending' AND next_at <= "  \
+                  "now() ORDER BY next_at, seq LIMIT $1 FOR UPDATE SKIP LOCKED) "                  \
+                  "RETURNING " PGSCHEMA_EVENT_COLUMNS ", body"
+/* An attempt's outcome for event $1, if it is still pending (an operator may have changed it):
+ * state $2, attempts $3, next_at $4 (usec since the epoch), http_status $5 (NULL: none), error
+ * $6. One row changed, or none. */
+#define PGSCHEMA_EVENT_UPDATE                                                                      \
+        "UPDATE events SET state = $2, attempts = $3, next_at = 'epoch'::timestamptz "             \
+        "+ " PGSCHEMA_USEC("$4") ", http_status = $5, error = $6, updated_at = now() "             \
+                                 "WHERE id = $1 AND state = 'pending'"
+/* Delivered events last updated more than $1 usec ago, at most $2. */
+#define PGSCHEMA_EVENTS_PURGE                                                                      \
+        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE state = 'delivered' AND "   \
+        "updated_at < now() - " PGSCHEMA_USEC("$1") " ORDER BY updated_at LIMIT $2 FOR UPDATE "    \
+                                                    "SKIP LOCKED)"
+/* Usec from now until the next pending event is due (negative: overdue; NULL: none). */
+#define PGSCHEMA_EVENTS_NEXT                                                                       \
+        "SELECT (extract(epoch FROM (SELECT next_at FROM events WHERE state = 'pending' "          \
+        "ORDER BY next_at, seq LIMIT 1) - now()) * 1000000)::bigint"
+#define PGSCHEMA_EVENTS_BACKLOG "SELECT count(*) FROM events WHERE state = 'pending'"
+/* Which job states write an event ($1: the mask, as text), for every instance's transitions
+ * and the operator's: the trigger reads it. */
+#define PGSCHEMA_SET_EVENT_STATES                                                                  \
+        "INSERT INTO meta (key, value) VALUES ('event_states', $1) ON CONFLICT (key) DO UPDATE "   \
+        "SET value = EXCLUDED.value"
+
+/* Fills e from the PGSCHEMA_EVENT_COLUMNS starting at column 0 of row (without its body).
+ * 0, or -EBADMSG for a row that does not have them. */
+int pgschema_row_to_event(const PGresult *res, int row, struct ledger_event *e);

@@ -119,9 +119,11 @@ static int on_turn_pg(struct txn *t)
         bool ready = t->available && pgconn_is_connected(t->pg) && !pgconn_busy(t->pg);
         struct txn_batch *b = &t->batch;
         b->n = 0;
-        bool any = false;
+        bool any = false, turn = false;
+        for (struct txn_writer *w = t->writers; w; w = w->next)
+                turn |= w->wanted && !w->passenger;
         for (struct txn_writer *w = t->writers; w; w = w->next) {
-                if (!w->wanted)
+                if (!w->wanted && !(w->passenger && turn && ready))
                         continue;
                 w->wanted = false;
                 w->in_turn = true;

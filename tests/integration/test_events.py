@@ -102,15 +102,7 @@ class Receiver:
 
 
 def ledger_events(d):
-    import sqlite3
-    db = sqlite3.connect(d.ledger_path, timeout=5)
-    try:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute("SELECT * FROM events ORDER BY seq")]
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        db.close()
+    return d.ledger_events()
 
 
 def wait_event(d, cid, state, type_=None, timeout=30):
@@ -151,7 +143,10 @@ class Outcomes(unittest.TestCase):
         fake.outcome(failed, "failed", "ModerationFailed")
         fake.faults([{"on": "submit", "creation_id": dead, "status": 400, "reason": "FieldInvalid", "times": -1},
                      {"on": "submit", "creation_id": held, "delay_ms": 5000, "status": 500}])
+        # On PostgreSQL the restarted daemon is another instance: it takes the held job over once
+        # the killed one's lease lapses, so the lease is kept short.
         d = Daemon(merge({"upstream": {"base_url": fake.url}, "retry": {"uncertain": "hold"}},
+                         {"store": {"lease": "2s"}} if harness.ON_PG else {},
                          events_config("http://127.0.0.1:%d/hooks/events" % rx.port)), fake=fake)
         try:
             d.start()
@@ -277,7 +272,8 @@ class Receivers(unittest.TestCase):
                  timeout=20, what="every event tried twice")
             self.assertGreaterEqual(
                 d.metrics_value('vidu_upscaled_events_total{type="upscale.succeeded",outcome="retried"}'), 6)
-            self.assertEqual(d.metrics_value("vidu_upscaled_events_backlog"), 3)
+            # A gauge of what the ledger holds (on PostgreSQL counted every 2 s): polled.
+            poll(lambda: d.metrics_value("vidu_upscaled_events_backlog") == 3, what="a backlog of 3")
             # Up, but busy at first: 503 with Retry-After, then 200.
             rx = Receiver(port=port)
             rx.answer = lambda n: (503, {"Retry-After": "0"}) if n <= 3 else (200, {})
@@ -291,7 +287,7 @@ class Receivers(unittest.TestCase):
                 self.assertTrue(all(verify(SECRET, r["headers"], r["body"]) for r in got))
                 self.assertEqual(len(journal_of(MSGID_DELIVERED, cid)), 1)
             self.assertEqual(len(rx.events()), 6)  # three 503s, three 200s
-            self.assertEqual(d.metrics_value("vidu_upscaled_events_backlog"), 0)
+            poll(lambda: d.metrics_value("vidu_upscaled_events_backlog") == 0, what="no backlog")
         finally:
             d.stop()
             if rx:
