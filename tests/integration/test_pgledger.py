@@ -303,14 +303,14 @@ class PgLedgerTest(unittest.TestCase):
 
     def test_version_1_migrated_keeping_its_jobs(self):
         """A database left at version 1 (as the first release made it) gains the SQLite ledger's
-        later columns and tables, its jobs kept."""
+        later columns and tables and the events' trigger (version 3), its jobs kept."""
         ci = self.fresh("old")
         d = Driver("migrate", ci)
         d.expect("ready")
         d.send("go")
         d.finish()
-        # Back to version 1: what migration 2 adds, taken away.
-        self.pg.sql("ALTER TABLE jobs DROP COLUMN duration, DROP COLUMN credits, DROP COLUMN payload; "
+        # Back to version 1: what migrations 2 and 3 add, taken away.
+        self.pg.sql("DROP FUNCTION vidu_job_event() CASCADE; ALTER TABLE jobs DROP COLUMN duration, DROP COLUMN credits, DROP COLUMN payload; "
                     "DROP TABLE submissions, events; "
                     "UPDATE meta SET value = '1' WHERE key = 'schema_version'; "
                     "INSERT INTO jobs (creation_id, source_task_id, state, next_at, created_at, updated_at) "
@@ -326,6 +326,8 @@ class PgLedgerTest(unittest.TestCase):
                            "WHERE table_schema = 'public' AND table_name IN ('submissions', 'events') "
                            "GROUP BY 1 ORDER BY 1", db="old")
         self.assertEqual(cols, [["events", "13"], ["submissions", "3"]])
+        self.assertEqual(self.pg.sql("SELECT tgname FROM pg_trigger WHERE tgrelid = 'jobs'::regclass "
+                                     "AND NOT tgisinternal", db="old"), [["jobs_event"]])
 
     def test_newer_schema_refused(self):
         ci = self.fresh("newer")
