@@ -531,8 +531,8 @@ class Daemon:
 
     def __init__(self, tmp, fake, ledger, name, extra_conf="", concurrency=None,
                  synchronous="full", base_url=None, upstream_conf="", pg_url=None):
-        """PG_URL: the ledger on PostgreSQL (store.backend = postgresql, store.instance = NAME,
-        VIDU_EXPERIMENTAL_PG_DAEMON=1); LEDGER is then unused."""
+        """PG_URL: the ledger on PostgreSQL (store.backend = postgresql, store.instance = NAME);
+        LEDGER is then unused."""
         self.dir = os.path.join(tmp, name)
         self.pg = pg_url is not None
         os.makedirs(self.dir, exist_ok=True)
@@ -563,8 +563,6 @@ concurrency = {concurrency or P['upstream_concurrency']}
     def start(self):
         self.logf = open(self.log_path, "ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("VIDU_UPSCALED_")}
-        if self.pg:
-            env["VIDU_EXPERIMENTAL_PG_DAEMON"] = "1"
         # Under systemd stderr is the journal stream and entries go to the journal only; the
         # same here when a journal answers (JOURNAL_STREAM names our stderr file).
         st = os.fstat(self.logf.fileno())

@@ -1,6 +1,6 @@
 /* manager.c: the daemon's life: start in order (configuration, ledger, recovery, listener, READY),
- * serve, reload on SIGHUP, drain on SIGTERM. On PostgreSQL (behind VIDU_EXPERIMENTAL_PG_DAEMON
- * for now) it also follows the database: connect, migrate, 503 while it is away. */
+ * serve, reload on SIGHUP, drain on SIGTERM. On PostgreSQL it also follows the database: connect,
+ * migrate, 503 while it is away. */
 #include "manager.h"
 
 #include <errno.h>
@@ -561,12 +561,6 @@ static int setup_pg(struct manager *m)
         return r;
 }
 
-static bool pg_daemon_enabled(void)
-{
-        const char *e = getenv("VIDU_EXPERIMENTAL_PG_DAEMON");
-        return e && strcmp(e, "1") == 0;
-}
-
 static void manager_free(struct manager *m)
 {
         sd_event_source_disable_unref(m->status_timer);
@@ -616,22 +610,6 @@ int manager_run(const char *config_path)
                 return EXIT_CONFIG;
         }
         journal_setup(m.cfg->log_level);
-        if (m.cfg->store_backend != STORE_BACKEND_SQLITE && !pg_daemon_enabled()) {
-                /* The schema and `jobs` work on PostgreSQL; the daemon's intake and dispatcher do
-                 * not yet. Refused whole rather than half-working (README: Shared ledger). */
-                static const char msg[] =
-                    "store.backend = postgresql is not wired into the daemon yet: the schema and "
-                    "`vidu-upscaled jobs ...` work on it, serving does not (an experimental "
-                    "intake is behind VIDU_EXPERIMENTAL_PG_DAEMON=1). Use store.backend = "
-                    "sqlite (the default)";
-                fprintf(stderr, "%s\n", msg);
-                if (!journal_to_stderr())
-                        log_error("%s", msg);
-                sd_notifyf(0, "STATUS=store.backend = postgresql is not supported yet\nERRNO=%d",
-                           EPROTONOSUPPORT);
-                config_free(m.cfg);
-                return EXIT_CONFIG;
-        }
         m.metrics.start_time_usec = now_realtime_usec();
 
         sigset_t mask;

@@ -349,7 +349,7 @@ class Daemon:
 
     def __init__(self, config=None, fake=None, extra_env=None, args=None, wrapper=None, pg=None, pg_db=None):
         """pg: a pgserver.PgServer: the ledger on it (store.backend = postgresql, database pg_db or its
-        default), with the experimental switch VIDU_EXPERIMENTAL_PG_DAEMON=1 set. Without pg, under
+        default). Without pg, under
         VIDU_TEST_BACKEND=postgresql, the ledger is a fresh database on shared_pg() (unless config
         names a store.path of its own: a test about the SQLite file), and start() waits for
         /healthz, so that a test begins, as on SQLite, with the ledger open."""
@@ -380,7 +380,6 @@ class Daemon:
         if pg:
             self.config["store"] = {"backend": "postgresql",
                                     "url": pg.conninfo(db=pg_db) if pg_db else pg.conninfo()}
-            self.extra_env.setdefault("VIDU_EXPERIMENTAL_PG_DAEMON", "1")
         for section, values in (config or {}).items():
             sec = self.config.setdefault(section, {})
             for k, v in values.items():

@@ -119,16 +119,8 @@ class ListKeys(unittest.TestCase):
         self.assertEqual(r.returncode, 78)
         self.assertIn("%s:5: store.url: not a libpq connection URI" % self.conf, r.stderr)
         self.assertNotIn("Marker", r.stderr)
-        # The daemon itself: refused whole, before it listens, with the reason, exit 78.
-        with open(self.conf, "w") as f:
-            f.write(MINIMAL + "[server]\nlisten = unix:%s/s.sock\n[store]\nbackend = postgresql\n"
-                    "url = postgresql://vidu:Db-Marker-1@127.0.0.1:1/vidu\npath = %s/ledger.db\n" % (self.tmp, self.tmp))
-        r = subprocess.run([harness.DAEMON, "-c", self.conf], capture_output=True, text=True,
-                           timeout=60, env=clean_env())
-        self.assertEqual(r.returncode, 78, r.stderr)
-        self.assertIn("store.backend = postgresql is not wired into the daemon yet", r.stderr)
-        self.assertNotIn("Marker", r.stdout + r.stderr)
-        self.assertFalse(os.path.exists(os.path.join(self.tmp, "ledger.db")))
+        # The daemon itself on such a database: test_pgdaemon.py (unreachable, password never shown).
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """test_pgdaemon.py: the daemon's webhook intake on a PostgreSQL ledger (store.backend =
-postgresql, behind VIDU_EXPERIMENTAL_PG_DAEMON=1) against the real server pgserver.py starts: a
+postgresql) against the real server pgserver.py starts: a
 notification answered 2xx is a job row; one notification to two daemons on one database makes one
 job and a delivery replayed to the other instance is a replay; the database stopped gives 503 with
 Retry-After at once and /healthz 503, and work resumes by itself when it is back, also for a
@@ -409,6 +409,8 @@ class PgDaemon(unittest.TestCase):
         marker = "Pw-Marker-%d" % os.getpid()
         d = self.daemon("x")
         d.config["store"]["url"] = "postgresql://vidu:%s@127.0.0.1:%d/x" % (marker, pgserver.free_port())
+        # store.path is ignored on PostgreSQL: no SQLite file is made there.
+        d.config["store"]["path"] = os.path.join(d.tmp, "ignored.db")
         with d:
             (cid,) = new_creation_ids(1)
             status, headers, _ = self.post(d, make_task("9800000000000020", [cid]))
@@ -425,6 +427,7 @@ class PgDaemon(unittest.TestCase):
         for m in d.notify_messages:
             self.assertNotIn(marker, m["_raw"].decode())
         self.assertTrue(entries)
+        self.assertFalse(os.path.exists(os.path.join(d.tmp, "ignored.db")))
 
     def test_frozen_database_answers_503_and_recovers(self):
         # A server that stops answering (SIGSTOP: a partition, a hung host) keeps its connections
