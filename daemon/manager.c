@@ -367,7 +367,7 @@ static int on_sigterm(sd_event_source *s, const struct signalfd_siginfo *si, voi
 static void on_counted(struct pgconn *c, const struct pgconn_result *res, void *userdata)
 {
         struct manager *m = userdata;
-        const PGresult *r = res->n > 0 ? res->results[0] : NULL;
+        const PGresult *r = res->n > 1 ? res->results[1] : NULL;
         if (res->error >= 0 && r && PQresultStatus(r) == PGRES_TUPLES_OK && PQnfields(r) == 2) {
                 memset(m->counts, 0, sizeof(m->counts));
                 for (int i = 0; i < PQntuples(r); i++) {
@@ -378,7 +378,7 @@ static void on_counted(struct pgconn *c, const struct pgconn_result *res, void *
                 m->counts_ok = true;
                 update_status(m);
         }
-        const PGresult *e = res->n > 1 ? res->results[1] : NULL;
+        const PGresult *e = res->n > 2 ? res->results[2] : NULL;
         if (res->error >= 0 && e && PQresultStatus(e) == PGRES_TUPLES_OK && PQntuples(e) == 1)
                 m->metrics.events_backlog = strtoull(PQgetvalue(e, 0, 0), NULL, 10);
         house_next(m, false);
@@ -419,7 +419,8 @@ static void house_next(struct manager *m, bool count)
         static const struct pgconn_stmt purge = {
             .sql = PGSCHEMA_PURGE_REPLAY, .n_params = 1, .params = purge_params};
         static const struct pgconn_stmt count_stmts[] = {
-            {.sql = "SELECT state, count(*) FROM jobs GROUP BY state"},
+            {.sql = PGSCHEMA_COUNTS_FOLD},
+            {.sql = PGSCHEMA_COUNTS},
             {.sql = PGSCHEMA_EVENTS_BACKLOG},
         };
         if (!m->house || !m->pg_migrated || !pgconn_is_connected(m->house) || pgconn_busy(m->house))

@@ -238,8 +238,7 @@ static int pl_count_states(void *impl, uint64_t counts[_JOB_STATE_MAX])
         struct pgledger *p = impl;
         PGresult *res = NULL;
         memset(counts, 0, sizeof(uint64_t) * _JOB_STATE_MAX);
-        int r = run(p, "counting jobs", "SELECT state, count(*) FROM jobs GROUP BY state", 0, NULL,
-                    &res);
+        int r = run(p, "counting jobs", PGSCHEMA_COUNTS, 0, NULL, &res);
         if (r < 0)
                 return r;
         for (int i = 0; i < PQntuples(res); i++) {

@@ -147,10 +147,53 @@ static const char *const migration_3[] = {
     NULL,
 };
 
+/* 4: the per-state counts as a maintained tally, as the SQLite ledger keeps one: a GROUP BY over
+ * the whole job table (which keeps every finished job) every 2 s from every instance grows with
+ * the table. Each statement that inserts, updates or deletes jobs appends its net change per state
+ * to job_count_deltas (statement triggers over the transition tables: an append, never an update
+ * of a shared row, so instances never wait on each other's counters); the housekeeping folds the
+ * deltas into job_counts (PGSCHEMA_COUNTS_FOLD) and reads the sum of both (PGSCHEMA_COUNTS).
+ * CREATE TRIGGER locks the table against writers until the migration commits, so the initial
+ * count and the triggers agree. */
+static const char *const migration_4[] = {
+    "CREATE TABLE job_counts (state text PRIMARY KEY, n bigint NOT NULL)",
+    "CREATE TABLE job_count_deltas (state text NOT NULL, n bigint NOT NULL)",
+    "CREATE FUNCTION vidu_jobs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+    "BEGIN\n"
+    "  INSERT INTO job_count_deltas SELECT state, count(*) FROM new_rows GROUP BY state;\n"
+    "  RETURN NULL;\n"
+    "END\n"
+    "$$",
+    "CREATE FUNCTION vidu_jobs_updated() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+    "BEGIN\n"
+    "  INSERT INTO job_count_deltas SELECT state, sum(n) FROM (\n"
+    "    SELECT state, -1 AS n FROM old_rows UNION ALL SELECT state, 1 FROM new_rows) AS c\n"
+    "  GROUP BY state HAVING sum(n) <> 0;\n"
+    "  RETURN NULL;\n"
+    "END\n"
+    "$$",
+    "CREATE FUNCTION vidu_jobs_deleted() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+    "BEGIN\n"
+    "  INSERT INTO job_count_deltas SELECT state, -count(*) FROM old_rows GROUP BY state;\n"
+    "  RETURN NULL;\n"
+    "END\n"
+    "$$",
+    "CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION vidu_jobs_inserted()",
+    "CREATE TRIGGER jobs_count_update AFTER UPDATE ON jobs"
+    "  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION vidu_jobs_updated()",
+    "CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_rows"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION vidu_jobs_deleted()",
+    "INSERT INTO job_counts SELECT state, count(*) FROM jobs GROUP BY state",
+    NULL,
+};
+
 static const char *const *const migrations[PGSCHEMA_VERSION] = {
     migration_1,
     migration_2,
     migration_3,
+    migration_4,
 };
 
 struct pgschema_migration {

@@ -10,7 +10,7 @@
 #include "pgconn.h"
 
 /* The schema this binary knows; a database at a newer one is refused. */
-#define PGSCHEMA_VERSION 3
+#define PGSCHEMA_VERSION 4
 
 /* Called once: r 0 (the schema is at PGSCHEMA_VERSION; from_version says what it was, 0 for an
  * empty database), -EPROTONOSUPPORT (the database's schema is newer than this binary: error
@@ -441,6 +441,17 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
 #define PGSCHEMA_SET_EVENT_STATES                                                                  \
         "INSERT INTO meta (key, value) VALUES ('event_states', $1) ON CONFLICT (key) DO UPDATE "   \
         "SET value = EXCLUDED.value"
+
+/* The per-state counts (schema version 4): the deltas folded into the totals (one short statement;
+ * two instances folding at once take turns on the rows), and the counts, state and number, as the
+ * totals plus what is not folded yet. */
+#define PGSCHEMA_COUNTS_FOLD                                                                       \
+        "WITH d AS (DELETE FROM job_count_deltas RETURNING state, n) "                             \
+        "INSERT INTO job_counts (state, n) SELECT state, sum(n) FROM d GROUP BY state "            \
+        "ON CONFLICT (state) DO UPDATE SET n = job_counts.n + EXCLUDED.n"
+#define PGSCHEMA_COUNTS                                                                            \
+        "SELECT state, sum(n)::bigint FROM (SELECT state, n FROM job_counts UNION ALL "            \
+        "SELECT state, n FROM job_count_deltas) AS c GROUP BY state"
 
 /* Fills e from the PGSCHEMA_EVENT_COLUMNS starting at column 0 of row (without its body).
  * 0, or -EBADMSG for a row that does not have them. */

@@ -644,6 +644,61 @@ class PgDaemon(unittest.TestCase):
             self.assertEqual(d1.metrics_value("vidu_upscaled_stale_answers_total") +
                              d2.metrics_value("vidu_upscaled_stale_answers_total"), 0)
 
+    def counts_by_group_by(self, db):
+        return {st: int(n) for st, n in self.pg.sql("SELECT state, count(*) FROM jobs GROUP BY state", db=db)}
+
+    def metrics_counts(self, d):
+        states = ("pending", "submitting", "waiting", "submitted", "succeeded", "failed", "dead", "uncertain")
+        got = {st: int(d.metrics_value('vidu_upscaled_jobs{state="%s"}' % st)) for st in states}
+        return {st: n for st, n in got.items() if n}
+
+    def test_counts_are_a_tally_that_matches_the_table(self):
+        """The per-state counts (STATUS=, vidu_upscaled_jobs, `jobs counts`) come from the tally the
+        schema's triggers keep, not a GROUP BY; after two instances' intake, claims, answers of
+        every kind, an operator's change and rows deleted by hand, the tally is what a GROUP BY of
+        the table says."""
+        db = self.database()
+        ids = new_creation_ids(60)
+        failed, dead = ids[:5], ids[5:10]
+        for cid in failed:
+            self.fake.outcome(cid, "failed", "ModerationFailed")
+        self.fake.faults([{"on": "submit", "creation_id": cid, "status": 404, "reason": "CreationNotFound",
+                           "times": -1} for cid in dead])
+        try:
+            with self.dispatching(db, instance="one") as d1, self.dispatching(db, instance="two") as d2:
+                d1.wait_ledger(), d2.wait_ledger()
+                for i, cid in enumerate(ids):
+                    self.assertEqual(self.post((d1, d2)[i % 2], make_task("98%014d" % (700000 + i), [cid]))[0], 202)
+                q = "SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'failed', 'dead')"
+                poll(lambda: self.pg.sql(q, db=db) == [["60"]], timeout=60, what="every job finished")
+                want = {"succeeded": 50, "failed": 5, "dead": 5}
+                self.assertEqual(self.counts_by_group_by(db), want)
+                poll(lambda: self.metrics_counts(d1) == want and self.metrics_counts(d2) == want,
+                     timeout=15, what="both instances' counts at %s" % want)
+                # An operator's change, and rows deleted beside the daemons (a purge).
+                sent = len(self.fake.arrivals(dead[0]))
+                r = d1.jobs("retry", dead[0])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.pg.sql("DELETE FROM jobs WHERE creation_id IN (%s)" %
+                            ", ".join("'%s'" % c for c in failed[:2]), db=db)
+                poll(lambda: self.pg.sql("SELECT state FROM jobs WHERE creation_id = '%s'" % dead[0], db=db)
+                     == [["dead"]] and len(self.fake.arrivals(dead[0])) > sent, timeout=30,
+                     what="the retried job dead again")
+                want = self.counts_by_group_by(db)
+                self.assertEqual(want, {"succeeded": 50, "failed": 3, "dead": 5})
+                poll(lambda: self.metrics_counts(d1) == want, timeout=15, what="the counts at %s" % want)
+                out = d1.jobs("counts")
+                self.assertEqual(out.returncode, 0, out.stderr)
+                for st, n in want.items():
+                    self.assertRegex(out.stdout, r"(?m)^%s\s+%d$" % (st, n))
+                # Folded by the housekeeping (every 2 s): the totals alone now say the same.
+                poll(lambda: self.pg.sql("SELECT count(*) FROM job_count_deltas", db=db) == [["0"]],
+                     timeout=15, what="the deltas folded")
+                totals = {st: int(n) for st, n in self.pg.sql("SELECT state, n FROM job_counts WHERE n <> 0", db=db)}
+                self.assertEqual(totals, want)
+        finally:
+            self.fake.faults([])
+
     def test_kill9_survivor_takes_over_within_two_leases(self):
         db = self.database()
         slow = new_creation_ids(3)
