@@ -184,6 +184,8 @@ static const struct config_key keys[] = {
     FILE_PATH("store", "password_file", store_password_file),
     TEXT("store", "instance", parse_instance, store_instance, NULL),
     DURATION("store", "lease", store_lease, SEC, 3600 * SEC, "30s"),
+    DURATION("store", "statement_timeout", store_statement_timeout, 100 * MS, 3600 * SEC, "5s"),
+    DURATION("store", "reconnect_max", store_reconnect_max, 100 * MS, 3600 * SEC, "5s"),
     UINT("retry", "max_attempts", max_attempts, 1, 1000, "10"),
     DURATION("retry", "initial_delay", initial_delay, MS, 86400 * SEC, "5s"),
     DURATION("retry", "max_delay", max_delay, MS, 7 * 86400 * SEC, "1h"),

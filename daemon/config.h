@@ -115,6 +115,8 @@ struct config {
         struct secret store_password;
         char *store_instance; /* the name this instance claims jobs under; NULL = default */
         uint64_t store_lease; /* usec, default 30s: how long a claim holds without renewal */
+        uint64_t store_statement_timeout; /* usec, default 5s: bounds each turn's transaction */
+        uint64_t store_reconnect_max;     /* usec, default 5s: the reconnection backoff's cap */
 
         /* [retry] */
         uint64_t max_attempts;  /* default 10 */

@@ -28,11 +28,9 @@
 #define PURGE_INTERVAL_USEC  (10 * 60 * USEC_PER_SEC)
 #define DRAIN_CHECK_USEC     (20 * USEC_PER_MSEC)
 /* PostgreSQL */
-#define PG_STATEMENT_TIMEOUT_USEC (5 * USEC_PER_SEC)
-#define PG_RECONNECT_MAX_USEC     (5 * USEC_PER_SEC)
-#define PG_MIGRATE_RETRY_USEC     (2 * USEC_PER_SEC)
-#define PG_PURGE_BATCH            1000
-#define PG_PURGE_BATCH_STR        "1000"
+#define PG_MIGRATE_RETRY_USEC (2 * USEC_PER_SEC)
+#define PG_PURGE_BATCH        1000
+#define PG_PURGE_BATCH_STR    "1000"
 
 struct manager {
         const char *config_path;
@@ -244,6 +242,8 @@ static void keep_fixed_settings(struct config *old, struct config *new)
         KEEP_STR(tls_key, "server.tls_key");
         KEEP_NUM(synchronous_full, "store.synchronous");
         KEEP_NUM(store_backend, "store.backend");
+        KEEP_NUM(store_statement_timeout, "store.statement_timeout");
+        KEEP_NUM(store_reconnect_max, "store.reconnect_max");
         KEEP_NUM(max_connections, "server.max_connections");
         KEEP_NUM(max_per_ip, "server.max_per_ip");
         KEEP_NUM(idle_timeout, "server.idle_timeout");
@@ -536,8 +536,8 @@ static int setup_pg(struct manager *m)
         struct pgconn_options o = {
             .conninfo = m->cfg->store_url,
             .password = m->cfg->store_password.value,
-            .statement_timeout_usec = PG_STATEMENT_TIMEOUT_USEC,
-            .reconnect_max_usec = PG_RECONNECT_MAX_USEC,
+            .statement_timeout_usec = m->cfg->store_statement_timeout,
+            .reconnect_max_usec = m->cfg->store_reconnect_max,
         };
         int r = pgconn_new(m->event, &o, on_pg_state, m, &m->pg);
         if (r >= 0) {

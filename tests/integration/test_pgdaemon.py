@@ -304,7 +304,9 @@ class PgDaemon(unittest.TestCase):
 
     def test_slow_database_delays_answers_never_the_loop(self):
         db = self.database()
-        with self.daemon(db) as d:
+        d = self.daemon(db)
+        d.config["store"]["statement_timeout"] = "1s"
+        with d:
             d.wait_ledger()
             release = self.lock_jobs(db)
             try:
@@ -319,8 +321,10 @@ class PgDaemon(unittest.TestCase):
                 t0 = time.monotonic()
                 self.assertEqual(d.get("/healthz")[0], 200)
                 self.assertLess(time.monotonic() - t0, 1 * harness.TIMEOUT_SCALE)
-                # The statement timeout ends the turn: rolled back whole, 503 with Retry-After.
-                t.join(timeout=30 * harness.TIMEOUT_SCALE)
+                # The statement timeout (store.statement_timeout, 1 s here against a default of
+                # 5 s) ends the turn: rolled back whole, 503 with Retry-After, the lock still held.
+                t.join(timeout=3.5 * harness.TIMEOUT_SCALE)
+                self.assertFalse(t.is_alive(), "no answer within 3.5 s: store.statement_timeout not applied")
                 status, headers, _ = answers[0]
                 self.assertEqual(status, 503)
                 self.assertEqual(headers.get("retry-after"), "5")
