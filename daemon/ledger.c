@@ -211,6 +211,10 @@ static const char *const migrations[] = {
     "CREATE INDEX events_due ON events(next_at) WHERE state = 'pending';"
     "CREATE INDEX events_delivered ON events(updated_at) WHERE state = 'delivered';"
     "CREATE INDEX events_creation ON events(creation_id);",
+    /* 7: the jobs a start finds `submitting` (an interrupted stop), read through an index of
+     * their own: without it the recovery scanned every job the ledger keeps (1.5 s at 5M jobs,
+     * growing with the ledger). A job is in it only between its mark and its answer. */
+    "CREATE INDEX jobs_submitting ON jobs(created_at) WHERE state = 'submitting';",
 };
 
 struct ledger {
@@ -493,6 +497,19 @@ static int migrate(struct ledger *l)
         return 0;
 }
 
+/* Whether the last writer left the mark of a clean stop (a file that cannot even say is not). */
+static bool closed_clean(struct ledger *l)
+{
+        sqlite3_stmt *s = NULL;
+        bool clean = false;
+        if (sqlite3_prepare_v2(l->db, "SELECT value FROM meta WHERE key = 'closed_clean'", -1, &s,
+                               NULL) == SQLITE_OK &&
+            sqlite3_step(s) == SQLITE_ROW)
+                clean = true;
+        sqlite3_finalize(s);
+        return clean;
+}
+
 static int check_integrity(struct ledger *l)
 {
         sqlite3_stmt *s = NULL;
@@ -571,7 +588,9 @@ int ledger_open(const char *path, const struct ledger_options *opts, struct ledg
         /* Savepoint and statement journals in memory: on disk, every turn (whose writers each
          * apply in a savepoint) created, wrote and deleted a temporary file. */
         exec(l, "PRAGMA temp_store = MEMORY", "keeping temporary journals in memory");
-        if (opts->integrity_check) {
+        if (opts->integrity_check && !closed_clean(l)) {
+                if (opts->checking)
+                        opts->checking(path, opts->checking_userdata);
                 r = check_integrity(l);
                 if (r < 0)
                         goto fail;
@@ -599,6 +618,12 @@ int ledger_open(const char *path, const struct ledger_options *opts, struct ledg
                 }
         }
         load_event_states(l);
+        /* From here on the file is written: only a clean stop marks it clean again. */
+        if (opts->integrity_check && !opts->read_only) {
+                r = exec(l, "DELETE FROM meta WHERE key = 'closed_clean'", "opening");
+                if (r < 0)
+                        goto fail;
+        }
         if (opts->preallocate_wal && !opts->read_only)
                 preallocate_wal(l);
         if (opts->checkpoint_in_background && !opts->read_only) {
@@ -664,6 +689,14 @@ struct ledger *ledger_close(struct ledger *l)
         free(l->path);
         free(l);
         return NULL;
+}
+
+int ledger_mark_closed_clean(struct ledger *l)
+{
+        if (l->backend || l->read_only)
+                return -EOPNOTSUPP;
+        return exec(l, "INSERT OR REPLACE INTO meta(key, value) VALUES ('closed_clean', '1')",
+                    "marking a clean stop");
 }
 
 /* Runs a prepared statement that returns no rows, and resets it. */

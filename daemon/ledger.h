@@ -14,7 +14,13 @@ struct ledger_options {
         bool synchronous_full; /* fsync every commit (default) or only at checkpoints */
         bool read_only;        /* for inspection tools */
         unsigned busy_timeout_ms;
-        bool integrity_check; /* PRAGMA quick_check at open */
+        /* PRAGMA quick_check at open (it reads the whole file: seconds on a ledger of millions of
+         * jobs), unless the last writer closed it with ledger_close_clean(); the mark is then
+         * taken away, so that any stop but a clean one leads to a check at the next open. */
+        bool integrity_check;
+        /* Called right before that check runs, if it does (to tell systemd it may take a while). */
+        void (*checking)(const char *path, void *userdata);
+        void *checking_userdata;
         /* WAL checkpoints in a thread of their own instead of inside the commit that passes
          * 1000 pages (the daemon's loop must not wait for them). */
         bool checkpoint_in_background;
@@ -28,6 +34,9 @@ struct ledger_options {
 int ledger_open(const char *path, const struct ledger_options *opts, struct ledger **ret,
                 char **ret_error);
 struct ledger *ledger_close(struct ledger *l);
+/* Right before ledger_close() after a clean stop, the last write: the mark that spares the next
+ * open its integrity check. A failure to write it (-errno) only costs that check. */
+int ledger_mark_closed_clean(struct ledger *l);
 
 /* The message of the last failed call; valid until the next call. */
 const char *ledger_errmsg(struct ledger *l);

@@ -386,6 +386,51 @@ class Crash(unittest.TestCase):
         self.assertTrue(os.path.getsize(d.ledger_path) > 8192)  # untouched, never reset
 
 
+class IntegrityCheckAtStart(unittest.TestCase):
+    """The integrity check reads the whole ledger (seconds on millions of jobs): it runs at a start
+    after anything but a clean stop, and a clean stop spares the next start it."""
+
+    @harness.sqlite_only("the SQLite file's integrity check; PostgreSQL checks its own pages")
+    def test_check_after_kill_not_after_clean_stop(self):
+        import sqlite3
+        harness.ensure_journald()
+        checking = "Checking the ledger's integrity after an unclean stop"
+
+        def said_checking(d):
+            return [e for e in harness.journal_entries(_PID=str(d.pid)) if checking in e.get("MESSAGE", "")]
+
+        def marked(d):
+            db = sqlite3.connect(d.ledger_path, timeout=5)
+            try:
+                return db.execute("SELECT value FROM meta WHERE key = 'closed_clean'").fetchall()
+            finally:
+                db.close()
+
+        with FakeUpstream(complete_after_ms=50) as fake:
+            d = Daemon({"upstream": {"base_url": fake.url}}, fake=fake)
+            try:
+                d.start()  # a new ledger: checked (nothing vouches for it)
+                harness.wait_journal(lambda: said_checking(d))
+                (cid,) = new_creation_ids(1)
+                self.assertEqual(d.post(body=make_task("9300000000000030", [cid]))[0], 202)
+                self.assertEqual(d.stop(), 0)
+                self.assertEqual(marked(d), [("1",)])
+                d.start()  # after a clean stop: no check, and the mark is gone while it runs
+                d.wait_ledger()
+                self.assertEqual(marked(d), [])
+                harness.wait_journal(lambda: [e for e in harness.journal_entries(_PID=str(d.pid))
+                                              if "listening on" in e.get("MESSAGE", "")])
+                self.assertEqual(said_checking(d), [])
+                d.kill(signal.SIGKILL)
+                d.wait_exit(timeout=10)
+                self.assertEqual(marked(d), [])
+                d.start()  # after kill -9: checked again
+                harness.wait_journal(lambda: said_checking(d))
+                self.assertEqual(d.stop(), 0)
+            finally:
+                d.stop()
+
+
 @harness.sqlite_only("SQLite's file write lock (BEGIN EXCLUSIVE from another process); the database "
                      "frozen, restarted or unreachable is test_pgdaemon's")
 class LedgerLocked(unittest.TestCase):

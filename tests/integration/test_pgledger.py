@@ -299,18 +299,22 @@ class PgLedgerTest(unittest.TestCase):
         self.assertEqual(froms, ["migrated from 0 to %d" % SCHEMA] + ["migrated from %d to %d" % (SCHEMA, SCHEMA)] * 2)
         self.assertEqual(self.pg.sql("SELECT value FROM meta", db="race"), [[str(SCHEMA)]])
         tables = self.pg.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", db="race")
-        self.assertEqual(tables, [["control"], ["events"], ["jobs"], ["meta"], ["replay"], ["submissions"]])
+        self.assertEqual(tables, [["control"], ["events"], ["job_count_deltas"], ["job_counts"], ["jobs"], ["meta"],
+                                  ["replay"], ["submissions"]])
 
     def test_version_1_migrated_keeping_its_jobs(self):
         """A database left at version 1 (as the first release made it) gains the SQLite ledger's
-        later columns and tables and the events' trigger (version 3), its jobs kept."""
+        later columns and tables, the events' trigger (version 3) and the counts' tally (4), its jobs
+        kept and counted."""
         ci = self.fresh("old")
         d = Driver("migrate", ci)
         d.expect("ready")
         d.send("go")
         d.finish()
         # Back to version 1: what migrations 2 and 3 add, taken away.
-        self.pg.sql("DROP FUNCTION vidu_job_event() CASCADE; ALTER TABLE jobs DROP COLUMN duration, DROP COLUMN credits, DROP COLUMN payload; "
+        self.pg.sql("DROP FUNCTION vidu_job_event() CASCADE; DROP FUNCTION vidu_jobs_inserted() CASCADE; "
+                    "DROP FUNCTION vidu_jobs_updated() CASCADE; DROP FUNCTION vidu_jobs_deleted() CASCADE; "
+                    "DROP TABLE job_counts, job_count_deltas; ALTER TABLE jobs DROP COLUMN duration, DROP COLUMN credits, DROP COLUMN payload; "
                     "DROP TABLE submissions, events; "
                     "UPDATE meta SET value = '1' WHERE key = 'schema_version'; "
                     "INSERT INTO jobs (creation_id, source_task_id, state, next_at, created_at, updated_at) "
@@ -327,7 +331,9 @@ class PgLedgerTest(unittest.TestCase):
                            "GROUP BY 1 ORDER BY 1", db="old")
         self.assertEqual(cols, [["events", "13"], ["submissions", "3"]])
         self.assertEqual(self.pg.sql("SELECT tgname FROM pg_trigger WHERE tgrelid = 'jobs'::regclass "
-                                     "AND NOT tgisinternal", db="old"), [["jobs_event"]])
+                                     "AND NOT tgisinternal ORDER BY 1", db="old"),
+                         [["jobs_count_delete"], ["jobs_count_insert"], ["jobs_count_update"], ["jobs_event"]])
+        self.assertEqual(self.pg.sql("SELECT state, n FROM job_counts", db="old"), [["submitted", "1"]])
 
     def test_newer_schema_refused(self):
         ci = self.fresh("newer")

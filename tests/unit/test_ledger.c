@@ -293,6 +293,7 @@ static void test_migration_from_version_1_keeps_counts(void **state)
         assert_int_equal(
             sqlite3_exec(db,
                          /* what later migrations add, so they run again */
+                         "DROP INDEX jobs_submitting;"
                          "ALTER TABLE jobs DROP COLUMN duration;"
                          "DROP TABLE events;"
                          "CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN"
@@ -312,7 +313,7 @@ static void test_migration_from_version_1_keeps_counts(void **state)
             SQLITE_OK);
         sqlite3_close(db);
         l = open_ok();
-        assert_int_equal(ledger_schema_version(l), 6);
+        assert_int_equal(ledger_schema_version(l), 7);
         expect_counts(l, 1, 0, 0, 1);
         struct job j;
         assert_int_equal(ledger_begin(l), 0);
@@ -410,7 +411,7 @@ static void test_replay_memory(void **state)
 static void test_migration_from_empty_and_version(void **state)
 {
         struct ledger *l = open_ok();
-        assert_int_equal(ledger_schema_version(l), 6);
+        assert_int_equal(ledger_schema_version(l), 7);
         ledger_close(l);
         /* A ledger from a newer daemon is refused, not downgraded. */
         sqlite3 *db;
@@ -440,6 +441,49 @@ static void test_damaged_file_is_refused(void **state)
         free(err);
         /* And the file is still there, untouched. */
         assert_int_equal(access(path, F_OK), 0);
+}
+
+static void count_checks(const char *p, void *userdata)
+{
+        (*(int *)userdata)++;
+}
+
+/* The integrity check runs at an open after anything but a clean close (the mark), and the open
+ * takes the mark away, so that a process killed after it leads to a check again. */
+static void test_integrity_check_unless_closed_clean(void **state)
+{
+        int checks = 0;
+        struct ledger_options o = opts;
+        o.checking = count_checks;
+        o.checking_userdata = &checks;
+        struct ledger *l = NULL;
+        char *err = NULL;
+        assert_int_equal(ledger_open(path, &o, &l, &err), 0); /* new: nothing vouches for it */
+        assert_int_equal(checks, 1);
+        ledger_close(l); /* not marked: as after a kill */
+        assert_int_equal(ledger_open(path, &o, &l, &err), 0);
+        assert_int_equal(checks, 2);
+        assert_int_equal(ledger_mark_closed_clean(l), 0);
+        ledger_close(l);
+        assert_int_equal(ledger_open(path, &o, &l, &err), 0);
+        assert_int_equal(checks, 2); /* spared */
+        char v[8];
+        assert_int_equal(ledger_meta_get(l, "closed_clean", v, sizeof(v)), 0); /* mark gone */
+        ledger_close(l);
+        assert_int_equal(ledger_open(path, &o, &l, &err), 0);
+        assert_int_equal(checks, 3);
+        ledger_close(l);
+        /* Damage found while unmarked: refused as ever. */
+        assert_int_equal(ledger_open(path, &o, &l, &err), 0);
+        ledger_close(l);
+        int fd = open(path, O_WRONLY);
+        assert_true(fd >= 0);
+        char junk[4096];
+        memset(junk, 0x5a, sizeof(junk));
+        assert_int_equal(pwrite(fd, junk, sizeof(junk), 4096), (ssize_t)sizeof(junk));
+        close(fd);
+        assert_int_equal(ledger_open(path, &o, &l, &err), -EUCLEAN);
+        free(err);
 }
 
 static off_t file_size(const char *p)
@@ -630,6 +674,8 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_due_and_counts, setup, teardown),
             cmocka_unit_test_setup_teardown(test_replay_memory, setup, teardown),
             cmocka_unit_test_setup_teardown(test_migration_from_empty_and_version, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_integrity_check_unless_closed_clean, setup,
+                                            teardown),
             cmocka_unit_test_setup_teardown(test_duration_is_recorded, setup, teardown),
             cmocka_unit_test_setup_teardown(test_counts_follow_commits_savepoints_and_rollbacks,
                                             setup, teardown),
