@@ -70,6 +70,9 @@ struct call {
         char p_credits[24];
         const char *credits_params[2];
         enum { ANSWER_SAVED, ANSWER_SETTLED, ANSWER_STALE } fate;
+        /* The counters the decision adds one to, once its save is known to stand (on
+         * PostgreSQL a fenced-out answer decided nothing). */
+        uint64_t *counts[2];
         struct call *fl_prev, *fl_next; /* in flight: the claims the lease timer renews */
         struct call *next;
 };
@@ -942,10 +945,21 @@ static int apply_accepted(struct dispatcher *d, struct call *c, uint64_t now)
         return 1;
 }
 
+/* Adds counter to what the call's decision counts once its save stands (write_answer_entry). */
+static void count(struct call *c, uint64_t *counter)
+{
+        for (size_t i = 0; i < ELEMENTSOF(c->counts); i++)
+                if (!c->counts[i]) {
+                        c->counts[i] = counter;
+                        return;
+                }
+}
+
 /* What a submission's answer makes of its job j (as it was marked `submitting`): its state and
  * fields, the entry written after the commit, the account-wide pause it starts or ends. */
 static void decide_submit(struct dispatcher *d, struct call *c, struct job *j, uint64_t now)
 {
+        memset(c->counts, 0, sizeof(c->counts)); /* decided again after a turn rolled back */
         struct upstream_result *res = &c->result;
         j->http_status = (int)c->status;
         job_set_field(j->upstream_error, sizeof(j->upstream_error), res->error);
@@ -967,7 +981,7 @@ static void decide_submit(struct dispatcher *d, struct call *c, struct job *j, u
                          j->upscale_task_id, j->attempt);
                 break;
         case UPSTREAM_UNCERTAIN:
-                d->m->uncertain++;
+                count(c, &d->m->uncertain);
                 log_full(LOG_WARNING, MSGID_UPSTREAM_PROTOCOL,
                          "Upstream protocol error for %s: %s (HTTP %ld); the upstream may have "
                          "created the task",
@@ -987,7 +1001,7 @@ static void decide_submit(struct dispatcher *d, struct call *c, struct job *j, u
         case UPSTREAM_RETRY:
                 if (j->attempt >= d->cfg->max_attempts) {
                         j->state = JOB_DEAD;
-                        d->m->dead++;
+                        count(c, &d->m->dead);
                         fill_event(c, j, MSGID_DEAD, "dead");
                         c->entry.priority = LOG_ERR;
                         snprintf(c->entry.message, sizeof(c->entry.message),
@@ -1000,7 +1014,7 @@ static void decide_submit(struct dispatcher *d, struct call *c, struct job *j, u
                                 delay = c->retry_after_usec;
                         j->state = JOB_WAITING;
                         j->next_at = now + delay;
-                        d->m->retries++;
+                        count(c, &d->m->retries);
                         fill_event(c, j, MSGID_RETRYING, "retrying");
                         c->entry.priority = LOG_WARNING;
                         char buf[32];
@@ -1012,7 +1026,7 @@ static void decide_submit(struct dispatcher *d, struct call *c, struct job *j, u
                 break;
         case UPSTREAM_FINAL:
                 j->state = JOB_DEAD;
-                d->m->dead++;
+                count(c, &d->m->dead);
                 fill_event(c, j, MSGID_DEAD, "dead");
                 c->entry.priority = LOG_ERR;
                 snprintf(c->entry.message, sizeof(c->entry.message),
@@ -1106,10 +1120,13 @@ int dispatcher_note_credits(struct ledger *ledger, const struct job *j, int64_t 
 
 /* The outcome's count and journal entry, for a job outcome_job closed. */
 static void outcome_entry(struct dispatcher *d, struct job *j, enum outcome_via via,
-                          int http_status, struct job_entry *ret)
+                          int http_status, struct job_entry *ret, struct call *c)
 {
         bool ok = j->state == JOB_SUCCEEDED;
-        d->m->outcomes[via][ok ? 0 : 1]++;
+        if (c)
+                count(c, &d->m->outcomes[via][ok ? 0 : 1]); /* a poll's: once its save stands */
+        else
+                d->m->outcomes[via][ok ? 0 : 1]++;
         if (http_status > 0)
                 j->http_status = http_status;
         fill_entry(ret, j, ok ? MSGID_SUCCEEDED : MSGID_FAILED, ok ? "succeeded" : "failed");
@@ -1127,7 +1144,7 @@ static void outcome_entry(struct dispatcher *d, struct job *j, enum outcome_via 
 void dispatcher_outcome_entry(struct dispatcher *d, struct job *j, enum outcome_via via,
                               int http_status, struct job_entry *ret)
 {
-        outcome_entry(d, j, via, http_status, ret);
+        outcome_entry(d, j, via, http_status, ret, NULL);
 }
 
 int dispatcher_close_job(struct dispatcher *d, const struct job *job, const struct upstream_poll *p,
@@ -1139,7 +1156,7 @@ int dispatcher_close_job(struct dispatcher *d, const struct job *job, const stru
         int r = record_outcome(d->ledger, &j, p, now);
         if (r <= 0)
                 return r;
-        outcome_entry(d, &j, via, http_status, ret);
+        outcome_entry(d, &j, via, http_status, ret, NULL);
         return (int)j.state;
 }
 
@@ -1201,6 +1218,7 @@ static int rows_of(const PGresult *r)
  * it runs or cannot be read, closed by a final outcome. */
 static void decide_poll(struct dispatcher *d, struct call *c, struct job *j, uint64_t now)
 {
+        memset(c->counts, 0, sizeof(c->counts));
         const struct upstream_poll *p = &c->poll_result;
         switch (p->state) {
         case UPSTREAM_TASK_UNREADABLE:
@@ -1218,7 +1236,7 @@ static void decide_poll(struct dispatcher *d, struct call *c, struct job *j, uin
         case UPSTREAM_TASK_SUCCESS:
         case UPSTREAM_TASK_FAILED:
                 outcome_job(j, p);
-                outcome_entry(d, j, OUTCOME_VIA_POLL, (int)c->status, &c->entry);
+                outcome_entry(d, j, OUTCOME_VIA_POLL, (int)c->status, &c->entry, c);
                 return;
         }
 }
@@ -1687,6 +1705,10 @@ static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
 /* After the commit: an answer's entry, or the stale answer's. */
 static void write_answer_entry(struct dispatcher *d, struct call *c)
 {
+        if (!d->pg || c->fate != ANSWER_STALE)
+                for (size_t i = 0; i < ELEMENTSOF(c->counts); i++)
+                        if (c->counts[i])
+                                (*c->counts[i])++;
         if (!d->pg || c->fate == ANSWER_SAVED) {
                 dispatcher_write_entry(d, &c->entry);
                 return;

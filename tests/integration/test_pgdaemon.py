@@ -766,6 +766,31 @@ class PgDaemon(unittest.TestCase):
             self.assertEqual(self.fake.stats()["created"].get(cid), 2)
         self.fake.faults([])
 
+    def test_fenced_out_error_decides_and_counts_nothing(self):
+        """A stale answer that is an error (500: "retry") is fenced out like an acceptance: the
+        sleeper journals it as stale and its retry counter does not move, since nothing it
+        decided was recorded."""
+        db = self.database()
+        (cid,) = new_creation_ids(1)
+        self.fake.faults([{"on": "submit", "creation_id": cid, "delay_ms": 3000, "status": 500, "times": 1}])
+        with self.dispatching(db, instance="sleeper", lease="1s", uncertain="resubmit", timeout="60s") as a, \
+                self.dispatching(db, instance="awake", lease="1s", uncertain="resubmit") as b:
+            a.wait_ledger(), b.wait_ledger()
+            self.assertEqual(self.post(a, make_task("9800000000000046", [cid]))[0], 202)
+            poll(lambda: len(self.fake.arrivals(cid)) == 1, timeout=15, what="the submission in flight")
+            a.kill(signal.SIGSTOP)
+            try:
+                self.wait_state(b, cid, "succeeded", timeout=30)
+            finally:
+                a.kill(signal.SIGCONT)
+            stale = self.wait_state(a, cid, "stale", timeout=30)
+            self.assertEqual(stale[0]["HTTP_STATUS"], "500")
+            poll(lambda: a.metrics_value("vidu_upscaled_stale_answers_total") == 1, timeout=10,
+                 what="the stale answer counted")
+            self.assertEqual(a.metrics_value("vidu_upscaled_retries_total"), 0)
+            self.assertEqual(self.db_job(db, cid)[0], "succeeded")
+        self.fake.faults([])
+
     def test_callbacks_close_their_jobs(self):
         from test_callbacks import vidu_headers
         db = self.database()
