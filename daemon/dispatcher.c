@@ -57,7 +57,11 @@ struct call {
         const char *payload; /* ent-v2: in the claim's answer, valid until the call starts */
         struct job saved;
         char p_seq[24], p_attempt[24], p_next[24], p_status[24];
-        const char *params[10];
+        const char *params[12];
+        /* PGSCHEMA_SAVE_ACCEPTED: what a task id already another job's makes of it instead. */
+        enum job_state dup_state;
+        uint64_t dup_delay;
+        char p_dup_delay[24];
         const char *settle_params[8];
         size_t n_stmts; /* in the turn's batch: the fenced save, the settle, the check */
         bool settles;
@@ -1241,6 +1245,21 @@ static void decide_poll(struct dispatcher *d, struct call *c, struct job *j, uin
         }
 }
 
+/* What an accepted answer carrying a task id another job already holds makes of the job: as an
+ * answer that leaves open whether the upstream created a task (UPSTREAM_UNCERTAIN on SQLite),
+ * held under retry.uncertain = hold, else tried again with backoff, or dead out of attempts. */
+static enum job_state duplicate_task_state(struct dispatcher *d, const struct job *j,
+                                           uint64_t *delay)
+{
+        *delay = 0;
+        if (d->cfg->uncertain == UNCERTAIN_HOLD)
+                return JOB_UNCERTAIN;
+        if (j->attempt >= d->cfg->max_attempts)
+                return JOB_DEAD;
+        *delay = backoff_delay(j->attempt, d->cfg->initial_delay, d->cfg->max_delay, random_u32());
+        return JOB_WAITING;
+}
+
 /* An answer's statements: what it makes of the job, saved only under the claim it was taken
  * with (PGSCHEMA_SAVE_FENCED); an accepted submission also settles the job if a takeover holds it
  * `uncertain` from that very claim (PGSCHEMA_SETTLE_UNCERTAIN: after a save that matched, the job
@@ -1296,8 +1315,15 @@ static int stage_answer(struct dispatcher *d, struct call *c, struct txn_batch *
         memcpy(c->settle_params, settle_params, sizeof(settle_params));
         c->n_stmts = 1;
         c->settles = settle;
+        if (settle) {
+                c->dup_state = duplicate_task_state(d, s, &c->dup_delay);
+                snprintf(c->p_dup_delay, sizeof(c->p_dup_delay), "%llu",
+                         (unsigned long long)c->dup_delay);
+                c->params[10] = job_state_to_string(c->dup_state);
+                c->params[11] = c->p_dup_delay;
+        }
         int r = txn_batch_add(b, settle ? PGSCHEMA_SAVE_ACCEPTED : PGSCHEMA_SAVE_FENCED,
-                              ELEMENTSOF(params), c->params);
+                              settle ? 12 : (int)ELEMENTSOF(params), c->params);
         if (r >= 0 && settle) {
                 r = txn_batch_add(b, PGSCHEMA_SETTLE_UNCERTAIN, ELEMENTSOF(settle_params),
                                   c->settle_params);
@@ -1552,24 +1578,44 @@ static void follow_operator_pause(struct dispatcher *d, const PGresult *r)
                 d->operator_since = 0;
 }
 
-/* The accepted answer's task id was already another job's: the save held the job `uncertain`
- * instead; its entries say so, as on SQLite. */
-static void held_for_duplicate_task(struct dispatcher *d, struct call *c, const char *error)
+/* The save found the task id already another job's (PGSCHEMA_SAVE_ACCEPTED): the entry and
+ * counts for the state duplicate_task_state chose, as decide_submit's for UPSTREAM_UNCERTAIN. */
+static void duplicate_task(struct dispatcher *d, struct call *c, const char *error)
 {
         struct job *j = &c->saved;
         log_full(LOG_WARNING, MSGID_UPSTREAM_PROTOCOL,
                  "Upstream protocol error for %s: %s (HTTP %ld); the upstream may have created the "
                  "task",
                  j->creation_id, error, c->status);
-        d->m->uncertain++;
-        j->state = JOB_UNCERTAIN;
+        memset(c->counts, 0, sizeof(c->counts));
+        count(c, &d->m->uncertain);
+        j->state = c->dup_state;
         j->upscale_task_id[0] = 0;
         job_set_field(j->upstream_error, sizeof(j->upstream_error), error);
-        fill_event(c, j, MSGID_UNCERTAIN, "uncertain");
-        c->entry.priority = LOG_WARNING;
-        snprintf(c->entry.message, sizeof(c->entry.message),
-                 "Upscale of %s is uncertain (%s); held until an operator retries or abandons it",
-                 j->creation_id, j->upstream_error);
+        if (c->dup_state == JOB_UNCERTAIN) {
+                fill_event(c, j, MSGID_UNCERTAIN, "uncertain");
+                c->entry.priority = LOG_WARNING;
+                snprintf(c->entry.message, sizeof(c->entry.message),
+                         "Upscale of %s is uncertain (%s); held until an operator retries or "
+                         "abandons it",
+                         j->creation_id, j->upstream_error);
+        } else if (c->dup_state == JOB_DEAD) {
+                count(c, &d->m->dead);
+                fill_event(c, j, MSGID_DEAD, "dead");
+                c->entry.priority = LOG_ERR;
+                snprintf(c->entry.message, sizeof(c->entry.message),
+                         "Upscale of %s given up after %u attempts: %s", j->creation_id, j->attempt,
+                         j->upstream_error);
+        } else {
+                count(c, &d->m->retries);
+                fill_event(c, j, MSGID_RETRYING, "retrying");
+                c->entry.priority = LOG_WARNING;
+                char buf[32];
+                format_duration(c->dup_delay / USEC_PER_MSEC * USEC_PER_MSEC, buf, sizeof(buf));
+                snprintf(c->entry.message, sizeof(c->entry.message),
+                         "Upscale of %s failed (%s), attempt %u; retrying in %s", j->creation_id,
+                         j->upstream_error, j->attempt, buf);
+        }
 }
 
 /* The spend guard after a claim, from the windows' use read in its transaction: held (jobs due
@@ -1641,8 +1687,8 @@ static int writer_read_pg(void *userdata, PGresult *const *results, size_t n)
                 const PGresult *get = c->maybe_saved ? results[i + c->n_stmts - 1] : NULL;
                 if (rows_of(results[i]) > 0) {
                         c->fate = ANSWER_SAVED;
-                        if (c->settles && strcmp(PQgetvalue(results[i], 0, 0), "uncertain") == 0)
-                                held_for_duplicate_task(d, c, PQgetvalue(results[i], 0, 1));
+                        if (c->settles && strcmp(PQgetvalue(results[i], 0, 0), "submitted") != 0)
+                                duplicate_task(d, c, PQgetvalue(results[i], 0, 1));
                 } else if (c->settles && rows_of(results[i + 1]) > 0)
                         c->fate = ANSWER_SETTLED;
                 else if (saved_already(c, get))

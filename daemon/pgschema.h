@@ -280,15 +280,18 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
 
 /* PGSCHEMA_SAVE_FENCED for an accepted submission ($4 'submitted', $7 its task id): if another
  * job already holds that upscale task id (an upstream that numbers its tasks alike after a
- * reload, or an upstream bug), the job is held `uncertain` with no task id and an error naming
- * the other creation, instead of failing the turn on the unique index (the task may exist and
- * cost credits: it is not sent again blindly). Returns state, upstream_error. */
+ * reload, or an upstream bug), the job takes state $11 with next_at $12 usec from now instead,
+ * no task id and an error naming the other creation, rather than failing the turn on the unique
+ * index: as an answer that leaves open whether a task exists (SQLite's UPSTREAM_UNCERTAIN), held
+ * `uncertain` under retry.uncertain = hold, under `resubmit` tried again (`waiting`, or `dead`
+ * out of attempts). Returns state, upstream_error. */
 #define PGSCHEMA_SAVE_ACCEPTED                                                                     \
         "WITH other AS (SELECT creation_id FROM jobs WHERE upscale_task_id = $7 "                  \
         "AND creation_id <> $1 LIMIT 1) "                                                          \
-        "UPDATE jobs SET state = CASE WHEN EXISTS (SELECT 1 FROM other) THEN 'uncertain' "         \
-        "ELSE $4 END, attempt = $5, next_at = now() + " PGSCHEMA_USEC(                             \
-            "$6") ", upscale_task_id = CASE WHEN EXISTS (SELECT 1 FROM other) THEN NULL "          \
+        "UPDATE jobs SET state = CASE WHEN EXISTS (SELECT 1 FROM other) THEN $11 "                 \
+        "ELSE $4 END, attempt = $5, next_at = now() + CASE WHEN EXISTS (SELECT 1 FROM other) "     \
+        "THEN " PGSCHEMA_USEC("$12") " ELSE " PGSCHEMA_USEC(                                       \
+            "$6") " END, upscale_task_id = CASE WHEN EXISTS (SELECT 1 FROM other) THEN NULL "      \
                   "ELSE $7 END, http_status = $8, upstream_error = CASE WHEN EXISTS (SELECT 1 "    \
                   "FROM other) THEN 'the upstream answered with task id ' || left($7, 64) || "     \
                   "', already recorded for creation ' || left((SELECT creation_id FROM other), "   \

@@ -943,6 +943,30 @@ class PgDaemon(unittest.TestCase):
                 self.wait_state(d, b, "succeeded")
                 self.assertEqual(fake.stats()["created"].get(a), 1)
 
+    def test_task_id_already_recorded_is_tried_again_under_resubmit(self):
+        """Under retry.uncertain = resubmit the same answer is tried again, as on SQLite: retrying
+        with the error named, then submitted under a task id of its own and followed to the end."""
+        db = self.database()
+        (a,) = new_creation_ids(1)
+        with FakeUpstream(complete_after_ms=100) as fake:
+            with Daemon({"upstream": {"base_url": fake.url}, "retry": {"uncertain": "resubmit"}}, fake=fake,
+                        pg=self.pg, pg_db=db) as d:
+                d.wait_ledger()
+                self.pg.sql("INSERT INTO jobs (creation_id, state, upscale_task_id, attempt, next_at, "
+                            "created_at, updated_at) VALUES ('other', 'succeeded', '2371000000000001', 1, "
+                            "now(), now(), now())", db=db)
+                self.assertEqual(self.post(d, make_task("9800000000000052", [a]))[0], 202)
+                self.wait_state(d, a, "succeeded")
+                entries = self.journal(d, a)
+                self.assertEqual(harness.job_states(entries), ["accepted", "retrying", "submitted", "succeeded"])
+                retrying = [e for e in entries if e.get("JOB_STATE") == "retrying"][0]
+                self.assertIn("already recorded for creation other", retrying["UPSTREAM_ERROR"])
+                state, attempt, task = self.db_job(db, a)[:3]
+                self.assertEqual((state, attempt), ("succeeded", "2"))
+                self.assertNotEqual(task, "2371000000000001")
+                self.assertEqual(fake.stats()["created"].get(a), 2)
+                self.assertEqual(d.metrics_value("vidu_upscaled_retries_total"), 1)
+
     def test_ent_v2_passes_the_source_payload_on(self):
         db = self.database()
         a, b = new_creation_ids(2)
