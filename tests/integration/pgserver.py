@@ -14,6 +14,10 @@ nothing else on the machine. As any other user it runs as that user.
         pg.restart()                  # pg_ctl restart -m immediate
         pg.freeze(); pg.thaw()        # SIGSTOP / SIGCONT every server process
         b = pg.bouncer()              # PgBouncer, transaction mode; b.conninfo()
+        s = pg.standby()              # a synchronous streaming standby (pg_basebackup -R)
+        pg.pause_walsenders()         # SIGSTOP to the WAL senders: the standby gets nothing more
+        pg.crash()                    # SIGKILL to every server process: the primary is gone
+        s.promote()                   # pg_ctl promote: the standby takes writes
 
 Run alone (`python3 pgserver.py`) it starts a server, prints its connection strings, and keeps it
 until interrupted.
@@ -34,6 +38,7 @@ TEST_USER = "vidu-pgtest"
 ADMIN = "vidu_admin"  # the bootstrap superuser initdb makes
 DB_USER = "vidu"      # what the daemon connects as: owns its database, no superuser
 DB_NAME = "vidu"
+REPLICATOR = "vidu_replicator"  # what a standby streams as: REPLICATION, no superuser
 
 _live = []
 
@@ -109,12 +114,17 @@ class PgServer:
             "synchronous_commit": "on",
             "max_connections": "60",
             "shared_buffers": "16MB",
+            "wal_level": "replica",  # (the defaults, named: a standby needs them)
+            "max_wal_senders": "10",
             "log_min_messages": "warning",
             "log_line_prefix": "'%m [%p] '",
         }
         self.settings.update(settings or {})
         self._bouncers = []
+        self._standbys = []
         self.started = False
+        self.crashed = False
+        self.primary = None  # the server a standby streams from
         if self.user:
             os.chown(self.tmp, *self.user)
         os.chmod(self.tmp, 0o755)  # the socket directory: clients of any user reach it
@@ -176,8 +186,12 @@ class PgServer:
         self._pg_ctl("start")
 
     def stop(self):
+        for s in self._standbys:
+            s.stop()
         for b in self._bouncers:
             b.stop()
+        if self.crashed:
+            self._remove_shm()
         if self.started:
             self.thaw()
             self._run([os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-w", "-t", "60", "stop", "-m",
@@ -229,6 +243,113 @@ class PgServer:
             except ProcessLookupError:
                 pass
         self._frozen = []
+
+    def crash(self):
+        """The primary lost at once, as its machine would be: SIGKILL to the postmaster and to
+        every process it started (the postmaster stopped first, so that it forks nothing
+        meanwhile), no shutdown of any kind; returns once none of them runs. The data stays until
+        stop(), which does not start the server again. A process stopped (freeze(),
+        pause_walsenders()) is killed stopped: it sends nothing more."""
+        root = self.postmaster_pid()
+        os.kill(root, signal.SIGSTOP)
+        pids = self.pids()
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.started = False
+        self.crashed = True
+        self._frozen = []
+
+        def dead(pid):
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie holds no socket
+            except OSError:
+                return True
+        _poll(lambda: all(dead(p) for p in pids), 30, "the killed server's processes to end")
+        return pids
+
+    def _remove_shm(self):
+        """The System V segment a killed postmaster leaves (postmaster.pid's 7th line: key, id)."""
+        try:
+            with open(os.path.join(self.data, "postmaster.pid")) as f:
+                lines = f.read().splitlines()
+            shmid = lines[6].split()[1]
+        except (OSError, IndexError):
+            return
+        subprocess.run(["ipcrm", "-m", shmid], capture_output=True)
+
+    # replication
+
+    def standby(self, name="vidu_standby", synchronous=True):
+        """A streaming standby of this server: another PgServer in a temporary directory of its
+        own (its own port and socket directory), made by pg_basebackup -R (standby.signal,
+        primary_conninfo, a physical replication slot of its name) as the role vidu_replicator
+        (REPLICATION, no superuser; initdb's pg_hba.conf admits replication connections from the
+        unix socket and 127.0.0.1), started hot (read-only queries) and streaming. Its
+        application_name is `name` (cluster_name); synchronous: this server's
+        synchronous_standby_names names it, so that every commit here (synchronous_commit = on)
+        waits until the standby has flushed it, and this returns once pg_stat_replication says
+        `sync`. The standby's own synchronous_standby_names is empty: promoted, it commits alone."""
+        if not self._standbys:
+            self.sql("CREATE ROLE %s LOGIN REPLICATION" % REPLICATOR, db="postgres")
+        s = PgServer()
+        s.primary = self
+        _live.append(s)
+        self._standbys.append(s)
+        s._run([os.path.join(PG_BIN, "pg_basebackup"), "-D", s.data, "-h", self.tmp, "-p", str(self.port),
+                "-U", REPLICATOR, "-d", "application_name=%s" % name, "-R", "-X", "stream", "-C", "-S", name,
+                "--checkpoint=fast"])
+        s.settings["cluster_name"] = "'%s'" % name
+        s.settings["synchronous_standby_names"] = "''"
+        s.settings["hot_standby"] = "on"
+        with open(os.path.join(s.data, "postgresql.conf"), "a") as f:
+            # The primary's block came with the copy: these lines, later, override it.
+            f.write("\n# vidu-upscaled tests: the standby\n")
+            for k, v in s.settings.items():
+                f.write("%s = %s\n" % (k, v))
+        s._pg_ctl("start")
+        s.started = True
+        if synchronous:
+            self.sql("ALTER SYSTEM SET synchronous_standby_names = '%s'" % name, db="postgres")
+            self.sql("SELECT pg_reload_conf()", db="postgres")
+        want = "sync" if synchronous else "async"
+        _poll(lambda: [name, "streaming", want] in self.replication(), 60,
+              "the standby %s streaming (%s)" % (name, want))
+        return s
+
+    def replication(self):
+        """pg_stat_replication here: [application_name, state, sync_state] per standby."""
+        return self.sql("SELECT application_name, state, sync_state FROM pg_stat_replication", db="postgres")
+
+    def pause_walsenders(self):
+        """SIGSTOP to this server's WAL senders: the standbys receive nothing more (what a stalled
+        network or standby looks like to the primary); under synchronous replication every commit
+        waits meanwhile. Undone by thaw(), or by crash(). Returns their pids."""
+        pids = []
+        for p in self.pids():
+            try:
+                with open("/proc/%d/cmdline" % p, "rb") as f:
+                    if b"walsender" in f.read():
+                        pids.append(p)
+            except OSError:
+                pass
+        if not pids:
+            raise AssertionError("no WAL sender running")
+        for p in pids:
+            os.kill(p, signal.SIGSTOP)
+        self._frozen = getattr(self, "_frozen", []) + pids
+        return pids
+
+    def in_recovery(self):
+        return self.sql("SELECT pg_is_in_recovery()", db="postgres") == [["t"]]
+
+    def promote(self):
+        """pg_ctl promote: the standby ends recovery and takes writes; returns once it does."""
+        self._pg_ctl("promote")
+        _poll(lambda: not self.in_recovery(), 60, "the promoted server out of recovery")
 
     # clients
 
