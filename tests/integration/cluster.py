@@ -252,6 +252,21 @@ def created(fake):
     return fake.stats()["created"]
 
 
+def metric_sum(d, name, **labels):
+    """The sum of d's /metrics samples of name whose labels include labels (0 when none)."""
+    status, _, data = d.get("/metrics")
+    if status != 200:
+        raise AssertionError("/metrics answered %d" % status)
+    want = ['%s="%s"' % kv for kv in labels.items()]
+    total = 0.0
+    for line in data.decode().splitlines():
+        sample, _, value = line.rpartition(" ")
+        base, _, rest = sample.partition("{")
+        if base == name and all(w in rest.rstrip("}").split(",") for w in want):
+            total += float(value)
+    return total
+
+
 def journal_by_pid(pid):
     return harness.journal_entries(_PID=str(pid))
 
