@@ -23,9 +23,11 @@ class Cluster:
     sections), each with store.instance `<name>-<incarnation>` so the ledger's claims say who
     holds what."""
 
-    def __init__(self, pg, db, fake, n=3, config=None, url=None):
+    def __init__(self, pg, db, fake, n=3, config=None, url=None, per_instance=None):
         self.pg, self.db, self.fake = pg, db, fake
         self.config = config or {}
+        # i -> sections merged over config for instance i (one instance's [events], say)
+        self.per_instance = per_instance or (lambda i: {})
         self.url = url  # another store.url (a PgBouncer's), else pg's
         self.names = ["node%d" % i for i in range(n)]
         self.incarnation = [0] * n
@@ -35,6 +37,8 @@ class Cluster:
     def _make(self, i):
         self.incarnation[i] += 1
         cfg = {k: dict(v) for k, v in self.config.items()}
+        for section, values in self.per_instance(i).items():
+            cfg.setdefault(section, {}).update(values)
         cfg.setdefault("upstream", {})["base_url"] = self.fake.url
         cfg.setdefault("store", {})["instance"] = self.instance(i)
         d = Daemon(cfg, fake=self.fake, pg=self.pg, pg_db=self.db)
@@ -81,6 +85,16 @@ class Cluster:
         self.daemons[i] = None
         return d
 
+    def stop_one(self, i):
+        """Stops instance i the ordinary way (SIGTERM: it drains and exits 0)."""
+        d = self.daemons[i]
+        self.daemons[i] = None  # out of live() first: a load sends it nothing more
+        self.retired.append(d)
+        code = d.stop()
+        if code != 0:
+            raise AssertionError("%s exited %r on SIGTERM" % (self.instance(i), code))
+        return d
+
     def restart(self, i):
         """Starts instance i again, as a new incarnation (what a restarted process with the
         default store.instance, the machine id plus the pid, would be)."""
@@ -121,6 +135,15 @@ class Cluster:
                            "coalesce(upscale_task_id, '') FROM jobs " + where, db=self.db)
         return {r[0]: {"state": r[1], "claimed_by": r[2], "claim_seq": int(r[3]), "upscale_task_id": r[4]}
                 for r in rows}
+
+    def events(self, where=""):
+        """Every row of the events outbox, in the order written: {seq, id, type, creation_id,
+        state, attempts, body, claimed}; claimed: pending and not due (an instance's claim on it
+        not lapsed, or a retry's wait)."""
+        rows = self.pg.sql("SELECT row_to_json(e) FROM (SELECT seq, id, type, creation_id, state, attempts, "
+                           "body, state = 'pending' AND next_at > now() AS claimed FROM events %s "
+                           "ORDER BY seq) e" % where, db=self.db)
+        return [json.loads(r[0]) for r in rows]
 
     def count(self, where=""):
         return int(self.pg.sql("SELECT count(*) FROM jobs " + where, db=self.db)[0][0])
@@ -227,6 +250,21 @@ class Load:
 def created(fake):
     """creation id -> how many tasks the fake upstream made for it (POSTs that reached it)."""
     return fake.stats()["created"]
+
+
+def metric_sum(d, name, **labels):
+    """The sum of d's /metrics samples of name whose labels include labels (0 when none)."""
+    status, _, data = d.get("/metrics")
+    if status != 200:
+        raise AssertionError("/metrics answered %d" % status)
+    want = ['%s="%s"' % kv for kv in labels.items()]
+    total = 0.0
+    for line in data.decode().splitlines():
+        sample, _, value = line.rpartition(" ")
+        base, _, rest = sample.partition("{")
+        if base == name and all(w in rest.rstrip("}").split(",") for w in want):
+            total += float(value)
+    return total
 
 
 def journal_by_pid(pid):

@@ -39,7 +39,8 @@ def verify(secret, headers, body):
 
 
 class Receiver:
-    """Records every request; answers as `answer` (a function of the request count) says."""
+    """Records every request (its headers, body, time and path); answers as `answer` (a function
+    of the request count) says."""
 
     def __init__(self, port=None, unix_path=None):
         self.requests = []
@@ -56,7 +57,7 @@ class Receiver:
                 body = self.rfile.read(n)
                 with outer.lock:
                     outer.requests.append({"headers": {k.lower(): v for k, v in self.headers.items()},
-                                           "body": body, "at": time.time()})
+                                           "body": body, "at": time.time(), "path": self.path})
                     count = len(outer.requests)
                 if outer.delay:
                     time.sleep(outer.delay)  # a slow receiver, not synchronisation

@@ -7,24 +7,30 @@ round, loses nothing acknowledged, submits nothing twice under retry.uncertain =
 dead instance's jobs are taken over within 2 x store.lease; an immediate database restart under
 load acknowledges nothing it did not commit; an instance stopped (SIGSTOP) past its lease cannot
 apply its stale answers over a survivor's decision; two instances through PgBouncer in
-transaction mode.
+transaction mode; outcome events ([events]) from three instances: each event sent by one of them
+exactly once, a kill -9 mid-delivery resending only what the dead one had in flight (with the
+same webhook-id, once its claim lapsed), and the events of every instance's transitions written
+and sent when only one instance has [events].
 
 The tests that need the dispatcher first check that a job on PostgreSQL reaches `submitted` (a
 failure, not a skip, when it does not). Under VIDU_VALGRIND=1 the counts are smaller; the rounds
 are not."""
 import os
+import json
 import re
 import signal
 import sys
 import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 import pgserver  # noqa: E402
 from cluster import (OPEN_STATES, SUBMITTED_STATES, Cluster, Load, created, dispatcher_on_pg,  # noqa: E402
-                     journal_by_pid, post, wait_for)
+                     journal_by_pid, metric_sum, post, wait_for)
 from harness import VALGRIND, FakeUpstream, make_task, new_creation_ids, poll  # noqa: E402
+from test_events import SECRET, Receiver, events_config, merge, verify  # noqa: E402
 
 RACE_N = 100 if VALGRIND else 1000
 KILL_ROUNDS = 5
@@ -35,6 +41,15 @@ CONCURRENCY = 4  # upstream.concurrency of the fault tests: the bound on what on
 SUBMIT_DELAY_MS = 600  # the fake answers each submission this late: submissions are in flight
 # Polling the ledger through psql adds its own latency to a measured takeover.
 TAKEOVER_SLACK = 1.0
+# Outcome events (7): notifications spread over three instances with [events]; the kill test's
+# quick creations and its slow ones (the fake answers their submissions this late: one is in
+# flight on the victim at the kill); events.concurrency's default, the bound on the deliveries
+# one kill leaves in flight.
+EVENTS_N = 60 if VALGRIND else 300
+EVENTS_KILL_N = 24 if VALGRIND else 60
+EVENTS_SLOW_MS = 8000
+EVENTS_CONCURRENCY = 4
+FINAL_STATES = ("succeeded", "failed", "dead", "uncertain")
 
 
 def schema_version():
@@ -396,6 +411,251 @@ class PgCluster(unittest.TestCase):
     def test_6b_two_instances_through_pgbouncer_submissions(self):
         self.require_dispatcher()
         self.through_bouncer(submissions=True)
+
+
+    # 7: outcome events from several instances
+
+    def receiver(self, delay=0.0):
+        rx = Receiver()
+        rx.delay = delay
+        self.addCleanup(rx.stop)
+        return rx
+
+    def post_spread(self, cl, ids, targets, per_post=1, prefix="92"):
+        """ids posted per_post creations a notification, round robin over the instances `targets`
+        (indexes), one thread each; every notification must be accepted. Returns the notifications
+        each target accepted."""
+        groups = [ids[k:k + per_post] for k in range(0, len(ids), per_post)]
+        errors = []
+
+        def worker(n):
+            try:
+                for k in range(n, len(groups), len(targets)):
+                    status, body = post(cl.daemons[targets[n]], make_task("%s%014d" % (prefix, k), groups[k]),
+                                        timeout=30)
+                    if status != 202 or (body or {}).get("accepted") != groups[k]:
+                        errors.append((groups[k], status, body))
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(len(targets))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [], "notifications not accepted")
+
+    def wait_delivered(self, cl, ids, timeout):
+        """Polls until every one of ids is finished (or held) and every event in the outbox is
+        delivered, one per finished job; returns (jobs, events)."""
+        want = set(ids)
+        last = {}
+
+        def done():
+            jobs, events = cl.jobs(), cl.events()
+            last.update(jobs=jobs, events=events)
+            if any(jobs.get(c, {}).get("state") not in FINAL_STATES for c in want):
+                return None
+            finished = sum(1 for j in jobs.values() if j["state"] in FINAL_STATES)
+            if len(events) < finished or any(e["state"] != "delivered" for e in events):
+                return None
+            return jobs, events
+        try:
+            return poll(done, timeout=timeout, interval=0.5, what="every event delivered")
+        except AssertionError:
+            jobs, events = last.get("jobs", {}), last.get("events", [])
+            states, ev_states = {}, {}
+            for c in want:
+                s = jobs.get(c, {}).get("state", "missing")
+                states[s] = states.get(s, 0) + 1
+            for e in events:
+                ev_states[e["state"]] = ev_states.get(e["state"], 0) + 1
+            raise AssertionError("after %ss: jobs %r, events %r, e.g. %r" % (
+                timeout, states, ev_states, [e for e in events if e["state"] != "delivered"][:2]))
+
+    def check_events(self, jobs, events, rx):
+        """Every finished job has exactly one event of its state's type, nothing else has one, and
+        the receiver got every event (by webhook-id: the ledger's id), each request signed with
+        SECRET and carrying the ledger's body byte for byte. Returns webhook-id -> the requests."""
+        by_cid = {}
+        for e in events:
+            by_cid.setdefault(e["creation_id"], []).append(e)
+        finished = {c: j for c, j in jobs.items() if j["state"] in FINAL_STATES}
+        self.assertEqual({c: len(by_cid.get(c, [])) for c in finished if len(by_cid.get(c, [])) != 1}, {},
+                         "finished jobs without exactly one event")
+        self.assertEqual([c for c in by_cid if c not in finished], [], "events of jobs not finished")
+        self.assertEqual({c: by_cid[c][0]["type"] for c, j in finished.items()
+                          if by_cid[c][0]["type"] != "upscale." + j["state"]}, {}, "events of the wrong type")
+        self.assertEqual([e["id"] for e in events if e["state"] != "delivered"], [])
+        stored = {e["id"]: e for e in events}
+        got = {}
+        for r in rx.events():
+            got.setdefault(r["headers"]["webhook-id"], []).append(r)
+        self.assertEqual(sorted(set(got) - set(stored)), [], "webhook-ids the ledger does not have")
+        self.assertEqual(sorted(set(stored) - set(got)), [], "events delivered but never received")
+        bad = [i for i, rs in got.items() for r in rs
+               if not verify(SECRET, r["headers"], r["body"]) or r["body"] != stored[i]["body"].encode()
+               or r["json"]["data"]["creation_id"] != stored[i]["creation_id"]]
+        self.assertEqual(bad, [], "requests not signed, or not the ledger's body")
+        return got
+
+    def delivered_by(self, daemons):
+        """What each of daemons says it delivered, and retried (its vidu_upscaled_events_total;
+        the journal may lose entries when journald restarts)."""
+        return ([metric_sum(d, "vidu_upscaled_events_total", outcome="delivered") for d in daemons],
+                [metric_sum(d, "vidu_upscaled_events_total", outcome="retried") for d in daemons])
+
+    def test_7a_events_from_three_instances_each_sent_once(self):
+        self.require_dispatcher()
+        fake = self.own_fake()
+        rx = self.receiver()
+        ids = new_creation_ids(EVENTS_N)
+        failing = set(ids[::5])
+        for c in failing:
+            fake.outcome(c, "failed", "ModerationFailed")
+        cl = Cluster(self.pg, self.database(), fake,
+                     config=events_config("http://127.0.0.1:%d/hooks" % rx.port)).start()
+        self.addCleanup(cl.stop)
+        self.post_spread(cl, ids, [0, 1, 2])
+        jobs, events = self.wait_delivered(cl, ids, timeout=120)
+        self.assertEqual({c: jobs[c]["state"] for c in ids
+                          if jobs[c]["state"] != ("failed" if c in failing else "succeeded")}, {})
+        self.assertEqual(len(events), len(ids))
+        got = self.check_events(jobs, events, rx)
+        # A healthy receiver: no instance sent an event another had claimed, none sent one twice.
+        self.assertEqual({i: len(rs) for i, rs in got.items() if len(rs) != 1}, {}, "webhook-ids received twice")
+        types = {e["type"] for e in events}
+        self.assertEqual(types, {"upscale.succeeded", "upscale.failed"})
+        # Each delivery recorded by exactly one instance, each at the first attempt, all three
+        # delivering.
+        delivered, retried = self.delivered_by(cl.daemons)
+        self.assertEqual((sum(delivered), retried), (len(events), [0, 0, 0]), delivered)
+        self.assertTrue(all(delivered), delivered)
+        print("events: %d delivered by the three instances %r" % (len(events), delivered), file=sys.stderr)
+
+    def test_7b_events_kill9_while_delivering(self):
+        self.require_dispatcher()
+        fake = self.own_fake()
+        rx = self.receiver(delay=1.0)  # each delivery in flight a second
+        url = "http://127.0.0.1:%d/" % rx.port
+        slow = new_creation_ids(8)
+        fake.faults([{"on": "submit", "creation_id": c, "action": "delay", "delay_ms": EVENTS_SLOW_MS, "times": -1}
+                     for c in slow])
+        # Each instance POSTs to a path of its own: the receiver tells who sent what.
+        cfg = merge(self.fault_config(), events_config(url, timeout="2s"))
+        cl = Cluster(self.pg, self.database(), fake, config=cfg,
+                     per_instance=lambda i: {"events": {"url": url + "node%d" % i}}).start()
+        self.addCleanup(cl.stop)
+        victim, name, vpath = 0, cl.instance(0), "/node0"
+        quick = new_creation_ids(EVENTS_KILL_N)
+        self.post_spread(cl, quick, [0, 1, 2], per_post=3)
+        # One slow submission in flight on the victim.
+        posted_slow, held = [], None
+        for k in range(0, len(slow), 2):
+            status, body = post(cl.daemons[victim], make_task("91%014d" % k, slow[k:k + 2]))
+            self.assertEqual(status, 202, body)
+            posted_slow += slow[k:k + 2]
+            try:
+                held = poll(lambda: [c for c in self.in_flight(cl, fake, name) or [] if c in slow] or None,
+                            timeout=3, what="a slow submission in flight on the victim")
+                break
+            except AssertionError:
+                continue
+        self.assertTrue(held, "the victim never held a slow submission in flight")
+
+        # And deliveries in flight: a request it sent under half a second ago (the receiver
+        # answers each after a second), its event not recorded yet.
+        def delivering():
+            pending = {e["id"] for e in cl.events("WHERE state = 'pending'")}
+            return [r for r in rx.events() if r["path"] == vpath and r["headers"]["webhook-id"] in pending
+                    and r["at"] > time.time() - 0.5] or None
+        poll(delivering, timeout=30, interval=0.05, what="the victim's deliveries in flight")
+        cl.kill9(victim)
+        killed_at = time.time()
+        # Read after it died: what it held.
+        submitting = set(self.in_flight(cl, fake, name) or [])
+        snapshot = cl.events()
+        claimed = {e["id"] for e in snapshot if e["claimed"]}
+        pending = {e["id"] for e in snapshot if e["state"] == "pending"}
+        self.assertTrue(submitting & set(slow), "no slow submission in flight on the victim at the kill")
+
+        jobs, events = self.wait_delivered(cl, quick + posted_slow, timeout=90)
+        got = self.check_events(jobs, events, rx)
+        # What the victim sent and never recorded: in flight at the kill (a request it wrote just
+        # before may have been read after the snapshot: the receipts are read now), under its claim.
+        unrecorded = {i for i, rs in got.items() if any(r["path"] == vpath for r in rs)} & pending
+        self.assertTrue(unrecorded, "no delivery of the victim's in flight at the kill")
+        self.assertEqual(sorted(unrecorded - claimed), [], "the victim's deliveries not claimed at the kill")
+        self.assertLessEqual(len(unrecorded), EVENTS_CONCURRENCY)
+        stored = {e["id"]: e for e in events}
+        # The victim's submission in flight: held by the survivors' takeover, and said so.
+        for c in submitting:
+            self.assertEqual(jobs[c]["state"], "uncertain", c)
+            (ev,) = [e for e in events if e["creation_id"] == c]
+            self.assertEqual(ev["type"], "upscale.uncertain")
+            self.assertEqual([json.loads(r["body"])["data"]["state"] for r in got[ev["id"]]], ["uncertain"])
+            self.assertNotEqual(got[ev["id"]][0]["path"], vpath)
+        # Duplicates: only of what the victim had in flight, sent again by one survivor with the
+        # same webhook-id once its claim lapsed (events.timeout + store.lease after the claim).
+        twice = {i: rs for i, rs in got.items() if len(rs) > 1}
+
+        def story(i):
+            return (i, stored[i]["attempts"], i in pending, i in claimed,
+                    [(r["path"], round(r["at"] - killed_at, 2)) for r in sorted(got[i], key=lambda r: r["at"])])
+        self.assertEqual([story(i) for i in sorted(set(twice) - unrecorded)], [],
+                         "duplicates of events not in flight at the kill (id, attempts, pending and claimed at "
+                         "the kill, requests: path, seconds after the kill)")
+        self.assertEqual(sorted(unrecorded - set(twice)), [], "the victim's deliveries in flight not sent again")
+        self.assertLessEqual(len(twice), EVENTS_CONCURRENCY)
+        lapse = 2 + LEASE
+        for i, rs in twice.items():
+            rs = sorted(rs, key=lambda r: r["at"])
+            self.assertEqual([r["path"] == vpath for r in rs], [True, False], (i, [(r["path"], r["at"]) for r in rs]))
+            self.assertGreater(rs[1]["at"], killed_at)
+            self.assertGreater(rs[1]["at"] - rs[0]["at"], lapse - 1.0, "sent again before the claim lapsed")
+        # The survivors sent nothing twice between them, and nothing the victim had recorded.
+        self.assertEqual([i for i, rs in got.items() if sum(r["path"] != vpath for r in rs) > 1], [])
+        print("events kill: %d events, %d in flight at the kill sent again, %d held uncertain" % (
+            len(events), len(twice), len(submitting)), file=sys.stderr)
+
+    def test_7c_events_of_every_instance_sent_by_the_one_with_events(self):
+        self.require_dispatcher()
+        fake = self.own_fake()
+        rx = self.receiver()
+        cl = Cluster(self.pg, self.database(), fake, per_instance=lambda i: events_config(
+            "http://127.0.0.1:%d/hooks" % rx.port) if i == 0 else {}).start()
+        self.addCleanup(cl.stop)
+        # The states that write an event: all four (16 | 32 | 64 | 128), set by node0 alone (in its
+        # first turn after the migration).
+        mask = "SELECT value FROM meta WHERE key = 'event_states'"
+        poll(lambda: self.pg.sql(mask, db=cl.db) == [["240"]], timeout=10, what="event_states set")
+        n = 10 if VALGRIND else 40
+        first = new_creation_ids(n)
+        for c in first[::4]:
+            fake.outcome(c, "failed", "ModerationFailed")
+        self.post_spread(cl, first, [1, 2])
+        self.wait_delivered(cl, first, timeout=60)
+        # The jobs the others closed (the outcomes each learnt; mostly the others: each takes the
+        # jobs it accepted).
+        closed = [metric_sum(d, "vidu_upscaled_outcomes_total") for d in cl.daemons]
+        self.assertGreater(closed[1] + closed[2], 0, closed)
+        # An instance without [events] started again leaves the setting alone.
+        cl.stop_one(1)
+        cl.restart(1)
+        self.assertEqual(self.pg.sql(mask, db=cl.db), [["240"]])
+        second = new_creation_ids(n)
+        self.post_spread(cl, second, [1, 2], prefix="90")
+        jobs, events = self.wait_delivered(cl, first + second, timeout=60)
+        self.assertEqual(len(events), 2 * n)
+        got = self.check_events(jobs, events, rx)
+        self.assertEqual({i: len(rs) for i, rs in got.items() if len(rs) != 1}, {}, "webhook-ids received twice")
+        closed_after = [metric_sum(d, "vidu_upscaled_outcomes_total") for d in cl.daemons]
+        self.assertGreater(closed_after[1] + closed_after[2] - closed[2], 0, (closed, closed_after))
+        # Every delivery by node0, at the first attempt; none by the others.
+        delivered, retried = self.delivered_by(cl.daemons)
+        self.assertEqual((delivered, retried), ([len(events), 0, 0], [0, 0, 0]))
+        self.assertEqual(self.pg.sql(mask, db=cl.db), [["240"]])
+        print("events of one: %d delivered by node0, %d jobs closed by the others" % (
+            len(events), closed[1] + closed[2] + closed_after[1] + closed_after[2] - closed[2]), file=sys.stderr)
 
 
 if __name__ == "__main__":
