@@ -313,7 +313,7 @@ class PgLedgerTest(unittest.TestCase):
         d.finish()
         # Back to version 1: what migrations 2 and 3 add, taken away.
         self.pg.sql("DROP FUNCTION vidu_job_event() CASCADE; DROP FUNCTION vidu_jobs_inserted() CASCADE; "
-                    "DROP FUNCTION vidu_jobs_updated() CASCADE; DROP FUNCTION vidu_jobs_deleted() CASCADE; "
+                    "DROP FUNCTION vidu_jobs_moved() CASCADE; DROP FUNCTION vidu_jobs_deleted() CASCADE; "
                     "DROP TABLE job_counts, job_count_deltas; ALTER TABLE jobs DROP COLUMN duration, DROP COLUMN credits, DROP COLUMN payload; "
                     "DROP TABLE submissions, events; "
                     "UPDATE meta SET value = '1' WHERE key = 'schema_version'; "
