@@ -147,47 +147,56 @@ static const char *const migration_3[] = {
     NULL,
 };
 
-/* 4: the per-state counts as a maintained tally, as the SQLite ledger keeps one: a GROUP BY over
- * the whole job table (which keeps every finished job) every 2 s from every instance grows with
- * the table. Each insert or delete statement appends its net change per state to
- * job_count_deltas (statement triggers over the transition tables), each change of a job's state
- * its move (a row trigger): appends, never an update of a shared row, so instances never wait on
- * each other's counters; the housekeeping folds the
- * deltas into job_counts (PGSCHEMA_COUNTS_FOLD) and reads the sum of both (PGSCHEMA_COUNTS).
- * CREATE TRIGGER locks the table against writers until the migration commits, so the initial
- * count and the triggers agree. */
+/* 4: the per-state counts without a GROUP BY over the whole job table (which keeps every finished
+ * job: run every 2 s by every instance, that grows with the table). The states jobs pass through
+ * (pending, waiting, submitting, submitted) are counted from their partial indexes, which hold
+ * only them (PGSCHEMA_COUNTS); the states jobs end in (succeeded, failed, dead, uncertain) are a
+ * tally: each move into or out of one appends to job_count_deltas (a row trigger whose WHEN skips
+ * every other update without calling the function: one call in a job's life, not one a
+ * transition), as do inserts and deletes of such jobs (statement triggers over the transition
+ * tables); appends, never an update of a shared row, so instances never wait on each other for
+ * it. The housekeeping folds the deltas into job_counts (PGSCHEMA_COUNTS_FOLD). CREATE TRIGGER
+ * locks the table against writers until the migration commits, so the initial count and the
+ * triggers agree. */
 static const char *const migration_4[] = {
     "CREATE TABLE job_counts (state text PRIMARY KEY, n bigint NOT NULL)",
     "CREATE TABLE job_count_deltas (state text NOT NULL, n bigint NOT NULL)",
     "CREATE FUNCTION vidu_jobs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$\n"
     "BEGIN\n"
-    "  INSERT INTO job_count_deltas SELECT state, count(*) FROM new_rows GROUP BY state;\n"
+    "  INSERT INTO job_count_deltas SELECT state, count(*) FROM new_rows\n"
+    "  WHERE state IN ('succeeded', 'failed', 'dead', 'uncertain') GROUP BY state;\n"
     "  RETURN NULL;\n"
     "END\n"
     "$$",
     "CREATE FUNCTION vidu_jobs_moved() RETURNS trigger LANGUAGE plpgsql AS $$\n"
     "BEGIN\n"
-    "  INSERT INTO job_count_deltas VALUES (OLD.state, -1), (NEW.state, 1);\n"
+    "  IF OLD.state IN ('succeeded', 'failed', 'dead', 'uncertain') THEN\n"
+    "    INSERT INTO job_count_deltas VALUES (OLD.state, -1);\n"
+    "  END IF;\n"
+    "  IF NEW.state IN ('succeeded', 'failed', 'dead', 'uncertain') THEN\n"
+    "    INSERT INTO job_count_deltas VALUES (NEW.state, 1);\n"
+    "  END IF;\n"
     "  RETURN NULL;\n"
     "END\n"
     "$$",
     "CREATE FUNCTION vidu_jobs_deleted() RETURNS trigger LANGUAGE plpgsql AS $$\n"
     "BEGIN\n"
-    "  INSERT INTO job_count_deltas SELECT state, -count(*) FROM old_rows GROUP BY state;\n"
+    "  INSERT INTO job_count_deltas SELECT state, -count(*) FROM old_rows\n"
+    "  WHERE state IN ('succeeded', 'failed', 'dead', 'uncertain') GROUP BY state;\n"
     "  RETURN NULL;\n"
     "END\n"
     "$$",
     "CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows"
     "  FOR EACH STATEMENT EXECUTE FUNCTION vidu_jobs_inserted()",
-    /* Updates per row, and only those that change the state (the WHEN is evaluated without
-     * calling the function): most updates (renewals, poll claims, saves fenced out, the settle
-     * that finds nothing) change no state, and a statement trigger fired for each of them, rows
-     * or not (about 20 to 30 us a statement in the bench's submissions). */
     "CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs FOR EACH ROW"
-    "  WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION vidu_jobs_moved()",
+    "  WHEN (OLD.state IS DISTINCT FROM NEW.state"
+    "    AND (OLD.state IN ('succeeded', 'failed', 'dead', 'uncertain')"
+    "      OR NEW.state IN ('succeeded', 'failed', 'dead', 'uncertain')))"
+    "  EXECUTE FUNCTION vidu_jobs_moved()",
     "CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_rows"
     "  FOR EACH STATEMENT EXECUTE FUNCTION vidu_jobs_deleted()",
-    "INSERT INTO job_counts SELECT state, count(*) FROM jobs GROUP BY state",
+    "INSERT INTO job_counts SELECT state, count(*) FROM jobs"
+    "  WHERE state IN ('succeeded', 'failed', 'dead', 'uncertain') GROUP BY state",
     NULL,
 };
 

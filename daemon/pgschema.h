@@ -446,15 +446,21 @@ int pgschema_text_array(const char *const *values, size_t n, char **ret);
         "SET value = EXCLUDED.value"
 
 /* The per-state counts (schema version 4): the deltas folded into the totals (one short statement;
- * two instances folding at once take turns on the rows), and the counts, state and number, as the
- * totals plus what is not folded yet. */
+ * two instances folding at once take turns on the rows), and the counts, state and number: the
+ * states jobs end in as the totals plus what is not folded yet, the states they pass through
+ * counted from the partial indexes that hold only them (jobs_submit_due, jobs_lease,
+ * jobs_poll_due: a count as large as the backlog, never the table). */
 #define PGSCHEMA_COUNTS_FOLD                                                                       \
         "WITH d AS (DELETE FROM job_count_deltas RETURNING state, n) "                             \
         "INSERT INTO job_counts (state, n) SELECT state, sum(n) FROM d GROUP BY state "            \
         "ON CONFLICT (state) DO UPDATE SET n = job_counts.n + EXCLUDED.n"
 #define PGSCHEMA_COUNTS                                                                            \
         "SELECT state, sum(n)::bigint FROM (SELECT state, n FROM job_counts UNION ALL "            \
-        "SELECT state, n FROM job_count_deltas) AS c GROUP BY state"
+        "SELECT state, n FROM job_count_deltas UNION ALL "                                         \
+        "SELECT state, count(*) FROM jobs WHERE state IN ('pending', 'waiting') GROUP BY state "   \
+        "UNION ALL SELECT 'submitting', count(*) FROM jobs WHERE state = 'submitting' "            \
+        "UNION ALL SELECT 'submitted', count(*) FROM jobs WHERE state = 'submitted') AS c "        \
+        "GROUP BY state"
 
 /* Fills e from the PGSCHEMA_EVENT_COLUMNS starting at column 0 of row (without its body).
  * 0, or -EBADMSG for a row that does not have them. */

@@ -695,11 +695,22 @@ class PgDaemon(unittest.TestCase):
                 self.assertEqual(out.returncode, 0, out.stderr)
                 for st, n in want.items():
                     self.assertRegex(out.stdout, r"(?m)^%s\s+%d$" % (st, n))
-                # Folded by the housekeeping (every 2 s): the totals alone now say the same.
+                # Folded by the housekeeping (every 2 s): the totals of the states jobs end in
+                # alone now say the same (the others are counted from their partial indexes).
                 poll(lambda: self.pg.sql("SELECT count(*) FROM job_count_deltas", db=db) == [["0"]],
                      timeout=15, what="the deltas folded")
                 totals = {st: int(n) for st, n in self.pg.sql("SELECT state, n FROM job_counts WHERE n <> 0", db=db)}
                 self.assertEqual(totals, want)
+                # The states jobs pass through: three held pending by the operator's pause.
+                self.assertEqual(d1.jobs("pause").returncode, 0)
+                held = new_creation_ids(3)
+                for i, cid in enumerate(held):
+                    self.assertEqual(self.post(d2, make_task("98%014d" % (700100 + i), [cid]))[0], 202)
+                want = dict(self.counts_by_group_by(db))
+                self.assertEqual(want.get("pending"), 3)
+                poll(lambda: self.metrics_counts(d1) == want and self.metrics_counts(d2) == want,
+                     timeout=15, what="both instances' counts at %s" % want)
+                self.assertEqual(d1.jobs("resume").returncode, 0)
         finally:
             self.fake.faults([])
 
