@@ -959,6 +959,43 @@ static void count(struct call *c, uint64_t *counter)
                 }
 }
 
+/* The job held `uncertain`, given up (`dead`) or due again after delay (`retrying`), why, with its
+ * count and entry: an answer's decision (decide_submit), or a task id already another job's. */
+static void hold_uncertain(struct call *c, struct job *j, const char *why)
+{
+        j->state = JOB_UNCERTAIN;
+        fill_event(c, j, MSGID_UNCERTAIN, "uncertain");
+        c->entry.priority = LOG_WARNING;
+        snprintf(c->entry.message, sizeof(c->entry.message),
+                 "Upscale of %s is uncertain (%s); held until an operator retries or abandons it",
+                 j->creation_id, why);
+}
+
+static void give_up(struct dispatcher *d, struct call *c, struct job *j, const char *why)
+{
+        j->state = JOB_DEAD;
+        count(c, &d->m->dead);
+        fill_event(c, j, MSGID_DEAD, "dead");
+        c->entry.priority = LOG_ERR;
+        snprintf(c->entry.message, sizeof(c->entry.message),
+                 "Upscale of %s given up after %u attempts: %s", j->creation_id, j->attempt, why);
+}
+
+static void retry_in(struct dispatcher *d, struct call *c, struct job *j, const char *why,
+                     uint64_t delay, uint64_t now)
+{
+        j->state = JOB_WAITING;
+        j->next_at = now + delay;
+        count(c, &d->m->retries);
+        fill_event(c, j, MSGID_RETRYING, "retrying");
+        c->entry.priority = LOG_WARNING;
+        char buf[32];
+        format_duration(delay / USEC_PER_MSEC * USEC_PER_MSEC, buf, sizeof(buf));
+        snprintf(c->entry.message, sizeof(c->entry.message),
+                 "Upscale of %s failed (%s), attempt %u; retrying in %s", j->creation_id, why,
+                 j->attempt, buf);
+}
+
 /* What a submission's answer makes of its job j (as it was marked `submitting`): its state and
  * fields, the entry written after the commit, the account-wide pause it starts or ends. */
 static void decide_submit(struct dispatcher *d, struct call *c, struct job *j, uint64_t now)
@@ -991,41 +1028,20 @@ static void decide_submit(struct dispatcher *d, struct call *c, struct job *j, u
                          "created the task",
                          j->creation_id, res->error, c->status);
                 if (d->cfg->uncertain == UNCERTAIN_HOLD) {
-                        j->state = JOB_UNCERTAIN;
-                        fill_event(c, j, MSGID_UNCERTAIN, "uncertain");
-                        c->entry.priority = LOG_WARNING;
-                        snprintf(c->entry.message, sizeof(c->entry.message),
-                                 "Upscale of %s is uncertain (%s); held until an operator retries "
-                                 "or abandons it",
-                                 j->creation_id, res->error);
+                        hold_uncertain(c, j, res->error);
                         break;
                 }
                 /* resubmit: treat it as retryable; a duplicate upstream is the accepted risk. */
                 /* fall through */
         case UPSTREAM_RETRY:
                 if (j->attempt >= d->cfg->max_attempts) {
-                        j->state = JOB_DEAD;
-                        count(c, &d->m->dead);
-                        fill_event(c, j, MSGID_DEAD, "dead");
-                        c->entry.priority = LOG_ERR;
-                        snprintf(c->entry.message, sizeof(c->entry.message),
-                                 "Upscale of %s given up after %u attempts: %s", j->creation_id,
-                                 j->attempt, res->error);
+                        give_up(d, c, j, res->error);
                 } else {
                         uint64_t delay = backoff_delay(j->attempt, d->cfg->initial_delay,
                                                        d->cfg->max_delay, random_u32());
                         if (c->has_retry_after && c->retry_after_usec > delay)
                                 delay = c->retry_after_usec;
-                        j->state = JOB_WAITING;
-                        j->next_at = now + delay;
-                        count(c, &d->m->retries);
-                        fill_event(c, j, MSGID_RETRYING, "retrying");
-                        c->entry.priority = LOG_WARNING;
-                        char buf[32];
-                        format_duration(delay / USEC_PER_MSEC * USEC_PER_MSEC, buf, sizeof(buf));
-                        snprintf(c->entry.message, sizeof(c->entry.message),
-                                 "Upscale of %s failed (%s), attempt %u; retrying in %s",
-                                 j->creation_id, res->error, j->attempt, buf);
+                        retry_in(d, c, j, res->error, delay, now);
                 }
                 break;
         case UPSTREAM_FINAL:
@@ -1589,33 +1605,15 @@ static void duplicate_task(struct dispatcher *d, struct call *c, const char *err
                  j->creation_id, error, c->status);
         memset(c->counts, 0, sizeof(c->counts));
         count(c, &d->m->uncertain);
-        j->state = c->dup_state;
         j->upscale_task_id[0] = 0;
         job_set_field(j->upstream_error, sizeof(j->upstream_error), error);
-        if (c->dup_state == JOB_UNCERTAIN) {
-                fill_event(c, j, MSGID_UNCERTAIN, "uncertain");
-                c->entry.priority = LOG_WARNING;
-                snprintf(c->entry.message, sizeof(c->entry.message),
-                         "Upscale of %s is uncertain (%s); held until an operator retries or "
-                         "abandons it",
-                         j->creation_id, j->upstream_error);
-        } else if (c->dup_state == JOB_DEAD) {
-                count(c, &d->m->dead);
-                fill_event(c, j, MSGID_DEAD, "dead");
-                c->entry.priority = LOG_ERR;
-                snprintf(c->entry.message, sizeof(c->entry.message),
-                         "Upscale of %s given up after %u attempts: %s", j->creation_id, j->attempt,
-                         j->upstream_error);
-        } else {
-                count(c, &d->m->retries);
-                fill_event(c, j, MSGID_RETRYING, "retrying");
-                c->entry.priority = LOG_WARNING;
-                char buf[32];
-                format_duration(c->dup_delay / USEC_PER_MSEC * USEC_PER_MSEC, buf, sizeof(buf));
-                snprintf(c->entry.message, sizeof(c->entry.message),
-                         "Upscale of %s failed (%s), attempt %u; retrying in %s", j->creation_id,
-                         j->upstream_error, j->attempt, buf);
-        }
+        /* The state the statement gave it (next_at is the database's: j's is not saved again). */
+        if (c->dup_state == JOB_UNCERTAIN)
+                hold_uncertain(c, j, j->upstream_error);
+        else if (c->dup_state == JOB_DEAD)
+                give_up(d, c, j, j->upstream_error);
+        else
+                retry_in(d, c, j, j->upstream_error, c->dup_delay, now_realtime_usec());
 }
 
 /* The spend guard after a claim, from the windows' use read in its transaction: held (jobs due
