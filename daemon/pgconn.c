@@ -21,16 +21,41 @@ enum phase {
         PHASE_READY,
 };
 
+/* pgconn_options.prepare: the statements a connection has named, by text, so each is parsed and
+ * planned once a session rather than once a batch. Bounded: past it, statements go unnamed. */
+#define MAX_PREPARED 64
+
+enum prep_state {
+        PREP_NONE, /* to be prepared with the next batch that uses it */
+        PREP_SENT, /* its Parse is in a batch in flight (a batch behind it may use the name) */
+        PREP_READY,
+};
+
+struct prepared {
+        char *sql;
+        char name[24];
+        enum prep_state state;
+};
+
+/* One message on the wire whose answer is a result of its own. */
+struct slot {
+        int stmt; /* the caller's statement it is, or is for; -1: the statement timeout */
+        int prep; /* >= 0: the Parse naming prepared[prep], ahead of stmt */
+};
+
 struct batch {
         pgconn_done_fn done;
         void *userdata;
-        size_t skip;  /* statements pgconn added in front (the statement timeout) */
-        size_t total; /* skip + the caller's */
-        size_t cur;   /* the statement whose results are being read */
-        PGresult **results;
+        size_t n;     /* the caller's statements */
+        size_t total; /* answers expected: the caller's, the timeout's, the Parses' */
+        size_t cur;   /* the one whose results are being read */
+        struct slot *slots;
+        PGresult **results; /* one per slot */
+        PGresult **user;    /* the caller's, in order, for its callback */
         bool failed;
         size_t failed_index;
         uint64_t deadline; /* CLOCK_MONOTONIC */
+        struct batch *next;
 };
 
 struct pgconn {
@@ -38,6 +63,11 @@ struct pgconn {
         char *conninfo;
         char *password; /* NULL: none given */
         uint64_t statement_timeout, batch_timeout, connect_timeout;
+        unsigned max_in_flight;
+        bool prepare;
+        struct prepared prepared[MAX_PREPARED];
+        size_t n_prepared;
+        unsigned prepared_seq; /* names are never reused within a session */
         uint64_t backoff_initial, backoff_max;
         pgconn_state_fn state_cb;
         void *userdata;
@@ -49,9 +79,10 @@ struct pgconn {
         sd_event_source *lose_soon; /* a failure found inside pgconn_send, handled from the loop */
         int lose_error;
         bool losing;
-        uint64_t deadline; /* of the connect attempt, or of the reconnect wait */
-        unsigned attempt;  /* failed attempts since the last connection */
-        struct batch *batch;
+        uint64_t deadline;                /* of the connect attempt, or of the reconnect wait */
+        unsigned attempt;                 /* failed attempts since the last connection */
+        struct batch *batch, *batch_tail; /* in flight, oldest first: results come in order */
+        unsigned n_batches;
         char errmsg[512];
         struct pgconn_stats stats;
 };
@@ -132,16 +163,58 @@ static int error_from_sqlstate(const char *st)
         return -EIO;
 }
 
-/* Ends the batch in flight: its callback runs with what it came to. */
+static void free_batch(struct batch *b)
+{
+        for (size_t i = 0; i < b->total; i++)
+                PQclear(b->results[i]);
+        free(b->results);
+        free(b->slots);
+        free(b->user);
+        free(b);
+}
+
+/* A new session has no prepared statements. */
+static void forget_prepared(struct pgconn *c)
+{
+        for (size_t i = 0; i < c->n_prepared; i++)
+                free(c->prepared[i].sql);
+        c->n_prepared = 0;
+}
+
+/* The entry for sql, made if there is room; NULL: send it unnamed. */
+static struct prepared *find_prepared(struct pgconn *c, const char *sql)
+{
+        for (size_t i = 0; i < c->n_prepared; i++)
+                if (c->prepared[i].sql == sql || strcmp(c->prepared[i].sql, sql) == 0)
+                        return &c->prepared[i];
+        if (c->n_prepared == MAX_PREPARED)
+                return NULL;
+        struct prepared *p = &c->prepared[c->n_prepared];
+        p->sql = strdup(sql);
+        if (!p->sql)
+                return NULL;
+        p->state = PREP_NONE;
+        c->n_prepared++;
+        return p;
+}
+
+/* Ends the oldest batch in flight: its callback runs with what it came to. */
 static void finish_batch(struct pgconn *c, int error, bool lost)
 {
-        struct batch *b = TAKE_PTR(c->batch);
+        struct batch *b = c->batch;
         if (!b)
                 return;
+        c->batch = b->next;
+        if (!c->batch)
+                c->batch_tail = NULL;
+        c->n_batches--;
+        for (size_t i = 0; i < b->total; i++)
+                if (b->slots[i].stmt >= 0 && b->slots[i].prep < 0)
+                        b->user[b->slots[i].stmt] = b->results[i];
         struct pgconn_result res = {
             .error = error,
-            .n = b->total - b->skip,
-            .results = b->results + b->skip,
+            .n = b->n,
+            .results = b->user,
             .failed = -1,
             .sqlstate = "",
             .message = "",
@@ -151,9 +224,16 @@ static void finish_batch(struct pgconn *c, int error, bool lost)
                 const char *st = fr ? PQresultErrorField(fr, PG_DIAG_SQLSTATE) : NULL;
                 res.sqlstate = st ? st : "";
                 res.message = fr ? PQresultErrorMessage(fr) : "";
-                res.failed = b->failed_index >= b->skip ? (int)(b->failed_index - b->skip) : 0;
+                int stmt = b->slots[b->failed_index].stmt;
+                res.failed = stmt >= 0 ? stmt : 0;
                 if (res.error == 0)
                         res.error = error_from_sqlstate(st);
+                /* A statement named in this session that the server no longer has, or whose
+                 * plan a change of the schema (another instance's migration) made stale: named
+                 * anew from the next batch on. */
+                if (st && (strcmp(st, "26000") == 0 || strcmp(st, "0A000") == 0))
+                        for (size_t i = 0; i < c->n_prepared; i++)
+                                c->prepared[i].state = PREP_NONE;
                 /* A FATAL ends the session wherever it was: after a COMMIT statement had done
                  * its work but before its answer left, say; a failure with no severity is
                  * libpq's own (the connection broke mid-answer). Only a failure of the statement
@@ -169,10 +249,7 @@ static void finish_batch(struct pgconn *c, int error, bool lost)
                 res.message = c->errmsg;
         arm_timer(c);
         b->done(c, &res, b->userdata);
-        for (size_t i = 0; i < b->total; i++)
-                PQclear(b->results[i]);
-        free(b->results);
-        free(b);
+        free_batch(b);
 }
 
 static void close_conn(struct pgconn *c)
@@ -207,7 +284,10 @@ static void lose(struct pgconn *c, int error)
                 c->stats.losses++;
         else
                 c->stats.connect_failures++;
-        finish_batch(c, error, true);
+        /* Every batch handed over goes with it, each as it stood (a callback may send no more:
+         * the connection is not ready). */
+        while (c->batch)
+                finish_batch(c, error, true);
         arm_timer(c);
         if (c->state_cb)
                 c->state_cb(c, was_ready ? PGCONN_LOST : PGCONN_CONNECT_FAILED, c->userdata);
@@ -228,6 +308,7 @@ static void became_ready(struct pgconn *c)
                 return;
         }
         c->phase = PHASE_READY;
+        forget_prepared(c);
         c->attempt = 0;
         c->errmsg[0] = 0;
         c->stats.connects++;
@@ -323,6 +404,11 @@ static void drain(struct pgconn *c)
                         continue;
                 }
                 c->stats.results++;
+                int prep = b->slots[b->cur].prep;
+                if (prep >= 0 && (size_t)prep < c->n_prepared &&
+                    c->prepared[prep].state == PREP_SENT)
+                        /* Not parsed (the batch failed before it): named anew when next used. */
+                        c->prepared[prep].state = st == PGRES_COMMAND_OK ? PREP_READY : PREP_NONE;
                 if (st == PGRES_FATAL_ERROR && !b->failed) {
                         b->failed = true;
                         b->failed_index = b->cur;
@@ -414,6 +500,8 @@ int pgconn_new(sd_event *event, const struct pgconn_options *opts, pgconn_state_
                 c->conninfo = NULL;
         }
         c->statement_timeout = opts->statement_timeout_usec;
+        c->prepare = opts->prepare;
+        c->max_in_flight = opts->max_in_flight ? opts->max_in_flight : 1;
         c->batch_timeout = opts->batch_timeout_usec;
         if (c->batch_timeout == 0)
                 c->batch_timeout =
@@ -447,14 +535,13 @@ struct pgconn *pgconn_free(struct pgconn *c)
 {
         if (!c)
                 return NULL;
-        struct batch *b = TAKE_PTR(c->batch);
-        if (b) {
-                for (size_t i = 0; i < b->total; i++)
-                        PQclear(b->results[i]);
-                free(b->results);
-                free(b);
+        while (c->batch) {
+                struct batch *b = c->batch;
+                c->batch = b->next;
+                free_batch(b);
         }
         close_conn(c);
+        forget_prepared(c);
         sd_event_source_disable_unref(c->timer);
         sd_event_source_disable_unref(c->lose_soon);
         sd_event_unref(c->event);
@@ -474,38 +561,79 @@ int pgconn_send(struct pgconn *c, const struct pgconn_stmt *stmts, size_t n, pgc
                 return -EINVAL;
         if (c->phase != PHASE_READY)
                 return -ENOTCONN;
-        if (c->batch)
+        if (c->n_batches >= c->max_in_flight)
                 return -EBUSY;
         if (c->losing)
                 return -ENOTCONN;
         struct batch *b = calloc(1, sizeof(*b));
         if (!b)
                 return -ENOMEM;
-        /* Outside a transaction, the timeout is set for the one this batch is; inside one (a
-         * BEGIN left open by the previous batch) it holds already, and a transaction that
-         * failed accepts nothing but its ROLLBACK. */
-        b->skip = c->statement_timeout && PQtransactionStatus(c->conn) == PQTRANS_IDLE ? 1 : 0;
-        b->total = b->skip + n;
-        b->results = calloc(b->total, sizeof(PGresult *));
-        if (!b->results) {
-                free(b);
+        /* Outside a transaction, the batch's settings are set for the one it is; inside one (a
+         * BEGIN left open by the previous batch) they hold already, and a transaction that
+         * failed accepts nothing but its ROLLBACK. Behind a batch still in flight, that one
+         * is taken to end its transaction (pgconn_options.max_in_flight): if it fails instead,
+         * this one fails at its first statement, as it would have anyway. A lone ROLLBACK, the
+         * end of a failed one, goes without: nothing else runs in a failed transaction. */
+        bool settings = (c->statement_timeout || c->prepare) &&
+                        (c->batch || PQtransactionStatus(c->conn) == PQTRANS_IDLE) &&
+                        !(n == 1 && strcmp(stmts[0].sql, "ROLLBACK") == 0);
+        /* At most one Parse a statement ahead of it. */
+        b->n = n;
+        b->slots = calloc(2 * n + 1, sizeof(*b->slots));
+        b->results = calloc(2 * n + 1, sizeof(PGresult *));
+        b->user = calloc(n, sizeof(PGresult *));
+        if (!b->slots || !b->results || !b->user) {
+                free_batch(b);
                 return -ENOMEM;
         }
         b->done = done;
         b->userdata = userdata;
-        c->batch = b;
+        if (c->batch_tail)
+                c->batch_tail->next = b;
+        else
+                c->batch = b;
+        c->batch_tail = b;
+        c->n_batches++;
 
         bool ok = true;
-        if (b->skip) {
+        if (settings) {
+                /* The server's own bound on the transaction (0: its default); named statements
+                 * still planned for their values each time: a generic plan cannot see how
+                 * long the arrays are, nor which ids they hold. */
                 char ms[UINT_DEC_SIZE];
                 format_uint((c->statement_timeout + USEC_PER_MSEC - 1) / USEC_PER_MSEC, ms);
-                const char *p[] = {ms};
-                ok = PQsendQueryParams(c->conn, "SELECT set_config('statement_timeout', $1, true)",
-                                       1, NULL, p, NULL, NULL, 0) == 1;
+                const char *p[] = {c->statement_timeout ? ms : NULL,
+                                   c->prepare ? "force_custom_plan" : NULL};
+                b->slots[b->total++] = (struct slot){.stmt = -1, .prep = -1};
+                ok = PQsendQueryParams(c->conn,
+                                       "SELECT set_config('statement_timeout', $1, true) "
+                                       "WHERE $1 IS NOT NULL UNION ALL "
+                                       "SELECT set_config('plan_cache_mode', $2, true) "
+                                       "WHERE $2 IS NOT NULL",
+                                       2, NULL, p, NULL, NULL, 0) == 1;
         }
-        for (size_t i = 0; ok && i < n; i++)
-                ok = PQsendQueryParams(c->conn, stmts[i].sql, stmts[i].n_params, NULL,
-                                       stmts[i].params, NULL, NULL, 0) == 1;
+        for (size_t i = 0; ok && i < n; i++) {
+                /* The statements with parameters are the ones run again and again; the rest
+                 * (BEGIN, COMMIT, the schema's DDL) have little to parse and never fill the
+                 * table. */
+                struct prepared *p =
+                    c->prepare && stmts[i].n_params > 0 ? find_prepared(c, stmts[i].sql) : NULL;
+                if (p && p->state == PREP_NONE) {
+                        snprintf(p->name, sizeof(p->name), "vidu_%u", ++c->prepared_seq);
+                        p->state = PREP_SENT;
+                        b->slots[b->total++] =
+                            (struct slot){.stmt = (int)i, .prep = (int)(p - c->prepared)};
+                        ok = PQsendPrepare(c->conn, p->name, stmts[i].sql, stmts[i].n_params,
+                                           NULL) == 1;
+                        if (!ok)
+                                break;
+                }
+                b->slots[b->total++] = (struct slot){.stmt = (int)i, .prep = -1};
+                ok = p ? PQsendQueryPrepared(c->conn, p->name, stmts[i].n_params, stmts[i].params,
+                                             NULL, NULL, 0) == 1
+                       : PQsendQueryParams(c->conn, stmts[i].sql, stmts[i].n_params, NULL,
+                                           stmts[i].params, NULL, NULL, 0) == 1;
+        }
         ok = ok && PQpipelineSync(c->conn) == 1;
         c->stats.batches++;
         c->stats.statements += n;

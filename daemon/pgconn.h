@@ -25,7 +25,19 @@ struct pgconn_options {
         /* The loop's own bound on a batch's answer: past it the connection is given up (a server
          * that stopped, a cut network). 0: statement_timeout + 2 s, or 30 s without one. */
         uint64_t batch_timeout_usec;
-        uint64_t connect_timeout_usec;   /* 0: 10 s */
+        uint64_t connect_timeout_usec; /* 0: 10 s */
+        /* How many batches may be in flight at once (0: 1). More than one pipelines them: the
+         * next is written while the server still works on the one before, each ending its own
+         * transaction. Not through a pooler in transaction mode (PgBouncer 1.18), which hands
+         * the server connection on at the first batch's end, with the next one on it. */
+        unsigned max_in_flight;
+        /* Names each statement with parameters (by its text) the first time a session uses
+         * it, so the server parses it once a session instead of once a batch (at most 64; the
+         * rest go unnamed); each batch still plans them for their values (plan_cache_mode =
+         * force_custom_plan, the batch's own). Not through a pooler in transaction mode
+         * (PgBouncer 1.18), whose next transaction may run on a server connection that never
+         * saw the name. */
+        bool prepare;
         uint64_t reconnect_initial_usec; /* 0: 100 ms */
         uint64_t reconnect_max_usec;     /* 0: 10 s */
 };
@@ -81,9 +93,9 @@ struct pgconn *pgconn_free(struct pgconn *c);
 /* Sends n statements as one batch: one pipeline, one sync, one round trip, one transaction
  * (the statements between two syncs run in one implicit transaction, committed at its end; a
  * batch may also hold BEGIN and leave the transaction open for the next batch). done is called
- * once, from the loop, never from inside this call. -ENOTCONN while not connected (nothing
- * sent), -EBUSY while another batch is in flight (one at a time: a pooler in transaction mode
- * cannot follow several syncs in flight), -EINVAL, -ENOMEM. */
+ * once, from the loop, never from inside this call, and batches end in the order sent. -ENOTCONN
+ * while not connected (nothing sent), -EBUSY while max_in_flight batches are in flight, -EINVAL,
+ * -ENOMEM. */
 int pgconn_send(struct pgconn *c, const struct pgconn_stmt *stmts, size_t n, pgconn_done_fn done,
                 void *userdata);
 

@@ -1261,13 +1261,136 @@ static int scenario_bench(const char *conninfo, unsigned rounds)
         return 0;
 }
 
+/* Two batches in flight on one connection (max_in_flight = 2 and named statements, as the
+ * daemon's turns on a direct connection): the second is written before the first's answer, runs
+ * after it and sees what it committed, with its own statement timeout; the callbacks come in
+ * order; a third waits (-EBUSY). A statement is named once a session, also when used twice in
+ * a batch, and one whose plan a change of the table made stale fails once, then is named anew.
+ * A first that fails takes the second down with it (the aborted transaction), not the
+ * connection, and one ROLLBACK ends it; a connection lost under both fails both, each an
+ * unknown outcome. */
+static int scenario_pipeline(const char *conninfo)
+{
+        struct conn a, killer;
+        struct outcome o1, o2, o3;
+        open_conn(&a, "a", conninfo,
+                  &(struct pgconn_options){.statement_timeout_usec = 7 * USEC_PER_SEC,
+                                           .max_in_flight = 2,
+                                           .prepare = true});
+        open_conn(&killer, "killer", conninfo, NULL);
+        run1(&a, &o1, "CREATE TABLE IF NOT EXISTS pipe (n int)", 0);
+        outcome_clear(&o1);
+
+        const struct pgconn_stmt first[] = {{.sql = "BEGIN"},
+                                            {.sql = "SELECT pg_sleep(0.3)"},
+                                            {.sql = "INSERT INTO pipe VALUES (1)"},
+                                            {.sql = "COMMIT"}};
+        const struct pgconn_stmt second[] = {
+            {.sql = "BEGIN"},
+            {.sql = "SELECT count(*), current_setting('statement_timeout') FROM pipe"},
+            {.sql = "INSERT INTO pipe VALUES (2)"},
+            {.sql = "COMMIT"}};
+        send_batch(&a, first, ELEMENTSOF(first), &o1);
+        send_batch(&a, second, ELEMENTSOF(second), &o2);
+        const struct pgconn_stmt third = {.sql = "SELECT 1"};
+        CHECK(pgconn_send(a.pg, &third, 1, on_done, &o3) == -EBUSY, "a third waits");
+        pump(&o1.done, 30 * USEC_PER_SEC, "the first batch");
+        CHECK(!o2.done, "answers in order: the second after the first");
+        pump(&o2.done, 30 * USEC_PER_SEC, "the second batch");
+        CHECK(o1.error == 0 && o2.error == 0, "both committed: %d %d", o1.error, o2.error);
+        CHECK(strcmp(value(&o2, 1, 0, 0), "1") == 0, "the second saw the first's row: %s",
+              value(&o2, 1, 0, 0));
+        CHECK(strcmp(value(&o2, 1, 0, 1), "7s") == 0, "its own statement timeout: %s",
+              value(&o2, 1, 0, 1));
+        say("pipelined in order ok");
+        outcome_clear(&o1);
+        outcome_clear(&o2);
+
+        /* Statements with parameters are named; the rest (BEGIN, COMMIT) go unnamed. */
+        static const char *const named_sql =
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement = "
+            "'SELECT * FROM pipe WHERE n > $1 ORDER BY n'";
+        const char *zero[] = {"0"};
+        const struct pgconn_stmt twice[] = {
+            {.sql = "SELECT * FROM pipe WHERE n > $1 ORDER BY n", .n_params = 1, .params = zero},
+            {.sql = "SELECT * FROM pipe WHERE n > $1 ORDER BY n", .n_params = 1, .params = zero},
+            {.sql = named_sql}};
+        run(&a, twice, ELEMENTSOF(twice), &o1, false);
+        CHECK(rows(&o1, 0) == 2 && rows(&o1, 1) == 2, "both answered: %d %d", rows(&o1, 0),
+              rows(&o1, 1));
+        CHECK(strcmp(value(&o1, 2, 0, 0), "1") == 0, "named once: %s", value(&o1, 2, 0, 0));
+        outcome_clear(&o1);
+        run1(&killer, &o3, "ALTER TABLE pipe ADD COLUMN m int", 0);
+        outcome_clear(&o3);
+        run(&a, twice, 1, &o1, true);
+        say("stale plan error=%d sqlstate=%s", o1.error, o1.sqlstate);
+        outcome_clear(&o1);
+        run(&a, twice, 1, &o1, false);
+        CHECK(PQnfields(o1.res[0]) == 2, "named anew, with the new column: %d",
+              PQnfields(o1.res[0]));
+        outcome_clear(&o1);
+        say("named statements ok");
+
+        const struct pgconn_stmt failing[] = {{.sql = "BEGIN"},
+                                              {.sql = "INSERT INTO pipe VALUES (3)"},
+                                              {.sql = "SELECT 1 / 0"},
+                                              {.sql = "COMMIT"}};
+        send_batch(&a, failing, ELEMENTSOF(failing), &o1);
+        send_batch(&a, second, ELEMENTSOF(second), &o2);
+        /* The ROLLBACK sent as the daemon's turns do: once the first failed, behind the second
+         * still in flight. */
+        pump(&o1.done, 30 * USEC_PER_SEC, "the failing batch");
+        const struct pgconn_stmt rollback = {.sql = "ROLLBACK"};
+        if (!o2.done)
+                send_batch(&a, &rollback, 1, &o3);
+        else
+                run(&a, &rollback, 1, &o3, false);
+        pump(&o2.done, 30 * USEC_PER_SEC, "the batch behind a failing one");
+        pump(&o3.done, 30 * USEC_PER_SEC, "the ROLLBACK");
+        CHECK(o3.error == 0, "the ROLLBACK ran: %s", o3.message);
+        outcome_clear(&o3);
+        say("failed first error=%d sqlstate=%s, second error=%d sqlstate=%s", o1.error, o1.sqlstate,
+            o2.error, o2.sqlstate);
+        CHECK(o1.error == -EIO && strcmp(o1.sqlstate, "22012") == 0 && !o1.unknown,
+              "the first failed by itself");
+        CHECK(o2.error < 0 && strcmp(o2.sqlstate, "25P02") == 0 && !o2.unknown,
+              "the second failed in the aborted transaction");
+        CHECK(a.up && a.lost == 0, "the connection stays");
+        outcome_clear(&o1);
+        outcome_clear(&o2);
+        run1(&a, &o1, "SELECT count(*) FROM pipe", 0);
+        CHECK(strcmp(value(&o1, 0, 0, 0), "2") == 0, "neither wrote: %s", value(&o1, 0, 0, 0));
+        outcome_clear(&o1);
+        say("failure behind ok");
+
+        char pid[UINT_DEC_SIZE];
+        format_uint((uint64_t)pgconn_backend_pid(a.pg), pid);
+        send_batch(&a, first, ELEMENTSOF(first), &o1);
+        send_batch(&a, second, ELEMENTSOF(second), &o2);
+        run1(&killer, &o3, "SELECT pg_terminate_backend($1::int)", 1, pid);
+        outcome_clear(&o3);
+        pump(&o2.done, 30 * USEC_PER_SEC, "both batches of a lost connection");
+        CHECK(o1.done, "the first heard first");
+        say("lost first error=%d unknown=%d, second error=%d unknown=%d", o1.error, o1.unknown,
+            o2.error, o2.unknown);
+        CHECK(o1.error < 0 && o1.unknown && o2.error < 0 && o2.unknown, "both unknown outcomes");
+        outcome_clear(&o1);
+        outcome_clear(&o2);
+        pump(&a.up, 30 * USEC_PER_SEC, "the reconnection");
+        say("lost under both ok");
+        say("ok");
+        pgconn_free(a.pg);
+        pgconn_free(killer.pg);
+        return 0;
+}
+
 int main(int argc, char **argv)
 {
         if (argc < 3) {
                 fprintf(stderr,
                         "usage: pg-driver "
                         "basic|migrate|migrate-timeout|same-id|intake|plans|claim|fence|timeout|"
-                        "terminate|restart|freeze|bench|roundtrips CONNINFO [ARGS]\n");
+                        "terminate|pipeline|restart|freeze|bench|roundtrips CONNINFO [ARGS]\n");
                 return 2;
         }
         snprintf(prefix, sizeof(prefix), "t%d-%" PRIu64, (int)getpid(), now_realtime_usec());
@@ -1299,6 +1422,8 @@ int main(int argc, char **argv)
                 return scenario_timeout(ci);
         if (strcmp(s, "terminate") == 0)
                 return scenario_terminate(ci);
+        if (strcmp(s, "pipeline") == 0)
+                return scenario_pipeline(ci);
         if (strcmp(s, "bench") == 0)
                 return scenario_bench(ci, argc > 3 ? (unsigned)atoi(argv[3]) : 100);
         if (strcmp(s, "roundtrips") == 0 && argc > 4)

@@ -219,6 +219,16 @@ class PgLedgerTest(unittest.TestCase):
         self.assertEqual(lines[-1], "ok")
         self.assertEqual(len([x for x in lines if x.startswith("event a lost")]), 1, lines)
 
+    def test_two_batches_pipelined(self):
+        lines = run_driver("pipeline", self.fresh("pipeline"))
+        self.assertEqual(lines[-1], "ok")
+        self.assertIn("pipelined in order ok", lines)
+        self.assertIn("named statements ok", lines)
+        # The change of the table made the named statement's plan stale: one failure, no more.
+        self.assertIn("stale plan error=-5 sqlstate=0A000", lines)
+        self.assertIn("failure behind ok", lines)
+        self.assertIn("lost under both ok", lines)
+
     def test_same_notification_at_two_instances(self):
         for name, via in (("same_unix", False), ("same_bouncer", True)):
             with self.subTest(name):
