@@ -88,6 +88,7 @@ static const char *const scheme_names[] = {"none", "token", "hmac-sha256", "stan
 static const char *const flavor_names[] = {"v1", "ent-v2", NULL};
 static const char *const uncertain_names[] = {"hold", "resubmit", NULL};
 static const char *const backend_names[] = {"sqlite", "postgresql", NULL};
+static const char *const pooler_names[] = {"none", "transaction", NULL};
 static const char *const level_names[] = {"debug", "info", "notice", "warning", "err", NULL};
 static const int level_values[] = {LOG_DEBUG, LOG_INFO, LOG_NOTICE, LOG_WARNING, LOG_ERR};
 static const char *const resolution_names[] = {"1080p", "2K", "4K", "8K", NULL};
@@ -186,6 +187,7 @@ static const struct config_key keys[] = {
     DURATION("store", "lease", store_lease, SEC, 3600 * SEC, "30s"),
     DURATION("store", "statement_timeout", store_statement_timeout, 100 * MS, 3600 * SEC, "5s"),
     DURATION("store", "reconnect_max", store_reconnect_max, 100 * MS, 3600 * SEC, "5s"),
+    ENUM("store", "pooler", store_pooler, pooler_names, NULL, "none"),
     UINT("retry", "max_attempts", max_attempts, 1, 1000, "10"),
     DURATION("retry", "initial_delay", initial_delay, MS, 86400 * SEC, "5s"),
     DURATION("retry", "max_delay", max_delay, MS, 7 * 86400 * SEC, "1h"),

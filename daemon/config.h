@@ -33,6 +33,11 @@ enum store_backend {
         STORE_BACKEND_POSTGRESQL,
 };
 
+enum store_pooler {
+        STORE_POOLER_NONE,        /* a direct connection, or a pooler in session mode */
+        STORE_POOLER_TRANSACTION, /* a pooler in transaction mode (PgBouncer pool_mode) */
+};
+
 enum uncertain_policy {
         UNCERTAIN_HOLD,
         UNCERTAIN_RESUBMIT,
@@ -117,6 +122,8 @@ struct config {
         uint64_t store_lease; /* usec, default 30s: how long a claim holds without renewal */
         uint64_t store_statement_timeout; /* usec, default 5s: bounds each turn's transaction */
         uint64_t store_reconnect_max;     /* usec, default 5s: the reconnection backoff's cap */
+        /* none (default): turns pipelined two deep; transaction: one turn in flight at a time */
+        enum store_pooler store_pooler;
 
         /* [retry] */
         uint64_t max_attempts;  /* default 10 */

@@ -187,6 +187,7 @@ static void on_metrics(FILE *f, void *userdata)
         m->metrics.in_flight = dispatcher_in_flight(m->dispatcher);
         m->metrics.webhook_staged = webhook_staged(m->webhook);
         m->metrics.ledger_available = webhook_ledger_ok(m->webhook);
+        m->metrics.ledger_turns_in_flight = txn_in_flight(m->txn);
         struct dispatcher_control ctl;
         (void)dispatcher_control(m->dispatcher, &ctl); /* refreshes the switches' gauges */
         uint64_t backlog;
@@ -246,6 +247,7 @@ static void keep_fixed_settings(struct config *old, struct config *new)
         KEEP_NUM(store_backend, "store.backend");
         KEEP_NUM(store_statement_timeout, "store.statement_timeout");
         KEEP_NUM(store_reconnect_max, "store.reconnect_max");
+        KEEP_NUM(store_pooler, "store.pooler");
         KEEP_NUM(max_connections, "server.max_connections");
         KEEP_NUM(max_per_ip, "server.max_per_ip");
         KEEP_NUM(idle_timeout, "server.idle_timeout");
@@ -532,22 +534,29 @@ static void on_house_state(struct pgconn *c, enum pgconn_event ev, void *userdat
 }
 
 /* PostgreSQL: the two connections, the turns (webhook, dispatcher, events) on the first, the
- * counts, purges and the dispatcher's leases on the second. */
+ * counts, purges and the dispatcher's leases on the second. On a direct connection two turns
+ * are pipelined (the loop builds and answers one while the server runs the other) and the
+ * statements are named, planned once a session; a pooler in transaction mode hands the server
+ * connection on at a transaction's end, so there one turn at a time, every statement unnamed. */
 static int setup_pg(struct manager *m)
 {
+        unsigned depth = m->cfg->store_pooler == STORE_POOLER_TRANSACTION ? 1 : 2;
         struct pgconn_options o = {
             .conninfo = m->cfg->store_url,
             .password = m->cfg->store_password.value,
             .statement_timeout_usec = m->cfg->store_statement_timeout,
             .reconnect_max_usec = m->cfg->store_reconnect_max,
+            .max_in_flight = depth, /* a failed turn's ROLLBACK takes its place */
+            .prepare = depth > 1,
         };
         int r = pgconn_new(m->event, &o, on_pg_state, m, &m->pg);
         if (r >= 0) {
                 o.statement_timeout_usec = 30 * USEC_PER_SEC;
+                o.max_in_flight = 1;
                 r = pgconn_new(m->event, &o, on_house_state, m, &m->house);
         }
         if (r >= 0)
-                r = txn_new_pg(m->event, m->pg, &m->metrics, &m->txn);
+                r = txn_new_pg(m->event, m->pg, depth, &m->metrics, &m->txn);
         if (r >= 0)
                 r = dispatcher_new_pg(m->event, m->txn, m->house, m->cfg, &m->metrics,
                                       &m->dispatcher);

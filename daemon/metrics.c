@@ -93,6 +93,10 @@ void metrics_render(const struct metrics *m, FILE *f)
               "1 while notifications can be recorded; 0 (answering 503) after a failed commit "
               "until the ledger takes writes again, or while its database is unreachable.",
               (double)m->ledger_available);
+        gauge(f, "vidu_upscaled_ledger_turns_in_flight",
+              "PostgreSQL: turns sent to the database and not yet answered (at most 2, 1 with "
+              "store.pooler = transaction); 0 on SQLite, whose turns commit in place.",
+              (double)m->ledger_turns_in_flight);
         gauge(f, "vidu_upscaled_webhook_staged",
               "Notifications received and waiting for the commit that records them.",
               (double)m->webhook_staged);

@@ -61,9 +61,10 @@ struct metrics {
         uint64_t in_flight;
         uint64_t webhook_staged; /* requests waiting for their commit, refreshed before rendering */
         int ledger_available;    /* the webhook takes notifications (else 503) */
-        int paused;              /* account-wide pause (dispatcher) */
-        int operator_paused;     /* `vidu-upscaled jobs pause` (the ledger's switch) */
-        int budget_blocked;      /* the spend guard holds due jobs back */
+        unsigned ledger_turns_in_flight; /* PostgreSQL: turns sent, not yet answered */
+        int paused;                      /* account-wide pause (dispatcher) */
+        int operator_paused;             /* `vidu-upscaled jobs pause` (the ledger's switch) */
+        int budget_blocked;              /* the spend guard holds due jobs back */
         /* What each budget window still allows, read from the ledger before rendering;
          * has_budget[w] false for a window without a limit (not rendered). */
         uint64_t budget_remaining[3];

@@ -20,6 +20,17 @@ struct txn_batch {
         size_t n, cap;
 };
 
+/* PostgreSQL: how many turns may be in flight at once, pipelined on the connection. */
+#define TXN_MAX_DEPTH 2
+
+/* PostgreSQL: one turn's batch, from its sending to its answer. */
+struct txn_turn {
+        struct txn *t;
+        bool in_flight;
+        uint64_t sent_at;
+        struct txn_batch batch;
+};
+
 struct txn {
         sd_event *event;
         struct ledger *ledger;
@@ -29,10 +40,10 @@ struct txn {
         /* PostgreSQL */
         struct pgconn *pg;
         bool available;
-        bool in_flight;    /* a turn's batch */
+        unsigned depth;    /* turns that may be in flight at once */
+        unsigned n_flight; /* turns in flight */
         bool rolling_back; /* the ROLLBACK after a failed batch */
-        uint64_t sent_at;
-        struct txn_batch batch;
+        struct txn_turn turns[TXN_MAX_DEPTH];
 };
 
 int txn_batch_add(struct txn_batch *b, const char *sql, int n_params, const char *const *params)
@@ -57,12 +68,13 @@ static bool any_wanted(const struct txn *t)
         return false;
 }
 
-/* Tells every writer of the turn how it ended. */
-static void tell_writers(struct txn *t, int r)
+/* Tells every writer of the turn (NULL: of a turn that was never sent) how it ended. */
+static void tell_writers(struct txn *t, struct txn_turn *turn, int r)
 {
         for (struct txn_writer *w = t->writers; w; w = w->next)
-                if (w->in_turn) {
+                if (w->in_turn && w->turn == turn) {
                         w->in_turn = false;
+                        w->turn = NULL;
                         w->done(w->userdata, r < 0 ? r : w->result);
                 }
 }
@@ -77,9 +89,11 @@ static void on_rolled_back(struct pgconn *c, const struct pgconn_result *res, vo
 
 static void on_batch(struct pgconn *c, const struct pgconn_result *res, void *userdata)
 {
-        struct txn *t = userdata;
+        struct txn_turn *turn = userdata;
+        struct txn *t = turn->t;
         int r = res->error;
-        t->in_flight = false;
+        turn->in_flight = false;
+        t->n_flight--;
         if (r < 0) {
                 /* An unknown outcome is a failure for the writers too: their senders retry and
                  * the unique keys answer the retry if the commit had landed. */
@@ -88,45 +102,66 @@ static void on_batch(struct pgconn *c, const struct pgconn_result *res, void *us
                         r = -EIO; /* a constraint the statements do not expect */
         } else
                 metrics_observe(&t->m->commit_seconds,
-                                (double)(now_monotonic_usec() - t->sent_at) / 1e6);
+                                (double)(now_monotonic_usec() - turn->sent_at) / 1e6);
         if (r >= 0)
                 for (struct txn_writer *w = t->writers; w; w = w->next)
-                        if (w->in_turn && w->result >= 0 && w->read && w->n_stmts > 0 &&
-                            w->first + w->n_stmts <= res->n) {
+                        if (w->in_turn && w->turn == turn && w->result >= 0 && w->read &&
+                            w->n_stmts > 0 && w->first + w->n_stmts <= res->n) {
                                 int e = w->read(w->userdata, res->results + w->first, w->n_stmts);
                                 if (e < 0)
                                         w->result = e;
                         }
         /* A failed statement leaves the explicit transaction open and aborted on a live
-         * connection: it is ended before the next turn. */
-        if (r < 0 && !res->unknown_outcome && pgconn_is_connected(c)) {
+         * connection: it is ended before the next turn. A turn pipelined behind this one fails
+         * in it too, and the one ROLLBACK, sent behind it, ends it. */
+        if (r < 0 && !res->unknown_outcome && pgconn_is_connected(c) && !t->rolling_back) {
                 static const struct pgconn_stmt rollback = {.sql = "ROLLBACK"};
                 if (pgconn_send(c, &rollback, 1, on_rolled_back, t) >= 0)
                         t->rolling_back = true;
         }
-        tell_writers(t, r);
+        tell_writers(t, turn, r);
         if (!t->rolling_back && any_wanted(t))
                 sd_event_source_set_enabled(t->defer, SD_EVENT_ONESHOT);
+}
+
+static struct txn_turn *free_turn(struct txn *t)
+{
+        for (unsigned i = 0; i < t->depth; i++)
+                if (!t->turns[i].in_flight)
+                        return &t->turns[i];
+        return NULL;
 }
 
 static int on_turn_pg(struct txn *t)
 {
         static const struct pgconn_stmt begin = {.sql = "BEGIN"}, commit = {.sql = "COMMIT"};
         uint64_t now = now_realtime_usec();
-        /* One batch at a time: what is wanted meanwhile goes in the next, sent from on_batch. */
-        if (t->in_flight || t->rolling_back)
+        /* At most depth batches at a time: what is wanted meanwhile goes in the next, sent from
+         * on_batch. A writer takes part in one turn at a time; one still in a turn in flight
+         * stays wanted for the next. */
+        struct txn_turn *turn = free_turn(t);
+        if (!turn || t->rolling_back)
                 return 0;
-        bool ready = t->available && pgconn_is_connected(t->pg) && !pgconn_busy(t->pg);
-        struct txn_batch *b = &t->batch;
+        /* Behind a turn of its own in flight when pipelining; else on a connection nothing
+         * else uses right now (the schema's migration, a ROLLBACK). */
+        bool ready = t->available && pgconn_is_connected(t->pg) &&
+                     (t->n_flight > 0 ? t->depth > 1 : !pgconn_busy(t->pg));
+        struct txn_batch *b = &turn->batch;
         b->n = 0;
-        bool any = false, turn = false;
+        bool any = false, wanted = false, others = false;
         for (struct txn_writer *w = t->writers; w; w = w->next)
-                turn |= w->wanted && !w->passenger;
+                if (w->wanted && !w->in_turn) {
+                        wanted = true;
+                        others |= !w->passenger;
+                }
+        if (!wanted)
+                return 0;
         for (struct txn_writer *w = t->writers; w; w = w->next) {
-                if (!w->wanted && !(w->passenger && turn && ready))
+                if (w->in_turn || (!w->wanted && !(w->passenger && others && ready)))
                         continue;
                 w->wanted = false;
                 w->in_turn = true;
+                w->turn = ready ? turn : NULL;
                 w->n_stmts = 0;
                 w->result = ready ? 0 : -ENOTCONN;
                 if (!ready)
@@ -145,23 +180,29 @@ static int on_turn_pg(struct txn *t)
                         w->n_stmts = b->n - w->first;
         }
         int r = 0;
-        if (b->n <= 1)
+        if (!ready)
+                r = 1; /* told -ENOTCONN below */
+        else if (b->n <= 1)
                 r = 1; /* nothing to send: no writer staged a statement */
         else
                 r = txn_batch_add(b, commit.sql, 0, NULL);
         if (r == 0)
-                r = pgconn_send(t->pg, b->v, b->n, on_batch, t);
+                r = pgconn_send(t->pg, b->v, b->n, on_batch, turn);
         if (r < 0) {
                 t->m->ledger_commit_errors++;
-                tell_writers(t, r);
+                tell_writers(t, ready ? turn : NULL, r);
                 return 0;
         }
         if (r > 0) {
-                tell_writers(t, 0);
+                tell_writers(t, ready ? turn : NULL, 0);
                 return 0;
         }
-        t->in_flight = true;
-        t->sent_at = now_monotonic_usec();
+        turn->in_flight = true;
+        t->n_flight++;
+        turn->sent_at = now_monotonic_usec();
+        /* Writers that wanted a turn but were in the one before may join the next at once. */
+        if (any_wanted(t) && free_turn(t))
+                sd_event_source_set_enabled(t->defer, SD_EVENT_ONESHOT);
         return 0;
 }
 
@@ -258,12 +299,17 @@ int txn_new(sd_event *event, struct ledger *ledger, struct metrics *metrics, str
         return 0;
 }
 
-int txn_new_pg(sd_event *event, struct pgconn *conn, struct metrics *metrics, struct txn **ret)
+int txn_new_pg(sd_event *event, struct pgconn *conn, unsigned depth, struct metrics *metrics,
+               struct txn **ret)
 {
         int r = txn_alloc(event, metrics, ret);
         if (r < 0)
                 return r;
-        (*ret)->pg = conn;
+        struct txn *t = *ret;
+        t->pg = conn;
+        t->depth = depth < 1 ? 1 : depth > TXN_MAX_DEPTH ? TXN_MAX_DEPTH : depth;
+        for (unsigned i = 0; i < TXN_MAX_DEPTH; i++)
+                t->turns[i].t = t;
         return 0;
 }
 
@@ -279,7 +325,12 @@ void txn_set_available(struct txn *t, bool available)
 
 bool txn_busy(const struct txn *t)
 {
-        return t && (t->in_flight || t->rolling_back);
+        return t && (t->n_flight > 0 || t->rolling_back);
+}
+
+unsigned txn_in_flight(const struct txn *t)
+{
+        return t ? t->n_flight : 0;
 }
 
 struct txn *txn_free(struct txn *t)
@@ -288,7 +339,8 @@ struct txn *txn_free(struct txn *t)
                 return NULL;
         if (!t->pg)
                 walvfs_observe_syncs(NULL, NULL);
-        free(t->batch.v);
+        for (unsigned i = 0; i < TXN_MAX_DEPTH; i++)
+                free(t->turns[i].batch.v);
         sd_event_source_disable_unref(t->defer);
         sd_event_unref(t->event);
         free(t);

@@ -18,6 +18,7 @@ struct txn;
 
 /* PostgreSQL: the statements of one turn. */
 struct txn_batch;
+struct txn_turn;
 
 /* Adds one statement to the turn's batch. sql and params must stay valid until the writer's
  * done. 0, or -ENOMEM. */
@@ -51,6 +52,7 @@ struct txn_writer {
         bool passenger;
         /* Owned by txn.c. */
         bool wanted, in_turn;
+        struct txn_turn *turn; /* PostgreSQL: the turn it takes part in */
         int result;
         size_t first, n_stmts; /* PostgreSQL: where its statements are in the batch */
         struct txn_writer *next;
@@ -61,11 +63,18 @@ int txn_new(sd_event *event, struct ledger *ledger, struct metrics *metrics, str
  * may use it for other batches, such as the schema's migration, while not). Writers must
  * provide stage (and read, to see results). While not available, or with conn not connected,
  * a turn's writers hear -ENOTCONN at once; a turn whose batch failed hears its error
- * (-ECONNRESET also for an unknown outcome: the connection went during COMMIT). */
-int txn_new_pg(sd_event *event, struct pgconn *conn, struct metrics *metrics, struct txn **ret);
+ * (-ECONNRESET also for an unknown outcome: the connection went during COMMIT). depth: how
+ * many turns may be in flight at once (1 or 2, and conn made for as many): with 2, the next
+ * turn's batch is sent while the server still works on the one before, pipelined behind it, so
+ * the loop builds and answers one turn while the server runs the other. A writer takes part
+ * in one turn at a time: while its turn is in flight, what it stages waits for the next. */
+int txn_new_pg(sd_event *event, struct pgconn *conn, unsigned depth, struct metrics *metrics,
+               struct txn **ret);
 void txn_set_available(struct txn *t, bool available);
 /* PostgreSQL: a batch (or the ROLLBACK after a failed one) is in flight on the connection. */
 bool txn_busy(const struct txn *t);
+/* PostgreSQL: the turns sent and not yet answered (0 on SQLite). */
+unsigned txn_in_flight(const struct txn *t);
 struct txn *txn_free(struct txn *t);
 
 void txn_add_writer(struct txn *t, struct txn_writer *w);

@@ -89,6 +89,21 @@ struct intake {
         size_t n_fresh_keys, n_fresh_jobs;
 };
 
+/* PostgreSQL: one of the writers the notifications take turns through. There are as many as
+ * turns may be in flight (txn_new_pg's depth): while one lane's batch is in flight, what is
+ * staged meanwhile leaves in the other's, pipelined behind it. */
+struct lane {
+        struct webhook *w;
+        struct txn_writer writer;
+        bool staged_turn; /* writer_stage ran for the turn lane_done ends */
+        /* The batch in flight holds these; its answer decides them. */
+        struct staged *flight;
+        size_t n_flight;
+        struct intake intake;
+};
+
+#define N_LANES 2
+
 struct webhook {
         sd_event *event;
         struct ledger *ledger;
@@ -96,17 +111,14 @@ struct webhook {
         struct metrics *m;
         struct dispatcher *dispatcher;
         struct txn *txn;
-        struct txn_writer writer;
+        struct txn_writer writer; /* SQLite */
         sd_event_source *probe_timer;
         struct staged *head, *tail; /* recorded by the next turn */
         size_t n_staged;
-        /* PostgreSQL: the batch in flight holds these; its answer decides them. */
         bool pg;
-        bool staged_turn; /* writer_stage ran for the turn writer_done ends */
-        struct staged *flight;
-        size_t n_flight;
-        struct intake intake;
-        bool turn_failed; /* the last turn failed: logged once until one succeeds */
+        struct lane lanes[N_LANES];
+        struct intake *reading; /* the answer writer_read decides from */
+        bool turn_failed;       /* the last turn failed: logged once until one succeeds */
         bool ledger_ok;
         uint64_t auth_log_last;
         uint64_t auth_suppressed;
@@ -264,7 +276,7 @@ static int replay_remember(struct webhook *w, struct staged *s, uint64_t now)
                 return ledger_replay_remember(w->ledger, s->replay_key, s->replay_until, now);
         if (s->replay_repeat)
                 return 0;
-        return fresh_take(w->intake.fresh_keys, w->intake.n_fresh_keys, s->replay_key);
+        return fresh_take(w->reading->fresh_keys, w->reading->n_fresh_keys, s->replay_key);
 }
 
 static int upscaled_cmp(const void *a, const void *b)
@@ -281,9 +293,9 @@ static int upscaled_job_cmp(const void *a, const void *b)
 static struct upscaled *find_upscaled(struct webhook *w, const char *task_id)
 {
         struct upscaled key = {.id = task_id};
-        if (!w->intake.n_ups)
+        if (!w->reading->n_ups)
                 return NULL;
-        return bsearch(&key, w->intake.ups, w->intake.n_ups, sizeof(key), upscaled_cmp);
+        return bsearch(&key, w->reading->ups, w->reading->n_ups, sizeof(key), upscaled_cmp);
 }
 
 /* 1 and *ret if an upscale task of this daemon's, 0 if not, <0 on errors. On PostgreSQL, from
@@ -306,7 +318,7 @@ static int insert_job(struct webhook *w, const char *cid, const struct note_task
 {
         if (!w->pg)
                 return ledger_insert_job(w->ledger, cid, t->id, duration, t->payload, now);
-        return fresh_take(w->intake.fresh_jobs, w->intake.n_fresh_jobs, cid);
+        return fresh_take(w->reading->fresh_jobs, w->reading->n_fresh_jobs, cid);
 }
 
 /* Whether a task's creations become jobs (when not an upscale of ours), as stage_apply decides. */
@@ -647,11 +659,11 @@ static int writer_apply(void *userdata, uint64_t now)
 /* PostgreSQL: every task of the turn may be an upscale of ours (a callback, or a notification
  * of one); what each reports goes in one close statement after the intake, which closes the jobs
  * whose outcome is final and says which tasks are ours. */
-static int stage_outcomes(struct webhook *w, struct txn_batch *b)
+static int stage_outcomes(struct lane *l, struct txn_batch *b)
 {
-        struct intake *in = &w->intake;
+        struct intake *in = &l->intake;
         size_t n = 0;
-        for (struct staged *s = w->flight; s; s = s->next)
+        for (struct staged *s = l->flight; s; s = s->next)
                 for (size_t i = 0; i < s->note->n_tasks; i++)
                         n += s->note->tasks[i].id ? 1 : 0;
         if (n == 0)
@@ -663,7 +675,7 @@ static int stage_outcomes(struct webhook *w, struct txn_batch *b)
         if (!ids || !states || !urls || !errors)
                 return -ENOMEM;
         size_t k = 0;
-        for (struct staged *s = w->flight; s; s = s->next)
+        for (struct staged *s = l->flight; s; s = s->next)
                 for (size_t i = 0; i < s->note->n_tasks; i++) {
                         const struct note_task *t = &s->note->tasks[i];
                         if (!t->id)
@@ -696,7 +708,7 @@ static int stage_outcomes(struct webhook *w, struct txn_batch *b)
         if (!costs || !cost_ids)
                 return -ENOMEM;
         size_t m = 0;
-        for (struct staged *s = w->flight; s; s = s->next)
+        for (struct staged *s = l->flight; s; s = s->next)
                 for (size_t i = 0; i < s->note->n_tasks; i++) {
                         const struct note_task *t = &s->note->tasks[i];
                         struct upstream_poll p;
@@ -730,18 +742,21 @@ static int stage_outcomes(struct webhook *w, struct txn_batch *b)
  * statement records none of a replayed delivery's). Which were new comes back in its answer. */
 static int writer_stage(void *userdata, struct txn_batch *b, uint64_t now)
 {
-        struct webhook *w = userdata;
-        struct intake *in = &w->intake;
+        struct lane *l = userdata;
+        struct webhook *w = l->w;
+        struct intake *in = &l->intake;
         intake_clear(in);
-        /* What stages from now on waits for the next turn. */
-        w->staged_turn = true;
-        w->flight = w->head;
-        w->n_flight = w->n_staged;
+        /* What stages from now on waits for the next turn (this lane's or the other's). */
+        l->staged_turn = true;
+        l->flight = w->head;
+        l->n_flight = w->n_staged;
         w->head = w->tail = NULL;
         w->n_staged = 0;
+        if (!l->flight)
+                return 0; /* the other lane took them */
 
         size_t n_keys = 0, n_jobs = 0;
-        for (struct staged *s = w->flight; s; s = s->next) {
+        for (struct staged *s = l->flight; s; s = s->next) {
                 n_keys += s->replay_key ? 1 : 0;
                 for (size_t i = 0; i < s->note->n_tasks; i++)
                         if (wants_jobs(s, &s->note->tasks[i]))
@@ -758,7 +773,7 @@ static int writer_stage(void *userdata, struct txn_batch *b, uint64_t now)
                 return -ENOMEM;
         uint64_t keep = USEC_PER_SEC;
         size_t k = 0, j = 0;
-        for (struct staged *s = w->flight; s; s = s->next) {
+        for (struct staged *s = l->flight; s; s = s->next) {
                 if (s->replay_key) {
                         /* The same delivery twice in one turn: the second is its replay, as
                          * on SQLite, and adds nothing. */
@@ -800,7 +815,7 @@ static int writer_stage(void *userdata, struct txn_batch *b, uint64_t now)
         memcpy(in->params, params, sizeof(params));
         int r = txn_batch_add(b, PGSCHEMA_INTAKE, ELEMENTSOF(params), in->params);
         if (r >= 0)
-                r = stage_outcomes(w, b);
+                r = stage_outcomes(l, b);
         if (r < 0)
                 return r;
         /* Creations that may be new: the dispatcher claims in this same turn, after the intake,
@@ -814,8 +829,9 @@ static int writer_stage(void *userdata, struct txn_batch *b, uint64_t now)
  * each notification is then decided as on SQLite, from what was new. */
 static int writer_read(void *userdata, PGresult *const *results, size_t n)
 {
-        struct webhook *w = userdata;
-        struct intake *in = &w->intake;
+        struct lane *l = userdata;
+        struct webhook *w = l->w;
+        struct intake *in = &l->intake;
         const PGresult *res = n > 0 ? results[0] : NULL;
         if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != 2)
                 return -EBADMSG;
@@ -854,8 +870,10 @@ static int writer_read(void *userdata, PGresult *const *results, size_t n)
         }
         uint64_t now = now_realtime_usec();
         int r = 0;
-        for (struct staged *s = w->flight; s && r >= 0; s = s->next)
+        w->reading = in;
+        for (struct staged *s = l->flight; s && r >= 0; s = s->next)
                 r = stage_apply(w, s, now);
+        w->reading = NULL;
         /* The answer's strings go with it: nothing may look them up after this. */
         free(in->fresh_keys);
         free(in->fresh_jobs);
@@ -866,27 +884,62 @@ static int writer_read(void *userdata, PGresult *const *results, size_t n)
         return r;
 }
 
+/* After the turn: answers list (n requests) and journals what it recorded, or answers 503 to
+ * all when the turn failed (r < 0). */
+static void finish(struct webhook *w, struct staged *list, size_t n, int r);
+
 static void writer_done(void *userdata, int r)
 {
         struct webhook *w = userdata;
         struct staged *list = w->head;
         size_t n = w->n_staged;
-        if (w->pg && w->staged_turn) {
+        w->head = w->tail = NULL;
+        w->n_staged = 0;
+        finish(w, list, n, r);
+}
+
+/* PostgreSQL: asks for a turn for what is staged, through a lane not in one; with every lane
+ * in flight, the first to end takes it (lane_done). */
+static void want_lane(struct webhook *w)
+{
+        for (size_t i = 0; i < N_LANES; i++)
+                if (!w->lanes[i].writer.in_turn) {
+                        txn_want(w->txn, &w->lanes[i].writer);
+                        return;
+                }
+}
+
+static void lane_done(void *userdata, int r)
+{
+        struct lane *l = userdata;
+        struct webhook *w = l->w;
+        struct staged *list;
+        size_t n;
+        if (l->staged_turn) {
                 /* Those staged meanwhile stay for the next turn. */
-                list = w->flight;
-                n = w->n_flight;
-                w->flight = NULL;
-                w->n_flight = 0;
-                w->staged_turn = false;
-                intake_clear(&w->intake);
+                list = TAKE_PTR(l->flight);
+                n = l->n_flight;
+                l->n_flight = 0;
+                l->staged_turn = false;
+                intake_clear(&l->intake);
         } else {
-                /* SQLite, or a turn that could not be sent (no connection): everything staged
-                 * goes with it. */
-                if (w->pg && r >= 0)
-                        r = -EIO; /* never staged, so never recorded */
+                /* A turn that could not be sent (no connection): everything staged goes with
+                 * it, never recorded. */
+                if (r >= 0)
+                        r = -EIO;
+                list = w->head;
+                n = w->n_staged;
                 w->head = w->tail = NULL;
                 w->n_staged = 0;
         }
+        if (list)
+                finish(w, list, n, r);
+        if (w->head)
+                want_lane(w);
+}
+
+static void finish(struct webhook *w, struct staged *list, size_t n, int r)
+{
         /* The answers leave in this iteration, right after the commit (txn.c runs this from its
          * own event source, never inside libmicrohttpd). */
         struct http_server *server = list ? http_request_server(list->req) : NULL;
@@ -1037,7 +1090,10 @@ void webhook_handle(struct http_request *req, void *userdata)
         w->tail = s;
         w->n_staged++;
         http_request_suspend(req);
-        txn_want(w->txn, &w->writer);
+        if (!w->pg)
+                txn_want(w->txn, &w->writer);
+        else
+                want_lane(w);
 }
 
 int webhook_new(sd_event *event, struct ledger *ledger, struct txn *txn, const struct config *cfg,
@@ -1080,12 +1136,16 @@ int webhook_new_pg(sd_event *event, struct txn *txn, const struct config *cfg,
         w->dispatcher = dispatcher;
         w->ledger_ok = false;
         w->txn = txn;
-        w->writer = (struct txn_writer){.stage = writer_stage,
-                                        .read = writer_read,
-                                        .done = writer_done,
-                                        .userdata = w,
-                                        .order = 0};
-        txn_add_writer(txn, &w->writer);
+        for (size_t i = 0; i < N_LANES; i++) {
+                struct lane *l = &w->lanes[i];
+                l->w = w;
+                l->writer = (struct txn_writer){.stage = writer_stage,
+                                                .read = writer_read,
+                                                .done = lane_done,
+                                                .userdata = l,
+                                                .order = 0};
+                txn_add_writer(txn, &l->writer);
+        }
         *ret = w;
         return 0;
 }
@@ -1100,9 +1160,14 @@ struct webhook *webhook_free(struct webhook *w)
         if (!w)
                 return NULL;
         staged_free_list(w->head);
-        staged_free_list(w->flight);
-        intake_clear(&w->intake);
-        txn_remove_writer(w->txn, &w->writer);
+        if (w->pg)
+                for (size_t i = 0; i < N_LANES; i++) {
+                        staged_free_list(w->lanes[i].flight);
+                        intake_clear(&w->lanes[i].intake);
+                        txn_remove_writer(w->txn, &w->lanes[i].writer);
+                }
+        else
+                txn_remove_writer(w->txn, &w->writer);
         sd_event_source_disable_unref(w->probe_timer);
         sd_event_unref(w->event);
         free(w);
@@ -1121,5 +1186,8 @@ bool webhook_ledger_ok(const struct webhook *w)
 
 size_t webhook_staged(const struct webhook *w)
 {
-        return w->n_staged + w->n_flight;
+        size_t n = w->n_staged;
+        for (size_t i = 0; i < N_LANES; i++)
+                n += w->lanes[i].n_flight;
+        return n;
 }

@@ -43,7 +43,9 @@ class Cluster:
         cfg.setdefault("store", {})["instance"] = self.instance(i)
         d = Daemon(cfg, fake=self.fake, pg=self.pg, pg_db=self.db)
         if self.url:
+            # Only a pooler in transaction mode stands between, in these tests.
             d.config["store"]["url"] = self.url
+            d.config["store"]["pooler"] = "transaction"
         return d
 
     def instance(self, i):

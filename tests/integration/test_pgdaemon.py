@@ -181,6 +181,7 @@ class PgDaemon(unittest.TestCase):
         daemons = [self.daemon(db, signed=True) for _ in range(2)]
         for d in daemons:
             d.config["store"]["url"] = bouncer.conninfo(db=db)
+            d.config["store"]["pooler"] = "transaction"
         with daemons[0] as d1, daemons[1] as d2:
             d1.wait_ledger(), d2.wait_ledger()
             for i in range(3):
@@ -263,9 +264,10 @@ class PgDaemon(unittest.TestCase):
         waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' AND wait_event_type = 'Lock'" % db
         poll(lambda: self.pg.sql(waiting, db=db) == [["1"]], timeout=10, what="the turn waiting on the lock")
 
-    def test_what_arrives_during_a_turn_is_one_batch(self):
-        # Group commit: while one turn's batch is in flight, every notification that arrives
-        # waits, and all of them leave together in the next batch: one commit, one round trip.
+    def arrivals_during_a_turn(self, pooler):
+        """Eight notifications, the first's turn held up by a lock another session holds; with
+        store.pooler = none the second leaves at once in a turn pipelined behind it, with
+        transaction it waits. Returns the commits the eight took."""
         db = self.database()
         # An upstream that takes the submissions and never answers: no answer adds a turn of its
         # own to the count.
@@ -274,6 +276,8 @@ class PgDaemon(unittest.TestCase):
         hole.listen(64)
         d = self.daemon(db)
         d.config["upstream"]["base_url"] = "http://127.0.0.1:%d" % hole.getsockname()[1]
+        d.config["store"]["pooler"] = pooler
+        depth = 2 if pooler == "none" else 1
         with d, hole:
             d.wait_ledger()
             release = self.lock_jobs(db)
@@ -287,20 +291,42 @@ class PgDaemon(unittest.TestCase):
                 threads = [threading.Thread(target=send, args=(ids[0],))]
                 threads[0].start()
                 self.wait_lock_waiter(db)
-                threads += [threading.Thread(target=send, args=(cid,)) for cid in ids[1:]]
-                for t in threads[1:]:
+                threads.append(threading.Thread(target=send, args=(ids[1],)))
+                threads[1].start()
+                poll(lambda: d.metrics_value("vidu_upscaled_webhook_staged") == 2, timeout=10,
+                     what="two notifications staged")
+                if depth == 2:
+                    poll(lambda: d.metrics_value("vidu_upscaled_ledger_turns_in_flight") == 2,
+                         timeout=10, what="the second turn pipelined behind the first")
+                threads += [threading.Thread(target=send, args=(cid,)) for cid in ids[2:]]
+                for t in threads[2:]:
                     t.start()
                 poll(lambda: d.metrics_value("vidu_upscaled_webhook_staged") == 8, timeout=10,
                      what="eight notifications staged")
+                self.assertEqual(d.metrics_value("vidu_upscaled_ledger_turns_in_flight"), depth)
             finally:
                 release()
             for t in threads:
                 t.join()
             self.assertEqual(sorted(a[0] for a in answers), [202] * 8, answers)
-            self.assertEqual(d.metrics_value("vidu_upscaled_ledger_commit_seconds_count"), commits + 2)
             self.assertEqual(d.metrics_value("vidu_upscaled_webhook_staged"), 0)
+            self.assertEqual(d.metrics_value("vidu_upscaled_ledger_turns_in_flight"), 0)
             jobs = self.jobs(db)
             self.assertEqual([jobs.get(cid) in RECORDED for cid in ids], [True] * 8)
+            return d.metrics_value("vidu_upscaled_ledger_commit_seconds_count") - commits
+
+    def test_what_arrives_during_a_turn_is_one_batch(self):
+        # Group commit: while one turn's batch is in flight, every notification that arrives
+        # waits, and all of them leave together in the next batch: one commit, one round trip.
+        # Through a pooler in transaction mode, one turn in flight: the seven after the first
+        # leave together.
+        self.assertEqual(self.arrivals_during_a_turn("transaction"), 2)
+
+    def test_a_second_turn_pipelined_behind_the_first(self):
+        # On a direct connection two turns are in flight: the second notification leaves at
+        # once, pipelined behind the held-up turn; the six after it wait for a lane and leave
+        # together: three commits.
+        self.assertEqual(self.arrivals_during_a_turn("none"), 3)
 
     def test_slow_database_delays_answers_never_the_loop(self):
         db = self.database()
