@@ -1616,9 +1616,10 @@ def pg_report(res, plot_dir):
         fs = (res.get("machine") or {}).get("fsync_ms") or {}
         if last.get("commits") and one.get("commit_mean_ms"):
             L.append(
-                f"A turn's latency bounds an instance too: with one batch in flight, an instance "
-                f"takes at most its connections' worth of notifications a turn, so its rate is at "
-                f"most connections ÷ turn time. Here a turn's commit took "
+                f"A turn's latency bounds an instance too: with two turns in flight (the next "
+                f"pipelined behind the one the server runs; one through a pooler in transaction "
+                f"mode), an instance takes at most its connections' worth of notifications per "
+                f"turn time. Here a turn's commit took "
                 f"{fmt(one['commit_mean_ms'], 2)} ms on the busy CPUs, of which the server "
                 f"executed its statements for {fmt(exec_ms / last['commits'], 2)} ms "
                 f"(pg_stat_statements, the top five) and the disk's fdatasync takes "
