@@ -372,8 +372,9 @@ static void log_outcome(struct events *ev, const struct delivery *d)
 
 /* PostgreSQL: the outcomes answered since the last turn, the mask when it changed, a purge
  * batch when one is due, and a claim of what is due (with slots free) plus when the next is:
- * the claim joins every turn another writer makes (a passenger), so an event the dispatcher's
- * statements just wrote is claimed in the very transaction that wrote it. */
+ * the claim joins every turn another writer makes (a passenger; but the one pipelined behind
+ * a turn it is in), so an event the dispatcher's statements just wrote is claimed in the very
+ * transaction that wrote it, or the next. */
 static int writer_stage_pg(void *userdata, struct txn_batch *b, uint64_t now)
 {
         struct events *ev = userdata;

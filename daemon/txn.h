@@ -47,8 +47,9 @@ struct txn_writer {
         int (*read)(void *userdata, PGresult *const *results, size_t n);
         void *userdata;
         int order; /* writers take part in a turn in ascending order */
-        /* PostgreSQL: also takes part in every turn another writer asked for (its stage may add
-         * nothing), so what it reads sees what they wrote in the same transaction. */
+        /* PostgreSQL: also takes part in every turn another writer asked for, unless already in
+         * the one before it still in flight (its stage may add nothing), so what it reads sees
+         * what they wrote in the same transaction. */
         bool passenger;
         /* Owned by txn.c. */
         bool wanted, in_turn;
