@@ -362,6 +362,56 @@ class PgDaemon(unittest.TestCase):
             self.assertEqual(status, 202, body)
             self.assertIn(self.jobs(db).get(cid), RECORDED)
 
+    def test_a_failed_turn_takes_the_pipelined_one_with_it(self):
+        # The first turn waits on a lock past store.statement_timeout; the second, pipelined
+        # behind it, finds the transaction aborted. Both answer 503 with Retry-After, one
+        # ROLLBACK ends the transaction, and the next turn commits: nothing of either recorded,
+        # the connection kept.
+        db = self.database()
+        d = self.daemon(db)
+        d.config["store"]["statement_timeout"] = "1s"
+        with d:
+            d.wait_ledger()
+            errors = d.metrics_value("vidu_upscaled_ledger_commit_errors_total")
+            backends = "SELECT pid FROM pg_stat_activity WHERE datname = '%s' AND " \
+                       "application_name = 'vidu-upscaled' ORDER BY pid" % db
+            pids = self.pg.sql(backends, db=db)
+            ids = new_creation_ids(3)
+            answers = {}
+            release = self.lock_jobs(db)
+            try:
+                def send(i):
+                    answers[i] = self.post(d, make_task("98000000000003%02d" % i, [ids[i]]))
+                first = threading.Thread(target=send, args=(0,))
+                first.start()
+                self.wait_lock_waiter(db)
+                second = threading.Thread(target=send, args=(1,))
+                second.start()
+                poll(lambda: d.metrics_value("vidu_upscaled_ledger_turns_in_flight") == 2,
+                     timeout=10, what="the second turn pipelined behind the first")
+                first.join(timeout=10 * harness.TIMEOUT_SCALE)
+                second.join(timeout=10 * harness.TIMEOUT_SCALE)
+                self.assertFalse(first.is_alive() or second.is_alive(), "no answer")
+            finally:
+                release()
+            for i in (0, 1):
+                status, headers, _ = answers[i]
+                self.assertEqual((status, headers.get("retry-after")), (503, "5"), answers[i])
+            self.assertEqual(d.metrics_value("vidu_upscaled_ledger_commit_errors_total"), errors + 2)
+            jobs = self.jobs(db)
+            self.assertNotIn(ids[0], jobs)
+            self.assertNotIn(ids[1], jobs)
+            # The aborted transaction was ended behind them: the next turn commits, on the same
+            # connections (the same server processes).
+            status, _, body = self.post(d, make_task("9800000000000302", [ids[2]]))
+            self.assertEqual(status, 202, body)
+            self.assertIn(self.jobs(db).get(ids[2]), RECORDED)
+            status, _, body = self.post(d, make_task("9800000000000300", [ids[0]]))
+            self.assertEqual(status, 202, body)
+            self.assertEqual(d.metrics_value("vidu_upscaled_ledger_available"), 1)
+            self.assertEqual(len(pids), 2, pids)
+            self.assertEqual(self.pg.sql(backends, db=db), pids)
+
     def test_expired_replay_keys_purged_in_batches(self):
         db = self.database()
         with self.daemon(db) as d:
