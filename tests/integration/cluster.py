@@ -186,7 +186,10 @@ class Load:
     """Threads posting one fresh creation per notification, round robin over the cluster's live
     instances, pausing `pause` seconds between posts. acked: the creations answered 202 with the
     creation accepted; refused: (creation, status) of every other answer; failed: creations whose
-    request got no answer (the instance died meanwhile): these may or may not be in the ledger."""
+    request got no answer (the instance died meanwhile): these may or may not be in the ledger.
+    A subclass may choose the instances (pick) and keep other records (record)."""
+
+    task_prefix = "97"
 
     def __init__(self, cluster, threads=3, pause=0.05):
         self.cluster = cluster
@@ -198,27 +201,34 @@ class Load:
         self.threads = []
         self.seq = 0
 
+    def pick(self, k):
+        """The k-th post's (index, instance), or None while there is none to post to."""
+        live = self.cluster.live()
+        return (k % len(live), live[k % len(live)]) if live else None
+
+    def record(self, i, d, cid, note):
+        status, body = post(d, note)
+        with self.lock:
+            if status == 202 and body and body.get("accepted") == [cid]:
+                self.acked.append(cid)
+            elif status is None:
+                self.failed.append(cid)
+            else:
+                self.refused.append((cid, status, body))
+
     def _run(self, n):
         k = n
         while not self.stopping.is_set():
-            live = self.cluster.live()
-            if not live:
+            target = self.pick(k)
+            if target is None:
                 time.sleep(0.05)
                 continue
-            d = live[k % len(live)]
             k += 1
             (cid,) = new_creation_ids(1)
             with self.lock:
                 self.seq += 1
-                task = "97%014d" % self.seq
-            status, body = post(d, make_task(task, [cid]))
-            with self.lock:
-                if status == 202 and body and body.get("accepted") == [cid]:
-                    self.acked.append(cid)
-                elif status is None:
-                    self.failed.append(cid)
-                else:
-                    self.refused.append((cid, status, body))
+                task = self.task_prefix + "%014d" % self.seq
+            self.record(target[0], target[1], cid, make_task(task, [cid]))
             self.stopping.wait(self.pause)
 
     def start(self):

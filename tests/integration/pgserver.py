@@ -158,15 +158,19 @@ class PgServer:
         _live.append(self)
         self._run([os.path.join(PG_BIN, "initdb"), "-D", self.data, "-U", ADMIN, "-A", "trust", "-E", "UTF8",
                    "--no-locale", "-N"])
+        self._configure_and_start("vidu-upscaled tests")
+        self.sql("CREATE ROLE %s LOGIN" % DB_USER, db="postgres", user=ADMIN)
+        self.create_database(DB_NAME)
+        return self
+
+    def _configure_and_start(self, header):
+        """Appends the settings to postgresql.conf under a comment, then starts the server."""
         with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
-            f.write("\n# vidu-upscaled tests\n")
+            f.write("\n# %s\n" % header)
             for k, v in self.settings.items():
                 f.write("%s = %s\n" % (k, v))
         self._pg_ctl("start")
         self.started = True
-        self.sql("CREATE ROLE %s LOGIN" % DB_USER, db="postgres", user=ADMIN)
-        self.create_database(DB_NAME)
-        return self
 
     def _pg_ctl(self, action, *extra):
         self._run([os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-l", self.log, "-w", "-t", "120", action]
@@ -305,13 +309,8 @@ class PgServer:
         s.settings["cluster_name"] = "'%s'" % name
         s.settings["synchronous_standby_names"] = "''"
         s.settings["hot_standby"] = "on"
-        with open(os.path.join(s.data, "postgresql.conf"), "a") as f:
-            # The primary's block came with the copy: these lines, later, override it.
-            f.write("\n# vidu-upscaled tests: the standby\n")
-            for k, v in s.settings.items():
-                f.write("%s = %s\n" % (k, v))
-        s._pg_ctl("start")
-        s.started = True
+        # The primary's block came with the copy: this one, later, overrides it.
+        s._configure_and_start("vidu-upscaled tests: the standby")
         if synchronous:
             self.sql("ALTER SYSTEM SET synchronous_standby_names = '%s'" % name, db="postgres")
             self.sql("SELECT pg_reload_conf()", db="postgres")

@@ -21,15 +21,15 @@ import http.client
 import json
 import os
 import sys
-import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 import pgserver  # noqa: E402
+import cluster  # noqa: E402
 from cluster import SUBMITTED_STATES, Cluster, created  # noqa: E402
-from harness import VALGRIND, FakeUpstream, make_task, new_creation_ids, poll  # noqa: E402
+from harness import VALGRIND, FakeUpstream, make_task, poll  # noqa: E402
 
 # seconds: store.lease (longer under valgrind, where a live instance's renewal could lag)
 LEASE = 6 if VALGRIND else 2
@@ -44,55 +44,30 @@ STALL = 1.0  # seconds before the kill during which the standby receives nothing
 INSTANCES = 2
 
 
-class Load:
-    """Threads posting one fresh creation per notification, round robin over the instances,
-    recording every answer: (when it came, instance index, creation, status, Retry-After, seconds
-    it took); status None: no answer within CLIENT_TIMEOUT (or the connection failed)."""
+class Load(cluster.Load):
+    """cluster.Load over every instance, the dead ones too, recording every answer: (when it
+    came, instance index, creation, status, Retry-After, seconds it took); status None: no answer
+    within CLIENT_TIMEOUT (or the connection failed)."""
+
+    task_prefix = "91"
 
     def __init__(self, daemons, threads, pause):
+        super().__init__(None, threads, pause)
         self.daemons = daemons
-        self.n_threads = threads
-        self.pause = pause
         self.answers = []
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.threads = []
-        self.seq = 0
 
-    def _run(self, n):
-        k = n
-        while not self.stopping.is_set():
-            i = k % len(self.daemons)
-            k += 1
-            (cid,) = new_creation_ids(1)
-            with self.lock:
-                self.seq += 1
-                task = "91%014d" % self.seq
-            self.answers.append(send(self.daemons[i], i, make_task(task, [cid]), cid))
-            self.stopping.wait(self.pause)
+    def pick(self, k):
+        return (k % len(self.daemons), self.daemons[k % len(self.daemons)])
 
-    def acked(self):
+    def record(self, i, d, cid, note):
+        answer = send(d, i, note, cid)
         with self.lock:
-            return [a[2] for a in self.answers if a[3] == 202]
+            self.answers.append(answer)
+            if answer[3] == 202:
+                self.acked.append(cid)
 
     def since(self, t0):
         return [a for a in list(self.answers) if a[0] >= t0]
-
-    def wait_acked(self, more, timeout=30):
-        target = len(self.acked()) + more
-        poll(lambda: len(self.acked()) >= target, timeout=timeout, what="%d more acknowledged notifications" % more)
-
-    def start(self):
-        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(self.n_threads)]
-        for t in self.threads:
-            t.start()
-        return self
-
-    def stop(self):
-        self.stopping.set()
-        for t in self.threads:
-            t.join(timeout=60 * harness.TIMEOUT_SCALE)
-        return self
 
 
 def send(d, i, note, cid):
@@ -227,7 +202,7 @@ class PgFailover(unittest.TestCase):
             r = send(cl.daemons[k % INSTANCES], k % INSTANCES, make_task("92%014d" % k, [a[2]]), a[2])
             self.assertIn(r[3], (200, 202), r)
             retried.append(r)
-        acked = load.acked()
+        acked = list(load.acked)
 
         # (c) Every creation acknowledged is on the promoted server; each submitted exactly once
         # or held; (d) nothing POSTed twice, nor unknown to the ledger.
@@ -265,7 +240,7 @@ class PgFailover(unittest.TestCase):
         stalled = [a[2] for a in ev["stall"] if a[3] == 202]
         self.assertTrue(stalled, "nothing acknowledged during the stall: the control shows nothing")
         jobs = cl.jobs()
-        lost = [c for c in load.acked() if c not in jobs]
+        lost = [c for c in list(load.acked) if c not in jobs]
         print("asynchronous: %d acknowledged during the stall, %d acknowledged creations not on the promoted "
               "server" % (len(stalled), len(lost)), file=sys.stderr)
         self.assertTrue(lost, "asynchronous replication lost nothing: the stall did not hold the standby back")
